@@ -1,0 +1,95 @@
+"""
+### fmops_finetune
+
+Validate the data, fine-tune every candidate model in parallel, evaluate each candidate and the
+untuned baseline on the held-out set, select the winner and register it in MLflow for review.
+
+`load_config -> validate_data -> plan_jobs -> submit_training[] -> await_training[] ->
+plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> register`
+
+- Every job of a run is submitted before the first wait starts, so the jobs run concurrently;
+  the waits are deferrable (no worker slot is held while a job runs).
+- Job names are deterministic per (DAG run, candidate): a retried task reattaches to its job or
+  reuses a finished one, and never starts a second one.
+- Bad config or bad data fails the run before any job starts, without retries.
+- `register` emits the asset `fmops://registered-models`, which schedules `fmops_deploy`.
+
+Trigger form: the pipeline config file, an optional subset of candidates, an optional target.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, chain, dag, task
+
+from fmops.airflow import tasks
+from fmops.airflow.operators import AwaitJobOperator
+
+CONFIG_FILES = ["include/configs/local.yaml"]
+
+
+@dag(
+    dag_id="fmops_finetune",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["fmops", "training"],
+    default_args={
+        "owner": "fmops",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+    },
+    params={
+        "config_file": Param(
+            CONFIG_FILES[0],
+            type="string",
+            title="Pipeline config",
+            description="Pipeline YAML, relative to the project root (or absolute).",
+            examples=CONFIG_FILES,
+            minLength=1,
+        ),
+        "models": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Candidates",
+            description="Names of the candidates to train; empty: every candidate in the config.",
+        ),
+        "target": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "local", "sagemaker"],
+            title="Target",
+            description="Where jobs run; empty: the config's target.",
+        ),
+    },
+)
+def fmops_finetune():
+    _load_config = task(tasks.load_config)()
+    _validate_data = task(tasks.validate_data)(_load_config)
+    _plan_jobs = task(tasks.plan_jobs)(_load_config, _validate_data)
+    _submit_training = task(tasks.submit_job, task_id="submit_training").expand(plan=_plan_jobs)
+    _await_training = AwaitJobOperator.partial(task_id="await_training").expand(
+        handle=_submit_training
+    )
+    _plan_evaluation = task(tasks.plan_evaluation)(
+        _load_config, _validate_data, _await_training.output
+    )
+    _submit_evaluation = task(tasks.submit_job, task_id="submit_evaluation").expand(
+        plan=_plan_evaluation
+    )
+    _await_evaluation = AwaitJobOperator.partial(task_id="await_evaluation").expand(
+        handle=_submit_evaluation
+    )
+    _select = task(tasks.select)(_load_config, _await_evaluation.output)
+    _register = task(tasks.register, outlets=[Asset(tasks.REGISTERED_MODELS_URI)])(
+        _load_config, _validate_data, _await_training.output, _await_evaluation.output, _select
+    )
+    chain(_select, _register)
+
+
+fmops_finetune()

@@ -1,0 +1,1 @@
+"""fmops: fine-tune, evaluate, register and ship foundation models with Apache Airflow 3."""

@@ -1,0 +1,202 @@
+"""Task bodies of the two DAGs: read the Airflow context, call the Airflow-free stage functions.
+
+Errors that a retry cannot fix (bad config, bad data, a failed job, a rejected model) become
+``AirflowFailException``, which fails the task at once without retries; anything else (a
+connection reset, a locked database) keeps the task's retries with backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from airflow.sdk import get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+REGISTERED_MODELS_URI = "fmops://registered-models"
+
+
+def _deterministic_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import ParamValidationError
+
+    from fmops.config import ConfigError
+    from fmops.data.loading import DataError
+    from fmops.data.validation import DataValidationError
+    from fmops.deployment.flow import ApprovalRejectedError, SmokeTestError
+    from fmops.deployment.local import EndpointError
+    from fmops.jobs.specs import PlanError
+    from fmops.pipeline import JobFailedError, SelectionError
+
+    return (
+        ConfigError,
+        DataError,
+        DataValidationError,
+        PlanError,
+        JobFailedError,
+        SelectionError,
+        ParamValidationError,
+        ApprovalRejectedError,
+        SmokeTestError,
+        EndpointError,
+        LookupError,
+        NotImplementedError,
+    )
+
+
+def fail_fast(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _deterministic_errors() as err:
+            log.error("%s", err)
+            raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _run_ids() -> tuple[str, str]:
+    context = get_current_context()
+    return context["dag"].dag_id, context["run_id"]
+
+
+def _config(resolved: dict) -> Any:
+    from fmops.pipeline import config_of
+
+    return config_of(resolved)
+
+
+# -- fmops_finetune -------------------------------------------------------------------------
+
+
+@fail_fast
+def load_config(params: dict[str, Any] | None = None) -> dict:
+    from fmops.pipeline import resolve
+
+    return resolve(params["config_file"], params.get("models") or None, params.get("target"))
+
+
+@fail_fast
+def validate_data(resolved: dict) -> dict:
+    from fmops.pipeline import validate_and_stage
+
+    return validate_and_stage(resolved)
+
+
+@fail_fast
+def plan_jobs(resolved: dict, staged: dict) -> list[dict]:
+    from fmops.pipeline import plan_training
+
+    return plan_training(resolved, staged, *_run_ids())
+
+
+@fail_fast
+def submit_job(plan: dict) -> dict:
+    from fmops.pipeline import submit
+
+    return submit(plan)
+
+
+@fail_fast
+def plan_evaluation(resolved: dict, staged: dict, trained: list[dict]) -> list[dict]:
+    from fmops.pipeline import plan_evaluation as plan
+
+    return plan(resolved, staged, list(trained), *_run_ids())
+
+
+@fail_fast
+def select(resolved: dict, evaluations: list[dict]) -> dict:
+    from fmops.pipeline import select as choose
+
+    return choose(resolved, list(evaluations))
+
+
+@fail_fast
+def register(
+    resolved: dict, staged: dict, trained: list[dict], evaluations: list[dict], decision: dict
+) -> dict:
+    from airflow.sdk import Asset
+
+    from fmops import registry
+    from fmops.pipeline import backend_for
+
+    config = _config(resolved)
+    dag_id, run_id = _run_ids()
+    trained = [t for t in trained if t]
+    logs = {}
+    for outcome in trained:
+        backend = backend_for({"target": outcome["target"]})
+        logs[outcome["job_name"]] = backend.read_log("training", outcome["job_name"], 0)[0]
+    summary = registry.register(
+        config, resolved, staged, trained, list(evaluations), decision, dag_id, run_id, logs
+    )
+    context = get_current_context()
+    context["outlet_events"][Asset(REGISTERED_MODELS_URI)].extra = {
+        "config_file": resolved["config_file"],
+        "model_name": summary["model_name"],
+        "version": summary["version"],
+    }
+    return summary
+
+
+# -- fmops_deploy ---------------------------------------------------------------------------
+
+
+def _deploy_request(params: dict[str, Any]) -> tuple[str, str | None]:
+    """Config file and version: from the trigger form, else from the asset event."""
+    context = get_current_context()
+    config_file, version = params.get("config_file"), params.get("version")
+    events = context.get("triggering_asset_events") or {}
+    for asset_events in events.values():
+        for event in asset_events:
+            extra = event.extra or {}
+            config_file = config_file or extra.get("config_file")
+            version = version or extra.get("version")
+    if not config_file:
+        raise AirflowFailException(
+            "no config_file: trigger with one, or let fmops_finetune's "
+            "registration trigger this DAG"
+        )
+    return config_file, version
+
+
+@fail_fast
+def resolve_candidate(params: dict[str, Any] | None = None) -> dict:
+    from fmops.deployment.flow import resolve_candidate as resolve_version
+    from fmops.pipeline import resolve
+
+    config_file, version = _deploy_request(params)
+    resolved = resolve(config_file, target=params.get("target"))
+    return {"resolved": resolved, **resolve_version(_config(resolved), version)}
+
+
+@fail_fast
+def check_approval(candidate: dict) -> str:
+    from fmops.deployment.flow import check_approval as check
+
+    return check(_config(candidate["resolved"]), candidate["version"])
+
+
+@fail_fast
+def deploy(candidate: dict) -> dict:
+    from fmops.deployment.flow import deploy as serve
+
+    return serve(_config(candidate["resolved"]), candidate["version"])
+
+
+@fail_fast
+def smoke_test(candidate: dict) -> dict:
+    from fmops.deployment.flow import smoke_test as smoke
+
+    return smoke(_config(candidate["resolved"]), candidate["version"])
+
+
+@fail_fast
+def promote(candidate: dict) -> dict:
+    from fmops.deployment.flow import promote as make_champion
+
+    return make_champion(_config(candidate["resolved"]), candidate["version"])

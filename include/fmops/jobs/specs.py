@@ -1,0 +1,163 @@
+"""Job specs in SageMaker's own request shapes: CreateTrainingJob and CreateProcessingJob.
+
+The same dicts go to the local executor and (as-is) to SageMaker; only the URIs differ by target.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from fmops.config import PACKAGED_MODELS, Candidate, PipelineConfig
+from fmops.paths import SCRIPTS_DIR, resolve_path, state_dir
+
+# Training progress lines printed by include/scripts/train.py, matched as SageMaker metrics.
+TRAINING_METRICS = [
+    {"Name": "train:loss", "Regex": r"train_loss=([0-9.eE+-]+)"},
+    {"Name": "train:learning_rate", "Regex": r"learning_rate=([0-9.eE+-]+)"},
+    {"Name": "train:samples_per_sec", "Regex": r"samples_per_sec=([0-9.eE+-]+)"},
+    {"Name": "validation:accuracy", "Regex": r"validation_accuracy=([0-9.eE+-]+)"},
+    {"Name": "validation:loss", "Regex": r"validation_loss=([0-9.eE+-]+)"},
+]
+# The local target has no AWS account; requests still carry a well-formed role ARN.
+LOCAL_ROLE_ARN = "arn:aws:iam::000000000000:role/fmops-local"
+LOCAL_IMAGE = "fmops-local-python"
+PROCESSING = "/opt/ml/processing"
+
+
+class PlanError(ValueError):
+    """A job cannot be planned from the config; the message says why and how to fix it."""
+
+
+def resolve_base_model(name: str) -> Path:
+    """The local folder of a base model: a packaged model (PyPI) or a path to a model folder."""
+    if name in PACKAGED_MODELS:
+        module = importlib.import_module(PACKAGED_MODELS[name])
+        return Path(module.get_model_path())
+    path = resolve_path(name)
+    if (path / "config.json").exists():
+        return path
+    raise PlanError(
+        f"base model {name!r} is neither a packaged model ({sorted(PACKAGED_MODELS)}) nor a local "
+        "model folder with config.json; the local target never downloads weights"
+    )
+
+
+def training_request(
+    config: PipelineConfig, candidate: Candidate, staged: dict[str, Any], tags: dict[str, str]
+) -> dict[str, Any]:
+    def channel(name: str, uri: str) -> dict[str, Any]:
+        return {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": uri,
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+            "InputMode": "File",
+        }
+
+    base_model = resolve_base_model(candidate.base_model)
+    hyperparameters = candidate.job_hyperparameters(
+        config.data.text_column, config.data.label_column
+    )
+    hyperparameters.update(
+        sagemaker_program="train.py", sagemaker_submit_directory=f"file://{SCRIPTS_DIR}"
+    )
+    return {
+        "AlgorithmSpecification": {
+            "TrainingImage": LOCAL_IMAGE,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": TRAINING_METRICS,
+        },
+        "RoleArn": LOCAL_ROLE_ARN,
+        "HyperParameters": hyperparameters,
+        "InputDataConfig": [
+            channel("train", staged["train_uri"]),
+            channel("validation", staged["validation_uri"]),
+            channel("base_model", f"file://{base_model}"),
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"file://{state_dir() / 'artifacts' / 'training'}"},
+        "ResourceConfig": {
+            "InstanceType": config.training.instance_type,
+            "InstanceCount": 1,
+            "VolumeSizeInGB": 30,
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": config.training.max_runtime_seconds},
+        "EnableNetworkIsolation": True,
+        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }
+
+
+def evaluation_request(
+    config: PipelineConfig,
+    model_uri: str,
+    staged: dict[str, Any],
+    tags: dict[str, str],
+    *,
+    zero_shot: bool,
+    output_uri: str,
+) -> dict[str, Any]:
+    def source(name: str, uri: str) -> dict[str, Any]:
+        return {
+            "InputName": name,
+            "S3Input": {
+                "S3Uri": uri,
+                "LocalPath": f"{PROCESSING}/input/{name}",
+                "S3DataType": "S3Prefix",
+                "S3InputMode": "File",
+            },
+        }
+
+    arguments = [
+        "--model",
+        f"{PROCESSING}/input/model",
+        "--data",
+        f"{PROCESSING}/input/data",
+        "--output",
+        f"{PROCESSING}/output",
+        "--text-column",
+        config.data.text_column,
+        "--label-column",
+        config.data.label_column,
+        "--batch-size",
+        str(config.evaluation.batch_size),
+    ] + (["--zero-shot"] if zero_shot else [])
+    return {
+        "ProcessingInputs": [
+            source("code", f"file://{SCRIPTS_DIR}"),
+            source("model", model_uri),
+            source("data", staged["evaluation_uri"]),
+        ],
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": "evaluation",
+                    "S3Output": {
+                        "S3Uri": output_uri,
+                        "LocalPath": f"{PROCESSING}/output",
+                        "S3UploadMode": "EndOfJob",
+                    },
+                }
+            ]
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": "ml.m5.xlarge",
+                "VolumeSizeInGB": 30,
+            }
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": config.evaluation.max_runtime_seconds},
+        "AppSpecification": {
+            "ImageUri": LOCAL_IMAGE,
+            "ContainerEntrypoint": ["python3", f"{PROCESSING}/input/code/evaluate.py"],
+            "ContainerArguments": arguments,
+        },
+        "RoleArn": LOCAL_ROLE_ARN,
+        "NetworkConfig": {"EnableNetworkIsolation": True},
+        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }

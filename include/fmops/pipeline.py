@@ -1,0 +1,268 @@
+"""The stages of ``fmops_finetune`` as plain functions: JSON-safe values in, JSON-safe values out.
+
+The DAG wraps each function in a task; nothing here imports Airflow, so every stage is testable
+(and runnable) on its own. Values that cross tasks are small: the resolved config, URIs, job
+names, metric dicts. Data stays in files named by URIs.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime
+from typing import Any
+
+from fmops.config import PipelineConfig, load_config
+from fmops.jobs.backend import JobBackend, ensure_job, get_backend
+from fmops.jobs.naming import job_name
+from fmops.jobs.specs import evaluation_request, resolve_base_model, training_request
+from fmops.paths import state_dir
+from fmops.storage import join, read_json
+
+log = logging.getLogger(__name__)
+BASELINE = "baseline"
+
+
+class JobFailedError(RuntimeError):
+    """A training or evaluation job ended Failed or Stopped."""
+
+
+class SelectionError(RuntimeError):
+    """No candidate passed the configured minimum score."""
+
+
+def resolve(config_file: str, models: list[str] | None = None, target: str | None = None) -> dict:
+    config = load_config(config_file, models=models or None, target=target or None)
+    log.info(
+        "config %s: pipeline %s, target %s, candidates %s",
+        config_file,
+        config.pipeline,
+        config.target,
+        [c.name for c in config.candidates],
+    )
+    return {"config_file": config_file, "config": config.model_dump(mode="json")}
+
+
+def config_of(resolved: dict) -> PipelineConfig:
+    return PipelineConfig.model_validate(resolved["config"])
+
+
+def backend_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {"max_concurrent_jobs": config.training.max_concurrent_jobs}
+
+
+def backend_for(handle: dict[str, Any]) -> JobBackend:
+    return get_backend(handle["target"], **handle.get("settings", {}))
+
+
+def validate_and_stage(resolved: dict) -> dict:
+    """Validate both datasets with Great Expectations, then stage the job channels."""
+    from fmops.data.loading import file_digest, load_table, stage
+    from fmops.data.validation import validate_datasets
+
+    config = config_of(resolved)
+    data = config.data
+    labels = data.label_set()
+    train, evaluation = load_table(data.train), load_table(data.evaluation)
+    reports = validate_datasets(data, train, evaluation, labels)
+    staged = stage(data, train, evaluation, labels)
+    return {
+        **staged.to_dict(),
+        "train_file_digest": file_digest(data.train),
+        "evaluation_file_digest": file_digest(data.evaluation),
+        "labels": len(labels),
+        "validation": [
+            {
+                "dataset": r["dataset"],
+                "rows": r["rows"],
+                "success": r["success"],
+                "checks": len(r["checks"]),
+            }
+            for r in reports
+        ],
+    }
+
+
+def _tags(config: PipelineConfig, dag_id: str, run_id: str, candidate: str) -> dict[str, str]:
+    return {
+        "fmops:pipeline": config.pipeline,
+        "fmops:dag_id": dag_id,
+        "fmops:run_id": run_id[:256],
+        "fmops:candidate": candidate,
+    }
+
+
+def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> list[dict]:
+    """One CreateTrainingJob request per candidate, named deterministically for this run."""
+    config = config_of(resolved)
+    plans = []
+    for candidate in config.candidates:
+        request = training_request(
+            config, candidate, staged, _tags(config, dag_id, run_id, candidate.name)
+        )
+        plans.append(
+            {
+                "kind": "training",
+                "candidate": candidate.name,
+                "base_name": job_name(dag_id, run_id, candidate.name, "training"),
+                "target": config.target,
+                "settings": backend_settings(config),
+                "request": request,
+            }
+        )
+        log.info(
+            "planned training job for %s: %s, %s, instance %s",
+            candidate.name,
+            candidate.method,
+            candidate.hyperparameters.model_dump(),
+            config.training.instance_type,
+        )
+    return plans
+
+
+def submit(plan: dict) -> dict:
+    """Start the planned job, or find the one this run already started (describe before create)."""
+    name, action = ensure_job(backend_for(plan), plan["kind"], plan["base_name"], plan["request"])
+    return {key: plan[key] for key in ("kind", "candidate", "target", "settings")} | {
+        "name": name,
+        "action": action,
+        **({"zero_shot": True} if plan.get("zero_shot") else {}),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def job_outcome(handle: dict, description: dict) -> dict:
+    """The small result of a finished job; a Failed or Stopped job raises JobFailedError."""
+    kind, name = handle["kind"], handle["name"]
+    status = description["TrainingJobStatus" if kind == "training" else "ProcessingJobStatus"]
+    if status != "Completed":
+        reason = description.get("FailureReason") or description.get("ExitMessage") or ""
+        secondary = description.get("SecondaryStatus", status)
+        raise JobFailedError(
+            f"{kind} job {name} for {handle['candidate']} ended {status} ({secondary}): {reason}"
+        )
+    outcome: dict[str, Any] = {
+        "candidate": handle["candidate"],
+        "job_name": name,
+        "target": handle["target"],
+        "status": status,
+    }
+    if kind == "training":
+        outcome.update(
+            model_artifacts=description["ModelArtifacts"]["S3ModelArtifacts"],
+            training_seconds=description.get("TrainingTimeInSeconds"),
+            final_metrics={
+                m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])
+            },
+            hyperparameters={
+                k: v
+                for k, v in description.get("HyperParameters", {}).items()
+                if not k.startswith("sagemaker_")
+            },
+        )
+    else:
+        output = description["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+        outcome.update(
+            output_uri=output,
+            metrics=read_json(join(output, "metrics.json")),
+            zero_shot=bool(handle.get("zero_shot")),
+        )
+    return outcome
+
+
+def plan_evaluation(
+    resolved: dict, staged: dict, trained: list[dict], dag_id: str, run_id: str
+) -> list[dict]:
+    """A CreateProcessingJob request per trained candidate, plus the untuned baseline."""
+    config = config_of(resolved)
+    entries = [(t["candidate"], t["model_artifacts"], False) for t in trained if t]
+    if config.evaluation.baseline:
+        base = resolve_base_model(config.candidates[0].base_model)
+        entries.append((BASELINE, f"file://{base}", True))
+    plans = []
+    for candidate, model_uri, zero_shot in entries:
+        base_name = job_name(dag_id, run_id, candidate, "processing")
+        output = f"file://{state_dir() / 'artifacts' / 'evaluation' / base_name}"
+        request = evaluation_request(
+            config,
+            model_uri,
+            staged,
+            _tags(config, dag_id, run_id, candidate),
+            zero_shot=zero_shot,
+            output_uri=output,
+        )
+        plans.append(
+            {
+                "kind": "processing",
+                "candidate": candidate,
+                "base_name": base_name,
+                "target": config.target,
+                "settings": backend_settings(config),
+                "request": request,
+                "zero_shot": zero_shot,
+            }
+        )
+    return plans
+
+
+def leaderboard(evaluations: list[dict], metric: str) -> list[dict]:
+    rows = [
+        {
+            "candidate": e["candidate"],
+            "accuracy": e["metrics"]["accuracy"],
+            "macro_f1": e["metrics"]["macro_f1"],
+            "examples": e["metrics"]["examples"],
+            "throughput_per_sec": e["metrics"]["throughput_per_sec"],
+            "baseline": e.get("zero_shot", False),
+        }
+        for e in evaluations
+        if e
+    ]
+    return sorted(rows, key=lambda r: r[metric], reverse=True)
+
+
+def select(resolved: dict, evaluations: list[dict]) -> dict:
+    """The best fine-tuned candidate by the configured metric; it must pass the minimum."""
+    config = config_of(resolved)
+    metric, minimum = config.evaluation.metric, config.evaluation.min_score
+    board = leaderboard(evaluations, metric)
+    for row in board:
+        log.info(
+            "%-24s %s=%.4f macro_f1=%.4f%s",
+            row["candidate"],
+            metric,
+            row[metric],
+            row["macro_f1"],
+            "  (untuned baseline)" if row["baseline"] else "",
+        )
+    contenders = [r for r in board if not r["baseline"]]
+    if not contenders:
+        raise SelectionError("no fine-tuned candidate was evaluated; see the training tasks' logs")
+    best = contenders[0]
+    if best[metric] < minimum:
+        raise SelectionError(
+            f"the best candidate {best['candidate']} has {metric}={best[metric]:.4f}, below "
+            f"evaluation.min_score={minimum}; nothing is registered. Improve the candidates or "
+            "lower the threshold in the config"
+        )
+    baseline = next((r for r in board if r["baseline"]), None)
+    decision = {
+        "winner": best["candidate"],
+        "metric": metric,
+        "score": best[metric],
+        "min_score": minimum,
+        "leaderboard": board,
+    }
+    if baseline:
+        decision["baseline_score"] = baseline[metric]
+        decision["gain_over_baseline"] = round(best[metric] - baseline[metric], 6)
+    log.info("selected %s (%s=%.4f >= %.4f)", best["candidate"], metric, best[metric], minimum)
+    return decision

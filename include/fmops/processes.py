@@ -1,0 +1,68 @@
+"""Detached processes that outlive the task that started them, found again by pid + start time.
+
+A pid alone can be reused by the OS after its process exits; the start time from
+``/proc/<pid>/stat`` makes the identity safe, so that stopping "our" process never signals a
+stranger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def spawn_detached(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> dict[str, object]:
+    """Start ``command`` in a new session, output appended to ``log_path``; return its identity."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+        )
+    return {"pid": process.pid, "start": start_time(process.pid)}
+
+
+def alive(identity: dict[str, object] | None) -> bool:
+    if not identity or identity.get("pid") is None:
+        return False
+    pid = int(identity["pid"])
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child, so it does not linger
+    current = start_time(pid)
+    return current is not None and current == identity.get("start")
+
+
+def stop(identity: dict[str, object] | None, grace_seconds: float = 10.0) -> bool:
+    """SIGTERM our process (and its session), SIGKILL after the grace period. True if it ran."""
+    if not alive(identity):
+        return False
+    pid = int(identity["pid"])  # type: ignore[index]
+    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not alive(identity):
+                return True
+            time.sleep(0.1)
+    return True

@@ -1,0 +1,151 @@
+"""The fmops text classifier and its inference handlers (the SageMaker serving contract).
+
+The classifier is a sentence encoder (a Hugging Face ``AutoModel``), mean pooling over tokens,
+L2 normalisation and a linear head. It is the architecture that sentence encoders such as
+all-MiniLM-L6-v2 were trained for (their [CLS] pooler is untrained), and it lets the head start
+from the embeddings of the label names: the untuned model is then already a zero-shot
+classifier, and fine-tuning starts from there. A saved model folder holds the encoder
+(``model.safetensors`` + config + tokenizer), ``classifier.safetensors`` (the head) and
+``label_map.json``.
+
+``model_fn`` / ``input_fn`` / ``predict_fn`` / ``output_fn`` are the hooks that the SageMaker
+Hugging Face inference toolkit calls; the fmops local variant server calls the same functions.
+
+Request:  ``{"inputs": ["text", ...]}`` (or a single string), JSON.
+Response: ``{"predictions": [{"label": ..., "score": ...}, ...]}``.
+
+Malformed input raises :class:`BadRequestError`; a server answers it with HTTP 400 and the message.
+Weights load from safetensors; nothing is unpickled. Only torch, transformers, numpy and the
+standard library are imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+MAX_BATCH = int(os.environ.get("FMOPS_MAX_BATCH", "64"))
+MAX_TEXT_CHARS = int(os.environ.get("FMOPS_MAX_TEXT_CHARS", "2000"))
+MAX_LENGTH = int(os.environ.get("FMOPS_MAX_LENGTH", "128"))
+ZERO_SHOT_TEMPERATURE = 0.05
+EXAMPLE = '{"inputs": ["I still have not received my card"]}'
+
+
+class BadRequestError(ValueError):
+    """The request is malformed; the message says what is wrong and what is expected."""
+
+
+def build_classifier(encoder: Any, num_labels: int) -> Any:
+    """Encoder + mean pooling + normalisation + linear head, as a ``torch.nn.Module``."""
+    import torch
+
+    class SentenceClassifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+
+        def embed(self, input_ids, attention_mask, **kwargs):  # noqa: ANN001
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, **kwargs
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+        def forward(self, input_ids, attention_mask, labels=None, **kwargs):  # noqa: ANN001
+            logits = self.classifier(self.embed(input_ids, attention_mask, **kwargs))
+            loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+            return logits, loss
+
+    return SentenceClassifier()
+
+
+def init_head_from_label_names(classifier: Any, tokenizer: Any, labels: list[str]) -> None:
+    """Head rows = embeddings of the label names (``card_arrival`` -> "card arrival")."""
+    import torch
+
+    names = [label.replace("_", " ") for label in labels]
+    encoded = tokenizer(names, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        vectors = classifier.embed(encoded["input_ids"], encoded["attention_mask"])
+        classifier.classifier.weight.copy_(vectors / ZERO_SHOT_TEMPERATURE)
+        classifier.classifier.bias.zero_()
+
+
+def load_classifier(
+    model_dir: str | Path, zero_shot_labels: list[str] | None = None
+) -> dict[str, Any]:
+    """A saved fmops classifier, or (``zero_shot_labels``) an untuned encoder as a zero-shot one."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path, use_safetensors=True)
+    if zero_shot_labels is not None:
+        labels = list(zero_shot_labels)
+        classifier = build_classifier(encoder, len(labels))
+        init_head_from_label_names(classifier, tokenizer, labels)
+    else:
+        labels = json.loads((path / "label_map.json").read_text())["labels"]
+        classifier = build_classifier(encoder, len(labels))
+        classifier.classifier.load_state_dict(load_file(path / "classifier.safetensors"))
+    classifier.eval()
+    torch.set_grad_enabled(False)
+    return {"model": classifier, "tokenizer": tokenizer, "labels": labels}
+
+
+def model_fn(model_dir: str) -> dict[str, Any]:
+    return load_classifier(model_dir)
+
+
+def input_fn(input_data: bytes | str, content_type: str = "application/json") -> list[str]:
+    if content_type.split(";")[0].strip() != "application/json":
+        raise BadRequestError(
+            f"content type {content_type!r} is not supported; send application/json"
+        )
+    try:
+        payload = json.loads(input_data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequestError(f"the body is not valid JSON ({err}); expected {EXAMPLE}") from None
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise BadRequestError(f"the body must be an object with an 'inputs' field, like {EXAMPLE}")
+    texts = payload["inputs"]
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts:
+        raise BadRequestError("'inputs' must be a non-empty string or a non-empty list of strings")
+    if len(texts) > MAX_BATCH:
+        raise BadRequestError(f"'inputs' has {len(texts)} texts; at most {MAX_BATCH} per request")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequestError(f"inputs[{i}] must be a non-empty string, got {text!r:.60}")
+        if len(text) > MAX_TEXT_CHARS:
+            raise BadRequestError(
+                f"inputs[{i}] has {len(text)} characters; at most {MAX_TEXT_CHARS}"
+            )
+    return texts
+
+
+def predict_fn(texts: list[str], model: dict[str, Any]) -> list[dict[str, Any]]:
+    import torch
+
+    encoded = model["tokenizer"](
+        texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
+    with torch.no_grad():
+        logits, _ = model["model"](encoded["input_ids"], encoded["attention_mask"])
+        probabilities = logits.softmax(-1)
+    scores, indices = probabilities.max(-1)
+    return [
+        {"label": model["labels"][int(i)], "score": round(float(s), 6)}
+        for s, i in zip(scores, indices, strict=True)
+    ]
+
+
+def output_fn(prediction: list[dict[str, Any]], accept: str = "application/json") -> str:
+    return json.dumps({"predictions": prediction})

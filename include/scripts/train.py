@@ -1,0 +1,374 @@
+"""Fine-tune a sentence encoder as a text classifier inside a training job.
+
+Runs unchanged as the entry point of a SageMaker Hugging Face training container and under the
+fmops local executor, which emulates the same container contract:
+
+- hyperparameters: the JSON object in ``SM_HPS`` or ``/opt/ml/input/config/hyperparameters.json``
+  (SageMaker passes every value as a string, so each one is parsed and checked here);
+- channels: ``SM_CHANNEL_TRAIN`` and ``SM_CHANNEL_VALIDATION`` hold ``*.csv`` files (and optionally
+  ``labels.json``, the declared label set); ``SM_CHANNEL_BASE_MODEL`` holds a Hugging Face model
+  folder, else the ``base_model`` hyperparameter names one;
+- outputs: the fine-tuned model in ``SM_MODEL_DIR`` (the encoder's ``model.safetensors``, config
+  and tokenizer, the head in ``classifier.safetensors``, ``label_map.json``; with LoRA the
+  adapters under ``adapter/`` and the merged encoder at the top) and ``metrics.json`` in
+  ``SM_OUTPUT_DATA_DIR``. The platform (or the local executor) packs the model folder into
+  ``model.tar.gz``.
+
+The model is ``inference.build_classifier`` (beside this file): encoder, mean pooling and a
+linear head that starts from the label names' embeddings (``init_head=label_names``), so that
+training starts from the zero-shot classifier. ``method=full`` trains every weight;
+``method=lora`` trains LoRA adapters on the encoder (peft) and the head in full.
+
+Progress goes to stdout as ``key=value`` lines that the job spec's MetricDefinitions match.
+Only torch, transformers, peft, numpy and the standard library are imported: the file is
+uploaded as-is, with inference.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+EXIT_BAD_INPUT = 2
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter is missing, malformed or out of range."""
+
+
+@dataclass
+class Hyperparameters:
+    base_model: str = ""
+    method: str = "full"
+    text_column: str = "text"
+    label_column: str = "label"
+    epochs: int = 3
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 13
+    log_every_steps: int = 10
+    init_head: str = "label_names"
+    head_learning_rate: float = 0.0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+
+    @classmethod
+    def parse(cls, raw: dict[str, object]) -> Hyperparameters:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(
+            set(raw) - set(known) - {"sagemaker_program", "sagemaker_submit_directory"}
+        )
+        if unknown:
+            raise HyperparameterError(
+                f"unknown hyperparameter(s) {unknown}; allowed: {sorted(known)}"
+            )
+        values: dict[str, object] = {}
+        defaults = cls()
+        for name, value in raw.items():
+            if name not in known:
+                continue
+            default = getattr(defaults, name)
+            values[name] = _coerce(name, value, default)
+        hps = cls(**values)
+        hps.check()
+        return hps
+
+    def check(self) -> None:
+        if self.method not in ("full", "lora"):
+            raise HyperparameterError(f"method={self.method!r}; allowed: 'full', 'lora'")
+        if self.init_head not in ("label_names", "random"):
+            raise HyperparameterError(
+                f"init_head={self.init_head!r}; allowed: 'label_names', 'random'"
+            )
+        if not 0 <= self.head_learning_rate < 1:
+            raise HyperparameterError(
+                f"head_learning_rate={self.head_learning_rate} must be in [0, 1) (0: learning_rate)"
+            )
+        positive = ("epochs", "batch_size", "max_length", "log_every_steps", "lora_r", "lora_alpha")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise HyperparameterError(f"{name}={getattr(self, name)} must be > 0")
+        if not 0 < self.learning_rate < 1:
+            raise HyperparameterError(f"learning_rate={self.learning_rate} must be in (0, 1)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise HyperparameterError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if not 0 <= self.lora_dropout < 1:
+            raise HyperparameterError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
+
+
+def _coerce(name: str, value: object, default: object) -> object:
+    """Parse one hyperparameter to the type of its default (SageMaker sends strings)."""
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            number = float(value)  # accepts "3" and "3.0"
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            parsed = (
+                json.loads(value) if isinstance(value, str) and value.startswith("[") else value
+            )
+            if isinstance(parsed, str):
+                parsed = [p.strip() for p in parsed.split(",") if p.strip()]
+            if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+                raise ValueError
+            return parsed
+        return str(value)
+    except (TypeError, ValueError):
+        raise HyperparameterError(
+            f"hyperparameter {name}={value!r} is not a valid {type(default).__name__}"
+        ) from None
+
+
+def load_hyperparameters() -> Hyperparameters:
+    raw = os.environ.get("SM_HPS")
+    if raw is None:
+        path = Path(os.environ.get("SM_INPUT_CONFIG_DIR", "/opt/ml/input/config"))
+        path = path / "hyperparameters.json"
+        raw = path.read_text() if path.exists() else "{}"
+    return Hyperparameters.parse(json.loads(raw))
+
+
+def read_channel(channel_dir: Path, hps: Hyperparameters) -> tuple[list[str], list[str]]:
+    files = sorted(channel_dir.glob("*.csv"))
+    if not files:
+        raise HyperparameterError(f"no *.csv file in channel folder {channel_dir}")
+    texts: list[str] = []
+    labels: list[str] = []
+    for path in files:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {hps.text_column, hps.label_column} - set(reader.fieldnames or [])
+            if missing:
+                raise HyperparameterError(
+                    f"{path.name} lacks column(s) {sorted(missing)}; it has {reader.fieldnames}; "
+                    "set text_column/label_column to the dataset's columns"
+                )
+            for row in reader:
+                texts.append(row[hps.text_column])
+                labels.append(row[hps.label_column])
+    return texts, labels
+
+
+def declared_labels(channel_dir: Path, observed: list[str]) -> list[str]:
+    path = channel_dir / "labels.json"
+    if path.exists():
+        return list(json.loads(path.read_text()))
+    return sorted(set(observed))
+
+
+def log(**values: object) -> None:
+    parts = []
+    for key, value in values.items():
+        parts.append(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")
+    print(" ".join(parts), flush=True)
+
+
+def main() -> int:
+    import inference
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+
+    try:
+        hps = load_hyperparameters()
+    except HyperparameterError as err:
+        print(f"ERROR bad hyperparameters: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+    model_dir = Path(os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
+    output_dir = Path(os.environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
+    train_dir = Path(os.environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
+    validation_dir = os.environ.get("SM_CHANNEL_VALIDATION")
+    base_model = os.environ.get("SM_CHANNEL_BASE_MODEL") or hps.base_model
+    if not base_model:
+        print("ERROR no base model: give a base_model channel or hyperparameter", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    random.seed(hps.seed)
+    np.random.seed(hps.seed)
+    torch.manual_seed(hps.seed)
+
+    try:
+        train_texts, train_labels = read_channel(train_dir, hps)
+        labels = declared_labels(train_dir, train_labels)
+        val_texts, val_labels = (
+            read_channel(Path(validation_dir), hps) if validation_dir else ([], [])
+        )
+    except HyperparameterError as err:
+        print(f"ERROR bad input data: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    label_to_id = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({x for x in train_labels + val_labels if x not in label_to_id})
+    if unknown:
+        print(f"ERROR labels not in labels.json: {unknown[:10]}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    encoder = AutoModel.from_pretrained(base_model, use_safetensors=True)
+    model = inference.build_classifier(encoder, len(labels))
+    if hps.init_head == "label_names":
+        inference.init_head_from_label_names(model, tokenizer, labels)
+    if hps.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=hps.lora_r,
+            lora_alpha=hps.lora_alpha,
+            lora_dropout=hps.lora_dropout,
+            target_modules=hps.lora_target_modules,
+        )
+        model.encoder = get_peft_model(encoder, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log(event="model", method=hps.method, trainable_params=trainable, total_params=total)
+
+    def batches(texts: list[str], ys: list[int], shuffle: bool):
+        order = list(range(len(texts)))
+        if shuffle:
+            random.shuffle(order)
+        for start in range(0, len(order), hps.batch_size):
+            idx = order[start : start + hps.batch_size]
+            # Dynamic padding: each batch is padded to its own longest text only.
+            enc = tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=hps.max_length,
+                return_tensors="pt",
+            )
+            yield enc, torch.tensor([ys[i] for i in idx])
+
+    train_y = [label_to_id[x] for x in train_labels]
+    val_y = [label_to_id[x] for x in val_labels]
+    steps_per_epoch = math.ceil(len(train_texts) / hps.batch_size)
+    total_steps = steps_per_epoch * hps.epochs
+    head = list(model.classifier.parameters())
+    body = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and not n.startswith("classifier.")
+    ]
+    optimizer = torch.optim.AdamW(
+        [{"params": body}, {"params": head, "lr": hps.head_learning_rate or hps.learning_rate}],
+        lr=hps.learning_rate,
+        weight_decay=hps.weight_decay,
+    )
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(total_steps * hps.warmup_ratio), total_steps
+    )
+
+    def evaluate() -> tuple[float, float]:
+        model.eval()
+        correct, loss_sum = 0, 0.0
+        with torch.no_grad():
+            for enc, y in batches(val_texts, val_y, shuffle=False):
+                logits, loss = model(enc["input_ids"], enc["attention_mask"], labels=y)
+                loss_sum += float(loss) * len(y)
+                correct += int((logits.argmax(-1) == y).sum())
+        model.train()
+        return correct / len(val_y), loss_sum / len(val_y)
+
+    log(
+        event="start",
+        train_examples=len(train_texts),
+        validation_examples=len(val_texts),
+        labels=len(labels),
+        total_steps=total_steps,
+    )
+    model.train()
+    step, seen, started = 0, 0, time.monotonic()
+    best: dict[str, object] = {"validation_accuracy": -1.0, "epoch": 0, "state": None}
+    history: list[dict[str, float]] = []
+    for epoch in range(1, hps.epochs + 1):
+        for enc, y in batches(train_texts, train_y, shuffle=True):
+            _, loss = model(enc["input_ids"], enc["attention_mask"], labels=y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            seen += len(y)
+            if step % hps.log_every_steps == 0 or step == total_steps:
+                elapsed = time.monotonic() - started
+                rate = seen / elapsed
+                eta = (total_steps - step) * hps.batch_size / rate
+                lr = scheduler.get_last_lr()[0]
+                log(
+                    step=f"{step}/{total_steps}",
+                    epoch=epoch,
+                    train_loss=loss.item(),
+                    learning_rate=float(lr),
+                    samples_per_sec=rate,
+                    eta_s=round(eta),
+                )
+                history.append({"step": step, "train_loss": loss.item(), "learning_rate": lr})
+        if val_texts:
+            accuracy, val_loss = evaluate()
+            log(epoch=epoch, validation_accuracy=accuracy, validation_loss=val_loss)
+            if accuracy > best["validation_accuracy"]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = {
+                    "validation_accuracy": accuracy,
+                    "validation_loss": val_loss,
+                    "epoch": epoch,
+                    "state": state,
+                }
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        log(event="best", epoch=best["epoch"], validation_accuracy=best["validation_accuracy"])
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    encoder = model.encoder
+    if hps.method == "lora":
+        encoder.save_pretrained(model_dir / "adapter")
+        encoder = encoder.merge_and_unload()
+    encoder.save_pretrained(model_dir, safe_serialization=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.classifier.state_dict().items()},
+        model_dir / "classifier.safetensors",
+    )
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "label_map.json").write_text(json.dumps({"labels": labels}, indent=1))
+
+    elapsed = time.monotonic() - started
+    metrics = {
+        "train_seconds": round(elapsed, 2),
+        "train_samples_per_sec": round(seen / elapsed, 2),
+        "steps": step,
+        "best_epoch": best["epoch"],
+        "validation_accuracy": best["validation_accuracy"] if val_texts else None,
+        "validation_loss": best.get("validation_loss"),
+        "trainable_params": trainable,
+        "total_params": total,
+        "hyperparameters": {k: v for k, v in asdict(hps).items()},
+        "history": history,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log(event="done", train_seconds=elapsed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,7 @@ AWS (spot, warm pools, VPC, KMS, several instances) are accepted and reported as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from botocore.exceptions import ClientError
 
 from fmops import processes
 from fmops.jobs.naming import JOB_NAME_RE
-from fmops.jobs.runner import now, read_json, write_json
+from fmops.jobs.runner import STOP_REQUEST, now, read_json, write_json
 from fmops.paths import state_dir
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,22 @@ def validate_request(operation: str, request: dict[str, Any]) -> None:
     report = ParamValidator().validate(request, shape)
     if report.has_errors():
         raise ParamValidationError(report=report.generate_report())
+
+
+# Optional in the API, but SageMaker cannot run a job without them (it answers with a
+# ValidationException), and neither can the local executor.
+TRAINING_NEEDS = ("AlgorithmSpecification", "ResourceConfig", "StoppingCondition")
+PROCESSING_NEEDS = ("ProcessingResources",)
+
+
+def _require(request: dict[str, Any], operation: str, fields: tuple[str, ...]) -> None:
+    missing = [f for f in fields if not request.get(f)]
+    if missing:
+        raise _client_error(
+            "ValidationException",
+            f"{operation} request lacks {missing}; give them (see the SageMaker API reference)",
+            operation,
+        )
 
 
 def _client_error(code: str, message: str, operation: str) -> ClientError:
@@ -224,10 +241,12 @@ class LocalJobBackend:
         record = self._record(name, operation)
         if record["status"] != "InProgress":
             return
-        try:
-            os.kill(self._supervisor(name)["pid"], signal.SIGTERM)
-        except (ProcessLookupError, KeyError):
-            return
+        # The request file is read by the supervisor from its first moment on; the signal only
+        # wakes it sooner, and is sent once it has installed its handler (its first transition).
+        (self._job_dir(name) / STOP_REQUEST).touch()
+        if record.get("transitions"):
+            with contextlib.suppress(ProcessLookupError, KeyError):
+                os.kill(self._supervisor(name)["pid"], signal.SIGTERM)
         log.info("asked %s job %s to stop", kind, name)
 
     def _common(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -266,11 +285,12 @@ class LocalJobBackend:
         validate_request(operation, request)
         name = request["TrainingJobName"]
         self._warn_ignored(name, request)
+        _require(request, operation, TRAINING_NEEDS)
         job_dir = self._check_new_name("training", name, operation)
         try:
             plan = self._training_plan(job_dir, request)
-        except ClientError:
-            shutil.rmtree(job_dir, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)  # nothing half-made stays behind
             raise
         self._launch("training", job_dir, request, plan)
         return {"TrainingJobArn": self._arn("training", name)}
@@ -319,7 +339,7 @@ class LocalJobBackend:
         config_dir.mkdir(parents=True)
         channels = []
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SM_"))}
-        for channel in request["InputDataConfig"]:
+        for channel in request.get("InputDataConfig", []):
             name = channel["ChannelName"]
             uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
             target = input_dir / "data" / name
@@ -337,7 +357,10 @@ class LocalJobBackend:
         write_json(config_dir / "resourceconfig.json", resource)
         write_json(
             config_dir / "inputdataconfig.json",
-            {c["ChannelName"]: {"TrainingInputMode": "File"} for c in request["InputDataConfig"]},
+            {
+                c["ChannelName"]: {"TrainingInputMode": "File"}
+                for c in request.get("InputDataConfig", [])
+            },
         )
         env.update(request.get("Environment", {}))
         env.update(
@@ -397,7 +420,7 @@ class LocalJobBackend:
             "HyperParameters": request.get("HyperParameters", {}),
             "AlgorithmSpecification": request["AlgorithmSpecification"],
             "RoleArn": request["RoleArn"],
-            "InputDataConfig": request["InputDataConfig"],
+            "InputDataConfig": request.get("InputDataConfig", []),
             "OutputDataConfig": request["OutputDataConfig"],
             "ResourceConfig": request["ResourceConfig"],
             "StoppingCondition": request["StoppingCondition"],
@@ -433,11 +456,12 @@ class LocalJobBackend:
         operation = "CreateProcessingJob"
         validate_request(operation, request)
         name = request["ProcessingJobName"]
+        _require(request, operation, PROCESSING_NEEDS)
         job_dir = self._check_new_name("processing", name, operation)
         try:
             plan = self._processing_plan(job_dir, request)
-        except ClientError:
-            shutil.rmtree(job_dir, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)  # nothing half-made stays behind
             raise
         self._launch("processing", job_dir, request, plan)
         return {"ProcessingJobArn": self._arn("processing", name)}

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 POLL_SECONDS = 0.5
+STOP_REQUEST = "stop.request"
 LOG_TAIL_BYTES = 2000
 
 
@@ -148,8 +149,12 @@ def main(job_dir: Path) -> int:
         stop["requested"] = True
 
     signal.signal(signal.SIGTERM, on_term)
+
+    def stop_requested() -> bool:
+        return stop["requested"] or (job_dir / STOP_REQUEST).exists()
+
     record.transition("Pending", "Waiting for a free slot of the local executor")
-    slot = acquire_slot(Path(plan["slots_dir"]), plan["max_concurrent"], lambda: stop["requested"])
+    slot = acquire_slot(Path(plan["slots_dir"]), plan["max_concurrent"], stop_requested)
     if slot is None:
         record.transition("Stopped", "Stopped before it started", status="Stopped", end_time=now())
         return 0
@@ -181,7 +186,7 @@ def main(job_dir: Path) -> int:
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if stop["requested"] and outcome is None:
+            if outcome is None and stop_requested():
                 outcome = ("Stopped", "Stopped", "Stopped on request")
                 record.transition("Stopping", "Stopping the job on request", status="Stopping")
                 terminate(child, plan["stop_grace_seconds"])

@@ -1,0 +1,56 @@
+# fmops: the README's commands. `make demo` and `make test` create .venv and install on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_VERSION := 26.3
+
+.PHONY: install demo test test-quick up down status lint format lock bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==$(PIP_VERSION)
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the pinned lock and the fmops package
+
+demo: $(STAMP)  ## the whole pipeline on the local target, through the real scheduler
+	$(BIN)/fmops demo
+
+test: $(STAMP)  ## the whole test suite (what CI runs)
+	$(BIN)/pytest
+
+test-quick: $(STAMP)  ## everything but the slow end-to-end tests
+	$(BIN)/pytest -m "not e2e"
+
+up: $(STAMP)  ## start airflow standalone (127.0.0.1:8080) and mlflow server (127.0.0.1:5000)
+	$(BIN)/fmops stack up
+
+down: $(STAMP)  ## stop exactly the processes that `make up` started
+	$(BIN)/fmops stack down
+
+status: $(STAMP)
+	$(BIN)/fmops stack status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lock:  ## re-resolve requirements.in into a fresh venv and write the pinned requirements.txt
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip==$(PIP_VERSION)
+	.lock-venv/bin/pip install --quiet -r requirements.in
+	.lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements.txt
+	rm -rf .lock-venv
+
+bench: $(STAMP)
+	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""The ``fmops`` command line: config checks, the local stack, the demo, endpoints and review.
+
+    fmops config check FILE [--models a,b] [--target local]
+    fmops stack up|down|status
+    fmops demo [--config FILE]
+    fmops endpoint status|invoke|delete NAME [TEXT ...]
+    fmops review approve|reject CONFIG VERSION --reviewer NAME [--comment TEXT]
+
+Exit status: 0 on success, 1 on an operational failure, 2 on bad input (config, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import yaml
+
+EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from fmops.config import ConfigError, load_config
+
+    models = [m for m in (args.models or "").split(",") if m]
+    try:
+        config = load_config(args.file, models=models or None, target=args.target)
+        labels = config.data.label_set()
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, ValueError) as err:
+        print(f"invalid pipeline config {args.file}: data.labels: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"# {args.file}: valid ({len(config.candidates)} candidates, {len(labels)} labels)")
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from fmops import stack
+
+    if args.action == "up":
+        print("starting airflow standalone and mlflow server (first start: a minute or two)")
+        stack.start()
+        print(
+            f"Airflow UI:  {stack.airflow_url()}  (user admin, password in {stack.password_file()})"
+        )
+        print(f"MLflow UI:   {stack.mlflow_url()}")
+    elif args.action == "down":
+        stopped = stack.stop()
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    else:
+        print(json.dumps(stack.status(), indent=1))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fmops.demo import run_demo
+
+    return run_demo(args.config)
+
+
+def _endpoint(args: argparse.Namespace) -> int:
+    from fmops.deployment.local import LocalEndpoint
+
+    endpoint = LocalEndpoint(args.name)
+    if not endpoint.exists():
+        print(f"no endpoint {args.name!r}; deploy a model with fmops_deploy first", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.action == "status":
+        print(json.dumps(endpoint.status(), indent=1))
+        return 0
+    if args.action == "delete":
+        endpoint.delete()
+        print(f"deleted endpoint {args.name}")
+        return 0
+    if not args.texts:
+        print("give at least one text to classify", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    status, body = endpoint.invoke({"inputs": args.texts})
+    print(json.dumps(body, indent=1))
+    return 0 if status == 200 else EXIT_FAILURE
+
+
+def _review(args: argparse.Namespace) -> int:
+    from fmops import registry
+    from fmops.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    decision = {"approve": "approved", "reject": "rejected"}[args.action]
+    registry.set_approval(config, args.version, decision, args.reviewer, args.comment)
+    print(f"{config.registry.model_name} version {args.version}: {decision} by {args.reviewer}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="fmops", description=__doc__.split("\n\n")[0])
+    commands = root.add_subparsers(dest="command", required=True)
+
+    config = commands.add_parser("config", help="check a pipeline config")
+    config_actions = config.add_subparsers(dest="action", required=True)
+    check = config_actions.add_parser("check", help="validate FILE and print the resolved config")
+    check.add_argument("file")
+    check.add_argument("--models", help="comma-separated subset of candidates")
+    check.add_argument("--target", choices=["local", "sagemaker"])
+    check.set_defaults(func=_config_check)
+
+    stack = commands.add_parser("stack", help="the local Airflow + MLflow stack")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.set_defaults(func=_stack)
+
+    demo = commands.add_parser("demo", help="run both DAGs on the local stack, end to end")
+    demo.add_argument("--config", default="include/configs/local.yaml")
+    demo.set_defaults(func=_demo)
+
+    endpoint = commands.add_parser("endpoint", help="inspect, call or delete a local endpoint")
+    endpoint.add_argument("action", choices=["status", "invoke", "delete"])
+    endpoint.add_argument("name")
+    endpoint.add_argument("texts", nargs="*", help="texts to classify (invoke)")
+    endpoint.set_defaults(func=_endpoint)
+
+    review = commands.add_parser("review", help="approve or reject a registered model version")
+    review.add_argument("action", choices=["approve", "reject"])
+    review.add_argument("config")
+    review.add_argument("version")
+    review.add_argument("--reviewer", required=True)
+    review.add_argument("--comment", default="")
+    review.set_defaults(func=_review)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

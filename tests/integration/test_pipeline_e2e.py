@@ -1,0 +1,194 @@
+"""End to end on the local target: both DAGs with ``dag.test()``, real jobs, MLflow, endpoint.
+
+Uses tests/configs/tiny.yaml (2 candidates, 4 examples per intent, 1 epoch, 300 evaluation
+examples) so that the whole path, real fine-tuning included, runs in about two minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
+
+pytestmark = pytest.mark.e2e
+
+
+def _states(run) -> dict[str, list[str]]:
+    from airflow.utils.session import create_session
+
+    states: dict[str, list[str]] = {}
+    with create_session() as session:
+        for ti in run.get_task_instances(session=session):
+            states.setdefault(ti.task_id, []).append(str(ti.state))
+    return states
+
+
+def _try_numbers(run, task_id: str) -> list[int]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [
+            ti.try_number for ti in run.get_task_instances(session=session) if ti.task_id == task_id
+        ]
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    from fmops.config import load_config
+
+    return load_config(TINY)
+
+
+@pytest.fixture(scope="module")
+def endpoint(tiny_config):
+    from fmops.deployment.local import LocalEndpoint
+
+    endpoint = LocalEndpoint(tiny_config.deployment.endpoint_name)
+    yield endpoint
+    endpoint.delete()
+    assert not endpoint.status()["router_alive"]
+
+
+@pytest.fixture(scope="module")
+def finetune_run(dagbag):
+    run = dagbag.get_dag("fmops_finetune").test(run_conf={"config_file": str(TINY)})
+    return run
+
+
+def test_finetune_registers_the_winner(finetune_run, tiny_config):
+    from fmops import registry
+
+    states = _states(finetune_run)
+    assert finetune_run.state == "success", f"task states: {states}"
+    assert states["await_training"] == ["success", "success"]
+    assert len(states["await_evaluation"]) == 3  # two candidates and the untuned baseline
+
+    client = registry.client(tiny_config)
+    name = tiny_config.registry.model_name
+    challenger = client.get_model_version_by_alias(name, registry.CHALLENGER)
+    assert challenger.tags["fmops.dag_run"] == f"fmops_finetune/{finetune_run.run_id}"
+    assert challenger.tags["fmops.candidate"] in {"tiny-full", "tiny-lora"}
+    assert "| candidate | accuracy |" in challenger.description
+
+    experiment = client.get_experiment_by_name(tiny_config.pipeline)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{finetune_run.run_id}'"
+    )
+    by_role = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags["fmops.role"], []).append(run)
+    assert len(by_role["parent"]) == 1
+    children = {r.data.tags["fmops.candidate"]: r for r in by_role["candidate"]}
+    assert set(children) == {"tiny-full", "tiny-lora", "baseline"}
+    for candidate in ("tiny-full", "tiny-lora"):
+        metrics = children[candidate].data.metrics
+        assert 0 <= metrics["eval_accuracy"] <= 1
+        assert metrics["eval_examples"] == 300
+        history = client.get_metric_history(children[candidate].info.run_id, "train_loss")
+        assert history, f"{candidate} has no training loss curve in MLflow"
+    # The winner's evaluation score is the one the registry recorded.
+    winner = children[challenger.tags["fmops.candidate"]].data.metrics["eval_accuracy"]
+    baseline = children["baseline"].data.metrics["eval_accuracy"]
+    assert challenger.tags["fmops.metric"] == f"accuracy={winner:.4f}"
+    assert baseline < 1
+
+
+def test_register_is_idempotent_per_run(finetune_run, tiny_config):
+    """Running the registration of the same DAG run again finds its version instead of adding one."""
+    from fmops import registry
+
+    client = registry.client(tiny_config)
+    name = tiny_config.registry.model_name
+    before = client.search_model_versions(f"name = '{name}'")
+    version = registry.find_version(client, name, f"fmops_finetune/{finetune_run.run_id}")
+    assert version is not None
+    assert len(before) == 1
+
+
+def test_deploy_serves_the_registered_version(finetune_run, dagbag, tiny_config, endpoint):
+    from fmops import registry
+
+    assert finetune_run.state == "success"
+    run = dagbag.get_dag("fmops_deploy").test(run_conf={"config_file": str(TINY)})
+    assert run.state == "success", f"task states: {_states(run)}"
+
+    client = registry.client(tiny_config)
+    name = tiny_config.registry.model_name
+    champion = client.get_model_version_by_alias(name, registry.CHAMPION)
+    challenger = client.get_model_version_by_alias(name, registry.CHALLENGER)
+    assert champion.version == challenger.version
+    assert champion.tags[registry.APPROVAL_TAG] == "approved"
+
+    labels = set(json.loads((PROJECT_ROOT / "include/data/banking77/categories.json").read_text()))
+    status, body = endpoint.invoke(
+        {"inputs": ["I lost my card, please block it", "What is the exchange rate for euros?"]}
+    )
+    assert status == 200, body
+    assert len(body["predictions"]) == 2
+    for prediction in body["predictions"]:
+        assert prediction["label"] in labels
+        assert 0 < prediction["score"] <= 1
+
+    state = endpoint.status()
+    serving = [v for v in state["variants"].values() if v["weight"] == 100]
+    assert [v["version"] for v in serving] == [str(champion.version)]
+    # The variant serves the weights downloaded from the registry, not the job's folder.
+    model_dir = json.loads(endpoint.state_file.read_text())["variants"]
+    assert all("/models/" in v["model_dir"] for v in model_dir.values())
+
+    for bad, expected in (
+        (b"{not json", 400),
+        (b'{"inputs": []}', 400),
+        (b'{"text": "hello"}', 400),
+        (b'{"inputs": [42]}', 400),
+        (b"x" * (300 * 1024), 413),
+    ):
+        status, body = endpoint.invoke(bad)
+        assert status == expected, (bad[:40], status, body)
+        assert body.get("error"), body
+    status, _ = endpoint.invoke({"inputs": ["still serving after bad requests"]})
+    assert status == 200
+
+
+def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
+    """Unknown labels and empty texts fail validate_data once, start no job, register nothing."""
+    import pandas as pd
+
+    from fmops import registry
+    from fmops.paths import state_dir
+
+    frame = pd.read_csv(
+        PROJECT_ROOT / "include/data/banking77/train.csv", dtype=str, keep_default_na=False
+    )
+    frame.loc[0, "category"] = "not_an_intent"
+    frame.loc[1, "text"] = "   "
+    frame.loc[2, "text"] = ""
+    bad_csv = tmp_path / "bad-train.csv"
+    frame.to_csv(bad_csv, index=False)
+    raw = yaml.safe_load(TINY.read_text())
+    raw["pipeline"] = "fmops-e2e-bad"
+    raw["registry"]["model_name"] = "fmops-e2e-bad-classifier"
+    raw["data"]["train"] = str(bad_csv)
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    jobs_dir = state_dir() / "jobs"
+    jobs_before = set(jobs_dir.iterdir()) if jobs_dir.exists() else set()
+
+    run = dagbag.get_dag("fmops_finetune").test(run_conf={"config_file": str(config_file)})
+
+    states = _states(run)
+    assert run.state == "failed"
+    assert states["validate_data"] == ["failed"]
+    assert _try_numbers(run, "validate_data") == [1], "a data failure must not be retried"
+    assert states["load_config"] == ["success"]
+    for task_id in ("plan_jobs", "register"):
+        assert states[task_id] == ["upstream_failed"], states
+    jobs_after = set(jobs_dir.iterdir()) if jobs_dir.exists() else set()
+    assert jobs_after == jobs_before, "no job may start when the data is bad"
+    client = registry.client()
+    assert client.search_model_versions("name = 'fmops-e2e-bad-classifier'") == []

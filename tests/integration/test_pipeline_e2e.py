@@ -98,16 +98,47 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     assert baseline < 1
 
 
-def test_register_is_idempotent_per_run(finetune_run, tiny_config):
-    """Running the registration of the same DAG run again finds its version instead of adding one."""
+def _xcom(run, task_id: str):
+    """The return values of a task of ``run`` (a list for a mapped task, by map index)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    query = XComModel.get_many(
+        run_id=run.run_id, key="return_value", task_ids=task_id, dag_ids=run.dag_id
+    )
+    with create_session() as session:
+        rows = session.scalars(query).all()
+        values = {row.map_index: XComModel.deserialize_value(row) for row in rows}
+    return values[-1] if list(values) == [-1] else [values[i] for i in sorted(values)]
+
+
+def test_register_again_finds_the_same_version(finetune_run, tiny_config):
+    """A retried register of the same DAG run reuses its runs and version: no duplicates."""
     from fmops import registry
 
     client = registry.client(tiny_config)
     name = tiny_config.registry.model_name
-    before = client.search_model_versions(f"name = '{name}'")
-    version = registry.find_version(client, name, f"fmops_finetune/{finetune_run.run_id}")
-    assert version is not None
-    assert len(before) == 1
+    versions_before = client.search_model_versions(f"name = '{name}'")
+    experiment = client.get_experiment_by_name(tiny_config.pipeline)
+    runs_before = client.search_runs([experiment.experiment_id])
+    first = _xcom(finetune_run, "register")
+
+    again = registry.register(
+        tiny_config,
+        _xcom(finetune_run, "load_config"),
+        _xcom(finetune_run, "validate_data"),
+        _xcom(finetune_run, "await_training"),
+        _xcom(finetune_run, "await_evaluation"),
+        _xcom(finetune_run, "select"),
+        "fmops_finetune",
+        finetune_run.run_id,
+        {},
+    )
+
+    assert again["version"] == first["version"]
+    assert again["parent_run_id"] == first["parent_run_id"]
+    assert len(client.search_model_versions(f"name = '{name}'")) == len(versions_before)
+    assert len(client.search_runs([experiment.experiment_id])) == len(runs_before)
 
 
 def test_deploy_serves_the_registered_version(finetune_run, dagbag, tiny_config, endpoint):

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, chain, dag, task
 
 from fmops.airflow import tasks
-from fmops.airflow.operators import AwaitJobOperator
+from fmops.airflow.operators import AwaitJobOperator, ValidateDataOperator
 
 CONFIG_FILES = ["include/configs/local.yaml"]
 
@@ -70,7 +70,7 @@ CONFIG_FILES = ["include/configs/local.yaml"]
 )
 def fmops_finetune():
     _load_config = task(tasks.load_config)()
-    _validate_data = task(tasks.validate_data)(_load_config)
+    _validate_data = ValidateDataOperator(task_id="validate_data", resolved=_load_config).output
     _plan_jobs = task(tasks.plan_jobs)(_load_config, _validate_data)
     _submit_training = task(tasks.submit_job, task_id="submit_training").expand(plan=_plan_jobs)
     _await_training = AwaitJobOperator.partial(task_id="await_training").expand(

@@ -10,9 +10,12 @@ import os
 
 from airflow.plugins_manager import AirflowPlugin
 
+from fmops.airflow.operators import ValidationReportLink
+
 
 class FmopsPlugin(AirflowPlugin):
     name = "fmops"
+    operator_extra_links = [ValidationReportLink()]
     external_views = [
         {
             "name": "MLflow",

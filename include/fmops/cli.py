@@ -1,12 +1,14 @@
 """The ``fmops`` command line: config checks, the local stack, the demo, endpoints and review.
 
     fmops config check FILE [--models a,b] [--target local]
+    fmops data validate --config FILE [--train URI] [--eval URI] [--report-dir DIR]
     fmops stack up|down|status
     fmops demo [--config FILE]
     fmops endpoint status|invoke|delete NAME [TEXT ...]
     fmops review approve|reject CONFIG VERSION --reviewer NAME [--comment TEXT]
 
-Exit status: 0 on success, 1 on an operational failure, 2 on bad input (config, arguments).
+Exit status: 0 on success, 1 on a failure (a failed validation, an endpoint error), 2 on bad or
+unusable input (config, arguments, a missing or unreadable dataset).
 """
 
 from __future__ import annotations
@@ -37,6 +39,26 @@ def _config_check(args: argparse.Namespace) -> int:
     print(f"# {args.file}: valid ({len(config.candidates)} candidates, {len(labels)} labels)")
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
+
+
+def _data_validate(args: argparse.Namespace) -> int:
+    """Exit 0: passed (warnings allowed); 1: failed; 2: unusable input. Always the summary."""
+    import tempfile
+    from pathlib import Path
+
+    from fmops.config import ConfigError, load_config
+    from fmops.data.loading import DataError
+    from fmops.pipeline import run_validation
+
+    try:
+        config = load_config(args.config)
+        folder = Path(args.report_dir or tempfile.mkdtemp(prefix="fmops-validation-"))
+        report, _, _ = run_validation(config, folder, args.train, args.eval)
+    except (ConfigError, DataError) as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(report.summary())
+    return 0 if report.success else EXIT_FAILURE
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -111,6 +133,15 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--models", help="comma-separated subset of candidates")
     check.add_argument("--target", choices=["local", "sagemaker"])
     check.set_defaults(func=_config_check)
+
+    data = commands.add_parser("data", help="validate datasets as validate_data does")
+    data_actions = data.add_subparsers(dest="action", required=True)
+    validate = data_actions.add_parser("validate", help="run the config's data checks")
+    validate.add_argument("--config", required=True, help="pipeline YAML")
+    validate.add_argument("--train", help="training data URI (default: the config's)")
+    validate.add_argument("--eval", help="evaluation data URI (default: the config's)")
+    validate.add_argument("--report-dir", help="where to write the reports (default: a temp dir)")
+    validate.set_defaults(func=_data_validate)
 
     stack = commands.add_parser("stack", help="the local Airflow + MLflow stack")
     stack.add_argument("action", choices=["up", "down", "status"])

@@ -36,36 +36,109 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ValidationRules(Strict):
-    """The data checks of the validate_data stage (Great Expectations)."""
+Policy = Literal["fail", "warn", "off"]
 
-    min_text_chars: int = Field(1, ge=1)
-    max_text_chars: int = Field(512, ge=1)
-    min_examples_per_label: int = Field(5, ge=1)
+
+class Check(Strict):
+    """One data check: what happens when the offending share of rows exceeds ``threshold``.
+
+    ``threshold`` is the tolerated fraction of offending rows (0: any offending row counts), or
+    for a statistic (imbalance ratio, PSI) its bound. ``warn_above`` optionally warns earlier.
+    """
+
+    policy: Policy = "fail"
+    threshold: float = Field(0.0, ge=0)
+    warn_above: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
-    def _bounds(self) -> ValidationRules:
-        if self.min_text_chars > self.max_text_chars:
+    def _warn_below_threshold(self) -> Check:
+        if self.warn_above is not None and self.warn_above > self.threshold:
             raise ValueError(
-                f"min_text_chars ({self.min_text_chars}) exceeds max_text_chars "
-                f"({self.max_text_chars}); make min_text_chars <= max_text_chars"
+                f"warn_above ({self.warn_above}) exceeds threshold ({self.threshold}); "
+                "a warning level must be at or below the threshold"
             )
         return self
 
 
+class LengthCheck(Check):
+    min_chars: int = Field(1, ge=1)
+    max_chars: int = Field(2000, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LengthCheck:
+        if self.min_chars > self.max_chars:
+            raise ValueError(
+                f"min_chars ({self.min_chars}) exceeds max_chars ({self.max_chars}); "
+                "make min_chars <= max_chars"
+            )
+        return self
+
+
+class LabelCheck(Check):
+    min_examples_per_label: int = Field(5, ge=1)
+    max_imbalance_ratio: float = Field(50.0, ge=1, description="largest / smallest label count")
+
+
+class SchemaCheck(Check):
+    allow_extra_columns: bool = True
+
+
+class PiiCheck(Strict):
+    policy: Literal["fail", "warn", "redact", "off"] = "fail"
+
+
+class SizeCheck(Check):
+    min_rows: int = Field(1, ge=0)
+    max_rows: int = Field(50_000_000, ge=1)
+
+
+class DataChecks(Strict):
+    """The validate_data stage's checks; every one has a policy and a threshold."""
+
+    schema_: SchemaCheck = Field(SchemaCheck(), alias="schema")
+    completeness: Check = Check()
+    labels: LabelCheck = LabelCheck()
+    length: LengthCheck = LengthCheck()
+    exact_duplicates: Check = Check(threshold=0.05)
+    normalized_duplicates: Check = Check(threshold=0.05)
+    conflicting_labels: Check = Check()
+    exact_leakage: Check = Check()
+    normalized_leakage: Check = Check(threshold=0.01, warn_above=0.0)
+    encoding: Check = Check()
+    pii: PiiCheck = PiiCheck()
+    size: SizeCheck = SizeCheck()
+    drift: Check = Check(policy="warn", threshold=0.25)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class DataConfig(Strict):
-    train: str = Field(description="training CSV: a path relative to the project, or file://")
-    evaluation: str = Field(description="held-out evaluation CSV, never trained on")
-    labels: str | list[str] = Field(description="the declared label set: JSON list file, or list")
+    train: str = Field(description="training data (CSV, JSON Lines, Parquet): path, file://, s3://")
+    evaluation: str = Field(description="held-out evaluation data, never trained on")
+    task: Literal["classification", "instruction"] = "classification"
+    labels: str | list[str] | None = Field(
+        None, description="classification: the declared label set, a JSON list file or a list"
+    )
     text_column: str = "text"
     label_column: str = "label"
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = Field("messages", description="chat records: a list of role/content")
     samples_per_label: int | None = Field(None, ge=1, description="cap on training rows per label")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     evaluation_sample_size: int | None = Field(None, ge=1)
     seed: int = 13
-    rules: ValidationRules = ValidationRules()
+    checks: DataChecks = DataChecks()
+
+    @model_validator(mode="after")
+    def _labels_for_classification(self) -> DataConfig:
+        if self.task == "classification" and not self.labels:
+            raise ValueError("task classification needs labels: a JSON list file or a list")
+        return self
 
     def label_set(self) -> list[str]:
+        if self.labels is None:
+            return []
         if isinstance(self.labels, list):
             return list(self.labels)
         return list(json.loads(resolve_path(self.labels).read_text()))

@@ -7,8 +7,10 @@ names, metric dicts. Data stays in files named by URIs.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig, load_config
@@ -54,31 +56,87 @@ def backend_for(handle: dict[str, Any]) -> JobBackend:
     return get_backend(handle["target"], **handle.get("settings", {}))
 
 
-def validate_and_stage(resolved: dict) -> dict:
+def tokenizers_for(config: PipelineConfig) -> tuple[dict[str, Any], dict[str, int]]:
+    """Each candidate base model's tokenizer, and the smallest max_length its candidates use."""
+    from transformers import AutoTokenizer
+
+    tokenizers: dict[str, Any] = {}
+    limits: dict[str, int] = {}
+    for candidate in config.candidates:
+        name = candidate.base_model
+        if name not in tokenizers:
+            tokenizers[name] = AutoTokenizer.from_pretrained(resolve_base_model(name))
+        limit = candidate.hyperparameters.max_length
+        limits[name] = min(limits.get(name, limit), limit)
+    return tokenizers, limits
+
+
+def validation_dir(config: PipelineConfig) -> Path:
+    return state_dir() / "validation" / config.pipeline
+
+
+def run_validation(
+    config: PipelineConfig,
+    folder: Path,
+    train_uri: str | None = None,
+    evaluation_uri: str | None = None,
+) -> tuple[Any, Any, Any]:
+    """Load both datasets and validate them; returns (report, train, evaluation) frames with
+    the derived columns (after redaction when the PII policy is redact)."""
+    from fmops.data.loading import load_table
+    from fmops.data.validation import validate_frames
+
+    data = config.data
+    train = load_table(train_uri or data.train)
+    evaluation = load_table(evaluation_uri or data.evaluation)
+    tokenizers, limits = tokenizers_for(config)
+    reference_file = validation_dir(config) / "last_passed.json"
+    reference = (
+        json.loads(reference_file.read_text())["labels"] if reference_file.exists() else None
+    )
+    return validate_frames(
+        data,
+        train,
+        evaluation,
+        tokenizers=tokenizers,
+        token_limits=limits,
+        reference=reference,
+        folder=folder,
+    )
+
+
+def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
     """Validate both datasets with Great Expectations, then stage the job channels."""
-    from fmops.data.loading import file_digest, load_table, stage
-    from fmops.data.validation import validate_datasets
+    from fmops.data import features
+    from fmops.data.loading import stage
+    from fmops.data.validation import DataValidationError
 
     config = config_of(resolved)
-    data = config.data
-    labels = data.label_set()
-    train, evaluation = load_table(data.train), load_table(data.evaluation)
-    reports = validate_datasets(data, train, evaluation, labels)
-    staged = stage(data, train, evaluation, labels)
+    folder = validation_dir(config) / run_key
+    report, train_x, eval_x = run_validation(config, folder)
+    for line in report.summary().splitlines():
+        (log.info if report.success else log.error)("%s", line)
+    if not report.success:
+        raise DataValidationError(report.summary(), report)
+    if config.data.task == "classification":
+        reference = {
+            "digest": report.digests["train"],
+            "labels": features.label_distribution(train_x["_label"]),
+        }
+        (validation_dir(config) / "last_passed.json").write_text(json.dumps(reference, indent=1))
+    staged = stage(
+        config.data,
+        features.strip_derived(train_x),
+        features.strip_derived(eval_x),
+        config.data.label_set(),
+        report.digests,
+    )
     return {
         **staged.to_dict(),
-        "train_file_digest": file_digest(data.train),
-        "evaluation_file_digest": file_digest(data.evaluation),
-        "labels": len(labels),
-        "validation": [
-            {
-                "dataset": r["dataset"],
-                "rows": r["rows"],
-                "success": r["success"],
-                "checks": len(r["checks"]),
-            }
-            for r in reports
-        ],
+        "train_data_digest": report.digests["train"],
+        "evaluation_data_digest": report.digests["evaluation"],
+        "labels": len(config.data.label_set()),
+        "validation": report.to_dict(),
     }
 
 

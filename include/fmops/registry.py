@@ -85,6 +85,30 @@ def _find_or_create_run(
     return mlflow_client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
 
 
+def parent_run(config: PipelineConfig, dag_id: str, run_id: str) -> tuple[Any, str, str]:
+    """(client, experiment id, parent run id) of a DAG run, created on first use."""
+    mlflow_client = client(config)
+    experiment_id = _experiment_id(mlflow_client, config.pipeline)
+    run = _find_or_create_run(
+        mlflow_client,
+        experiment_id,
+        {"fmops.dag_id": dag_id, "fmops.run_id": run_id, "fmops.role": "parent"},
+        f"{dag_id} {run_id}",
+    )
+    return mlflow_client, experiment_id, run
+
+
+def log_validation_report(config: PipelineConfig, dag_id: str, run_id: str, folder: Path) -> str:
+    """Put the validation report (summary, GX result, Data Docs) on the DAG run's parent run;
+    returns the MLflow UI address of the Data Docs page."""
+    mlflow_client, experiment_id, run = parent_run(config, dag_id, run_id)
+    mlflow_client.log_artifacts(run, str(folder), "validation")
+    return (
+        f"{ui_url()}/#/experiments/{experiment_id}/runs/{run}/artifacts/"
+        "validation/data_docs/index.html"
+    )
+
+
 def _log_training_curves(mlflow_client: Any, run_id: str, log_text: str) -> int:
     from mlflow.entities import Metric
 
@@ -110,12 +134,8 @@ def record_runs(
     job_logs: dict[str, str],
 ) -> dict[str, str]:
     """The parent run of this DAG run and one child run per candidate; returns their ids."""
-    mlflow_client = client(config)
-    experiment_id = _experiment_id(mlflow_client, config.pipeline)
+    mlflow_client, experiment_id, parent = parent_run(config, dag_id, run_id)
     base = {"fmops.dag_id": dag_id, "fmops.run_id": run_id}
-    parent = _find_or_create_run(
-        mlflow_client, experiment_id, {**base, "fmops.role": "parent"}, f"{dag_id} {run_id}"
-    )
     mlflow_client.log_batch(
         parent,
         params=_params(
@@ -123,6 +143,8 @@ def record_runs(
                 "config_file": resolved["config_file"],
                 "target": config.target,
                 "data_digest": staged["digest"],
+                "train_data_digest": staged["train_data_digest"],
+                "evaluation_data_digest": staged["evaluation_data_digest"],
                 "train_rows": staged["train_rows"],
                 "evaluation_rows": staged["evaluation_rows"],
                 "selection_metric": decision["metric"],
@@ -216,11 +238,10 @@ Pipeline `{config.pipeline}`, DAG run `{dag_id}` / `{run_id}`.
 - training: `{config.data.train}` ({staged["train_rows"]} rows after sampling), validation:
   {staged["validation_rows"]} rows, evaluation: `{config.data.evaluation}`
   ({staged["evaluation_rows"]} rows); staged data digest `{staged["digest"]}`
-- validation: {
-        ", ".join(
-            f"{v['dataset']} {'passed' if v['success'] else 'FAILED'}" for v in staged["validation"]
-        )
-    }
+- dataset digests (sha256): train `{staged["train_data_digest"]}`,
+  evaluation `{staged["evaluation_data_digest"]}`
+- validation: {staged["validation"]["expectations"]} expectations, {staged["validation"]["warned"]}
+  warning(s): {"; ".join(staged["validation"]["problems"]) or "none"}
 
 ## Training
 - training job `{winner["job_name"]}`, {winner.get("training_seconds")} s
@@ -298,7 +319,8 @@ def register(
             "fmops.pipeline": config.pipeline,
             "fmops.dag_run": dag_run,
             "fmops.candidate": winner["candidate"],
-            "fmops.data_digest": staged["digest"],
+            "fmops.data_digest": staged["train_data_digest"],
+            "fmops.staged_data": staged["digest"],
             "fmops.training_job": winner["job_name"],
             "fmops.model_artifacts": winner["model_artifacts"],
             "fmops.metric": f"{decision['metric']}={decision['score']:.4f}",

@@ -112,6 +112,16 @@ def _xcom(run, task_id: str):
     return values[-1] if list(values) == [-1] else [values[i] for i in sorted(values)]
 
 
+def _xcom_key(run, task_id: str, key: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    query = XComModel.get_many(run_id=run.run_id, key=key, task_ids=task_id, dag_ids=run.dag_id)
+    with create_session() as session:
+        (row,) = session.scalars(query).all()
+        return XComModel.deserialize_value(row)
+
+
 def test_register_again_finds_the_same_version(finetune_run, tiny_config):
     """A retried register of the same DAG run reuses its runs and version: no duplicates."""
     from fmops import registry
@@ -223,3 +233,17 @@ def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
     assert jobs_after == jobs_before, "no job may start when the data is bad"
     client = registry.client()
     assert client.search_model_versions("name = 'fmops-e2e-bad-classifier'") == []
+    # The readable report went to the run's MLflow parent run, and the task links to it.
+    experiment = client.get_experiment_by_name("fmops-e2e-bad")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{run.run_id}'"
+    )
+    summary = client.download_artifacts(parent.info.run_id, "validation/summary.txt", str(tmp_path))
+    text = Path(summary).read_text()
+    assert "data validation FAILED" in text
+    assert "train/labels: expect_column_values_to_be_in_set(category)" in text
+    assert "train/completeness: expect_column_values_to_not_match_regex(text)" in text
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "validation")}
+    assert {"validation/validation.json", "validation/data_docs"} <= artifacts
+    url = _xcom_key(run, "validate_data", "validation_report_url")
+    assert url.endswith(f"runs/{parent.info.run_id}/artifacts/validation/data_docs/index.html")

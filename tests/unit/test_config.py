@@ -59,7 +59,7 @@ def test_local_yaml_loads_with_relative_paths():
     ]
     assert config.candidate("minilm-lora-r16").lora.target_modules == ["query", "key", "value"]
     assert config.data.label_column == "category"
-    assert config.data.rules.min_examples_per_label == 10
+    assert config.data.checks.labels.min_examples_per_label == 10
     assert config.registry.model_name == "banking77-intent-classifier"
     assert config.deployment.approval == "auto"
     # The label file is a relative path: it resolves against the project root.
@@ -205,14 +205,33 @@ def test_missing_required_nested_key(tmp_path):
     assert err.problems == ["deployment.endpoint_name: required, but missing"]
 
 
-def test_min_text_chars_above_max(tmp_path):
+def test_min_chars_above_max(tmp_path):
     raw = local_raw()
-    raw["data"]["rules"]["min_text_chars"] = 600
+    raw["data"]["checks"]["length"]["min_chars"] = 600
     err, _ = problems_of(tmp_path, raw)
     assert len(err.problems) == 1
     problem = err.problems[0]
-    assert problem.startswith("data.rules:")
-    assert "min_text_chars (600) exceeds max_text_chars (512)" in problem
+    assert problem.startswith("data.checks.length:")
+    assert "min_chars (600) exceeds max_chars (512)" in problem
+
+
+def test_check_policy_and_warning_level(tmp_path):
+    raw = local_raw()
+    raw["data"]["checks"]["pii"] = {"policy": "ignore"}
+    raw["data"]["checks"]["normalized_leakage"] = {"threshold": 0.01, "warn_above": 0.05}
+    err, _ = problems_of(tmp_path, raw)
+    assert any(p.startswith("data.checks.pii.policy:") and "'redact'" in p for p in err.problems)
+    assert any(
+        p.startswith("data.checks.normalized_leakage:") and "warn_above (0.05) exceeds" in p
+        for p in err.problems
+    )
+
+
+def test_classification_needs_labels(tmp_path):
+    raw = local_raw()
+    del raw["data"]["labels"]
+    err, _ = problems_of(tmp_path, raw)
+    assert any("task classification needs labels" in p for p in err.problems)
 
 
 def test_bad_candidate_name_pattern(tmp_path):
@@ -331,7 +350,7 @@ def test_job_hyperparameters_full_are_strings_without_lora():
     assert hps["epochs"] == "2"
     assert float(hps["learning_rate"]) == 5e-5
     assert hps["batch_size"] == "32"
-    assert hps["max_length"] == "64"
+    assert hps["max_length"] == "128"
     # Defaults that the YAML left out are sent too.
     assert float(hps["head_learning_rate"]) == 5e-3
     assert hps["log_every_steps"] == "10"

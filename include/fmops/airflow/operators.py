@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -113,3 +113,33 @@ class AwaitJobOperator(BaseOperator):
             raise AirflowFailException(str(err)) from err
         self.log.info("outcome: %s", outcome)
         return outcome
+
+
+class ValidationReportLink(BaseOperatorLink):
+    """'Validation report': the GX Data Docs of this run, in the MLflow UI (parent run)."""
+
+    name = "Validation report"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        from fmops.airflow.tasks import REPORT_URL_KEY
+
+        return XCom.get_value(key=REPORT_URL_KEY, ti_key=ti_key) or ""
+
+
+class ValidateDataOperator(BaseOperator):
+    """validate_data as an operator, so that the task carries the 'Validation report' link."""
+
+    template_fields = ("resolved",)
+    operator_extra_links = (ValidationReportLink(),)
+    ui_color = "#eef7ee"
+
+    def __init__(self, *, resolved: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.resolved = resolved
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from fmops.airflow.tasks import validate_data
+
+        return validate_data(self.resolved)

@@ -80,11 +80,26 @@ def load_config(params: dict[str, Any] | None = None) -> dict:
     return resolve(params["config_file"], params.get("models") or None, params.get("target"))
 
 
+REPORT_URL_KEY = "validation_report_url"
+
+
 @fail_fast
 def validate_data(resolved: dict) -> dict:
-    from fmops.pipeline import validate_and_stage
+    """Validate and stage; the report goes to the DAG run's MLflow parent run, pass or fail."""
+    from fmops import registry
+    from fmops.pipeline import validate_and_stage, validation_dir
 
-    return validate_and_stage(resolved)
+    dag_id, run_id = _run_ids()
+    config = _config(resolved)
+    key = f"{dag_id}__{run_id}".replace(":", "-").replace("+", "-")
+    try:
+        return validate_and_stage(resolved, run_key=key)
+    finally:
+        folder = validation_dir(config) / key
+        if folder.exists():
+            url = registry.log_validation_report(config, dag_id, run_id, folder)
+            get_current_context()["ti"].xcom_push(key=REPORT_URL_KEY, value=url)
+            log.info("validation report: %s", url)
 
 
 @fail_fast

@@ -30,36 +30,58 @@ class DataError(ValueError):
     """A dataset cannot be read; the message names the file and the fix."""
 
 
+def read_bytes(uri: str) -> bytes:
+    """The file's bytes from a local path, ``file://`` or ``s3://`` (boto3's credential chain)."""
+    if uri.startswith("s3://"):
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        try:
+            return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as err:
+            raise DataError(
+                f"{uri}: cannot be read from S3 ({err}); check the bucket, the key "
+                "and the credentials"
+            ) from None
+        except BotoCoreError as err:
+            raise DataError(f"{uri}: cannot reach S3 ({err})") from None
+    if "://" in uri and not uri.startswith("file://"):
+        raise DataError(f"{uri}: unsupported URI scheme; use a path, file:// or s3://")
+    path = resolve_path(uri)
+    if not path.is_file():
+        raise DataError(f"{uri}: no such file ({path}); fix data.train / data.evaluation")
+    return path.read_bytes()
+
+
 def load_table(uri: str) -> pd.DataFrame:
+    """A dataset as a dataframe of text; bytes that are not UTF-8 are kept (surrogateescape) so
+    that validation can report them instead of failing on them."""
+    import io
+
     import pandas as pd
 
-    if "://" in uri and not uri.startswith("file://"):
+    suffix = "." + uri.rsplit(".", 1)[-1].lower() if "." in uri.rsplit("/", 1)[-1] else ""
+    if suffix not in READERS:
         raise DataError(
-            f"{uri}: the local target reads local paths and file:// URIs only; copy the file "
-            "into the project or use a file:// URI"
+            f"{uri}: unsupported format {suffix or '(no extension)'!r}; use one of "
+            f"{sorted(READERS)}"
         )
-    path = resolve_path(uri)
-    if not path.exists():
-        raise DataError(f"{uri}: no such file ({path}); fix data.train/data.evaluation")
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{uri}: unsupported format {path.suffix!r}; use one of {sorted(READERS)}")
-    kwargs = {"lines": True} if reader == "read_json" else {}
-    if reader == "read_csv":
-        # Text stays text: no "NA" -> NaN or "1" -> int guessing; empty cells stay empty strings.
-        kwargs = {"dtype": str, "keep_default_na": False}
+    raw = read_bytes(uri)
     try:
-        return getattr(pd, reader)(path, **kwargs)
-    except (ValueError, OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{uri}: cannot be read as {path.suffix} ({err})") from None
+        if suffix == ".parquet":
+            return pd.read_parquet(io.BytesIO(raw))
+        text = raw.decode("utf-8", errors="surrogateescape")
+        if suffix == ".jsonl":
+            return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+        # Text stays text: no "NA" -> NaN or "1" -> int guessing; empty cells stay empty strings.
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{uri}: cannot be read as {suffix} ({err}); fix the file") from None
 
 
 def file_digest(uri: str) -> str:
-    digest = hashlib.sha256()
-    with resolve_path(uri).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hashlib.sha256(read_bytes(uri)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -77,12 +99,22 @@ class StagedData:
 
 
 def stage(
-    data: DataConfig, train: pd.DataFrame, evaluation: pd.DataFrame, labels: list[str]
+    data: DataConfig,
+    train: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    labels: list[str],
+    digests: dict[str, str],
 ) -> StagedData:
-    """Sample, split and write the job channels; the same inputs always give the same folder."""
+    """Sample, split and write the job channels; the same inputs always give the same folder.
+
+    Classification: a stratified validation hold-out of ``validation_fraction`` per label, then
+    at most ``samples_per_label`` training rows per label (CSV). Instruction data: a random
+    hold-out, written as JSON Lines with the original columns.
+    """
     recipe = {
-        "train": file_digest(data.train),
-        "evaluation": file_digest(data.evaluation),
+        "train": digests["train"],
+        "evaluation": digests["evaluation"],
+        "task": data.task,
         "labels": labels,
         "columns": [data.text_column, data.label_column],
         "samples_per_label": data.samples_per_label,
@@ -92,18 +124,23 @@ def stage(
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     root = state_dir() / "datasets" / digest
-    columns = [data.text_column, data.label_column]
-    shuffled = train[columns].sample(frac=1.0, random_state=data.seed)
-    # Stratified hold-out: each label gives the same fraction (at least one row) to validation.
-    grouped = shuffled.groupby(data.label_column, sort=False)
-    rank = grouped.cumcount()
-    sizes = grouped[data.label_column].transform("size")
-    held = (sizes * data.validation_fraction).clip(lower=1).astype(int)
-    validation = shuffled[rank < held]
-    training = shuffled[rank >= held]
-    if data.samples_per_label:
-        training = training.groupby(data.label_column, sort=False).head(data.samples_per_label)
-    held_out = evaluation[columns]
+    if data.task == "classification":
+        columns = [data.text_column, data.label_column]
+        shuffled = train[columns].sample(frac=1.0, random_state=data.seed)
+        # Each label gives the same fraction (at least one row) to validation.
+        grouped = shuffled.groupby(data.label_column, sort=False)
+        rank = grouped.cumcount()
+        sizes = grouped[data.label_column].transform("size")
+        held = (sizes * data.validation_fraction).clip(lower=1).astype(int)
+        validation = shuffled[rank < held]
+        training = shuffled[rank >= held]
+        if data.samples_per_label:
+            training = training.groupby(data.label_column, sort=False).head(data.samples_per_label)
+        held_out = evaluation[columns]
+    else:
+        shuffled = train.sample(frac=1.0, random_state=data.seed)
+        cut = max(1, int(len(shuffled) * data.validation_fraction))
+        validation, training, held_out = shuffled[:cut], shuffled[cut:], evaluation
     if data.evaluation_sample_size and data.evaluation_sample_size < len(held_out):
         held_out = held_out.sample(n=data.evaluation_sample_size, random_state=data.seed)
     if not (root / "done").exists():
@@ -114,8 +151,13 @@ def stage(
         ):
             folder = root / name
             folder.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(folder / f"{name}.csv", index=False)
-            (folder / "labels.json").write_text(json.dumps(labels))
+            if data.task == "classification":
+                frame.to_csv(folder / f"{name}.csv", index=False, errors="replace")
+                (folder / "labels.json").write_text(json.dumps(labels))
+            else:
+                frame.to_json(
+                    folder / f"{name}.jsonl", orient="records", lines=True, force_ascii=False
+                )
         (root / "recipe.json").write_text(json.dumps(recipe, indent=1))
         (root / "done").touch()
         log.info(
@@ -126,7 +168,7 @@ def stage(
             root,
         )
     else:
-        log.info("staged data %s already exists (same files and sampling): reusing it", digest)
+        log.info("staged data %s already exists (same data and sampling): reusing it", digest)
     return StagedData(
         digest=digest,
         train_uri=f"file://{root / 'train'}",

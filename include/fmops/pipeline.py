@@ -16,7 +16,7 @@ from typing import Any
 from fmops.config import PipelineConfig, load_config
 from fmops.jobs.backend import JobBackend, ensure_job, get_backend
 from fmops.jobs.naming import job_name
-from fmops.jobs.specs import evaluation_request, resolve_base_model, training_request
+from fmops.jobs.specs import PlanError, evaluation_request, resolve_base_model, training_request
 from fmops.paths import state_dir
 from fmops.storage import join, read_json
 
@@ -152,6 +152,12 @@ def _tags(config: PipelineConfig, dag_id: str, run_id: str, candidate: str) -> d
 def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> list[dict]:
     """One CreateTrainingJob request per candidate, named deterministically for this run."""
     config = config_of(resolved)
+    if config.data.task != "classification":
+        raise PlanError(
+            f"data.task={config.data.task!r}: the data was validated and staged, but train.py "
+            "fine-tunes classifiers only in this version (causal-LM instruction tuning is not "
+            "there yet); use task: classification"
+        )
     plans = []
     for candidate in config.candidates:
         request = training_request(

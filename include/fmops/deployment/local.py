@@ -40,6 +40,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def http_call(
     port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30
 ) -> tuple[int, dict[str, Any]]:
@@ -108,6 +117,11 @@ class LocalEndpoint:
                     f"delete it first (fmops endpoint delete {self.name}) to move it"
                 )
             return
+        if not port_free(port):
+            raise EndpointError(
+                f"port {port} on 127.0.0.1 is taken by another process, so endpoint {self.name} "
+                "cannot listen there; stop that process or set deployment.port"
+            )
         state["router"] = processes.spawn_detached(
             [
                 sys.executable,
@@ -176,8 +190,12 @@ class LocalEndpoint:
             processes.stop(stale.get("process"))
         log.info("endpoint %s: starting %s variant for version %s", self.name, color, version)
         variant = self._start_variant(color, model_dir, handlers, version, health_timeout)
+        try:
+            self._ensure_router(state, port)
+        except EndpointError:
+            processes.stop(variant["process"])  # nothing half-deployed stays behind
+            raise
         state["variants"][color] = variant
-        self._ensure_router(state, port)
         for name, other in state["variants"].items():
             other["weight"] = 100 if name == color else 0
         self._save(state)

@@ -92,6 +92,20 @@ class SizeCheck(Check):
     max_rows: int = Field(50_000_000, ge=1)
 
 
+class DuplicateCheck(Check):
+    threshold: float = Field(0.05, ge=0)
+
+
+class NormalizedLeakageCheck(Check):
+    threshold: float = Field(0.01, ge=0)
+    warn_above: float | None = Field(0.0, ge=0)
+
+
+class DriftCheck(Check):
+    policy: Policy = "warn"
+    threshold: float = Field(0.25, ge=0, description="population stability index")
+
+
 class DataChecks(Strict):
     """The validate_data stage's checks; every one has a policy and a threshold."""
 
@@ -99,15 +113,15 @@ class DataChecks(Strict):
     completeness: Check = Check()
     labels: LabelCheck = LabelCheck()
     length: LengthCheck = LengthCheck()
-    exact_duplicates: Check = Check(threshold=0.05)
-    normalized_duplicates: Check = Check(threshold=0.05)
+    exact_duplicates: DuplicateCheck = DuplicateCheck()
+    normalized_duplicates: DuplicateCheck = DuplicateCheck()
     conflicting_labels: Check = Check()
     exact_leakage: Check = Check()
-    normalized_leakage: Check = Check(threshold=0.01, warn_above=0.0)
+    normalized_leakage: NormalizedLeakageCheck = NormalizedLeakageCheck()
     encoding: Check = Check()
     pii: PiiCheck = PiiCheck()
     size: SizeCheck = SizeCheck()
-    drift: Check = Check(policy="warn", threshold=0.25)
+    drift: DriftCheck = DriftCheck()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

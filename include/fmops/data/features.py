@@ -119,13 +119,36 @@ def _string(frame: pd.DataFrame, column: str) -> pd.Series:
 
     if column not in frame.columns:
         return pd.Series("", index=frame.index, dtype=object)
-    return frame[column].astype(object).where(frame[column].notna(), "").astype(str)
+    # Object dtype on purpose: pandas' string dtype cannot hold the surrogates that mark bytes
+    # which were not UTF-8, and the encoding check has to see them.
+    values = frame[column].astype(object).where(frame[column].notna(), "")
+    as_text = [v if isinstance(v, str) else str(v) for v in values]
+    return pd.Series(as_text, index=frame.index, dtype=object)
 
 
 def token_counts(tokenizer: Any, texts: pd.Series, batch: int = 4096) -> list[int]:
-    """Tokens per text, special tokens included (what counts against max_length)."""
+    """Tokens per text, special tokens included (what counts against max_length).
+
+    A fast tokenizer is called directly (its Rust ``encode_batch_fast``): the same counts as
+    the transformers wrapper, without building a Python list of ids per text (twice as fast on
+    1M rows). Undecodable bytes are counted as U+FFFD, as a tokenizer would receive them.
+    """
     counts: list[int] = []
-    values = texts.tolist()
+    values = [_replace_surrogates(v) for v in texts.tolist()]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        from tokenizers import Tokenizer
+
+        # A private copy without the padding and truncation that a saved tokenizer may carry.
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_padding()
+        backend.no_truncation()
+        for start in range(0, len(values), batch):
+            encoded = backend.encode_batch_fast(
+                values[start : start + batch], add_special_tokens=True
+            )
+            counts += [len(e.ids) for e in encoded]
+        return counts
     for start in range(0, len(values), batch):
         encoded = tokenizer(
             values[start : start + batch],
@@ -136,6 +159,12 @@ def token_counts(tokenizer: Any, texts: pd.Series, batch: int = 4096) -> list[in
         )
         counts += [len(ids) for ids in encoded["input_ids"]]
     return counts
+
+
+def _replace_surrogates(value: str) -> str:
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def leakage(evaluation: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:

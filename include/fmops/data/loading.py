@@ -71,11 +71,20 @@ def load_table(uri: str) -> pd.DataFrame:
     try:
         if suffix == ".parquet":
             return pd.read_parquet(io.BytesIO(raw))
-        text = raw.decode("utf-8", errors="surrogateescape")
         if suffix == ".jsonl":
-            return pd.read_json(io.StringIO(text), lines=True, dtype=False)
-        # Text stays text: no "NA" -> NaN or "1" -> int guessing; empty cells stay empty strings.
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+            # json.loads keeps undecodable bytes as surrogates; pandas' JSON reader cannot.
+            text = raw.decode("utf-8", errors="surrogateescape")
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            return pd.DataFrame.from_records(records) if records else pd.DataFrame()
+        # Text stays text (object dtype: surrogates survive): no "NA" -> NaN or "1" -> int
+        # guessing, and empty cells stay empty strings.
+        return pd.read_csv(
+            io.BytesIO(raw),
+            dtype=object,
+            keep_default_na=False,
+            encoding="utf-8",
+            encoding_errors="surrogateescape",
+        )
     except (ValueError, OSError) as err:
         raise DataError(f"{uri}: cannot be read as {suffix} ({err}); fix the file") from None
 

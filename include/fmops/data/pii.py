@@ -17,9 +17,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-# +44 20 7946 0958, (555) 123-4567, 555-123-4567, +1.555.123.4567: 9-15 digits with separators.
+# The written forms of phone numbers, not any run of digit groups (dates, amounts, IBAN digits):
+# +44 20 7946 0958, +1.555.123.4567 (international), (555) 123-4567, 555-123-4567 (North
+# American), 020 7946 0958 and 07700 900123 (national, leading 0).
 PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,4}(?!\w)"
+    r"""(?<![\w+])(?:
+        \+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){2,4}
+      | \(\d{3}\)\s?\d{3}[\s.-]\d{4}
+      | \d{3}[.-]\d{3}[.-]\d{4}
+      | 0\d{2,4}[\s-]\d{3,4}(?:[\s-]?\d{3,4})?
+    )(?![\w])""",
+    re.VERBOSE,
 )
 CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
@@ -61,6 +69,8 @@ def _matches(kind: str, text: str) -> list[str]:
         return [m for m in CARD.findall(text) if luhn_valid(m)]
     if kind == "iban":
         return [m for m in IBAN.findall(text) if iban_valid(m)]
+    for iban in _matches("iban", text):  # an IBAN's digit groups are not a phone number
+        text = text.replace(iban, " ")
     return [m for m in PHONE.findall(text) if _phone_digits_ok(m) and not luhn_valid(m)]
 
 

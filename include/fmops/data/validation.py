@@ -395,6 +395,7 @@ def plan_label_stats(
                 ),
                 checks.labels.policy,
                 0.0,
+                per_row=False,
                 note="training examples per declared label",
             )
         )
@@ -456,14 +457,38 @@ def _run_suite(
             result_format={"result_format": "COMPLETE", "partial_unexpected_count": SHOWN_ROWS},
         )
     )
-    scalar = frame[[c for c in frame.columns if frame[c].map(_is_scalar).all()]]
-    result = checkpoint.run(batch_parameters={"dataframe": scalar})
+    result = checkpoint.run(batch_parameters={"dataframe": _flat(frame)})
     validation = next(iter(result.run_results.values()))
     return list(validation.results), validation.to_json_dict()
 
 
-def _is_scalar(value: Any) -> bool:
-    return not isinstance(value, list | dict) and not hasattr(value, "tolist")
+def _flat(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as GX can take it: nested values (chat messages) as their JSON text, and
+    undecodable bytes (kept as surrogates, already flagged in ``_invalid_utf8``) as U+FFFD,
+    since GX hashes the frame's text as UTF-8."""
+    nested = [
+        c for c in frame.columns if frame[c].dtype == object and frame[c].map(_is_nested).any()
+    ]
+    broken = frame.index[frame["_invalid_utf8"]] if "_invalid_utf8" in frame.columns else []
+    if not nested and not len(broken):
+        return frame
+    flat = frame.copy()
+    for column in nested:
+        flat[column] = flat[column].map(lambda v: None if v is None else _canonical(v))
+    for column in flat.columns:
+        if flat[column].dtype == object:
+            flat.loc[broken, column] = [_replace_surrogates(v) for v in flat.loc[broken, column]]
+    return flat
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _is_nested(value: Any) -> bool:
+    return isinstance(value, list | dict) or hasattr(value, "tolist")
 
 
 def _shown(frame: pd.DataFrame, indices: list[Any], text_column: str) -> list[str]:
@@ -681,7 +706,7 @@ def dataset_digest(frame: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     for column in sorted(frame.columns, key=str):
         digest.update(f"\x1d{column}\x1d".encode())
-        values = frame[column].map(_canonical)
+        values = [_canonical(v) for v in frame[column]]  # a list: surrogates stay as they are
         digest.update("\x1e".join(values).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 

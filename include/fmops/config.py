@@ -278,7 +278,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif not _NOT_YAML.match(str(part)):
+        else:
             path += f".{part}" if path else str(part)
     return path or "(top level)"
 
@@ -314,7 +314,12 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 def format_errors(error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors():
-        loc = tuple(p for p in item["loc"] if isinstance(p, int) or not _NOT_YAML.match(p))
+        raw = item["loc"]
+        # An unknown key is the last part of its location, whatever it is called ("str" too).
+        keep_last = item["type"] == "extra_forbidden" and raw
+        head = raw[:-1] if keep_last else raw
+        loc = tuple(p for p in head if isinstance(p, int) or not _NOT_YAML.match(p))
+        loc += (raw[-1],) if keep_last else ()
         where = _location(loc)
         value = item.get("input")
         if item["type"] == "extra_forbidden":

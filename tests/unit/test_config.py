@@ -380,3 +380,11 @@ def test_config_is_frozen():
     with pytest.raises(ValueError):
         config.pipeline = "other"  # type: ignore[misc]
     assert config.pipeline == "banking77-intents"
+
+
+def test_unknown_key_named_like_a_type_is_reported_where_it_is(tmp_path):
+    raw = local_raw()
+    raw["data"]["str"] = 1
+    err, _ = problems_of(tmp_path, raw)
+    assert len(err.problems) == 1
+    assert err.problems[0].startswith("data.str: unknown key; allowed keys here: checks,")

@@ -56,8 +56,10 @@ SEED = 13
 LARGE_ROWS = 1_000_000
 VERBATIM_SHARE = 0.02  # resampled rows left as exact copies of a BANKING77 training text
 SUFFIX_LETTERS = 5  # 26**5 = 11.9M distinct suffixes
-DUPLICATE_CHECKS = {"exact_duplicates": {"policy": "fail", "threshold": 0.05},
-                    "normalized_duplicates": {"policy": "fail", "threshold": 0.05}}
+DUPLICATE_CHECKS = {
+    "exact_duplicates": {"policy": "fail", "threshold": 0.05},
+    "normalized_duplicates": {"policy": "fail", "threshold": 0.05},
+}
 GOAL_SECONDS = 60.0
 GOAL_RATIO = 2.0
 MARKER = "BENCH_RESULT "
@@ -72,9 +74,12 @@ def bench_config() -> Any:
     from fmops.config import load_config
 
     config = load_config(CONFIG)
-    checks = config.data.checks.model_copy(update={
-        name: getattr(config.data.checks, name).model_copy(update=values)
-        for name, values in DUPLICATE_CHECKS.items()})
+    checks = config.data.checks.model_copy(
+        update={
+            name: getattr(config.data.checks, name).model_copy(update=values)
+            for name, values in DUPLICATE_CHECKS.items()
+        }
+    )
     data = config.data.model_copy(update={"checks": checks})
     return config.model_copy(update={"data": data})
 
@@ -106,8 +111,10 @@ def load_frames(data: Any, rows: int) -> tuple[Any, Any, dict[str, float]]:
         texts = picked[data.text_column].tolist()
         pairs = enumerate(zip(texts, verbatim, strict=True))
         picked[data.text_column] = pd.Series(  # the dtype that load_table gives
-            [t if keep else t + suffix(i) for i, (t, keep) in pairs], index=picked.index,
-            dtype=train[data.text_column].dtype)
+            [t if keep else t + suffix(i) for i, (t, keep) in pairs],
+            index=picked.index,
+            dtype=train[data.text_column].dtype,
+        )
         train = picked
     return train, evaluation, reference
 
@@ -139,8 +146,14 @@ def _as_text(column: Any) -> Any:
     return values.map(lambda v: v if isinstance(v, str) else str(v))
 
 
-def validate_plain(data: Any, train: Any, evaluation: Any, tokenizers: dict[str, Any],
-                   token_limits: dict[str, int], reference: dict[str, float]) -> dict[str, Any]:
+def validate_plain(
+    data: Any,
+    train: Any,
+    evaluation: Any,
+    tokenizers: dict[str, Any],
+    token_limits: dict[str, int],
+    reference: dict[str, float],
+) -> dict[str, Any]:
     """The same checks as fmops.data.validation for a classification set, in plain pandas."""
     import math
 
@@ -169,12 +182,20 @@ def validate_plain(data: Any, train: Any, evaluation: Any, tokenizers: dict[str,
         required = [data.text_column, data.label_column]
         missing = [c for c in required if c not in frame.columns]
         if checks.schema_.policy != "off":
-            add(dataset, "schema", checks.schema_.policy if missing else "pass",
-                f"missing {missing}")
+            add(
+                dataset,
+                "schema",
+                checks.schema_.policy if missing else "pass",
+                f"missing {missing}",
+            )
             for column in set(required) - set(missing):
                 kind = pd.api.types.infer_dtype(frame[column], skipna=True)
-                add(dataset, "schema", "pass" if kind in ("string", "empty") else
-                    checks.schema_.policy, f"{column}: {kind}")
+                add(
+                    dataset,
+                    "schema",
+                    "pass" if kind in ("string", "empty") else checks.schema_.policy,
+                    f"{column}: {kind}",
+                )
         if missing:
             continue
         text, label = _as_text(frame[data.text_column]), _as_text(frame[data.label_column])
@@ -184,8 +205,14 @@ def validate_plain(data: Any, train: Any, evaluation: Any, tokenizers: dict[str,
             empty = int(_as_text(frame[column].dropna()).str.strip().eq("").sum())
             per_row(dataset, "completeness", checks.completeness, empty, total, f"{column} empty")
         if checks.labels.policy != "off":
-            per_row(dataset, "labels", checks.labels, int((~label.isin(labels)).sum()), total,
-                    "label not declared")
+            per_row(
+                dataset,
+                "labels",
+                checks.labels,
+                int((~label.isin(labels)).sum()),
+                total,
+                "label not declared",
+            )
         if checks.length.policy != "off":
             chars = text.str.len()
             bad = int((~chars.between(checks.length.min_chars, checks.length.max_chars)).sum())
@@ -198,13 +225,31 @@ def validate_plain(data: Any, train: Any, evaluation: Any, tokenizers: dict[str,
                 lengths = token_counts(tokenizer, text)
                 over = sum(n > token_limits[name] for n in lengths)
                 longest = max(lengths, default=0)
-                per_row(dataset, "length", checks.length, over, total,
-                        f"{name} tokens > {token_limits[name]} (longest {longest})")
+                per_row(
+                    dataset,
+                    "length",
+                    checks.length,
+                    over,
+                    total,
+                    f"{name} tokens > {token_limits[name]} (longest {longest})",
+                )
         if checks.encoding.policy != "off":
-            per_row(dataset, "encoding", checks.encoding,
-                    int(text.str.contains(SURROGATE, regex=True).sum()), total, "invalid UTF-8")
-            per_row(dataset, "encoding", checks.encoding,
-                    int(text.str.contains(CONTROL, regex=True).sum()), total, "control chars")
+            per_row(
+                dataset,
+                "encoding",
+                checks.encoding,
+                int(text.str.contains(SURROGATE, regex=True).sum()),
+                total,
+                "invalid UTF-8",
+            )
+            per_row(
+                dataset,
+                "encoding",
+                checks.encoding,
+                int(text.str.contains(CONTROL, regex=True).sum()),
+                total,
+                "control chars",
+            )
         if checks.pii.policy != "off":
             flags = pii.detect(text)
             policy = "fail" if checks.pii.policy == "redact" else checks.pii.policy
@@ -214,10 +259,18 @@ def validate_plain(data: Any, train: Any, evaluation: Any, tokenizers: dict[str,
             counts[f"{dataset}_pii_rows"] = int(flags.any(axis=1).sum())
         if checks.size.policy != "off":
             low = checks.size.min_rows if dataset == "train" else 1
-            add(dataset, "size", "pass" if low <= total <= checks.size.max_rows else
-                checks.size.policy, f"{total:,} rows")
-        normalized = (text.str.lower().str.replace(r"[^\w\s]", "", regex=True)
-                      .str.replace(r"\s+", " ", regex=True).str.strip())
+            add(
+                dataset,
+                "size",
+                "pass" if low <= total <= checks.size.max_rows else checks.size.policy,
+                f"{total:,} rows",
+            )
+        normalized = (
+            text.str.lower()
+            .str.replace(r"[^\w\s]", "", regex=True)
+            .str.replace(r"\s+", " ", regex=True)
+            .str.strip()
+        )
         derived[dataset] = {"text": text, "normalized": normalized, "label": label}
 
     if "train" in derived:
@@ -227,21 +280,42 @@ def validate_plain(data: Any, train: Any, evaluation: Any, tokenizers: dict[str,
         norm = int(normalized.duplicated().sum())
         per_labels = pd.DataFrame({"n": normalized, "label": label}).groupby("n")["label"].nunique()
         conflicting = int(normalized.isin(per_labels.index[per_labels > 1]).sum())
-        counts.update(train_dup_exact=exact, train_dup_normalized=norm,
-                      train_label_conflict=conflicting)
+        counts.update(
+            train_dup_exact=exact, train_dup_normalized=norm, train_label_conflict=conflicting
+        )
         per_row("train", "exact_duplicates", checks.exact_duplicates, exact, total, "duplicates")
-        per_row("train", "normalized_duplicates", checks.normalized_duplicates, norm, total,
-                "normalised duplicates")
-        per_row("train", "conflicting_labels", checks.conflicting_labels, conflicting, total,
-                "texts with two labels")
+        per_row(
+            "train",
+            "normalized_duplicates",
+            checks.normalized_duplicates,
+            norm,
+            total,
+            "normalised duplicates",
+        )
+        per_row(
+            "train",
+            "conflicting_labels",
+            checks.conflicting_labels,
+            conflicting,
+            total,
+            "texts with two labels",
+        )
         if checks.labels.policy != "off":
             observed = label.value_counts().reindex(labels, fill_value=0)
             short = int((observed < checks.labels.min_examples_per_label).sum())
-            add("train", "labels", checks.labels.policy if short else "pass",
-                f"{short} label(s) below {checks.labels.min_examples_per_label}")
+            add(
+                "train",
+                "labels",
+                checks.labels.policy if short else "pass",
+                f"{short} label(s) below {checks.labels.min_examples_per_label}",
+            )
             ratio = float(observed.max() / max(int(observed.min()), 1))
-            add("train", "labels", "pass" if ratio <= checks.labels.max_imbalance_ratio else
-                checks.labels.policy, f"imbalance {ratio:.2f}")
+            add(
+                "train",
+                "labels",
+                "pass" if ratio <= checks.labels.max_imbalance_ratio else checks.labels.policy,
+                f"imbalance {ratio:.2f}",
+            )
         if checks.drift.policy != "off" and reference:
             current = label.value_counts(normalize=True)
             value = 0.0
@@ -249,8 +323,12 @@ def validate_plain(data: Any, train: Any, evaluation: Any, tokenizers: dict[str,
                 actual = max(float(current.get(name, 0.0)), 1e-4)
                 expected = max(reference.get(name, 0.0), 1e-4)
                 value += (actual - expected) * math.log(actual / expected)
-            add("train", "drift", "pass" if value <= checks.drift.threshold else
-                checks.drift.policy, f"label PSI {value:.6f}")
+            add(
+                "train",
+                "drift",
+                "pass" if value <= checks.drift.threshold else checks.drift.policy,
+                f"label PSI {value:.6f}",
+            )
         if "evaluation" in derived:
             ev = derived["evaluation"]
             total = len(ev["text"])
@@ -258,10 +336,19 @@ def validate_plain(data: Any, train: Any, evaluation: Any, tokenizers: dict[str,
             leak_norm = int(ev["normalized"].isin(normalized).sum())
             counts.update(evaluation_leak_exact=leak, evaluation_leak_normalized=leak_norm)
             per_row("evaluation", "exact_leakage", checks.exact_leakage, leak, total, "in train")
-            per_row("evaluation", "normalized_leakage", checks.normalized_leakage, leak_norm,
-                    total, "normalised, in train")
-    return {"results": results, "counts": counts,
-            "success": not any(r[2] == "fail" for r in results)}
+            per_row(
+                "evaluation",
+                "normalized_leakage",
+                checks.normalized_leakage,
+                leak_norm,
+                total,
+                "normalised, in train",
+            )
+    return {
+        "results": results,
+        "counts": counts,
+        "success": not any(r[2] == "fail" for r in results),
+    }
 
 
 # -- one measured case (child process) ------------------------------------------------------
@@ -346,10 +433,17 @@ def run_case(case: str, rows: int, trace: bool, profile: int) -> dict[str, Any]:
         folder = Path(tempfile.mkdtemp(prefix="fmops-bench-"))
 
         def call() -> Any:
-            return validation.validate_frames(data, train, evaluation, tokenizers=tokenizers,
-                                              token_limits=limits, reference=reference,
-                                              folder=folder)
+            return validation.validate_frames(
+                data,
+                train,
+                evaluation,
+                tokenizers=tokenizers,
+                token_limits=limits,
+                reference=reference,
+                folder=folder,
+            )
     else:
+
         def call() -> Any:
             return validate_plain(data, train, evaluation, tokenizers, limits, reference)
 
@@ -374,36 +468,50 @@ def run_case(case: str, rows: int, trace: bool, profile: int) -> dict[str, Any]:
     if trace:
         tracemalloc.stop()
     result: dict[str, Any] = {
-        "case": case, "rows_train": len(train), "rows_eval": len(evaluation), "trace": trace,
-        "wall_s": wall, "rows_per_s": (len(train) + len(evaluation)) / wall,
+        "case": case,
+        "rows_train": len(train),
+        "rows_eval": len(evaluation),
+        "trace": trace,
+        "wall_s": wall,
+        "rows_per_s": (len(train) + len(evaluation)) / wall,
         "rss_before_mib": rss_before,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "hwm_reset": hwm_reset, "setup_peak_rss_mib": setup_peak,
-        "validation_hwm_mib": _vm_hwm_mib() if hwm_reset else None, "gx_import_s": gx_import,
+        "hwm_reset": hwm_reset,
+        "setup_peak_rss_mib": setup_peak,
+        "validation_hwm_mib": _vm_hwm_mib() if hwm_reset else None,
+        "gx_import_s": gx_import,
         "tracemalloc_peak_mib": traced_peak,
     }
     if case == "fmops":
         report, train_x, eval_x = outcome
         statuses = [(o.dataset, o.check, o.status) for o in report.outcomes]
-        result.update(success=report.success, failed=len(report.failures),
-                      warned=len(report.warnings), problems=report.to_dict()["problems"],
-                      breakdown=dict(timers.seconds), counts={
-                          "train_dup_exact": int(train_x["_dup_exact"].sum()),
-                          "train_dup_normalized": int(train_x["_dup_normalized"].sum()),
-                          "train_label_conflict": int(train_x["_label_conflict"].sum()),
-                          "train_pii_rows": int(train_x["_pii"].sum()),
-                          "evaluation_pii_rows": int(eval_x["_pii"].sum()),
-                          "evaluation_leak_exact": int(eval_x["_leak_exact"].sum()),
-                          "evaluation_leak_normalized": int(eval_x["_leak_normalized"].sum()),
-                      })
+        result.update(
+            success=report.success,
+            failed=len(report.failures),
+            warned=len(report.warnings),
+            problems=report.to_dict()["problems"],
+            breakdown=dict(timers.seconds),
+            counts={
+                "train_dup_exact": int(train_x["_dup_exact"].sum()),
+                "train_dup_normalized": int(train_x["_dup_normalized"].sum()),
+                "train_label_conflict": int(train_x["_label_conflict"].sum()),
+                "train_pii_rows": int(train_x["_pii"].sum()),
+                "evaluation_pii_rows": int(eval_x["_pii"].sum()),
+                "evaluation_leak_exact": int(eval_x["_leak_exact"].sum()),
+                "evaluation_leak_normalized": int(eval_x["_leak_normalized"].sum()),
+            },
+        )
     else:
         statuses = [(d, c, s) for d, c, s, _ in outcome["results"]]
-        result.update(success=outcome["success"],
-                      failed=sum(s == "fail" for *_, s in statuses),
-                      warned=sum(s == "warn" for *_, s in statuses),
-                      problems=[f"{s.upper()} {d}/{c}: {o}" for d, c, s, o in outcome["results"]
-                                if s != "pass"],
-                      counts=outcome["counts"])
+        result.update(
+            success=outcome["success"],
+            failed=sum(s == "fail" for *_, s in statuses),
+            warned=sum(s == "warn" for *_, s in statuses),
+            problems=[
+                f"{s.upper()} {d}/{c}: {o}" for d, c, s, o in outcome["results"] if s != "pass"
+            ],
+            counts=outcome["counts"],
+        )
     worst: dict[str, str] = {}
     order = {"fail": 0, "warn": 1, "pass": 2}
     for dataset, check, status in statuses:
@@ -434,8 +542,7 @@ def start(case: str, rows: int, trace: bool) -> tuple[subprocess.Popen, Any, str
     if trace:
         command.append("--trace")
     errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (closed in finish)
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=errors,
-                               text=True)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True)
     return process, errors, f"case {case} rows={rows} trace={trace}"
 
 
@@ -449,20 +556,30 @@ def finish(started: tuple[subprocess.Popen, Any, str]) -> dict[str, Any]:
     if process.returncode or not lines:
         sys.stderr.write(stderr[-4000:])
         raise SystemExit(f"{what} failed (exit {process.returncode})")
-    return json.loads(lines[-1][len(MARKER):])
+    return json.loads(lines[-1][len(MARKER) :])
 
 
 def machine() -> list[str]:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((x.split(":", 1)[1].strip() for x in cpuinfo.splitlines()
-                  if x.startswith("model name")), platform.processor() or "unknown")
+    model = next(
+        (x.split(":", 1)[1].strip() for x in cpuinfo.splitlines() if x.startswith("model name")),
+        platform.processor() or "unknown",
+    )
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    total = next((int(x.split()[1]) / 1024 / 1024 for x in meminfo.splitlines()
-                  if x.startswith("MemTotal")), 0.0)
+    total = next(
+        (int(x.split()[1]) / 1024 / 1024 for x in meminfo.splitlines() if x.startswith("MemTotal")),
+        0.0,
+    )
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = []
-    for package in ("pandas", "numpy", "great_expectations", "transformers", "tokenizers",
-                    "psutil"):
+    for package in (
+        "pandas",
+        "numpy",
+        "great_expectations",
+        "transformers",
+        "tokenizers",
+        "psutil",
+    ):
         try:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
@@ -480,15 +597,26 @@ def machine() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="BANKING77 only (smoke check)")
-    parser.add_argument("--rows", type=int, default=LARGE_ROWS,
-                        help="rows of the resampled training set (default 1,000,000)")
-    parser.add_argument("--trace-large", action="store_true",
-                        help="also run tracemalloc for the large set (adds about 5 minutes)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=LARGE_ROWS,
+        help="rows of the resampled training set (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--trace-large",
+        action="store_true",
+        help="also run tracemalloc for the large set (adds about 5 minutes)",
+    )
     parser.add_argument("--no-trace", action="store_true", help="skip all tracemalloc runs")
     parser.add_argument("--case", choices=("fmops", "pandas"), help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--profile", type=int, default=0,
-                        help="with --case: cProfile the call, print the top N to stderr")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="with --case: cProfile the call, print the top N to stderr",
+    )
     args = parser.parse_args()
     if args.case:  # child: one measured case
         result = run_case(args.case, args.rows, args.trace, args.profile)
@@ -502,55 +630,84 @@ def main() -> None:
     from fmops.config import load_config
 
     tokenizer = load_config(CONFIG).candidates[0]
-    print(f"config:   {CONFIG}: data.checks as in the file (length <= 512 chars and <= "
-          f"{tokenizer.hyperparameters.max_length} tokens, labels >= 10 per label and imbalance "
-          f"<= 10, size >= 1000 rows, ...), duplicate checks pinned: fail above 5% (the "
-          "DataChecks default)")
-    print(f"tokenizer: {tokenizer.base_model} via fmops.pipeline.tokenizers_for; drift reference: "
-          "BANKING77 train's label distribution")
-    sizes = [("banking77", 0)] + ([] if args.quick else [(f"{args.rows // 1000}k" if
-                                                         args.rows < LARGE_ROWS else
-                                                         f"{args.rows / 1e6:g}M", args.rows)])
+    print(
+        f"config:   {CONFIG}: data.checks as in the file (length <= 512 chars and <= "
+        f"{tokenizer.hyperparameters.max_length} tokens, labels >= 10 per label and imbalance "
+        f"<= 10, size >= 1000 rows, ...), duplicate checks pinned: fail above 5% (the "
+        "DataChecks default)"
+    )
+    print(
+        f"tokenizer: {tokenizer.base_model} via fmops.pipeline.tokenizers_for; drift reference: "
+        "BANKING77 train's label distribution"
+    )
+    sizes = [("banking77", 0)] + (
+        []
+        if args.quick
+        else [
+            (
+                f"{args.rows // 1000}k" if args.rows < LARGE_ROWS else f"{args.rows / 1e6:g}M",
+                args.rows,
+            )
+        ]
+    )
     print("datasets: banking77 = train.csv 10,003 + test.csv 3,080 rows")
     if not args.quick:
-        print(f"          {sizes[1][0]} = {args.rows:,} rows resampled from train.csv with "
-              f"replacement (seed {SEED}); {1 - VERBATIM_SHARE:.0%} get a unique ' #<5 letters>' "
-              f"suffix, {VERBATIM_SHARE:.0%} stay verbatim copies (realistic duplicates and "
-              "train/test overlap, ~1M distinct texts); + test.csv 3,080 rows as evaluation")
-    traced = ("none (--no-trace)" if args.no_trace else "all" if args.trace_large or args.quick
-              else "banking77 only (--trace-large adds the large set: tracing slows it ~3x)")
-    print("each case runs in a fresh subprocess; timing and RSS from a run without tracemalloc, "
-          f"the tracemalloc peak from a second run;\n  traced: {traced}")
+        print(
+            f"          {sizes[1][0]} = {args.rows:,} rows resampled from train.csv with "
+            f"replacement (seed {SEED}); {1 - VERBATIM_SHARE:.0%} get a unique ' #<5 letters>' "
+            f"suffix, {VERBATIM_SHARE:.0%} stay verbatim copies (realistic duplicates and "
+            "train/test overlap, ~1M distinct texts); + test.csv 3,080 rows as evaluation"
+        )
+    traced = (
+        "none (--no-trace)"
+        if args.no_trace
+        else "all"
+        if args.trace_large or args.quick
+        else "banking77 only (--trace-large adds the large set: tracing slows it ~3x)"
+    )
+    print(
+        "each case runs in a fresh subprocess; timing and RSS from a run without tracemalloc, "
+        f"the tracemalloc peak from a second run;\n  traced: {traced}"
+    )
     sources = sorted((ROOT / "include" / "fmops" / "data").glob("*.py"))
     newest = max(sources, key=lambda p: p.stat().st_mtime)
     stamp = dt.datetime.fromtimestamp(newest.stat().st_mtime).astimezone()
-    print(f"fmops code: include/fmops/data/*.py last modified {stamp.isoformat(timespec='seconds')}"
-          f" ({newest.name})")
+    print(
+        f"fmops code: include/fmops/data/*.py last modified {stamp.isoformat(timespec='seconds')}"
+        f" ({newest.name})"
+    )
     print()
 
     measured: dict[tuple[str, str], dict[str, Any]] = {}
     for name, rows in sizes:
         for case in ("fmops", "pandas"):
             measured[(name, case)] = finish(start(case, rows, trace=False))
-            print(f"  timed   {name:9} {case:6}: {measured[(name, case)]['wall_s']:7.2f} s",
-                  flush=True)
+            print(
+                f"  timed   {name:9} {case:6}: {measured[(name, case)]['wall_s']:7.2f} s",
+                flush=True,
+            )
         if not args.no_trace and (rows == 0 or args.trace_large):
             began_traced = time.perf_counter()
             runs = {case: start(case, rows, trace=True) for case in ("fmops", "pandas")}
             for case, run in runs.items():
-                measured[(name, case)]["tracemalloc_peak_mib"] = finish(run)[
-                    "tracemalloc_peak_mib"]
-            print(f"  traced  {name:9} both  : {time.perf_counter() - began_traced:7.2f} s "
-                  "(side by side, for tracemalloc only)", flush=True)
+                measured[(name, case)]["tracemalloc_peak_mib"] = finish(run)["tracemalloc_peak_mib"]
+            print(
+                f"  traced  {name:9} both  : {time.perf_counter() - began_traced:7.2f} s "
+                "(side by side, for tracemalloc only)",
+                flush=True,
+            )
     print()
 
     label = {"fmops": "fmops (GX)", "pandas": "plain pandas"}
-    header = (f"{'dataset':9} {'implementation':14} {'rows':>9} {'wall s':>8} {'rows/s':>9} "
-              f"{'peak RSS':>9} {'RSS before':>10} {'delta':>7} {'tracemalloc':>11}  "
-              "verdict")
+    header = (
+        f"{'dataset':9} {'implementation':14} {'rows':>9} {'wall s':>8} {'rows/s':>9} "
+        f"{'peak RSS':>9} {'RSS before':>10} {'delta':>7} {'tracemalloc':>11}  "
+        "verdict"
+    )
     print(header)
-    print(f"{'':9} {'':14} {'':>9} {'':>8} {'':>9} {'MiB':>9} {'MiB':>10} {'MiB':>7} "
-          f"{'peak MiB':>11}")
+    print(
+        f"{'':9} {'':14} {'':>9} {'':>8} {'':>9} {'MiB':>9} {'MiB':>10} {'MiB':>7} {'peak MiB':>11}"
+    )
     print("-" * len(header))
 
     def mib(value: float | None) -> str:
@@ -559,34 +716,53 @@ def main() -> None:
     for name, _ in sizes:
         for case in ("fmops", "pandas"):
             r = measured[(name, case)]
-            verdict = (f"{'passed' if r['success'] else 'FAILED'} ({r['failed']} failed, "
-                       f"{r['warned']} warned)")
-            print(f"{name:9} {label[case]:14} {r['rows_train'] + r['rows_eval']:>9,} "
-                  f"{r['wall_s']:>8.2f} {r['rows_per_s']:>9,.0f} {mib(r['peak_rss_mib']):>9} "
-                  f"{mib(r['rss_before_mib']):>10} "
-                  f"{mib(r['peak_rss_mib'] - r['rss_before_mib']):>7} "
-                  f"{mib(r['tracemalloc_peak_mib']):>11}  {verdict}")
+            verdict = (
+                f"{'passed' if r['success'] else 'FAILED'} ({r['failed']} failed, "
+                f"{r['warned']} warned)"
+            )
+            print(
+                f"{name:9} {label[case]:14} {r['rows_train'] + r['rows_eval']:>9,} "
+                f"{r['wall_s']:>8.2f} {r['rows_per_s']:>9,.0f} {mib(r['peak_rss_mib']):>9} "
+                f"{mib(r['rss_before_mib']):>10} "
+                f"{mib(r['peak_rss_mib'] - r['rss_before_mib']):>7} "
+                f"{mib(r['tracemalloc_peak_mib']):>11}  {verdict}"
+            )
         f, p = measured[(name, "fmops")], measured[(name, "pandas")]
+
         def ratio(key: str, f: dict = f, p: dict = p) -> str:
             a, b = f[key], p[key]
             return "-" if a is None or not b else f"{a / b:.2f}x"
 
-        print(f"{name:9} {'fmops/pandas':14} {'':>9} {ratio('wall_s'):>8} {'':>9} "
-              f"{ratio('peak_rss_mib'):>9} {'':>10} {'':>7} "
-              f"{ratio('tracemalloc_peak_mib'):>11}")
+        print(
+            f"{name:9} {'fmops/pandas':14} {'':>9} {ratio('wall_s'):>8} {'':>9} "
+            f"{ratio('peak_rss_mib'):>9} {'':>10} {'':>7} "
+            f"{ratio('tracemalloc_peak_mib'):>11}"
+        )
         print()
     reset = all(r["hwm_reset"] for r in measured.values())
     reset = all(r["hwm_reset"] for r in measured.values())
-    print("peak RSS: ru_maxrss, " + ("reset just before the validation call: the high-water mark "
-          "of validation" if reset else "NOT reset (clear_refs refused): process lifetime"))
-    print("  (interpreter, libraries, tokenizer and input frames included); RSS before: psutil "
-          "just before the call;")
-    print("  delta: peak - before; tracemalloc peak: Python allocations during the call (numpy "
-          "buffers included,")
+    print(
+        "peak RSS: ru_maxrss, "
+        + (
+            "reset just before the validation call: the high-water mark of validation"
+            if reset
+            else "NOT reset (clear_refs refused): process lifetime"
+        )
+    )
+    print(
+        "  (interpreter, libraries, tokenizer and input frames included); RSS before: psutil "
+        "just before the call;"
+    )
+    print(
+        "  delta: peak - before; tracemalloc peak: Python allocations during the call (numpy "
+        "buffers included,"
+    )
     print("  the Rust tokenizer's not)")
     gx_import = measured[(sizes[0][0], "fmops")]["gx_import_s"]
-    print(f"not timed: importing great_expectations ({gx_import:.1f} s here), loading the "
-          "tokenizer, reading the CSVs\n  (a pipeline task pays them once per run)")
+    print(
+        f"not timed: importing great_expectations ({gx_import:.1f} s here), loading the "
+        "tokenizer, reading the CSVs\n  (a pipeline task pays them once per run)"
+    )
     print()
 
     for name, _ in sizes:
@@ -596,25 +772,34 @@ def main() -> None:
         top = [k for k in seconds if ":" not in k]
         for key in sorted(top, key=lambda k: -seconds[k]):
             print(f"  {key:40} {seconds[key]:7.2f} s {seconds[key] / f['wall_s']:6.1%}")
-            for sub in sorted((k for k in seconds if k.startswith(key + ":")),
-                              key=lambda k: (k.count(":"), -seconds[k])):
-                print(f"    {sub[len(key) + 2:]:38} {seconds[sub]:7.2f} s "
-                      f"{seconds[sub] / f['wall_s']:6.1%}")
+            for sub in sorted(
+                (k for k in seconds if k.startswith(key + ":")),
+                key=lambda k: (k.count(":"), -seconds[k]),
+            ):
+                print(
+                    f"    {sub[len(key) + 2 :]:38} {seconds[sub]:7.2f} s "
+                    f"{seconds[sub] / f['wall_s']:6.1%}"
+                )
         rest = f["wall_s"] - sum(seconds[k] for k in top)
-        print(f"  {'other (GX context, report files)':40} {rest:7.2f} s "
-              f"{rest / f['wall_s']:6.1%}")
+        print(f"  {'other (GX context, report files)':40} {rest:7.2f} s {rest / f['wall_s']:6.1%}")
         print()
 
     print("agreement of the two implementations (same checks, same data):")
     for name, _ in sizes:
         f, p = measured[(name, "fmops")], measured[(name, "pandas")]
-        differ = sorted(k for k in set(f["statuses"]) | set(p["statuses"])
-                        if f["statuses"].get(k, "pass") != p["statuses"].get(k, "pass"))
+        differ = sorted(
+            k
+            for k in set(f["statuses"]) | set(p["statuses"])
+            if f["statuses"].get(k, "pass") != p["statuses"].get(k, "pass")
+        )
         counts = {k: (f["counts"].get(k), p["counts"].get(k)) for k in f["counts"]}
-        shown = ", ".join(f"{k} {a:,}" if a == b else f"{k} {a} vs {b}"
-                          for k, (a, b) in counts.items())
-        print(f"  {name}: verdicts {'agree' if not differ else 'DIFFER: ' + ', '.join(differ)}; "
-              f"{shown}")
+        shown = ", ".join(
+            f"{k} {a:,}" if a == b else f"{k} {a} vs {b}" for k, (a, b) in counts.items()
+        )
+        print(
+            f"  {name}: verdicts {'agree' if not differ else 'DIFFER: ' + ', '.join(differ)}; "
+            f"{shown}"
+        )
         for line in f["problems"]:
             print(f"    fmops: {line}")
     print()
@@ -622,18 +807,24 @@ def main() -> None:
     print("goals:")
     large = sizes[-1][0]
     if args.quick:
-        print(f"  validating 1M rows takes under {GOAL_SECONDS:.0f} s on this "
-              f"{os.cpu_count()}-core machine: not measured (--quick)")
+        print(
+            f"  validating 1M rows takes under {GOAL_SECONDS:.0f} s on this "
+            f"{os.cpu_count()}-core machine: not measured (--quick)"
+        )
     else:
         wall = measured[(large, "fmops")]["wall_s"]
-        print(f"  validating 1M rows takes under {GOAL_SECONDS:.0f} s on this "
-              f"{os.cpu_count()}-core machine: {large} {wall:.1f} s -> "
-              f"{'PASS' if wall < GOAL_SECONDS else 'MISS'}"
-              + ("" if args.rows == LARGE_ROWS else f" (measured at {args.rows:,} rows)"))
+        print(
+            f"  validating 1M rows takes under {GOAL_SECONDS:.0f} s on this "
+            f"{os.cpu_count()}-core machine: {large} {wall:.1f} s -> "
+            f"{'PASS' if wall < GOAL_SECONDS else 'MISS'}"
+            + ("" if args.rows == LARGE_ROWS else f" (measured at {args.rows:,} rows)")
+        )
     for name, _ in reversed(sizes):
         ratio = measured[(name, "fmops")]["wall_s"] / measured[(name, "pandas")]["wall_s"]
-        print(f"  no more than {GOAL_RATIO:g}x the plain-pandas time: {name} {ratio:.2f}x -> "
-              f"{'PASS' if ratio <= GOAL_RATIO else 'MISS'}")
+        print(
+            f"  no more than {GOAL_RATIO:g}x the plain-pandas time: {name} {ratio:.2f}x -> "
+            f"{'PASS' if ratio <= GOAL_RATIO else 'MISS'}"
+        )
     print(f"\ntotal benchmark time {time.perf_counter() - began:.0f} s")
 
 

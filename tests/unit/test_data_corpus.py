@@ -645,6 +645,10 @@ def test_pii_under_policy_redact_passes_with_the_redacted_text(
     assert not train_x["_pii"].any()
     # Rows without personal data are unchanged.
     assert train_x.at[0, "text"] == "please help with intent_a number 0"
+    # The cleaned copy is written beside the report.
+    written = pd.read_json(report.folder / "redacted" / "train.jsonl", lines=True, dtype=False)
+    for row, (_, redacted, _) in SECRETS.items():
+        assert written.at[row, "text"] == redacted
 
 
 # -- instruction tuning: chat records and prompt/completion -------------------------------------

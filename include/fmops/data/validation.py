@@ -602,14 +602,20 @@ def validate_frames(
     notes: list[str] = []
     train_x = features.derive(train, data, tokenizers)
     eval_x = features.leakage(features.derive(evaluation, data, tokenizers), train_x)
+    work = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="fmops-validation-"))
     if data.checks.pii.policy == "redact":
         train_x, eval_x, redacted = _redact(data, train, evaluation, train_x, eval_x, tokenizers)
+        cleaned = work / "redacted"
+        cleaned.mkdir(parents=True, exist_ok=True)
+        for name, frame in (("train", train_x), ("evaluation", eval_x)):
+            features.strip_derived(frame).to_json(
+                cleaned / f"{name}.jsonl", orient="records", lines=True, force_ascii=False
+            )
         notes.append(
-            f"PII policy redact: {redacted} record(s) redacted; the cleaned copy was "
-            "validated and is what the jobs get"
+            f"PII policy redact: {redacted} record(s) redacted; the cleaned copy ({cleaned}) "
+            "was validated and is what the jobs get"
         )
 
-    work = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="fmops-validation-"))
     gx_root = work / "gx-project"
     shutil.rmtree(gx_root, ignore_errors=True)
     context = gx.get_context(mode="file", project_root_dir=str(gx_root))

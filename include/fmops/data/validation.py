@@ -156,6 +156,21 @@ def _row_check(
     )
 
 
+def _flag_check(
+    name: str, dataset: str, check: Check, column: str, note: str = "", expected: bool = False
+) -> Expectation:
+    """A derived boolean column that must hold ``expected`` on (all but threshold of) the rows."""
+    import great_expectations.expectations as gxe
+
+    return _row_check(
+        name,
+        dataset,
+        check,
+        gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[expected], mostly=_mostly(check)),
+        note,
+    )
+
+
 def _mostly(check: Check) -> float:
     return max(0.0, 1.0 - check.threshold)
 
@@ -288,28 +303,17 @@ def plan_expectations(
             ("_invalid_utf8", "bytes that are not UTF-8"),
             ("_control", "control characters"),
         ):
-            plan.append(
-                _row_check(
-                    "encoding",
-                    dataset,
-                    checks.encoding,
-                    gxe.ExpectColumnValuesToBeInSet(
-                        column=column, value_set=[False], mostly=_mostly(checks.encoding)
-                    ),
-                    note,
-                )
-            )
+            plan.append(_flag_check("encoding", dataset, checks.encoding, column, note))
         if "_roles_valid" in frame.columns:
             plan.append(
-                _row_check(
+                _flag_check(
                     "encoding",
                     dataset,
                     checks.encoding,
-                    gxe.ExpectColumnValuesToBeInSet(
-                        column="_roles_valid", value_set=[True], mostly=_mostly(checks.encoding)
-                    ),
-                    "chat roles: optional system, then user/assistant "
-                    "alternating, ending with the assistant",
+                    "_roles_valid",
+                    "chat roles: optional system, then user/assistant alternating, ending with the "
+                    "assistant",
+                    expected=True,
                 )
             )
     if checks.pii.policy in ("fail", "warn", "redact"):
@@ -337,42 +341,22 @@ def plan_expectations(
                 per_row=False,
             )
         )
-    if dataset == "train":
-        for name, column in (
-            ("exact_duplicates", "_dup_exact"),
-            ("normalized_duplicates", "_dup_normalized"),
-            ("conflicting_labels", "_label_conflict"),
-        ):
-            check = getattr(checks, name)
-            if check.policy != "off" and column in frame.columns:
-                plan.append(
-                    _row_check(
-                        name,
-                        dataset,
-                        check,
-                        gxe.ExpectColumnValuesToBeInSet(
-                            column=column, value_set=[False], mostly=_mostly(check)
-                        ),
-                    )
-                )
-    else:
-        for name, column in (
-            ("exact_leakage", "_leak_exact"),
-            ("normalized_leakage", "_leak_normalized"),
-        ):
-            check = getattr(checks, name)
-            if check.policy != "off" and column in frame.columns:
-                plan.append(
-                    _row_check(
-                        name,
-                        dataset,
-                        check,
-                        gxe.ExpectColumnValuesToBeInSet(
-                            column=column, value_set=[False], mostly=_mostly(check)
-                        ),
-                        "evaluation rows also in the training set",
-                    )
-                )
+    flags = (
+        (
+            ("exact_duplicates", "_dup_exact", ""),
+            ("normalized_duplicates", "_dup_normalized", ""),
+            ("conflicting_labels", "_label_conflict", ""),
+        )
+        if dataset == "train"
+        else (
+            ("exact_leakage", "_leak_exact", "evaluation rows also in the training set"),
+            ("normalized_leakage", "_leak_normalized", "evaluation rows also in the training set"),
+        )
+    )
+    for name, column, note in flags:
+        check = getattr(checks, name)
+        if check.policy != "off" and column in frame.columns:
+            plan.append(_flag_check(name, dataset, check, column, note))
     return plan
 
 

@@ -2,6 +2,7 @@
 
     fmops config check FILE [--models a,b] [--target local]
     fmops data validate --config FILE [--train URI] [--eval URI] [--report-dir DIR]
+    fmops jobs list|describe|logs|stop [NAME] [--follow] [--status S]
     fmops stack up|down|status
     fmops demo [--config FILE]
     fmops endpoint status|invoke|delete NAME [TEXT ...]
@@ -59,6 +60,64 @@ def _data_validate(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print(report.summary())
     return 0 if report.success else EXIT_FAILURE
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    """People's view of the jobs: list, describe, logs (--follow), stop."""
+    import time
+
+    from botocore.exceptions import ClientError
+
+    from fmops.jobs.backend import TERMINAL, describe, get_backend, is_not_found, status_of
+    from fmops.pipeline import jsonable
+
+    backend = get_backend(args.target)
+    if args.action == "list":
+        rows = [("training", s) for s in backend.list_training_jobs()["TrainingJobSummaries"]]
+        rows += [
+            ("processing", s) for s in backend.list_processing_jobs()["ProcessingJobSummaries"]
+        ]
+        print(f"{'job':44} {'kind':10} {'status':10} {'detail':18} created")
+        for kind, s in sorted(rows, key=lambda r: r[1]["CreationTime"], reverse=True):
+            prefix = "Training" if kind == "training" else "Processing"
+            status = s[f"{prefix}JobStatus"]
+            if args.status and status != args.status:
+                continue
+            print(
+                f"{s[f'{prefix}JobName']:44} {kind:10} {status:10} "
+                f"{s.get('SecondaryStatus', ''):18} {s['CreationTime']:%Y-%m-%d %H:%M:%S}"
+            )
+        return 0
+    kind = None
+    for candidate in ("training", "processing"):
+        try:
+            description = describe(backend, candidate, args.name)
+            kind = candidate
+            break
+        except ClientError as err:
+            if not is_not_found(err):
+                raise
+    if kind is None:
+        print(f"no job {args.name!r}; `fmops jobs list` shows the jobs", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.action == "describe":
+        print(json.dumps(jsonable(description), indent=1))
+    elif args.action == "stop":
+        getattr(backend, f"stop_{kind}_job")(
+            **{"TrainingJobName" if kind == "training" else "ProcessingJobName": args.name}
+        )
+        print(f"asked {kind} job {args.name} to stop (was {status_of(kind, description)})")
+    else:
+        offset = 0
+        while True:
+            text, offset = backend.read_log(kind, args.name, offset)
+            print(text, end="", flush=True)
+            if not args.follow or status_of(kind, describe(backend, kind, args.name)) in TERMINAL:
+                text, offset = backend.read_log(kind, args.name, offset)
+                print(text, end="", flush=True)
+                return 0
+            time.sleep(2)
+    return 0
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -143,6 +202,14 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("--report-dir", help="where to write the reports (default: a temp dir)")
     validate.set_defaults(func=_data_validate)
 
+    jobs = commands.add_parser("jobs", help="training and evaluation jobs")
+    jobs.add_argument("action", choices=["list", "describe", "logs", "stop"])
+    jobs.add_argument("name", nargs="?", help="job name (all but list)")
+    jobs.add_argument("--target", default="local", choices=["local"])
+    jobs.add_argument("--status", help="list: only jobs in this status (e.g. InProgress)")
+    jobs.add_argument("--follow", action="store_true", help="logs: until the job ends")
+    jobs.set_defaults(func=_jobs)
+
     stack = commands.add_parser("stack", help="the local Airflow + MLflow stack")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.set_defaults(func=_stack)
@@ -170,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    if getattr(args, "command", None) == "jobs" and args.action != "list" and not args.name:
+        print(f"fmops jobs {args.action} needs a job name", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return args.func(args)
 
 

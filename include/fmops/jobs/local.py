@@ -275,6 +275,35 @@ class LocalJobBackend:
         cut = data.rfind(b"\n") + 1
         return data[:cut].decode(errors="replace"), offset + cut
 
+    def _summaries(self, kind: str) -> list[dict[str, Any]]:
+        """SageMaker's List*Jobs summaries of every local job of ``kind``, newest first."""
+        prefix = "Training" if kind == "training" else "Processing"
+        rows = []
+        for path in sorted(self.root.glob("*/record.json")) if self.root.exists() else []:
+            record = read_json(path)
+            if record.get("kind") != kind:
+                continue
+            name = path.parent.name
+            record = self._record(name, f"List{prefix}Jobs")
+            summary = {
+                f"{prefix}JobName": name,
+                f"{prefix}JobArn": self._arn(kind, name),
+                f"{prefix}JobStatus": record["status"],
+                **self._common(record),
+            }
+            if kind == "training":
+                summary["SecondaryStatus"] = record["secondary_status"]
+            if record.get("end_time"):
+                summary[f"{prefix}EndTime"] = datetime.fromisoformat(record["end_time"])
+            rows.append(summary)
+        return sorted(rows, key=lambda r: r["CreationTime"], reverse=True)
+
+    def list_training_jobs(self, **_: Any) -> dict[str, Any]:
+        return {"TrainingJobSummaries": self._summaries("training")}
+
+    def list_processing_jobs(self, **_: Any) -> dict[str, Any]:
+        return {"ProcessingJobSummaries": self._summaries("processing")}
+
     def job_dir(self, name: str) -> Path:
         return self._job_dir(name)
 

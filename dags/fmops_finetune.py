@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, chain, dag, task
+from airflow.sdk import Asset, Param, TriggerRule, chain, dag, task
 
 from fmops.airflow import tasks
 from fmops.airflow.operators import AwaitJobOperator, ValidateDataOperator
@@ -76,9 +76,10 @@ def fmops_finetune():
     _await_training = AwaitJobOperator.partial(task_id="await_training").expand(
         handle=_submit_training
     )
-    _plan_evaluation = task(tasks.plan_evaluation)(
-        _load_config, _validate_data, _await_training.output
-    )
+    # One failed candidate does not stop the others: evaluation starts once any training is done.
+    _plan_evaluation = task(
+        tasks.plan_evaluation, trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
+    )(_await_training.output)
     _submit_evaluation = task(tasks.submit_job, task_id="submit_evaluation").expand(
         plan=_plan_evaluation
     )
@@ -87,7 +88,7 @@ def fmops_finetune():
     )
     _select = task(tasks.select)(_load_config, _await_evaluation.output)
     _register = task(tasks.register, outlets=[Asset(tasks.REGISTERED_MODELS_URI)])(
-        _load_config, _validate_data, _await_training.output, _await_evaluation.output, _select
+        _load_config, _validate_data, _await_evaluation.output, _select
     )
     chain(_select, _register)
 

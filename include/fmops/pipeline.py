@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig, load_config
-from fmops.jobs.backend import JobBackend, ensure_job, get_backend
+from fmops.jobs.backend import JobBackend, describe, ensure_job, get_backend, status_of
 from fmops.jobs.naming import job_name
 from fmops.jobs.specs import PlanError, evaluation_request, resolve_base_model, training_request
 from fmops.paths import state_dir
@@ -240,6 +240,29 @@ def job_outcome(handle: dict, description: dict) -> dict:
             zero_shot=bool(handle.get("zero_shot")),
         )
     return outcome
+
+
+def training_failures(handles: list[dict], trained: list[dict]) -> list[dict]:
+    """The submitted training jobs without an outcome, with SageMaker's reason for each."""
+    done = {t["job_name"] for t in trained}
+    failures = []
+    for handle in handles:
+        if handle["name"] in done:
+            continue
+        description = describe(backend_for(handle), handle["kind"], handle["name"])
+        failures.append(
+            {
+                "candidate": handle["candidate"],
+                "job_name": handle["name"],
+                "status": status_of(handle["kind"], description),
+                "reason": (
+                    description.get("FailureReason")
+                    or description.get("ExitMessage")
+                    or description.get("SecondaryStatus", "")
+                )[:1000],
+            }
+        )
+    return failures
 
 
 def plan_evaluation(

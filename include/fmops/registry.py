@@ -132,6 +132,7 @@ def record_runs(
     dag_id: str,
     run_id: str,
     job_logs: dict[str, str],
+    failed: list[dict] | None = None,
 ) -> dict[str, str]:
     """The parent run of this DAG run and one child run per candidate; returns their ids."""
     mlflow_client, experiment_id, parent = parent_run(config, dag_id, run_id)
@@ -150,9 +151,12 @@ def record_runs(
                 "selection_metric": decision["metric"],
                 "min_score": decision["min_score"],
                 "winner": decision["winner"],
+                "failed_candidates": ",".join(f["candidate"] for f in failed or []) or "none",
             }
         ),
     )
+    if failed:
+        mlflow_client.log_dict(parent, {"failed": failed}, "failed-candidates.json")
     mlflow_client.log_dict(parent, resolved["config"], "config.json")
     mlflow_client.log_dict(parent, {"validation": staged["validation"]}, "validation.json")
     mlflow_client.log_dict(parent, decision, "leaderboard.json")
@@ -223,8 +227,22 @@ def _unpack(model_artifacts: str, target: Path) -> Path:
 
 
 def model_card(
-    config: PipelineConfig, staged: dict, decision: dict, winner: dict, dag_id: str, run_id: str
+    config: PipelineConfig,
+    staged: dict,
+    decision: dict,
+    winner: dict,
+    dag_id: str,
+    run_id: str,
+    failed: list[dict] | None = None,
 ) -> str:
+    failures = (
+        "\n".join(
+            f"- {f['candidate']}: training job `{f['job_name']}` ended {f['status']}: "
+            f"{f['reason'].splitlines()[0] if f['reason'] else 'no reason given'}"
+            for f in failed or []
+        )
+        or "none"
+    )
     rows = "\n".join(
         f"| {r['candidate']}{' (untuned baseline)' if r['baseline'] else ''} | "
         f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['examples']} |"
@@ -255,6 +273,9 @@ Pipeline `{config.pipeline}`, DAG run `{dag_id}` / `{run_id}`.
 Selected by {decision["metric"]} = {decision["score"]:.4f} (minimum {decision["min_score"]});
 gain over the untuned baseline: {decision.get("gain_over_baseline", "n/a")}.
 
+Candidates that failed and were not compared:
+{failures}
+
 ## Known limits
 English banking queries only; labels outside the declared set are never predicted.
 """
@@ -270,6 +291,7 @@ def register(
     dag_id: str,
     run_id: str,
     job_logs: dict[str, str],
+    failed: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Record the runs and register the winner as a new version (once per DAG run)."""
     import mlflow
@@ -277,7 +299,16 @@ def register(
 
     mlflow_client = client(config)
     runs = record_runs(
-        config, resolved, staged, trained, evaluations, decision, dag_id, run_id, job_logs
+        config,
+        resolved,
+        staged,
+        trained,
+        evaluations,
+        decision,
+        dag_id,
+        run_id,
+        job_logs,
+        failed,
     )
     name, dag_run = config.registry.model_name, f"{dag_id}/{run_id}"
     existing = find_version(mlflow_client, name, dag_run)
@@ -326,7 +357,7 @@ def register(
             "fmops.metric": f"{decision['metric']}={decision['score']:.4f}",
             APPROVAL_TAG: "pending",
         },
-        description=model_card(config, staged, decision, winner, dag_id, run_id),
+        description=model_card(config, staged, decision, winner, dag_id, run_id, failed),
     )
     _wait_ready(mlflow_client, name, version.version)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)

@@ -65,8 +65,11 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
 
     states = _states(finetune_run)
     assert finetune_run.state == "success", f"task states: {states}"
-    assert states["await_training"] == ["success", "success"]
+    # tiny-broken fails on purpose: its own mapped task is red, the others go on.
+    assert sorted(states["await_training"]) == ["failed", "success", "success"]
+    assert _try_numbers(finetune_run, "await_training") == [1, 1, 1], "a job failure is final"
     assert len(states["await_evaluation"]) == 3  # two candidates and the untuned baseline
+    assert states["register"] == ["success"]
 
     client = registry.client(tiny_config)
     name = tiny_config.registry.model_name
@@ -96,6 +99,14 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     baseline = children["baseline"].data.metrics["eval_accuracy"]
     assert challenger.tags["fmops.metric"] == f"accuracy={winner:.4f}"
     assert baseline < 1
+    # The failure and its reason are in the run's record and on the model card.
+    (parent,) = by_role["parent"]
+    assert parent.data.params["failed_candidates"] == "tiny-broken"
+    failed = client.download_artifacts(parent.info.run_id, "failed-candidates.json", "/tmp")
+    (failure,) = json.loads(Path(failed).read_text())["failed"]
+    assert failure["candidate"] == "tiny-broken" and failure["status"] == "Failed"
+    assert "no_such_module" in failure["reason"]
+    assert "- tiny-broken: training job" in challenger.description
 
 
 def _xcom(run, task_id: str):
@@ -137,12 +148,13 @@ def test_register_again_finds_the_same_version(finetune_run, tiny_config):
         tiny_config,
         _xcom(finetune_run, "load_config"),
         _xcom(finetune_run, "validate_data"),
-        _xcom(finetune_run, "await_training"),
+        _xcom_key(finetune_run, "plan_evaluation", "trained"),
         _xcom(finetune_run, "await_evaluation"),
         _xcom(finetune_run, "select"),
         "fmops_finetune",
         finetune_run.run_id,
         {},
+        failed=_xcom_key(finetune_run, "plan_evaluation", "failed"),
     )
 
     assert again["version"] == first["version"]

@@ -117,10 +117,32 @@ def submit_job(plan: dict) -> dict:
 
 
 @fail_fast
-def plan_evaluation(resolved: dict, staged: dict, trained: list[dict]) -> list[dict]:
-    from fmops.pipeline import plan_evaluation as plan
+def plan_evaluation(trained: list[dict]) -> list[dict]:
+    """Evaluation jobs for the candidates that trained; the failed ones are named with reasons.
 
-    return plan(resolved, staged, list(trained), *_run_ids())
+    Runs once at least one training succeeded (trigger rule all_done_min_one_success), so that
+    one failed candidate never stops the others. Its inputs from earlier tasks are pulled here
+    rather than passed as arguments, so that its only upstream is await_training.
+    """
+    from fmops.pipeline import plan_evaluation as plan
+    from fmops.pipeline import training_failures
+
+    ti = get_current_context()["ti"]
+    resolved = ti.xcom_pull(task_ids="load_config")
+    staged = ti.xcom_pull(task_ids="validate_data")
+    handles = [h for h in ti.xcom_pull(task_ids="submit_training") or [] if h]
+    trained = [t for t in trained if t]
+    failed = training_failures(handles, trained)
+    for failure in failed:
+        log.error(
+            "candidate %s failed in %s: %s",
+            failure["candidate"],
+            failure["job_name"],
+            failure["reason"],
+        )
+    ti.xcom_push(key="trained", value=trained)
+    ti.xcom_push(key="failed", value=failed)
+    return plan(resolved, staged, trained, *_run_ids())
 
 
 @fail_fast
@@ -131,9 +153,9 @@ def select(resolved: dict, evaluations: list[dict]) -> dict:
 
 
 @fail_fast
-def register(
-    resolved: dict, staged: dict, trained: list[dict], evaluations: list[dict], decision: dict
-) -> dict:
+def register(resolved: dict, staged: dict, evaluations: list[dict], decision: dict) -> dict:
+    """Record the runs, register the winner; the trained and failed candidates come from
+    plan_evaluation (which ran past failed trainings), not from await_training."""
     from airflow.sdk import Asset
 
     from fmops import registry
@@ -141,13 +163,24 @@ def register(
 
     config = _config(resolved)
     dag_id, run_id = _run_ids()
-    trained = [t for t in trained if t]
+    ti = get_current_context()["ti"]
+    trained = ti.xcom_pull(task_ids="plan_evaluation", key="trained") or []
+    failed = ti.xcom_pull(task_ids="plan_evaluation", key="failed") or []
     logs = {}
     for outcome in trained:
         backend = backend_for({"target": outcome["target"]})
         logs[outcome["job_name"]] = backend.read_log("training", outcome["job_name"], 0)[0]
     summary = registry.register(
-        config, resolved, staged, trained, list(evaluations), decision, dag_id, run_id, logs
+        config,
+        resolved,
+        staged,
+        trained,
+        list(evaluations),
+        decision,
+        dag_id,
+        run_id,
+        logs,
+        failed=list(failed),
     )
     context = get_current_context()
     context["outlet_events"][Asset(REGISTERED_MODELS_URI)].extra = {

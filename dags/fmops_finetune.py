@@ -11,6 +11,8 @@ plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> regist
   the waits are deferrable (no worker slot is held while a job runs).
 - Job names are deterministic per (DAG run, candidate): a retried task reattaches to its job or
   reuses a finished one, and never starts a second one.
+- Training is cached across runs: a job whose inputs (dataset digest, base model,
+  hyperparameters, scripts, image) match a finished one is reused (`force_rerun` overrides).
 - Bad config or bad data fails the run before any job starts, without retries.
 - `register` emits the asset `fmops://registered-models`, which schedules `fmops_deploy`.
 
@@ -65,6 +67,12 @@ CONFIG_FILES = ["include/configs/local.yaml"]
             enum=[None, "local", "sagemaker"],
             title="Target",
             description="Where jobs run; empty: the config's target.",
+        ),
+        "force_rerun": Param(
+            False,
+            type="boolean",
+            title="Force re-run",
+            description="Train every candidate even when a finished job has the same inputs.",
         ),
     },
 )

@@ -32,7 +32,12 @@ class SelectionError(RuntimeError):
     """No candidate passed the configured minimum score."""
 
 
-def resolve(config_file: str, models: list[str] | None = None, target: str | None = None) -> dict:
+def resolve(
+    config_file: str,
+    models: list[str] | None = None,
+    target: str | None = None,
+    force_rerun: bool = False,
+) -> dict:
     config = load_config(config_file, models=models or None, target=target or None)
     log.info(
         "config %s: pipeline %s, target %s, candidates %s",
@@ -41,7 +46,11 @@ def resolve(config_file: str, models: list[str] | None = None, target: str | Non
         config.target,
         [c.name for c in config.candidates],
     )
-    return {"config_file": config_file, "config": config.model_dump(mode="json")}
+    return {
+        "config_file": config_file,
+        "config": config.model_dump(mode="json"),
+        "force_rerun": bool(force_rerun),
+    }
 
 
 def config_of(resolved: dict) -> PipelineConfig:
@@ -150,8 +159,12 @@ def _tags(config: PipelineConfig, dag_id: str, run_id: str, candidate: str) -> d
 
 
 def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> list[dict]:
-    """One CreateTrainingJob request per candidate, named deterministically for this run."""
+    """One CreateTrainingJob request per candidate, named deterministically for this run, with
+    the cache key of its inputs."""
+    from fmops.jobs import cache
+
     config = config_of(resolved)
+    force = bool(resolved.get("force_rerun"))
     if config.data.task != "classification":
         raise PlanError(
             f"data.task={config.data.task!r}: the data was validated and staged, but train.py "
@@ -163,14 +176,19 @@ def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> lis
         request = training_request(
             config, candidate, staged, _tags(config, dag_id, run_id, candidate.name)
         )
+        fields = cache.components(request, staged["digest"], candidate.base_model)
         plans.append(
             {
                 "kind": "training",
                 "candidate": candidate.name,
+                "pipeline": config.pipeline,
                 "base_name": job_name(dag_id, run_id, candidate.name, "training"),
                 "target": config.target,
                 "settings": backend_settings(config),
                 "request": request,
+                "cache_key": cache.key_of(fields),
+                "cache_fields": fields,
+                "force": force,
             }
         )
         log.info(
@@ -183,9 +201,75 @@ def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> lis
     return plans
 
 
+def _cached_job(plan: dict) -> str | None:
+    """A job with the plan's cache key that completed or is still running, if any."""
+    from botocore.exceptions import ClientError
+
+    from fmops.jobs import cache
+    from fmops.jobs.backend import is_not_found
+
+    entry = cache.lookup(plan["cache_key"])
+    if entry is None:
+        changed = cache.differences(plan["pipeline"], plan["candidate"], plan["cache_fields"])
+        if changed:
+            log.info(
+                "%s: training again, changed since its last cached job: %s",
+                plan["candidate"],
+                "; ".join(changed),
+            )
+        else:
+            log.info("%s: no cached job with these inputs: training", plan["candidate"])
+        return None
+    try:
+        status = status_of(
+            plan["kind"], describe(backend_for(plan), plan["kind"], entry["job_name"])
+        )
+    except ClientError as err:
+        if not is_not_found(err):
+            raise
+        status = "gone"
+    if status not in cache.REUSABLE:
+        log.info(
+            "%s: the cached job %s is %s: training again",
+            plan["candidate"],
+            entry["job_name"],
+            status,
+        )
+        return None
+    log.info(
+        "%s: reusing training job %s (%s; same dataset, base model, hyperparameters, "
+        "scripts and image: cache key %s)",
+        plan["candidate"],
+        entry["job_name"],
+        status,
+        plan["cache_key"][:12],
+    )
+    return entry["job_name"]
+
+
 def submit(plan: dict) -> dict:
-    """Start the planned job, or find the one this run already started (describe before create)."""
-    name, action = ensure_job(backend_for(plan), plan["kind"], plan["base_name"], plan["request"])
+    """Start the planned job, or find the one this run already started (describe before create).
+
+    A training plan with a cache key first looks for a job with the same inputs (any run):
+    a completed one is reused and a running one waited on, unless the plan says ``force``.
+    """
+    from fmops.jobs import cache
+
+    cached = None
+    if plan.get("cache_key") and not plan.get("force"):
+        cached = _cached_job(plan)
+    elif plan.get("force"):
+        log.info("%s: force_rerun is set: training regardless of the cache", plan["candidate"])
+    if cached:
+        name, action = cached, "cached"
+    else:
+        name, action = ensure_job(
+            backend_for(plan), plan["kind"], plan["base_name"], plan["request"]
+        )
+        if plan.get("cache_key"):
+            cache.record(
+                plan["cache_key"], plan["cache_fields"], name, plan["pipeline"], plan["candidate"]
+            )
     return {key: plan[key] for key in ("kind", "candidate", "target", "settings")} | {
         "name": name,
         "action": action,

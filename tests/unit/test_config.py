@@ -71,7 +71,7 @@ def test_local_yaml_loads_with_relative_paths():
 def test_tiny_yaml_loads_and_fills_defaults():
     config = load_config(TINY_YAML)
     assert config.pipeline == "fmops-e2e"
-    assert [c.name for c in config.candidates] == ["tiny-full", "tiny-lora"]
+    assert [c.name for c in config.candidates] == ["tiny-full", "tiny-lora", "tiny-broken"]
     lora = config.candidate("tiny-lora")
     assert lora.method == "lora"
     assert (lora.lora.r, lora.lora.alpha) == (4, 8)

@@ -77,7 +77,12 @@ def _config(resolved: dict) -> Any:
 def load_config(params: dict[str, Any] | None = None) -> dict:
     from fmops.pipeline import resolve
 
-    return resolve(params["config_file"], params.get("models") or None, params.get("target"))
+    return resolve(
+        params["config_file"],
+        params.get("models") or None,
+        params.get("target"),
+        bool(params.get("force_rerun")),
+    )
 
 
 REPORT_URL_KEY = "validation_report_url"

@@ -176,6 +176,9 @@ class Hyperparameters(Strict):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     log_every_steps: int = Field(10, ge=1)
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="0: a checkpoint at the end of each epoch only"
+    )
 
 
 class Candidate(Strict):

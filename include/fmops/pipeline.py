@@ -173,8 +173,13 @@ def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> lis
         )
     plans = []
     for candidate in config.candidates:
+        base_name = job_name(dag_id, run_id, candidate.name, "training")
         request = training_request(
-            config, candidate, staged, _tags(config, dag_id, run_id, candidate.name)
+            config,
+            candidate,
+            staged,
+            _tags(config, dag_id, run_id, candidate.name),
+            checkpoints=f"file://{state_dir() / 'checkpoints' / base_name}",
         )
         fields = cache.components(request, staged["digest"], candidate.base_model)
         plans.append(
@@ -182,7 +187,7 @@ def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> lis
                 "kind": "training",
                 "candidate": candidate.name,
                 "pipeline": config.pipeline,
-                "base_name": job_name(dag_id, run_id, candidate.name, "training"),
+                "base_name": base_name,
                 "target": config.target,
                 "settings": backend_settings(config),
                 "request": request,

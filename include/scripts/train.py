@@ -59,6 +59,7 @@ class Hyperparameters:
     warmup_ratio: float = 0.1
     seed: int = 13
     log_every_steps: int = 10
+    checkpoint_every_steps: int = 0
     init_head: str = "label_names"
     head_learning_rate: float = 0.0
     lora_r: int = 8
@@ -99,6 +100,11 @@ class Hyperparameters:
                 f"head_learning_rate={self.head_learning_rate} must be in [0, 1) (0: learning_rate)"
             )
         positive = ("epochs", "batch_size", "max_length", "log_every_steps", "lora_r", "lora_alpha")
+        if self.checkpoint_every_steps < 0:
+            raise HyperparameterError(
+                f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 "
+                "(0: a checkpoint at the end of each epoch only)"
+            )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise HyperparameterError(f"{name}={getattr(self, name)} must be > 0")
@@ -242,21 +248,20 @@ def main() -> int:
     total = sum(p.numel() for p in model.parameters())
     log(event="model", method=hps.method, trainable_params=trainable, total_params=total)
 
-    def batches(texts: list[str], ys: list[int], shuffle: bool):
-        order = list(range(len(texts)))
-        if shuffle:
-            random.shuffle(order)
-        for start in range(0, len(order), hps.batch_size):
-            idx = order[start : start + hps.batch_size]
-            # Dynamic padding: each batch is padded to its own longest text only.
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=hps.max_length,
-                return_tensors="pt",
-            )
-            yield enc, torch.tensor([ys[i] for i in idx])
+    def encode(texts: list[str], ys: list[int], idx: list[int]):
+        # Dynamic padding: each batch is padded to its own longest text only.
+        enc = tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=hps.max_length,
+            return_tensors="pt",
+        )
+        return enc, torch.tensor([ys[i] for i in idx])
+
+    def batches(texts: list[str], ys: list[int]):
+        for start in range(0, len(texts), hps.batch_size):
+            yield encode(texts, ys, list(range(start, min(start + hps.batch_size, len(texts)))))
 
     train_y = [label_to_id[x] for x in train_labels]
     val_y = [label_to_id[x] for x in val_labels]
@@ -281,7 +286,7 @@ def main() -> int:
         model.eval()
         correct, loss_sum = 0, 0.0
         with torch.no_grad():
-            for enc, y in batches(val_texts, val_y, shuffle=False):
+            for enc, y in batches(val_texts, val_y):
                 logits, loss = model(enc["input_ids"], enc["attention_mask"], labels=y)
                 loss_sum += float(loss) * len(y)
                 correct += int((logits.argmax(-1) == y).sum())
@@ -295,24 +300,77 @@ def main() -> int:
         labels=len(labels),
         total_steps=total_steps,
     )
+    checkpoints = Path(os.environ.get("SM_CHECKPOINT_DIR", "/opt/ml/checkpoints"))
+    checkpoint_file = checkpoints / "checkpoint.pt"
+    progress: dict = {
+        "step": 0,
+        "seen": 0,
+        "epoch": 1,
+        "batch": 0,
+        "order": None,
+        "best": {"validation_accuracy": -1.0, "epoch": 0, "state": None},
+        "history": [],
+    }
+
+    def save_checkpoint() -> None:
+        """Everything a restarted job needs to continue exactly where this one is now."""
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoints / "checkpoint.pt.tmp"
+        torch.save(
+            {
+                "progress": progress,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+            },
+            tmp,
+        )
+        os.replace(tmp, checkpoint_file)  # a kill mid-save never leaves a torn checkpoint
+        log(event="checkpoint", step=progress["step"], epoch=progress["epoch"])
+
+    if checkpoint_file.exists():
+        # weights_only: a checkpoint holds tensors and plain values; nothing is unpickled.
+        saved = torch.load(checkpoint_file, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(saved["python_rng"])
+        progress = saved["progress"]
+        log(
+            event="resumed", step=progress["step"], epoch=progress["epoch"], batch=progress["batch"]
+        )
+
     model.train()
-    step, seen, started = 0, 0, time.monotonic()
-    best: dict[str, object] = {"validation_accuracy": -1.0, "epoch": 0, "state": None}
-    history: list[dict[str, float]] = []
-    for epoch in range(1, hps.epochs + 1):
-        for enc, y in batches(train_texts, train_y, shuffle=True):
+    started = time.monotonic()
+    seen_at_start = progress["seen"]
+    batches_per_epoch = steps_per_epoch
+    for epoch in range(progress["epoch"], hps.epochs + 1):
+        if progress["order"] is None:
+            order = list(range(len(train_texts)))
+            random.shuffle(order)
+            progress.update(epoch=epoch, batch=0, order=order)
+        order = progress["order"]
+        for batch in range(progress["batch"], batches_per_epoch):
+            enc, y = encode(
+                train_texts, train_y, order[batch * hps.batch_size : (batch + 1) * hps.batch_size]
+            )
             _, loss = model(enc["input_ids"], enc["attention_mask"], labels=y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            step += 1
-            seen += len(y)
+            progress["step"] += 1
+            progress["seen"] += len(y)
+            progress["batch"] = batch + 1
+            step = progress["step"]
             if step % hps.log_every_steps == 0 or step == total_steps:
                 elapsed = time.monotonic() - started
-                rate = seen / elapsed
-                eta = (total_steps - step) * hps.batch_size / rate
+                rate = (progress["seen"] - seen_at_start) / max(elapsed, 1e-9)
+                eta = (total_steps - step) * hps.batch_size / max(rate, 1e-9)
                 lr = scheduler.get_last_lr()[0]
                 log(
                     step=f"{step}/{total_steps}",
@@ -322,18 +380,27 @@ def main() -> int:
                     samples_per_sec=rate,
                     eta_s=round(eta),
                 )
-                history.append({"step": step, "train_loss": loss.item(), "learning_rate": lr})
+                progress["history"].append(
+                    {"step": step, "train_loss": loss.item(), "learning_rate": lr}
+                )
+            if hps.checkpoint_every_steps and step % hps.checkpoint_every_steps == 0:
+                save_checkpoint()
         if val_texts:
             accuracy, val_loss = evaluate()
             log(epoch=epoch, validation_accuracy=accuracy, validation_loss=val_loss)
-            if accuracy > best["validation_accuracy"]:
+            if accuracy > progress["best"]["validation_accuracy"]:
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best = {
+                progress["best"] = {
                     "validation_accuracy": accuracy,
                     "validation_loss": val_loss,
                     "epoch": epoch,
                     "state": state,
                 }
+        progress.update(epoch=epoch + 1, batch=0, order=None)
+        save_checkpoint()
+    best = progress["best"]
+    history = progress["history"]
+    step, seen = progress["step"], progress["seen"]
     if best["state"] is not None:
         model.load_state_dict(best["state"])
         log(event="best", epoch=best["epoch"], validation_accuracy=best["validation_accuracy"])
@@ -354,7 +421,7 @@ def main() -> int:
     elapsed = time.monotonic() - started
     metrics = {
         "train_seconds": round(elapsed, 2),
-        "train_samples_per_sec": round(seen / elapsed, 2),
+        "train_samples_per_sec": round((seen - seen_at_start) / elapsed, 2),
         "steps": step,
         "best_epoch": best["epoch"],
         "validation_accuracy": best["validation_accuracy"] if val_texts else None,

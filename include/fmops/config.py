@@ -179,6 +179,9 @@ class Hyperparameters(Strict):
     checkpoint_every_steps: int = Field(
         0, ge=0, description="0: a checkpoint at the end of each epoch only"
     )
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    group_by_length: bool = True
+    early_stopping_patience: int = Field(0, ge=0, description="epochs without improvement; 0: off")
 
 
 class Candidate(Strict):

@@ -60,6 +60,9 @@ class Hyperparameters:
     seed: int = 13
     log_every_steps: int = 10
     checkpoint_every_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    group_by_length: bool = True
+    early_stopping_patience: int = 0
     init_head: str = "label_names"
     head_learning_rate: float = 0.0
     lora_r: int = 8
@@ -100,6 +103,14 @@ class Hyperparameters:
                 f"head_learning_rate={self.head_learning_rate} must be in [0, 1) (0: learning_rate)"
             )
         positive = ("epochs", "batch_size", "max_length", "log_every_steps", "lora_r", "lora_alpha")
+        if self.gradient_accumulation_steps < 1:
+            raise HyperparameterError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be >= 1"
+            )
+        if self.early_stopping_patience < 0:
+            raise HyperparameterError(
+                f"early_stopping_patience={self.early_stopping_patience} must be >= 0 (0: off)"
+            )
         if self.checkpoint_every_steps < 0:
             raise HyperparameterError(
                 f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 "
@@ -179,6 +190,27 @@ def declared_labels(channel_dir: Path, observed: list[str]) -> list[str]:
     if path.exists():
         return list(json.loads(path.read_text()))
     return sorted(set(observed))
+
+
+def length_grouped_order(
+    lengths: list[int], batch_size: int, rng: random.Random, window: int = 50
+) -> list[int]:
+    """A shuffled order whose consecutive batches hold texts of similar length.
+
+    The indices are shuffled, cut into windows of ``window`` batches, sorted by length inside
+    each window, cut into batches, and the batches shuffled: each batch pads to little more
+    than its own texts, while the epoch stays random (the approach of transformers'
+    ``group_by_length``).
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * window
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
 
 
 def log(**values: object) -> None:
@@ -265,8 +297,11 @@ def main() -> int:
 
     train_y = [label_to_id[x] for x in train_labels]
     val_y = [label_to_id[x] for x in val_labels]
-    steps_per_epoch = math.ceil(len(train_texts) / hps.batch_size)
+    batches_per_epoch = math.ceil(len(train_texts) / hps.batch_size)
+    accumulation = hps.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulation)  # optimizer steps
     total_steps = steps_per_epoch * hps.epochs
+    text_lengths = [len(t) for t in train_texts]
     head = list(model.classifier.parameters())
     body = [
         p
@@ -308,6 +343,7 @@ def main() -> int:
         "epoch": 1,
         "batch": 0,
         "order": None,
+        "stale": 0,  # epochs without a better validation accuracy (early stopping)
         "best": {"validation_accuracy": -1.0, "epoch": 0, "state": None},
         "history": [],
     }
@@ -346,11 +382,15 @@ def main() -> int:
     model.train()
     started = time.monotonic()
     seen_at_start = progress["seen"]
-    batches_per_epoch = steps_per_epoch
     for epoch in range(progress["epoch"], hps.epochs + 1):
+        if progress.get("stopped"):
+            break
         if progress["order"] is None:
-            order = list(range(len(train_texts)))
-            random.shuffle(order)
+            if hps.group_by_length:
+                order = length_grouped_order(text_lengths, hps.batch_size, random)
+            else:
+                order = list(range(len(train_texts)))
+                random.shuffle(order)
             progress.update(epoch=epoch, batch=0, order=order)
         order = progress["order"]
         for batch in range(progress["batch"], batches_per_epoch):
@@ -358,14 +398,16 @@ def main() -> int:
                 train_texts, train_y, order[batch * hps.batch_size : (batch + 1) * hps.batch_size]
             )
             _, loss = model(enc["input_ids"], enc["attention_mask"], labels=y)
-            loss.backward()
+            (loss / accumulation).backward()
+            progress["seen"] += len(y)
+            progress["batch"] = batch + 1
+            if (batch + 1) % accumulation and batch + 1 < batches_per_epoch:
+                continue  # gradients accumulate until the optimizer step
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             progress["step"] += 1
-            progress["seen"] += len(y)
-            progress["batch"] = batch + 1
             step = progress["step"]
             if step % hps.log_every_steps == 0 or step == total_steps:
                 elapsed = time.monotonic() - started
@@ -396,6 +438,17 @@ def main() -> int:
                     "epoch": epoch,
                     "state": state,
                 }
+                progress["stale"] = 0
+            else:
+                progress["stale"] += 1
+            if hps.early_stopping_patience and progress["stale"] >= hps.early_stopping_patience:
+                progress["stopped"] = True
+                log(
+                    event="early_stop",
+                    epoch=epoch,
+                    best_epoch=progress["best"]["epoch"],
+                    patience=hps.early_stopping_patience,
+                )
         progress.update(epoch=epoch + 1, batch=0, order=None)
         save_checkpoint()
     best = progress["best"]

@@ -158,3 +158,56 @@ def test_loss_falls(tmp_path, tiny_base_model, channels):
     first = sum(h["train_loss"] for h in history[:12]) / 12
     last = sum(h["train_loss"] for h in history[-12:]) / 12
     assert last < first * 0.5, (first, last)
+
+
+def run_job(job: Path, base: Path, channels: dict[str, Path], **overrides: str):
+    env = job_env(job, base, channels)
+    hps = json.loads(env["SM_HPS"]) | overrides
+    env["SM_HPS"] = json.dumps(hps)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout, json.loads((job / "output" / "metrics.json").read_text())
+
+
+def test_early_stopping_and_gradient_accumulation(tmp_path, tiny_base_model, channels):
+    out, metrics = run_job(
+        tmp_path / "stop",
+        tiny_base_model,
+        channels,
+        early_stopping_patience="2",
+        gradient_accumulation_steps="3",
+    )
+    # 12 batches of 8 per epoch, an optimizer step every 3: 4 steps per epoch.
+    assert "total_steps=120" in out
+    stop = next(line for line in out.splitlines() if line.startswith("event=early_stop"))
+    stopped_epoch = int(stop.split("epoch=")[1].split()[0])
+    assert stopped_epoch < 30
+    assert metrics["steps"] == stopped_epoch * 4
+    assert metrics["best_epoch"] == stopped_epoch - 2
+
+
+def test_length_grouped_order_is_a_shuffled_permutation_with_less_padding():
+    import random
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import train
+
+    rng = random.Random(3)
+    lengths = [rng.randint(5, 200) for _ in range(1000)]
+    order = train.length_grouped_order(lengths, 16, random.Random(7))
+    assert sorted(order) == list(range(1000))
+    assert order == train.length_grouped_order(lengths, 16, random.Random(7))
+    shuffled = list(range(1000))
+    random.Random(7).shuffle(shuffled)
+
+    def padded(o):
+        return sum(
+            max(lengths[i] for i in o[s : s + 16]) * len(o[s : s + 16])
+            for s in range(0, len(o), 16)
+        )
+
+    assert padded(order) < 0.7 * padded(shuffled)
+    # Random across batches, not one global sort by length.
+    assert order != sorted(order, key=lambda i: -lengths[i])

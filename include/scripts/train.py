@@ -213,7 +213,14 @@ def length_grouped_order(
     return [i for batch in batches for i in batch]
 
 
+# torchrun sets RANK and WORLD_SIZE: data-parallel over processes (gloo on CPUs, nccl on GPUs).
+RANK = int(os.environ.get("RANK", "0"))
+WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def log(**values: object) -> None:
+    if RANK != 0:
+        return  # one log per job, from the first process
     parts = []
     for key, value in values.items():
         parts.append(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")
@@ -297,7 +304,10 @@ def main() -> int:
 
     train_y = [label_to_id[x] for x in train_labels]
     val_y = [label_to_id[x] for x in val_labels]
-    batches_per_epoch = math.ceil(len(train_texts) / hps.batch_size)
+    # Each process takes every WORLD_SIZE-th batch; all take the same number (the remainder of a
+    # data-parallel epoch is dropped) so that their gradient all-reduces pair up.
+    all_batches = math.ceil(len(train_texts) / hps.batch_size)
+    batches_per_epoch = all_batches if WORLD_SIZE == 1 else all_batches // WORLD_SIZE
     accumulation = hps.gradient_accumulation_steps
     steps_per_epoch = math.ceil(batches_per_epoch / accumulation)  # optimizer steps
     total_steps = steps_per_epoch * hps.epochs
@@ -350,6 +360,8 @@ def main() -> int:
 
     def save_checkpoint() -> None:
         """Everything a restarted job needs to continue exactly where this one is now."""
+        if RANK != 0:
+            return  # the processes hold the same state: the first one writes it
         checkpoints.mkdir(parents=True, exist_ok=True)
         tmp = checkpoints / "checkpoint.pt.tmp"
         torch.save(
@@ -379,9 +391,18 @@ def main() -> int:
             event="resumed", step=progress["step"], epoch=progress["epoch"], batch=progress["batch"]
         )
 
+    forward = model
+    if WORLD_SIZE > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        # The encoder's [CLS] pooler (BERT-style models) is unused by mean pooling.
+        forward = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        log(event="distributed", backend=backend, world_size=WORLD_SIZE)
     model.train()
     started = time.monotonic()
-    seen_at_start = progress["seen"]
+    seen_at_start, step_at_start = progress["seen"], progress["step"]
     for epoch in range(progress["epoch"], hps.epochs + 1):
         if progress.get("stopped"):
             break
@@ -394,10 +415,9 @@ def main() -> int:
             progress.update(epoch=epoch, batch=0, order=order)
         order = progress["order"]
         for batch in range(progress["batch"], batches_per_epoch):
-            enc, y = encode(
-                train_texts, train_y, order[batch * hps.batch_size : (batch + 1) * hps.batch_size]
-            )
-            _, loss = model(enc["input_ids"], enc["attention_mask"], labels=y)
+            first = (batch * WORLD_SIZE + RANK) * hps.batch_size
+            enc, y = encode(train_texts, train_y, order[first : first + hps.batch_size])
+            _, loss = forward(enc["input_ids"], enc["attention_mask"], labels=y)
             (loss / accumulation).backward()
             progress["seen"] += len(y)
             progress["batch"] = batch + 1
@@ -411,8 +431,9 @@ def main() -> int:
             step = progress["step"]
             if step % hps.log_every_steps == 0 or step == total_steps:
                 elapsed = time.monotonic() - started
-                rate = (progress["seen"] - seen_at_start) / max(elapsed, 1e-9)
-                eta = (total_steps - step) * hps.batch_size / max(rate, 1e-9)
+                # All processes advance in step: the job's rate is one process's times WORLD_SIZE.
+                rate = (progress["seen"] - seen_at_start) * WORLD_SIZE / max(elapsed, 1e-9)
+                eta = (total_steps - step) * elapsed / max(step - step_at_start, 1)
                 lr = scheduler.get_last_lr()[0]
                 log(
                     step=f"{step}/{total_steps}",
@@ -457,6 +478,13 @@ def main() -> int:
     if best["state"] is not None:
         model.load_state_dict(best["state"])
         log(event="best", epoch=best["epoch"], validation_accuracy=best["validation_accuracy"])
+    if WORLD_SIZE > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+        if RANK != 0:
+            return 0  # the first process writes the model and the metrics
 
     model_dir.mkdir(parents=True, exist_ok=True)
     encoder = model.encoder
@@ -474,13 +502,14 @@ def main() -> int:
     elapsed = time.monotonic() - started
     metrics = {
         "train_seconds": round(elapsed, 2),
-        "train_samples_per_sec": round((seen - seen_at_start) / elapsed, 2),
+        "train_samples_per_sec": round((seen - seen_at_start) * WORLD_SIZE / elapsed, 2),
         "steps": step,
         "best_epoch": best["epoch"],
         "validation_accuracy": best["validation_accuracy"] if val_texts else None,
         "validation_loss": best.get("validation_loss"),
         "trainable_params": trainable,
         "total_params": total,
+        "world_size": WORLD_SIZE,
         "hyperparameters": {k: v for k, v in asdict(hps).items()},
         "history": history,
     }

@@ -211,3 +211,35 @@ def test_length_grouped_order_is_a_shuffled_permutation_with_less_padding():
     assert padded(order) < 0.7 * padded(shuffled)
     # Random across batches, not one global sort by length.
     assert order != sorted(order, key=lambda i: -lengths[i])
+
+
+def test_data_parallel_under_torchrun_with_two_processes(tmp_path, tiny_base_model, channels):
+    """Two CPU processes on the gloo backend: each takes half of the batches, the gradients are
+    all-reduced, the first process writes the model."""
+    job = tmp_path / "ddp"
+    env = job_env(job, tiny_base_model, channels)
+    env["SM_HPS"] = json.dumps(json.loads(env["SM_HPS"]) | {"epochs": "4"})
+    env.update(MASTER_ADDR="127.0.0.1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            "--master_port=29533",
+            str(SCRIPT),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "event=distributed backend=gloo world_size=2" in result.stdout
+    metrics = json.loads((job / "output" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["steps"] == 4 * (12 // 2)  # 12 batches an epoch, 6 for each process
+    assert (job / "model" / "model.safetensors").exists()
+    losses = [h["train_loss"] for h in metrics["history"]]
+    assert sum(losses[-6:]) < sum(losses[:6]), losses

@@ -361,10 +361,9 @@ def plan_expectations(
 
 
 def plan_label_stats(
-    data: DataConfig,
-    counts: pd.DataFrame,
-    stats: pd.DataFrame,
+    data: DataConfig, stats: pd.DataFrame
 ) -> tuple[list[Expectation], list[Expectation]]:
+    """Expectations on the per-label counts table and on the one-row label statistics table."""
     import great_expectations.expectations as gxe
 
     checks = data.checks
@@ -410,7 +409,6 @@ def plan_label_stats(
                 note="PSI of the label distribution against the last dataset that passed",
             )
         )
-    del counts
     return per_label, table
 
 
@@ -628,7 +626,7 @@ def validate_frames(
                 "this one becomes the reference if it passes"
             )
         stats_frame = pd.DataFrame([stats])
-        per_label, table = plan_label_stats(data, counts, stats_frame)
+        per_label, table = plan_label_stats(data, stats_frame)
         for dataset, frame, plan in (
             ("train_label_counts", counts, per_label),
             ("train_label_stats", stats_frame, table),

@@ -479,7 +479,3 @@ def download_model(config: PipelineConfig, version: str, target: Path) -> Path:
             "label_map.json); register it with fmops_finetune"
         )
     return model_dir
-
-
-def model_store() -> Path:
-    return state_dir() / "models"

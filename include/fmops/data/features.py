@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from fmops.data import pii
@@ -194,7 +193,3 @@ def psi(current: dict[str, float], reference: dict[str, float], floor: float = 1
         expected = max(reference.get(label, 0.0), floor)
         total += (actual - expected) * math.log(actual / expected)
     return total
-
-
-def clean_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")

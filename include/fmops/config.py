@@ -162,7 +162,10 @@ class LoraSettings(Strict):
     r: int = Field(8, ge=1, le=256)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
-    target_modules: list[str] = ["query", "value"]
+    target_modules: list[str] = Field(
+        default_factory=list,
+        description="modules to adapt; empty: the usual ones for the base model's architecture",
+    )
 
 
 class Hyperparameters(Strict):

@@ -167,9 +167,11 @@ def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> lis
     force = bool(resolved.get("force_rerun"))
     if config.data.task != "classification":
         raise PlanError(
-            f"data.task={config.data.task!r}: the data was validated and staged, but train.py "
-            "fine-tunes classifiers only in this version (causal-LM instruction tuning is not "
-            "there yet); use task: classification"
+            f"data.task={config.data.task!r}: the data was validated and staged, and train.py "
+            "can instruction-tune causal LMs (task=instruction), but this version cannot yet "
+            "evaluate generated answers, so fmops_finetune would train candidates it cannot "
+            "compare; run include/scripts/train.py as a job on the staged channels (README, "
+            "'Instruction tuning'), or use task: classification"
         )
     plans = []
     for candidate in config.candidates:

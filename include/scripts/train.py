@@ -1,27 +1,40 @@
-"""Fine-tune a sentence encoder as a text classifier inside a training job.
+"""Fine-tune a model inside a training job: a text classifier, or a causal LM on instructions.
 
 Runs unchanged as the entry point of a SageMaker Hugging Face training container and under the
 fmops local executor, which emulates the same container contract:
 
 - hyperparameters: the JSON object in ``SM_HPS`` or ``/opt/ml/input/config/hyperparameters.json``
   (SageMaker passes every value as a string, so each one is parsed and checked here);
-- channels: ``SM_CHANNEL_TRAIN`` and ``SM_CHANNEL_VALIDATION`` hold ``*.csv`` files (and optionally
-  ``labels.json``, the declared label set); ``SM_CHANNEL_BASE_MODEL`` holds a Hugging Face model
-  folder, else the ``base_model`` hyperparameter names one;
-- outputs: the fine-tuned model in ``SM_MODEL_DIR`` (the encoder's ``model.safetensors``, config
-  and tokenizer, the head in ``classifier.safetensors``, ``label_map.json``; with LoRA the
-  adapters under ``adapter/`` and the merged encoder at the top) and ``metrics.json`` in
-  ``SM_OUTPUT_DATA_DIR``. The platform (or the local executor) packs the model folder into
-  ``model.tar.gz``.
+- channels: ``SM_CHANNEL_TRAIN`` and ``SM_CHANNEL_VALIDATION``; ``SM_CHANNEL_BASE_MODEL`` holds a
+  Hugging Face model folder, else the ``base_model`` hyperparameter names one;
+- checkpoints: ``SM_CHECKPOINT_DIR`` (a job started again with the same folder resumes);
+- outputs: the model in ``SM_MODEL_DIR`` and ``metrics.json`` in ``SM_OUTPUT_DATA_DIR``. The
+  platform (or the local executor) packs the model folder into ``model.tar.gz``.
 
-The model is ``inference.build_classifier`` (beside this file): encoder, mean pooling and a
-linear head that starts from the label names' embeddings (``init_head=label_names``), so that
-training starts from the zero-shot classifier. ``method=full`` trains every weight;
-``method=lora`` trains LoRA adapters on the encoder (peft) and the head in full.
+``task=classification`` (channels of ``*.csv`` and optionally ``labels.json``, the declared
+label set): the model is ``inference.build_classifier`` (beside this file): encoder, mean
+pooling and a linear head that starts from the label names' embeddings
+(``init_head=label_names``), so that training starts from the zero-shot classifier. Output: the
+encoder's ``model.safetensors``, config and tokenizer, the head in ``classifier.safetensors``,
+``label_map.json``.
+
+``task=instruction`` (channels of chat or prompt/completion records, see ``instruction.py``): a
+causal LM (``AutoModelForCausalLM``) trained on the assistant's tokens only. Output: the model
+(safetensors), tokenizer, ``generation_config.json`` and ``prompt_format.json`` (how prompts
+were rendered, for inference).
+
+``method=full`` trains every weight; ``method=lora`` trains LoRA adapters (peft) on the target
+modules of the model's architecture (``lora_target_modules`` overrides them) and, for a
+classifier, the head in full. LoRA outputs hold the adapters under ``adapter/`` and the merged
+model at the top (``merge_adapter=false`` keeps the adapters only, for instruction models).
+
+Each epoch ends with an evaluation on the validation channel; the best epoch's weights are the
+ones saved (validation accuracy for classifiers, validation loss for causal LMs), and
+``early_stopping_patience`` epochs without improvement end training.
 
 Progress goes to stdout as ``key=value`` lines that the job spec's MetricDefinitions match.
-Only torch, transformers, peft, numpy and the standard library are imported: the file is
-uploaded as-is, with inference.py.
+Only torch, transformers, peft, numpy and the standard library are imported: the folder is
+uploaded as-is.
 """
 
 from __future__ import annotations
@@ -35,10 +48,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 EXIT_BAD_INPUT = 2
+# LoRA target modules for architectures that peft's own table lacks.
+EXTRA_LORA_TARGETS = {
+    "distilbert": ["q_lin", "v_lin"],
+    "mpnet": ["q", "v"],
+    "phi3": ["qkv_proj"],
+}
 
 
 class HyperparameterError(ValueError):
@@ -48,9 +68,14 @@ class HyperparameterError(ValueError):
 @dataclass
 class Hyperparameters:
     base_model: str = ""
+    task: str = "classification"
     method: str = "full"
     text_column: str = "text"
     label_column: str = "label"
+    messages_column: str = "messages"
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    prompt_template: str = "auto"
     epochs: int = 3
     learning_rate: float = 5e-5
     batch_size: int = 32
@@ -68,7 +93,8 @@ class Hyperparameters:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
-    lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    lora_target_modules: list[str] = field(default_factory=list)  # empty: per architecture
+    merge_adapter: bool = True
 
     @classmethod
     def parse(cls, raw: dict[str, object]) -> Hyperparameters:
@@ -92,6 +118,19 @@ class Hyperparameters:
         return hps
 
     def check(self) -> None:
+        if self.task not in ("classification", "instruction"):
+            raise HyperparameterError(
+                f"task={self.task!r}; allowed: 'classification', 'instruction'"
+            )
+        if self.prompt_template not in ("auto", "chat", "plain"):
+            raise HyperparameterError(
+                f"prompt_template={self.prompt_template!r}; allowed: 'auto', 'chat', 'plain'"
+            )
+        if not self.merge_adapter and (self.task != "instruction" or self.method != "lora"):
+            raise HyperparameterError(
+                "merge_adapter=false keeps LoRA adapters without a merged model: it applies to "
+                "task=instruction with method=lora only (a classifier is served merged)"
+            )
         if self.method not in ("full", "lora"):
             raise HyperparameterError(f"method={self.method!r}; allowed: 'full', 'lora'")
         if self.init_head not in ("label_names", "random"):
@@ -227,12 +266,315 @@ def log(**values: object) -> None:
     print(" ".join(parts), flush=True)
 
 
+def lora_targets(model: Any, override: list[str]) -> list[str]:
+    """The modules to adapt: ``override``, else the table for the model's architecture."""
+    if override:
+        return override
+    import torch
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = model.config.model_type
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(
+        model_type
+    ) or EXTRA_LORA_TARGETS.get(model_type)
+    if not targets:
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
+        raise HyperparameterError(
+            f"no default LoRA target modules for architecture {model_type!r}; set "
+            f"lora_target_modules to some of its linear layers: {linear}"
+        )
+    return list(targets)
+
+
+def with_lora(model: Any, hps: Hyperparameters, task_type: str | None) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(model, hps.lora_target_modules)
+    log(event="lora", target_modules=",".join(targets), r=hps.lora_r)
+    lora = LoraConfig(
+        r=hps.lora_r,
+        lora_alpha=hps.lora_alpha,
+        lora_dropout=hps.lora_dropout,
+        target_modules=targets,
+        task_type=task_type,
+    )
+    return get_peft_model(model, lora)
+
+
+class ClassificationTask:
+    """Encoder + mean pooling + linear head; the best epoch has the best validation accuracy."""
+
+    find_unused_parameters = True  # the encoder's [CLS] pooler (BERT-style) is not used
+
+    def __init__(
+        self, hps: Hyperparameters, base_model: str, train_dir: Path, validation_dir: Path | None
+    ):
+        import inference
+        from transformers import AutoModel, AutoTokenizer
+
+        self.hps = hps
+        train_texts, train_labels = read_channel(train_dir, hps)
+        self.labels = declared_labels(train_dir, train_labels)
+        val_texts, val_labels = read_channel(validation_dir, hps) if validation_dir else ([], [])
+        ids = {label: i for i, label in enumerate(self.labels)}
+        unknown = sorted({x for x in train_labels + val_labels if x not in ids})
+        if unknown:
+            raise HyperparameterError(f"labels not in labels.json: {unknown[:10]}")
+        self.train = (train_texts, [ids[x] for x in train_labels])
+        self.validation = (val_texts, [ids[x] for x in val_labels])
+        self.lengths = [len(t) for t in train_texts]
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        encoder = AutoModel.from_pretrained(base_model, use_safetensors=True)
+        self.model = inference.build_classifier(encoder, len(self.labels))
+        if hps.init_head == "label_names":
+            inference.init_head_from_label_names(self.model, self.tokenizer, self.labels)
+        if hps.method == "lora":
+            self.model.encoder = with_lora(encoder, hps, task_type=None)
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "train_examples": len(self.train[0]),
+            "validation_examples": len(self.validation[0]),
+            "labels": len(self.labels),
+        }
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        head = list(self.model.classifier.parameters())
+        body = [
+            p
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and not n.startswith("classifier.")
+        ]
+        rate = self.hps.head_learning_rate or self.hps.learning_rate
+        return [{"params": body}, {"params": head, "lr": rate}]
+
+    def batch(self, split: str, idx: list[int]) -> dict[str, Any]:
+        import torch
+
+        texts, ys = self.train if split == "train" else self.validation
+        # Dynamic padding: each batch is padded to its own longest text only.
+        enc = self.tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=self.hps.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "labels": torch.tensor([ys[i] for i in idx]),
+        }
+
+    @staticmethod
+    def loss(forward: Any, inputs: dict[str, Any]) -> Any:
+        return forward(**inputs)[1]
+
+    def evaluate(self) -> dict[str, float]:
+        import torch
+
+        correct, loss_sum, count = 0, 0.0, len(self.validation[0])
+        with torch.no_grad():
+            for start in range(0, count, self.hps.batch_size):
+                inputs = self.batch(
+                    "validation", list(range(start, min(start + self.hps.batch_size, count)))
+                )
+                logits, loss = self.model(**inputs)
+                loss_sum += float(loss) * len(inputs["labels"])
+                correct += int((logits.argmax(-1) == inputs["labels"]).sum())
+        return {"validation_accuracy": correct / count, "validation_loss": loss_sum / count}
+
+    @staticmethod
+    def score(metrics: dict[str, float]) -> float:
+        return metrics["validation_accuracy"]
+
+    def save(self, model_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        encoder = self.model.encoder
+        if self.hps.method == "lora":
+            encoder.save_pretrained(model_dir / "adapter")
+            encoder = encoder.merge_and_unload()
+        encoder.save_pretrained(model_dir, safe_serialization=True)
+        save_file(
+            {k: v.contiguous() for k, v in self.model.classifier.state_dict().items()},
+            model_dir / "classifier.safetensors",
+        )
+        self.tokenizer.save_pretrained(model_dir)
+        (model_dir / "label_map.json").write_text(json.dumps({"labels": self.labels}, indent=1))
+
+
+class InstructionTask:
+    """A causal LM trained on the answers of chat records; the best epoch has the lowest
+    validation loss (per answer token)."""
+
+    find_unused_parameters = False
+
+    def __init__(
+        self, hps: Hyperparameters, base_model: str, train_dir: Path, validation_dir: Path | None
+    ):
+        import instruction
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.hps = hps
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.template = instruction.choose_template(self.tokenizer, hps.prompt_template)
+        self.end = instruction.end_of_answer(self.tokenizer) if self.template == "plain" else None
+        if self.tokenizer.pad_token is None:
+            # Padding is masked out of attention and loss; any token serves, EOS is the usual one.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        columns = (hps.messages_column, hps.prompt_column, hps.completion_column)
+        self.train = self._encode(instruction.read_records(train_dir, *columns), "train")
+        self.validation = (
+            self._encode(instruction.read_records(validation_dir, *columns), "validation")
+            if validation_dir
+            else []
+        )
+        self.lengths = [len(ids) for ids, _ in self.train]
+        self.model = AutoModelForCausalLM.from_pretrained(base_model, use_safetensors=True)
+        if hps.method == "lora":
+            self.model = with_lora(self.model, hps, task_type="CAUSAL_LM")
+
+    def _encode(self, chats: list, split: str) -> list[tuple[list[int], list[int]]]:
+        import instruction
+
+        encoded = [
+            instruction.encode(chat, self.tokenizer, self.template, self.hps.max_length)
+            for chat in chats
+        ]
+        kept = [
+            (ids, labels) for ids, labels in encoded if any(x != instruction.IGNORE for x in labels)
+        ]
+        if len(kept) < len(encoded):
+            log(
+                event="dropped",
+                split=split,
+                records=len(encoded) - len(kept),
+                reason=f"no_answer_token_within_max_length_{self.hps.max_length}",
+            )
+        if encoded and not kept:
+            raise instruction.RecordError(
+                f"every {split} record lost its answer to truncation at "
+                f"max_length={self.hps.max_length}; raise max_length"
+            )
+        return kept
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "train_examples": len(self.train),
+            "validation_examples": len(self.validation),
+            "template": self.template,
+        }
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def batch(self, split: str, idx: list[int]) -> dict[str, Any]:
+        import instruction
+        import torch
+
+        rows = [(self.train if split == "train" else self.validation)[i] for i in idx]
+        width = max(len(ids) for ids, _ in rows)  # dynamic padding, on the right
+        pad = self.tokenizer.pad_token_id
+        return {
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+            "attention_mask": torch.tensor(
+                [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]
+            ),
+            "labels": torch.tensor(
+                [labels + [instruction.IGNORE] * (width - len(labels)) for _, labels in rows]
+            ),
+        }
+
+    @staticmethod
+    def loss(forward: Any, inputs: dict[str, Any]) -> Any:
+        return forward(**inputs).loss
+
+    def evaluate(self) -> dict[str, float]:
+        import instruction
+        import torch
+
+        loss_sum, tokens, correct = 0.0, 0, 0
+        count = len(self.validation)
+        with torch.no_grad():
+            for start in range(0, count, self.hps.batch_size):
+                inputs = self.batch(
+                    "validation", list(range(start, min(start + self.hps.batch_size, count)))
+                )
+                logits = self.model(
+                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                ).logits
+                # Token t predicts token t+1; answer tokens only, summed over the whole channel.
+                targets = inputs["labels"][:, 1:]
+                scored = targets != instruction.IGNORE
+                logits = logits[:, :-1][scored].float()
+                loss_sum += float(
+                    torch.nn.functional.cross_entropy(logits, targets[scored], reduction="sum")
+                )
+                correct += int((logits.argmax(-1) == targets[scored]).sum())
+                tokens += int(scored.sum())
+        loss = loss_sum / tokens
+        return {
+            "validation_loss": loss,
+            "validation_perplexity": math.exp(min(loss, 50.0)),
+            "validation_token_accuracy": correct / tokens,
+        }
+
+    @staticmethod
+    def score(metrics: dict[str, float]) -> float:
+        return -metrics["validation_loss"]
+
+    def save(self, model_dir: Path) -> None:
+        import instruction
+
+        model = self.model
+        end_id = self.tokenizer.convert_tokens_to_ids(self.end) if self.end else None
+        generation = model.generation_config
+        generation.pad_token_id = self.tokenizer.pad_token_id
+        if end_id is not None:
+            generation.eos_token_id = end_id
+        if self.hps.method == "lora":
+            model.save_pretrained(model_dir / "adapter")
+            model = model.merge_and_unload() if self.hps.merge_adapter else None
+        if model is not None:
+            model.save_pretrained(model_dir, safe_serialization=True)
+        generation.save_pretrained(model_dir)
+        self.tokenizer.save_pretrained(model_dir)
+        prompt_format = {
+            "template": self.template,
+            "plain_headers": instruction.PLAIN_HEADERS,
+            "end_of_answer": self.end,
+            "max_length": self.hps.max_length,
+            "merged": model is not None,
+        }
+        (model_dir / "prompt_format.json").write_text(json.dumps(prompt_format, indent=1))
+
+
+TASKS = {"classification": ClassificationTask, "instruction": InstructionTask}
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    """The weights that training changes: a LoRA checkpoint holds the adapters, not the model."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: Any, state: dict[str, Any]) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"checkpoint has weights this model lacks: {result.unexpected_keys[:5]}")
+
+
 def main() -> int:
-    import inference
+    import instruction
     import numpy as np
     import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import get_linear_schedule_with_warmup
 
     try:
         hps = load_hyperparameters()
@@ -254,97 +596,41 @@ def main() -> int:
     torch.manual_seed(hps.seed)
 
     try:
-        train_texts, train_labels = read_channel(train_dir, hps)
-        labels = declared_labels(train_dir, train_labels)
-        val_texts, val_labels = (
-            read_channel(Path(validation_dir), hps) if validation_dir else ([], [])
+        task = TASKS[hps.task](
+            hps, base_model, train_dir, Path(validation_dir) if validation_dir else None
         )
-    except HyperparameterError as err:
+    except (HyperparameterError, instruction.RecordError) as err:
         print(f"ERROR bad input data: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
-    label_to_id = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({x for x in train_labels + val_labels if x not in label_to_id})
-    if unknown:
-        print(f"ERROR labels not in labels.json: {unknown[:10]}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    encoder = AutoModel.from_pretrained(base_model, use_safetensors=True)
-    model = inference.build_classifier(encoder, len(labels))
-    if hps.init_head == "label_names":
-        inference.init_head_from_label_names(model, tokenizer, labels)
-    if hps.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=hps.lora_r,
-            lora_alpha=hps.lora_alpha,
-            lora_dropout=hps.lora_dropout,
-            target_modules=hps.lora_target_modules,
-        )
-        model.encoder = get_peft_model(encoder, lora)
+    model = task.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log(event="model", method=hps.method, trainable_params=trainable, total_params=total)
+    log(
+        event="model",
+        task=hps.task,
+        method=hps.method,
+        trainable_params=trainable,
+        total_params=total,
+    )
 
-    def encode(texts: list[str], ys: list[int], idx: list[int]):
-        # Dynamic padding: each batch is padded to its own longest text only.
-        enc = tokenizer(
-            [texts[i] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=hps.max_length,
-            return_tensors="pt",
-        )
-        return enc, torch.tensor([ys[i] for i in idx])
-
-    def batches(texts: list[str], ys: list[int]):
-        for start in range(0, len(texts), hps.batch_size):
-            yield encode(texts, ys, list(range(start, min(start + hps.batch_size, len(texts)))))
-
-    train_y = [label_to_id[x] for x in train_labels]
-    val_y = [label_to_id[x] for x in val_labels]
+    sizes = task.sizes()
+    train_size = len(task.lengths)
+    has_validation = sizes["validation_examples"] > 0
     # Each process takes every WORLD_SIZE-th batch; all take the same number (the remainder of a
     # data-parallel epoch is dropped) so that their gradient all-reduces pair up.
-    all_batches = math.ceil(len(train_texts) / hps.batch_size)
+    all_batches = math.ceil(train_size / hps.batch_size)
     batches_per_epoch = all_batches if WORLD_SIZE == 1 else all_batches // WORLD_SIZE
     accumulation = hps.gradient_accumulation_steps
     steps_per_epoch = math.ceil(batches_per_epoch / accumulation)  # optimizer steps
     total_steps = steps_per_epoch * hps.epochs
-    text_lengths = [len(t) for t in train_texts]
-    head = list(model.classifier.parameters())
-    body = [
-        p
-        for n, p in model.named_parameters()
-        if p.requires_grad and not n.startswith("classifier.")
-    ]
     optimizer = torch.optim.AdamW(
-        [{"params": body}, {"params": head, "lr": hps.head_learning_rate or hps.learning_rate}],
-        lr=hps.learning_rate,
-        weight_decay=hps.weight_decay,
+        task.param_groups(), lr=hps.learning_rate, weight_decay=hps.weight_decay
     )
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(total_steps * hps.warmup_ratio), total_steps
     )
 
-    def evaluate() -> tuple[float, float]:
-        model.eval()
-        correct, loss_sum = 0, 0.0
-        with torch.no_grad():
-            for enc, y in batches(val_texts, val_y):
-                logits, loss = model(enc["input_ids"], enc["attention_mask"], labels=y)
-                loss_sum += float(loss) * len(y)
-                correct += int((logits.argmax(-1) == y).sum())
-        model.train()
-        return correct / len(val_y), loss_sum / len(val_y)
-
-    log(
-        event="start",
-        train_examples=len(train_texts),
-        validation_examples=len(val_texts),
-        labels=len(labels),
-        total_steps=total_steps,
-    )
+    log(event="start", **sizes, total_steps=total_steps)
     checkpoints = Path(os.environ.get("SM_CHECKPOINT_DIR", "/opt/ml/checkpoints"))
     checkpoint_file = checkpoints / "checkpoint.pt"
     progress: dict = {
@@ -353,8 +639,8 @@ def main() -> int:
         "epoch": 1,
         "batch": 0,
         "order": None,
-        "stale": 0,  # epochs without a better validation accuracy (early stopping)
-        "best": {"validation_accuracy": -1.0, "epoch": 0, "state": None},
+        "stale": 0,  # epochs without a better validation score (early stopping)
+        "best": {"score": None, "epoch": 0, "metrics": {}, "state": None},
         "history": [],
     }
 
@@ -367,7 +653,7 @@ def main() -> int:
         torch.save(
             {
                 "progress": progress,
-                "model": model.state_dict(),
+                "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
@@ -381,7 +667,7 @@ def main() -> int:
     if checkpoint_file.exists():
         # weights_only: a checkpoint holds tensors and plain values; nothing is unpickled.
         saved = torch.load(checkpoint_file, weights_only=True)
-        model.load_state_dict(saved["model"])
+        load_trainable(model, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
@@ -397,8 +683,9 @@ def main() -> int:
 
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
-        # The encoder's [CLS] pooler (BERT-style models) is unused by mean pooling.
-        forward = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=task.find_unused_parameters
+        )
         log(event="distributed", backend=backend, world_size=WORLD_SIZE)
     model.train()
     started = time.monotonic()
@@ -408,18 +695,18 @@ def main() -> int:
             break
         if progress["order"] is None:
             if hps.group_by_length:
-                order = length_grouped_order(text_lengths, hps.batch_size, random)
+                order = length_grouped_order(task.lengths, hps.batch_size, random)
             else:
-                order = list(range(len(train_texts)))
+                order = list(range(train_size))
                 random.shuffle(order)
             progress.update(epoch=epoch, batch=0, order=order)
         order = progress["order"]
         for batch in range(progress["batch"], batches_per_epoch):
             first = (batch * WORLD_SIZE + RANK) * hps.batch_size
-            enc, y = encode(train_texts, train_y, order[first : first + hps.batch_size])
-            _, loss = forward(enc["input_ids"], enc["attention_mask"], labels=y)
+            idx = order[first : first + hps.batch_size]
+            loss = task.loss(forward, task.batch("train", idx))
             (loss / accumulation).backward()
-            progress["seen"] += len(y)
+            progress["seen"] += len(idx)
             progress["batch"] = batch + 1
             if (batch + 1) % accumulation and batch + 1 < batches_per_epoch:
                 continue  # gradients accumulate until the optimizer step
@@ -448,16 +735,18 @@ def main() -> int:
                 )
             if hps.checkpoint_every_steps and step % hps.checkpoint_every_steps == 0:
                 save_checkpoint()
-        if val_texts:
-            accuracy, val_loss = evaluate()
-            log(epoch=epoch, validation_accuracy=accuracy, validation_loss=val_loss)
-            if accuracy > progress["best"]["validation_accuracy"]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if has_validation:
+            model.eval()
+            metrics = task.evaluate()
+            model.train()
+            log(epoch=epoch, **metrics)
+            score = task.score(metrics)
+            if progress["best"]["score"] is None or score > progress["best"]["score"]:
                 progress["best"] = {
-                    "validation_accuracy": accuracy,
-                    "validation_loss": val_loss,
+                    "score": score,
                     "epoch": epoch,
-                    "state": state,
+                    "metrics": metrics,
+                    "state": trainable_state(model),
                 }
                 progress["stale"] = 0
             else:
@@ -476,8 +765,8 @@ def main() -> int:
     history = progress["history"]
     step, seen = progress["step"], progress["seen"]
     if best["state"] is not None:
-        model.load_state_dict(best["state"])
-        log(event="best", epoch=best["epoch"], validation_accuracy=best["validation_accuracy"])
+        load_trainable(model, best["state"])
+        log(event="best", epoch=best["epoch"], **best["metrics"])
     if WORLD_SIZE > 1:
         import torch.distributed as dist
 
@@ -487,26 +776,23 @@ def main() -> int:
             return 0  # the first process writes the model and the metrics
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    encoder = model.encoder
-    if hps.method == "lora":
-        encoder.save_pretrained(model_dir / "adapter")
-        encoder = encoder.merge_and_unload()
-    encoder.save_pretrained(model_dir, safe_serialization=True)
-    save_file(
-        {k: v.contiguous() for k, v in model.classifier.state_dict().items()},
-        model_dir / "classifier.safetensors",
-    )
-    tokenizer.save_pretrained(model_dir)
-    (model_dir / "label_map.json").write_text(json.dumps({"labels": labels}, indent=1))
+    task.save(model_dir)
 
     elapsed = time.monotonic() - started
     metrics = {
+        "task": hps.task,
         "train_seconds": round(elapsed, 2),
         "train_samples_per_sec": round((seen - seen_at_start) * WORLD_SIZE / elapsed, 2),
         "steps": step,
         "best_epoch": best["epoch"],
-        "validation_accuracy": best["validation_accuracy"] if val_texts else None,
-        "validation_loss": best.get("validation_loss"),
+        **{
+            name: best["metrics"].get(name)
+            for name in (
+                ("validation_accuracy", "validation_loss")
+                if hps.task == "classification"
+                else ("validation_loss", "validation_perplexity", "validation_token_accuracy")
+            )
+        },
         "trainable_params": trainable,
         "total_params": total,
         "world_size": WORLD_SIZE,

@@ -372,7 +372,8 @@ def test_job_hyperparameters_lora_without_block_uses_defaults():
     hps = candidate.job_hyperparameters("t", "l")
     assert hps["lora_r"] == "8"
     assert hps["lora_alpha"] == "16"
-    assert json.loads(hps["lora_target_modules"]) == ["query", "value"]
+    # Empty: train.py adapts the usual modules of the base model's architecture.
+    assert json.loads(hps["lora_target_modules"]) == []
 
 
 def test_config_is_frozen():

@@ -19,6 +19,7 @@ TRAINING_METRICS = [
     {"Name": "train:samples_per_sec", "Regex": r"samples_per_sec=([0-9.eE+-]+)"},
     {"Name": "validation:accuracy", "Regex": r"validation_accuracy=([0-9.eE+-]+)"},
     {"Name": "validation:loss", "Regex": r"validation_loss=([0-9.eE+-]+)"},
+    {"Name": "validation:perplexity", "Regex": r"validation_perplexity=([0-9.eE+-]+)"},
 ]
 # The local target has no AWS account; requests still carry a well-formed role ARN.
 LOCAL_ROLE_ARN = "arn:aws:iam::000000000000:role/fmops-local"

@@ -681,6 +681,24 @@ def test_ensure_job_new_attempt_after_stop(backend, workspace):
 # -- a dead supervisor --------------------------------------------------------------------------
 
 
+def test_killed_job_process_is_reported_failed_with_the_signal(backend, workspace):
+    """kill -9 of the job's own process (the supervisor lives on): Failed, and the reason says
+    which signal ended it."""
+    backend.create_training_job(**training_request(workspace, "job-killed", {"mode": "sleep"}))
+    wait_training_secondary(backend, "job-killed", "Training")
+    wait_for(
+        lambda: record_of(backend, "job-killed"),
+        lambda r: r.get("child_pid"),
+        "the job's process to start",
+    )
+    os.kill(int(record_of(backend, "job-killed")["child_pid"]), signal.SIGKILL)
+    done = wait_training_done(backend, "job-killed")
+    assert done["TrainingJobStatus"] == "Failed"
+    assert "killed by SIGKILL" in done["FailureReason"]
+    assert "sleeping" in done["FailureReason"]  # the last log lines come with it
+    assert "ModelArtifacts" not in done
+
+
 def test_killed_supervisor_is_reported_failed(backend, workspace):
     backend.create_training_job(**training_request(workspace, "job-orphan", {"mode": "sleep"}))
     wait_training_secondary(backend, "job-orphan", "Training")

@@ -121,6 +121,11 @@ def failure_reason(job_dir: Path, plan: dict, code: int) -> str:
     if failure_file.exists() and failure_file.read_text().strip():
         return "AlgorithmError: " + failure_file.read_text().strip()[:1000]
     tail = "\n".join(log_tail(job_dir / "job.log").splitlines()[-8:])
+    if code < 0:  # Popen's code for a process ended by a signal
+        how = f"was killed by {signal.Signals(-code).name}"
+        if -code == signal.SIGKILL:
+            how += " (by a person, or by the kernel when memory ran out)"
+        return f"AlgorithmError: the job's process {how}. Last log lines:\n{tail}"[:1024]
     return f"AlgorithmError: the job exited with code {code}. Last log lines:\n{tail}"[:1024]
 
 

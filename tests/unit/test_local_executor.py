@@ -687,9 +687,9 @@ def test_killed_job_process_is_reported_failed_with_the_signal(backend, workspac
     backend.create_training_job(**training_request(workspace, "job-killed", {"mode": "sleep"}))
     wait_training_secondary(backend, "job-killed", "Training")
     wait_for(
-        lambda: record_of(backend, "job-killed"),
-        lambda r: r.get("child_pid"),
-        "the job's process to start",
+        lambda: {"log": backend.read_log("training", "job-killed")[0]},
+        lambda d: "sleeping" in d["log"],
+        "the job's script to run",
     )
     os.kill(int(record_of(backend, "job-killed")["child_pid"]), signal.SIGKILL)
     done = wait_training_done(backend, "job-killed")

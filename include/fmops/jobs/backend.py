@@ -11,8 +11,9 @@ method names, request and response field names, statuses and ``botocore`` ``Clie
   contains "not found" (as SageMaker does);
 - ``stop_training_job(...)`` / ``stop_processing_job(...)``: ask the job to stop and return at
   once; stopping a finished job is a no-op;
-- ``read_log(kind, name, offset)``: new log text of the job from a byte offset, and the offset to
-  continue from (CloudWatch on SageMaker, the job's log file locally).
+- ``read_log(kind, name, offset)``: new log text of the job since ``offset`` (``0``: from the
+  start), and the offset to continue from. The int means what the backend needs: a byte offset in
+  the job's log file locally, read positions in the job's CloudWatch streams on SageMaker.
 
 Backends are looked up by target name and imported only when used.
 """
@@ -29,11 +30,11 @@ from fmops.jobs.naming import attempt_name
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {"local": "fmops.jobs.local:LocalJobBackend"}
-UNAVAILABLE = {
-    "sagemaker": "the sagemaker job backend is not part of this version yet (see README, "
-    "'What it does not do yet'); use target: local",
+BACKENDS = {
+    "local": "fmops.jobs.local:LocalJobBackend",
+    "sagemaker": "fmops.jobs.sagemaker:SageMakerJobBackend",
 }
+UNAVAILABLE: dict[str, str] = {}
 TERMINAL = {"Completed", "Failed", "Stopped"}
 ACTIVE = {"InProgress", "Stopping"}
 KIND_FIELDS = {

@@ -1,6 +1,7 @@
 """The ``fmops`` command line: config checks, the local stack, the demo, endpoints and review.
 
     fmops config check FILE [--models a,b] [--target local]
+    fmops plan --config FILE [--json] [--models a,b] [--target sagemaker] [--run-id ID]
     fmops data validate --config FILE [--train URI] [--eval URI] [--report-dir DIR]
     fmops jobs list|describe|logs|stop [NAME] [--follow] [--status S]
     fmops stack up|down|status
@@ -39,6 +40,35 @@ def _config_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print(f"# {args.file}: valid ({len(config.candidates)} candidates, {len(labels)} labels)")
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Every request a run of the config would send, with instance choices and cost upper
+    bounds; computed offline (no AWS call, no credentials). Exit 2 if it cannot be planned."""
+    from fmops.catalog import CatalogError
+    from fmops.config import ConfigError, load_config
+    from fmops.jobs.specs import PlanError
+    from fmops.pipeline import jsonable
+    from fmops.sagemaker import plan
+
+    models = [m for m in (args.models or "").split(",") if m]
+    try:
+        config = load_config(args.config, models=models or None, target=args.target)
+        if config.target == "sagemaker":
+            result = plan.plan_run(config, args.dag_id, args.run_id)
+        else:
+            result = plan.local_plan_run(config, args.dag_id, args.run_id)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (PlanError, CatalogError) as err:
+        print(f"cannot plan {args.config}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(jsonable(result), indent=1))
+    else:
+        print(plan.render_text(result, args.config), end="")
     return 0
 
 
@@ -192,6 +222,19 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--models", help="comma-separated subset of candidates")
     check.add_argument("--target", choices=["local", "sagemaker"])
     check.set_defaults(func=_config_check)
+
+    plan = commands.add_parser(
+        "plan", help="print the job requests a run would send, with instances and costs (offline)"
+    )
+    plan.add_argument("--config", required=True, help="pipeline YAML")
+    plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    plan.add_argument("--models", help="comma-separated subset of candidates")
+    plan.add_argument("--target", choices=["local", "sagemaker"], help="default: the config's")
+    plan.add_argument("--dag-id", default="fmops_finetune", help="names and tags the jobs")
+    plan.add_argument(
+        "--run-id", default="manual__plan", help="the run the job names and tags are for"
+    )
+    plan.set_defaults(func=_plan)
 
     data = commands.add_parser("data", help="validate datasets as validate_data does")
     data_actions = data.add_subparsers(dest="action", required=True)

@@ -222,10 +222,28 @@ class Candidate(Strict):
         return {k: str(v) for k, v in values.items()}
 
 
+AUTO = "auto"
+INSTANCE_TYPE_PATTERN = r"^(auto|ml\.[a-z0-9]+\.[a-z0-9]+)$"
+
+
 class TrainingConfig(Strict):
-    instance_type: str = "ml.g5.xlarge"
+    instance_type: Annotated[
+        str,
+        Field(
+            pattern=INSTANCE_TYPE_PATTERN,
+            description=(
+                "a SageMaker instance type (ml.<family>.<size>) that the sagemaker target pins, "
+                "or auto: the catalog's cheapest type that fits each candidate"
+            ),
+        ),
+    ] = "ml.g5.xlarge"
     max_runtime_seconds: int = Field(3600, ge=1, le=28 * 24 * 3600)
     max_concurrent_jobs: int = Field(3, ge=1, le=64)
+
+    @property
+    def pinned_instance_type(self) -> str | None:
+        """The pinned type, or None when the catalog chooses (``auto``)."""
+        return None if self.instance_type == AUTO else self.instance_type
 
 
 class EvaluationConfig(Strict):
@@ -251,6 +269,111 @@ class DeploymentConfig(Strict):
     health_timeout_seconds: int = Field(120, ge=1)
 
 
+class ImageSettings(Strict):
+    """A Hugging Face PyTorch deep learning container: one combination the sagemaker SDK lists."""
+
+    transformers_version: Annotated[str, Field(pattern=r"^\d+\.\d+(\.\d+)?$")]
+    pytorch_version: Annotated[str, Field(pattern=r"^\d+\.\d+(\.\d+)?$")]
+    py_version: Annotated[str, Field(pattern=r"^py3\d{1,2}$")]
+
+    @field_validator("transformers_version", "pytorch_version", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # YAML reads 2.10 as the number 2.1: a version must be written as a string.
+            raise ValueError(f'YAML read the version as the number {value}; quote it: "{value}"')
+        return value
+
+
+# The newest Hugging Face PyTorch training image of the installed SDK (sagemaker 3.27's
+# image_uri_config/huggingface.json): transformers 5.x as the local target runs, GPU only.
+TRAINING_IMAGE = ImageSettings(
+    transformers_version="5.3.0", pytorch_version="2.9.0", py_version="py312"
+)
+# The newest inference image with a CPU variant: evaluate.py runs on the CPU (see fmops.sagemaker).
+EVALUATION_IMAGE = ImageSettings(
+    transformers_version="5.5.3", pytorch_version="2.6.0", py_version="py312"
+)
+
+
+class VpcSettings(Strict):
+    subnets: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]+$")]] = Field(
+        default_factory=list, max_length=16
+    )
+    security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]+$")]] = Field(
+        default_factory=list, max_length=5
+    )
+
+
+KMS_KEY = r"^[A-Za-z0-9:/_.-]{1,2048}$"  # a key id, key ARN, alias name or alias ARN
+
+
+class KmsSettings(Strict):
+    output_key_id: Annotated[str, Field(pattern=KMS_KEY)] | None = Field(
+        None, description="job outputs, checkpoints and what fmops uploads to the bucket"
+    )
+    volume_key_id: Annotated[str, Field(pattern=KMS_KEY)] | None = Field(
+        None, description="the jobs' EBS volumes (left out on instance types with NVMe storage)"
+    )
+    endpoint_key_id: Annotated[str, Field(pattern=KMS_KEY)] | None = Field(
+        None, description="the endpoint instances' storage (CreateEndpointConfig KmsKeyId)"
+    )
+
+
+class SageMakerSettings(Strict):
+    """Where and how the sagemaker target runs jobs. Credentials come from the Airflow
+    connection ``aws_conn_id``, never from this file."""
+
+    aws_conn_id: str = "aws_default"
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")]
+    role_arn: Annotated[
+        str,
+        Field(
+            pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]+$",
+            description="the SageMaker execution role the jobs run as",
+        ),
+    ]
+    bucket: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+            description="the S3 bucket for code, datasets, models, checkpoints and outputs",
+        ),
+    ]
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")] = (
+        "fmops"
+    )
+    image: ImageSettings = TRAINING_IMAGE
+    evaluation_image: ImageSettings = EVALUATION_IMAGE
+    evaluation_instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = (
+        "ml.m5.xlarge"
+    )
+    instance_count: int = Field(
+        1, ge=1, le=16, description=">1: data-parallel replicas under torchrun"
+    )
+    volume_size_gb: int = Field(30, ge=1, le=16384)
+    spot: bool = False
+    max_wait_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=28 * 24 * 3600,
+        description="spot: how long to wait for capacity plus run; default 2 x max runtime",
+    )
+    keep_alive_seconds: int = Field(
+        0, ge=0, le=3600, description="warm pool: keep the instances this long after a job"
+    )
+    retry_attempts: int = Field(
+        0, ge=0, le=30, description="RetryStrategy MaximumRetryAttempts; 0: no retry strategy"
+    )
+    network_isolation: bool = True
+    vpc: VpcSettings = VpcSettings()
+    kms: KmsSettings = KmsSettings()
+    allowed_instance_types: list[Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")]] = (
+        Field(default_factory=list, description="empty: any type in the catalog")
+    )
+    max_price_per_hour: float | None = Field(None, gt=0, description="USD per instance-hour")
+
+
 class PipelineConfig(Strict):
     pipeline: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
     target: Literal["local", "sagemaker"] = "local"
@@ -260,6 +383,9 @@ class PipelineConfig(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig
     deployment: DeploymentConfig
+    sagemaker: SageMakerSettings | None = Field(
+        None, description="required by target sagemaker; see include/configs/sagemaker.example.yaml"
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -348,9 +474,17 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"the top level must be a mapping, got {type(raw).__name__}"])
     try:
-        return PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(source, format_errors(err)) from None
+    # The sagemaker options are one policy across blocks (spot, warm pools, runtime, pins),
+    # checked once the shapes are valid; fmops.sagemaker imports nothing heavy.
+    from fmops.sagemaker.options import policy_problems
+
+    problems = policy_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -39,6 +39,14 @@ def resolve(
     force_rerun: bool = False,
 ) -> dict:
     config = load_config(config_file, models=models or None, target=target or None)
+    if config.target != "local":
+        # Refused before anything is staged or paid for: the SageMaker job backend and the
+        # request builder exist, but the DAGs do not stage to S3 or submit with them yet.
+        raise PlanError(
+            f"target {config.target!r}: the DAGs run on the local target only in this version "
+            "(`fmops plan --config FILE` prints the SageMaker requests a run would send); "
+            "use target: local"
+        )
     log.info(
         "config %s: pipeline %s, target %s, candidates %s",
         config_file,

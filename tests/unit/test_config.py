@@ -327,8 +327,16 @@ def test_unknown_model_name(tmp_path):
     assert "minilm-lora-r8" in problem
 
 
+ROLE = "arn:aws:iam::123456789012:role/fmops-sagemaker"
+
+
 def test_target_override(tmp_path):
     path = write_config(tmp_path, local_raw())
+    with pytest.raises(ConfigError) as needs_block:
+        load_config(path, target="sagemaker")
+    assert needs_block.value.problems[0].startswith("sagemaker: target sagemaker needs a")
+    sagemaker = {"region": "us-east-1", "role_arn": ROLE, "bucket": "fmops-test"}
+    path = write_config(tmp_path, {**local_raw(), "sagemaker": sagemaker})
     assert load_config(path, target="sagemaker").target == "sagemaker"
     with pytest.raises(ConfigError) as info:
         load_config(path, target="azure")

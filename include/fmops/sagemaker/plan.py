@@ -1,0 +1,538 @@
+"""The plan of a run: every training and evaluation request, the instance choices and their
+cost, computed offline (no AWS call, no credentials).
+
+Training instances come from ``fmops.catalog``: the base model's parameters are counted from
+its safetensors headers, the memory of a fine-tune with ``train.py`` (fp32 AdamW, full or LoRA)
+is estimated, and either the cheapest type that fits is chosen (``training.instance_type:
+auto``, within ``sagemaker.allowed_instance_types`` and ``max_price_per_hour``) or the pinned
+type is checked and refused with the arithmetic when it cannot hold the model.
+
+Costs are upper bounds: the on-demand price per hour x the job's MaxRuntimeInSeconds (plus a
+warm pool's keep-alive) x its instance count. A job bills only the time it runs, spot bills
+less, and the shipped prices are approximate us-east-1 figures (see ``fmops.catalog``).
+
+``plan_training`` and ``plan_evaluation`` return plans in the shape of ``fmops.pipeline``'s (kind,
+candidate, base_name, target, settings, request, ...) plus ``instance``, ``cost`` and ``notes``,
+so that the sagemaker backend can submit them as the local ones are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmops.catalog import (
+    PRICE_REGION,
+    Catalog,
+    CatalogError,
+    Choice,
+    count_parameters,
+    load_catalog,
+    training_memory,
+)
+from fmops.config import Candidate, PipelineConfig, SageMakerSettings
+from fmops.jobs.naming import job_name
+from fmops.jobs.specs import PlanError, resolve_base_model
+from fmops.sagemaker import options
+from fmops.sagemaker.requests import evaluation_request, training_request
+from fmops.sagemaker.staging import (
+    STAGED_DIGEST_PLACEHOLDER,
+    Layout,
+    SourceBundle,
+    model_name,
+    pack_sourcedir,
+)
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "fmops_finetune"
+PLAN_RUN_ID = "manual__plan"
+BASELINE = "baseline"  # as fmops.pipeline names the untuned model's evaluation
+TRAINING_PRECISION = "fp32"  # what include/scripts/train.py trains in
+NOT_PLANNED = (
+    "not planned yet: CreateModel, CreateEndpointConfig, CreateEndpoint/UpdateEndpoint and the "
+    "CloudWatch alarms of fmops_deploy (the deployment piece will add them to this plan)"
+)
+PLACEHOLDER_NOTE = (
+    f"dataset digests are known only after validate_data: dataset URIs show "
+    f"{STAGED_DIGEST_PLACEHOLDER}, and job names and tags are for run id {{run_id}}"
+)
+UPPER_BOUND = (
+    "upper bound: on-demand price x MaxRuntimeInSeconds (+ warm-pool keep-alive) x instances; "
+    "a job bills only the time it runs, and spot bills less"
+)
+# On-demand USD per hour of CPU processing instances (us-east-1, SageMaker pricing page, as of
+# 2024 from memory, approximate): the catalog holds GPU types only. Evaluation runs on a CPU.
+CPU_PRICE_SOURCE = "SageMaker pricing page, processing, us-east-1, 2024 from memory; approximate"
+CPU_PRICES = {
+    "ml.m5.large": 0.115,
+    "ml.m5.xlarge": 0.23,
+    "ml.m5.2xlarge": 0.461,
+    "ml.m5.4xlarge": 0.922,
+    "ml.c5.xlarge": 0.204,
+    "ml.c5.2xlarge": 0.408,
+    "ml.c5.4xlarge": 0.816,
+}
+
+
+@dataclass
+class Planner:
+    """What every request of one plan shares: the config, the catalog, the S3 layout."""
+
+    config: PipelineConfig
+    settings: SageMakerSettings
+    catalog: Catalog
+    layout: Layout
+    bundle: SourceBundle
+    staged: dict[str, Any]
+    dag_id: str = DAG_ID
+    run_id: str = PLAN_RUN_ID
+    _params: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        config: PipelineConfig,
+        staged: dict[str, Any] | None = None,
+        dag_id: str = DAG_ID,
+        run_id: str = PLAN_RUN_ID,
+        catalog: Catalog | None = None,
+        bundle: SourceBundle | None = None,
+    ) -> Planner:
+        settings = options.check_policy(config)
+        if catalog is None:
+            try:
+                catalog = load_catalog(settings.region)
+            except CatalogError as err:
+                raise PlanError(f"sagemaker.region: {err}") from None
+        layout = Layout.of(settings)
+        digest = (staged or {}).get("digest")
+        return cls(
+            config,
+            settings,
+            catalog,
+            layout,
+            bundle or pack_sourcedir(),
+            layout.dataset_uris(digest),
+            dag_id,
+            run_id,
+        )
+
+    def tags(self, candidate: str) -> dict[str, str]:
+        from fmops.pipeline import _tags
+
+        return _tags(self.config, self.dag_id, self.run_id, candidate)
+
+    def base_model(self, name: str) -> tuple[Path, str]:
+        folder = resolve_base_model(name)
+        return folder, self.layout.model_uri(model_name(name, folder))
+
+    def parameters(self, name: str) -> int:
+        if name not in self._params:
+            folder, _ = self.base_model(name)
+            try:
+                self._params[name] = count_parameters(folder)
+            except CatalogError as err:
+                raise PlanError(
+                    f"base model {name}: {err}; or pin training.instance_type to skip the "
+                    "catalog's choice"
+                ) from None
+        return self._params[name]
+
+    def training_instance(self, candidate: Candidate) -> Choice:
+        params = self.parameters(candidate.base_model)
+        need = training_memory(params, candidate.method, precision=TRAINING_PRECISION)
+        label = f"candidate {candidate.name} ({candidate.base_model}, {candidate.method})"
+        pinned = self.config.training.pinned_instance_type
+        settings = self.settings
+        try:
+            if pinned:
+                choice = self.catalog.check_pinned(pinned, need, model=label)
+                price = choice.instance.price_per_hour
+                ceiling = settings.max_price_per_hour
+                if ceiling is not None and price is not None and price > ceiling:
+                    raise PlanError(
+                        f"training.instance_type: the pinned {pinned} costs {choice.instance.price}"
+                        f", above sagemaker.max_price_per_hour ({ceiling}): raise the ceiling, pin "
+                        "a cheaper type, or set instance_type: auto"
+                    )
+                return choice
+            return self.catalog.choose(
+                need,
+                allowed=settings.allowed_instance_types or None,
+                max_price=settings.max_price_per_hour,
+                model=label,
+            )
+        except CatalogError as err:
+            raise PlanError(f"training.instance_type for {label}: {err}") from None
+
+    def evaluation_price(self) -> tuple[float | None, str | None]:
+        instance = self.settings.evaluation_instance_type
+        if instance in self.catalog:
+            inst = self.catalog.get(instance)
+            return inst.price_per_hour, inst.price_source
+        if instance in CPU_PRICES:
+            region = self.settings.region
+            differs = (
+                f" (a {PRICE_REGION} figure; {region} differs)" if region != PRICE_REGION else ""
+            )
+            return CPU_PRICES[instance], CPU_PRICE_SOURCE + differs
+        return None, None
+
+
+def backend_settings(settings: SageMakerSettings) -> dict[str, Any]:
+    """What ``get_backend("sagemaker", **settings)`` takes: the connection and the region."""
+    return {"aws_conn_id": settings.aws_conn_id, "region_name": settings.region}
+
+
+def cost(
+    instance_type: str,
+    price: float | None,
+    source: str | None,
+    seconds: int,
+    count: int = 1,
+    keep_alive_seconds: int = 0,
+) -> dict[str, Any]:
+    """The upper bound of one job's cost, with the arithmetic."""
+    hours = (seconds + keep_alive_seconds) / 3600
+    record: dict[str, Any] = {
+        "instance_type": instance_type,
+        "usd_per_hour": price,
+        "price_source": source,
+        "hours": round(hours, 4),
+        "instances": count,
+    }
+    if price is None:
+        return record | {
+            "upper_bound_usd": None,
+            "explain": f"no known price for {instance_type}: the cost is not estimated",
+        }
+    usd = price * hours * count
+    keep = f" incl. {keep_alive_seconds} s keep-alive" if keep_alive_seconds else ""
+    return record | {
+        "upper_bound_usd": round(usd, 2),
+        "explain": (
+            f"at most ${usd:.2f} = ${price:.3f}/h x {hours:.2f} h{keep} x {count} instance"
+            f"{'s' if count > 1 else ''} (an upper bound)"
+        ),
+    }
+
+
+def _validate(operation: str, name_field: str, name: str, request: dict, catalog: Catalog) -> None:
+    from botocore.exceptions import ParamValidationError
+
+    from fmops.jobs.local import validate_request
+
+    options.check_request(operation, request, catalog)
+    try:
+        validate_request(operation, {**request, name_field: name})
+    except ParamValidationError as err:
+        raise PlanError(f"{operation} {name}: botocore's service model refuses it: {err}") from None
+
+
+def _classification_only(config: PipelineConfig) -> None:
+    if config.data.task != "classification":
+        raise PlanError(
+            f"data.task={config.data.task!r}: fmops_finetune cannot yet evaluate generated "
+            "answers, so it plans classification runs only (as the local target does)"
+        )
+
+
+def plan_training(
+    config: PipelineConfig,
+    staged: dict[str, Any] | None = None,
+    dag_id: str = DAG_ID,
+    run_id: str = PLAN_RUN_ID,
+    *,
+    planner: Planner | None = None,
+    force: bool = False,
+) -> list[dict[str, Any]]:
+    """One CreateTrainingJob plan per candidate, validated against the policy and botocore."""
+    from fmops.jobs import cache
+
+    _classification_only(config)
+    planner = planner or Planner.of(config, staged, dag_id, run_id)
+    settings = planner.settings
+    plans = []
+    for candidate in config.candidates:
+        base_name = job_name(planner.dag_id, planner.run_id, candidate.name, "training")
+        choice = planner.training_instance(candidate)
+        _, model_uri = planner.base_model(candidate.base_model)
+        request, notes = training_request(
+            config,
+            candidate,
+            instance_type=choice.name,
+            layout=planner.layout,
+            bundle=planner.bundle,
+            staged=planner.staged,
+            base_model_uri=model_uri,
+            tags=planner.tags(candidate.name),
+            job_name=base_name,
+            catalog=planner.catalog,
+        )
+        _validate("CreateTrainingJob", "TrainingJobName", base_name, request, planner.catalog)
+        fields = cache.components(request, planner.staged["digest"], candidate.base_model)
+        inst = choice.instance
+        log.info(
+            "planned sagemaker training job %s for %s: %s x %d; %s",
+            base_name,
+            candidate.name,
+            inst.name,
+            settings.instance_count,
+            "; ".join(notes) or "no option notes",
+        )
+        plans.append(
+            {
+                "kind": "training",
+                "candidate": candidate.name,
+                "pipeline": config.pipeline,
+                "base_name": base_name,
+                "target": "sagemaker",
+                "settings": backend_settings(settings),
+                "request": request,
+                "cache_key": cache.key_of(fields),
+                "cache_fields": fields,
+                "force": force,
+                "instance": {**choice.as_record(), "explain": choice.explain()},
+                "cost": cost(
+                    inst.name,
+                    inst.price_per_hour,
+                    inst.price_source,
+                    config.training.max_runtime_seconds,
+                    settings.instance_count,
+                    settings.keep_alive_seconds,
+                ),
+                "notes": notes,
+                "model_artifacts": planner.layout.model_artifacts(base_name),
+            }
+        )
+    return plans
+
+
+def plan_evaluation(
+    config: PipelineConfig,
+    staged: dict[str, Any] | None = None,
+    trained: list[dict[str, Any]] | None = None,
+    dag_id: str = DAG_ID,
+    run_id: str = PLAN_RUN_ID,
+    *,
+    planner: Planner | None = None,
+) -> list[dict[str, Any]]:
+    """A CreateProcessingJob plan per trained candidate (``candidate``, ``model_artifacts``),
+    plus the untuned baseline when the config asks for it."""
+    planner = planner or Planner.of(config, staged, dag_id, run_id)
+    settings = planner.settings
+    instance = settings.evaluation_instance_type
+    price, source = planner.evaluation_price()
+    entries = [(t["candidate"], t["model_artifacts"], False) for t in trained or [] if t]
+    if config.evaluation.baseline:
+        _, base_uri = planner.base_model(config.candidates[0].base_model)
+        entries.append((BASELINE, base_uri, True))
+    plans = []
+    for candidate, model_uri, zero_shot in entries:
+        base_name = job_name(planner.dag_id, planner.run_id, candidate, "processing")
+        request, notes = evaluation_request(
+            config,
+            instance_type=instance,
+            layout=planner.layout,
+            bundle=planner.bundle,
+            staged=planner.staged,
+            model_uri=model_uri,
+            zero_shot=zero_shot,
+            output_uri=planner.layout.evaluation_output(base_name),
+            tags=planner.tags(candidate),
+            catalog=planner.catalog,
+        )
+        _validate("CreateProcessingJob", "ProcessingJobName", base_name, request, planner.catalog)
+        plans.append(
+            {
+                "kind": "processing",
+                "candidate": candidate,
+                "base_name": base_name,
+                "target": "sagemaker",
+                "settings": backend_settings(settings),
+                "request": request,
+                "zero_shot": zero_shot,
+                "instance": {"instance_type": instance, "price_per_hour": price},
+                "cost": cost(instance, price, source, config.evaluation.max_runtime_seconds),
+                "notes": notes,
+            }
+        )
+    return plans
+
+
+def _total(plans: list[dict[str, Any]]) -> dict[str, Any]:
+    known = [
+        p["cost"]["upper_bound_usd"] for p in plans if p["cost"]["upper_bound_usd"] is not None
+    ]
+    unknown = [p["base_name"] for p in plans if p["cost"]["upper_bound_usd"] is None]
+    return {
+        "upper_bound_usd": round(sum(known), 2),
+        "jobs_without_price": unknown,
+        "explain": UPPER_BOUND,
+    }
+
+
+def plan_run(
+    config: PipelineConfig, dag_id: str = DAG_ID, run_id: str = PLAN_RUN_ID
+) -> dict[str, Any]:
+    """Everything one run of ``config`` on the sagemaker target would send, before validation."""
+    planner = Planner.of(config, None, dag_id, run_id)
+    settings, layout, bundle = planner.settings, planner.layout, planner.bundle
+    training = plan_training(config, planner=planner)
+    trained = [
+        {"candidate": p["candidate"], "model_artifacts": p["model_artifacts"]} for p in training
+    ]
+    evaluation = plan_evaluation(config, trained=trained, planner=planner)
+    base_models = sorted({c.base_model for c in config.candidates})
+    return {
+        "pipeline": config.pipeline,
+        "target": "sagemaker",
+        "region": settings.region,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "aws_conn_id": settings.aws_conn_id,
+        "placeholders": {
+            "staged_digest": STAGED_DIGEST_PLACEHOLDER,
+            "note": PLACEHOLDER_NOTE.format(run_id=run_id),
+        },
+        "uploads": {
+            "sourcedir": {
+                "uri": layout.sourcedir_uri(bundle),
+                "source_uri": layout.source_uri(bundle),
+                "sha256": bundle.sha256,
+                "bytes": len(bundle.archive),
+                "files": bundle.names,
+            },
+            "datasets": {k: v for k, v in planner.staged.items() if k.endswith("_uri")},
+            "base_models": {name: planner.base_model(name)[1] for name in base_models},
+            "note": "uploaded at run time (fmops.sagemaker.staging); the plan sends nothing",
+        },
+        "training": training,
+        "evaluation": evaluation,
+        "cost": {
+            "training": _total(training),
+            "evaluation": _total(evaluation),
+            "upper_bound_usd": round(
+                _total(training)["upper_bound_usd"] + _total(evaluation)["upper_bound_usd"], 2
+            ),
+            "explain": UPPER_BOUND,
+        },
+        "not_planned": NOT_PLANNED,
+    }
+
+
+# -- the local target ----------------------------------------------------------------------------
+
+
+def local_plan_run(
+    config: PipelineConfig, dag_id: str = DAG_ID, run_id: str = PLAN_RUN_ID
+) -> dict[str, Any]:
+    """The local target's requests for a run, from ``fmops.pipeline``'s own planning."""
+    from fmops import pipeline
+    from fmops.jobs.local import validate_request
+    from fmops.paths import state_dir
+
+    resolved = {"config": config.model_dump(mode="json"), "force_rerun": False}
+    root = state_dir() / "datasets" / STAGED_DIGEST_PLACEHOLDER
+    staged = {"digest": STAGED_DIGEST_PLACEHOLDER} | {
+        f"{c}_uri": f"file://{root / c}" for c in ("train", "validation", "evaluation")
+    }
+    training = pipeline.plan_training(resolved, staged, dag_id, run_id)
+    trained = []
+    for plan in training:
+        validate_request(
+            "CreateTrainingJob", {**plan["request"], "TrainingJobName": plan["base_name"]}
+        )
+        output = plan["request"]["OutputDataConfig"]["S3OutputPath"]
+        trained.append(
+            {
+                "candidate": plan["candidate"],
+                "model_artifacts": f"{output}/{plan['base_name']}/output/model.tar.gz",
+            }
+        )
+    evaluation = pipeline.plan_evaluation(resolved, staged, trained, dag_id, run_id)
+    for plan in evaluation:
+        validate_request(
+            "CreateProcessingJob", {**plan["request"], "ProcessingJobName": plan["base_name"]}
+        )
+    for plan in training + evaluation:
+        plan["cost"] = {"upper_bound_usd": 0.0, "explain": "runs on this machine: no AWS cost"}
+        plan["instance"] = {
+            "instance_type": "local process",
+            "explain": "the local executor runs the job script on this machine's CPUs",
+        }
+    return {
+        "pipeline": config.pipeline,
+        "target": "local",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "placeholders": {
+            "staged_digest": STAGED_DIGEST_PLACEHOLDER,
+            "note": PLACEHOLDER_NOTE.format(run_id=run_id),
+        },
+        "training": training,
+        "evaluation": evaluation,
+        "cost": {"upper_bound_usd": 0.0, "explain": "the local target runs on this machine"},
+        "not_planned": NOT_PLANNED,
+    }
+
+
+# -- text --------------------------------------------------------------------------------------
+
+
+def render_text(plan: dict[str, Any], source: str) -> str:
+    """The plan as people read it: a summary, then every request as JSON."""
+    import json
+
+    from fmops.pipeline import jsonable
+
+    lines = [
+        f"# fmops plan {source}: pipeline {plan['pipeline']}, target {plan['target']}"
+        + (f", region {plan['region']}" if plan.get("region") else ""),
+        "# computed offline: nothing was sent to AWS and no credentials were used",
+        f"# {plan['placeholders']['note']}",
+    ]
+    if plan.get("uploads"):
+        code = plan["uploads"]["sourcedir"]
+        lines += [
+            "",
+            f"code: {code['uri']} ({len(code['files'])} scripts, {code['bytes']} bytes, "
+            f"sha256 {code['sha256'][:12]}...)",
+            *(f"base model {k}: {v}" for k, v in plan["uploads"]["base_models"].items()),
+            *(f"{k.removesuffix('_uri')}: {v}" for k, v in plan["uploads"]["datasets"].items()),
+        ]
+    for kind, operation in (
+        ("training", "CreateTrainingJob"),
+        ("evaluation", "CreateProcessingJob"),
+    ):
+        plans = plan[kind]
+        lines += ["", f"{kind} jobs ({len(plans)}, {operation}):"]
+        for item in plans:
+            lines.append(
+                f"  {item['candidate']:20} {item['base_name']:40} "
+                f"{item['instance']['instance_type']:16} {item['cost']['explain']}"
+            )
+            if kind == "training" and item["instance"].get("reason"):
+                lines.append(f"    instance: {item['instance']['explain']}")
+            lines += [f"    note: {note}" for note in item.get("notes", [])]
+    total = plan["cost"]
+    unpriced = [
+        name
+        for part in ("training", "evaluation")
+        for name in total.get(part, {}).get("jobs_without_price", [])
+    ]
+    lines += [
+        "",
+        f"total: at most ${total['upper_bound_usd']:.2f} ({total['explain']})"
+        + (f"; plus {len(unpriced)} jobs without a known price" if unpriced else ""),
+        plan["not_planned"],
+    ]
+    for kind, name_field in (("training", "TrainingJobName"), ("evaluation", "ProcessingJobName")):
+        for item in plan[kind]:
+            request = {name_field: item["base_name"], **item["request"]}
+            lines += ["", f"## {item['base_name']} ({item['candidate']})"]
+            lines.append(json.dumps(jsonable(request), indent=1))
+    return "\n".join(lines) + "\n"

@@ -45,6 +45,21 @@ def resolve_base_model(name: str) -> Path:
     )
 
 
+def channel(name: str, uri: str) -> dict[str, Any]:
+    """An input channel of a CreateTrainingJob request: every file under ``uri``."""
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": uri,
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+        "InputMode": "File",
+    }
+
+
 def training_request(
     config: PipelineConfig,
     candidate: Candidate,
@@ -52,19 +67,6 @@ def training_request(
     tags: dict[str, str],
     checkpoints: str | None = None,
 ) -> dict[str, Any]:
-    def channel(name: str, uri: str) -> dict[str, Any]:
-        return {
-            "ChannelName": name,
-            "DataSource": {
-                "S3DataSource": {
-                    "S3DataType": "S3Prefix",
-                    "S3Uri": uri,
-                    "S3DataDistributionType": "FullyReplicated",
-                }
-            },
-            "InputMode": "File",
-        }
-
     base_model = resolve_base_model(candidate.base_model)
     hyperparameters = candidate.job_hyperparameters(
         config.data.text_column, config.data.label_column

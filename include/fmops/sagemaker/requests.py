@@ -31,20 +31,6 @@ CODE_CHANNEL_PATH = f"/opt/ml/input/data/{CODE_CHANNEL}/{SOURCEDIR}"
 ENTRY_POINT = "train.py"
 
 
-def _channel(name: str, uri: str) -> dict[str, Any]:
-    return {
-        "ChannelName": name,
-        "DataSource": {
-            "S3DataSource": {
-                "S3DataType": "S3Prefix",
-                "S3Uri": uri,
-                "S3DataDistributionType": "FullyReplicated",
-            }
-        },
-        "InputMode": "File",
-    }
-
-
 def _output_key(config: PipelineConfig) -> dict[str, str]:
     key = options.settings_of(config).kms.output_key_id
     return {"KmsKeyId": key} if key else {}
@@ -83,11 +69,11 @@ def training_request(
         # The framework container then starts train.py under torchrun on every instance.
         hyperparameters["sagemaker_torch_distributed_enabled"] = "true"
     channels = [
-        _channel(c["ChannelName"], base_model_uri) if c["ChannelName"] == "base_model" else c
+        specs.channel(c["ChannelName"], base_model_uri) if c["ChannelName"] == "base_model" else c
         for c in local["InputDataConfig"]
     ]
     if isolated:
-        channels.append(_channel(CODE_CHANNEL, layout.sourcedir_uri(bundle)))
+        channels.append(specs.channel(CODE_CHANNEL, layout.sourcedir_uri(bundle)))
     decided, notes = options.training_options(
         settings,
         instance_type=instance_type,

@@ -94,9 +94,11 @@ def load_classifier(
         labels = json.loads((path / "label_map.json").read_text())["labels"]
         classifier = build_classifier(encoder, len(labels))
         classifier.classifier.load_state_dict(load_file(path / "classifier.safetensors"))
-    classifier.eval()
+    # A GPU when the host has one (a SageMaker GPU instance), else the CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classifier.to(device).eval()
     torch.set_grad_enabled(False)
-    return {"model": classifier, "tokenizer": tokenizer, "labels": labels}
+    return {"model": classifier, "tokenizer": tokenizer, "labels": labels, "device": device}
 
 
 def model_fn(model_dir: str) -> dict[str, Any]:
@@ -137,8 +139,11 @@ def predict_fn(texts: list[str], model: dict[str, Any]) -> list[dict[str, Any]]:
     encoded = model["tokenizer"](
         texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
     )
+    device = model.get("device", "cpu")
     with torch.no_grad():
-        logits, _ = model["model"](encoded["input_ids"], encoded["attention_mask"])
+        logits, _ = model["model"](
+            encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+        )
         probabilities = logits.softmax(-1)
     scores, indices = probabilities.max(-1)
     return [

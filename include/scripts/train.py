@@ -255,6 +255,23 @@ def length_grouped_order(
 # torchrun sets RANK and WORLD_SIZE: data-parallel over processes (gloo on CPUs, nccl on GPUs).
 RANK = int(os.environ.get("RANK", "0"))
 WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
+LOCAL_RANK = int(os.environ.get("LOCAL_RANK", "0"))
+LOCAL_WORLD_SIZE = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def choose_device() -> Any:
+    """This process's GPU (one per process, by LOCAL_RANK) when there is one for each process on
+    the host, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() >= LOCAL_WORLD_SIZE:
+        torch.cuda.set_device(LOCAL_RANK)
+        return torch.device("cuda", LOCAL_RANK)
+    return torch.device("cpu")
+
+
+def on(device: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 def log(**values: object) -> None:
@@ -311,6 +328,7 @@ class ClassificationTask:
     """Encoder + mean pooling + linear head; the best epoch has the best validation accuracy."""
 
     find_unused_parameters = True  # the encoder's [CLS] pooler (BERT-style) is not used
+    device: Any = "cpu"  # where batches go; main() moves the model there
 
     def __init__(
         self, hps: Hyperparameters, base_model: str, train_dir: Path, validation_dir: Path | None
@@ -366,11 +384,12 @@ class ClassificationTask:
             max_length=self.hps.max_length,
             return_tensors="pt",
         )
-        return {
+        tensors = {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
             "labels": torch.tensor([ys[i] for i in idx]),
         }
+        return on(self.device, tensors)
 
     @staticmethod
     def loss(forward: Any, inputs: dict[str, Any]) -> Any:
@@ -403,7 +422,7 @@ class ClassificationTask:
             encoder = encoder.merge_and_unload()
         encoder.save_pretrained(model_dir, safe_serialization=True)
         save_file(
-            {k: v.contiguous() for k, v in self.model.classifier.state_dict().items()},
+            {k: v.contiguous().cpu() for k, v in self.model.classifier.state_dict().items()},
             model_dir / "classifier.safetensors",
         )
         self.tokenizer.save_pretrained(model_dir)
@@ -415,6 +434,7 @@ class InstructionTask:
     validation loss (per answer token)."""
 
     find_unused_parameters = False
+    device: Any = "cpu"
 
     def __init__(
         self, hps: Hyperparameters, base_model: str, train_dir: Path, validation_dir: Path | None
@@ -482,7 +502,7 @@ class InstructionTask:
         rows = [(self.train if split == "train" else self.validation)[i] for i in idx]
         width = max(len(ids) for ids, _ in rows)  # dynamic padding, on the right
         pad = self.tokenizer.pad_token_id
-        return {
+        tensors = {
             "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
             "attention_mask": torch.tensor(
                 [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]
@@ -491,6 +511,7 @@ class InstructionTask:
                 [labels + [instruction.IGNORE] * (width - len(labels)) for _, labels in rows]
             ),
         }
+        return on(self.device, tensors)
 
     @staticmethod
     def loss(forward: Any, inputs: dict[str, Any]) -> Any:
@@ -593,7 +614,8 @@ def main() -> int:
 
     random.seed(hps.seed)
     np.random.seed(hps.seed)
-    torch.manual_seed(hps.seed)
+    torch.manual_seed(hps.seed)  # seeds the GPUs' generators too
+    device = choose_device()
 
     try:
         task = TASKS[hps.task](
@@ -602,12 +624,14 @@ def main() -> int:
     except (HyperparameterError, instruction.RecordError) as err:
         print(f"ERROR bad input data: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
-    model = task.model
+    model = task.model.to(device)  # built on the CPU (the head's init), trained on the device
+    task.device = device
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log(
         event="model",
         task=hps.task,
+        device=device,
         method=hps.method,
         trainable_params=trainable,
         total_params=total,
@@ -658,6 +682,7 @@ def main() -> int:
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             },
             tmp,
         )
@@ -666,12 +691,14 @@ def main() -> int:
 
     if checkpoint_file.exists():
         # weights_only: a checkpoint holds tensors and plain values; nothing is unpickled.
-        saved = torch.load(checkpoint_file, weights_only=True)
+        saved = torch.load(checkpoint_file, weights_only=True, map_location="cpu")
         load_trainable(model, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
         random.setstate(saved["python_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         progress = saved["progress"]
         log(
             event="resumed", step=progress["step"], epoch=progress["epoch"], batch=progress["batch"]
@@ -681,10 +708,12 @@ def main() -> int:
     if WORLD_SIZE > 1:
         import torch.distributed as dist
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend)
         forward = torch.nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=task.find_unused_parameters
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=task.find_unused_parameters,
         )
         log(event="distributed", backend=backend, world_size=WORLD_SIZE)
     model.train()

@@ -39,14 +39,6 @@ def resolve(
     force_rerun: bool = False,
 ) -> dict:
     config = load_config(config_file, models=models or None, target=target or None)
-    if config.target != "local":
-        # Refused before anything is staged or paid for: the SageMaker job backend and the
-        # request builder exist, but the DAGs do not stage to S3 or submit with them yet.
-        raise PlanError(
-            f"target {config.target!r}: the DAGs run on the local target only in this version "
-            "(`fmops plan --config FILE` prints the SageMaker requests a run would send); "
-            "use target: local"
-        )
     log.info(
         "config %s: pipeline %s, target %s, candidates %s",
         config_file,
@@ -66,6 +58,10 @@ def config_of(resolved: dict) -> PipelineConfig:
 
 
 def backend_settings(config: PipelineConfig) -> dict[str, Any]:
+    if config.target == "sagemaker":
+        from fmops.sagemaker import options, plan
+
+        return plan.backend_settings(options.settings_of(config))
     return {"max_concurrent_jobs": config.training.max_concurrent_jobs}
 
 
@@ -148,7 +144,13 @@ def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
         config.data.label_set(),
         report.digests,
     )
+    uploaded = {}
+    if config.target == "sagemaker":
+        from fmops.sagemaker import run
+
+        uploaded = run.upload_inputs(config, staged.to_dict())
     return {
+        **({"uploaded": uploaded} if uploaded else {}),
         **staged.to_dict(),
         "train_data_digest": report.digests["train"],
         "evaluation_data_digest": report.digests["evaluation"],
@@ -181,6 +183,10 @@ def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> lis
             "compare; run include/scripts/train.py as a job on the staged channels (README, "
             "'Instruction tuning'), or use task: classification"
         )
+    if config.target == "sagemaker":
+        from fmops.sagemaker import plan
+
+        return plan.plan_training(config, staged, dag_id, run_id, force=force)
     plans = []
     for candidate in config.candidates:
         base_name = job_name(dag_id, run_id, candidate.name, "training")
@@ -335,7 +341,9 @@ def job_outcome(handle: dict, description: dict) -> dict:
         output = description["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
         outcome.update(
             output_uri=output,
-            metrics=read_json(join(output, "metrics.json")),
+            metrics=read_json(
+                join(output, "metrics.json"), handle.get("settings", {}).get("aws_conn_id")
+            ),
             zero_shot=bool(handle.get("zero_shot")),
         )
     return outcome
@@ -369,6 +377,10 @@ def plan_evaluation(
 ) -> list[dict]:
     """A CreateProcessingJob request per trained candidate, plus the untuned baseline."""
     config = config_of(resolved)
+    if config.target == "sagemaker":
+        from fmops.sagemaker import plan
+
+        return plan.plan_evaluation(config, staged, trained, dag_id, run_id)
     entries = [(t["candidate"], t["model_artifacts"], False) for t in trained if t]
     if config.evaluation.baseline:
         base = resolve_base_model(config.candidates[0].base_model)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig
-from fmops.paths import SCRIPTS_DIR, resolve_path, state_dir
+from fmops.paths import SCRIPTS_DIR, state_dir
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,10 @@ def find_version(mlflow_client: Any, model_name: str, dag_run: str) -> Any | Non
     return found[0] if found else None
 
 
-def _unpack(model_artifacts: str, target: Path) -> Path:
-    archive = resolve_path(model_artifacts)
+def _unpack(model_artifacts: str, target: Path, aws_conn_id: str | None = None) -> Path:
+    from fmops import storage
+
+    archive = storage.local_file(model_artifacts, target.parent / "archive", aws_conn_id)
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")
     return target
@@ -330,7 +332,11 @@ def register(
         model_uri = logged[0].model_uri
     else:
         with tempfile.TemporaryDirectory(prefix="fmops-register-") as scratch:
-            model_dir = _unpack(winner["model_artifacts"], Path(scratch) / "model")
+            model_dir = _unpack(
+                winner["model_artifacts"],
+                Path(scratch) / "model",
+                config.sagemaker.aws_conn_id if config.sagemaker else None,
+            )
             example = pd.DataFrame({"text": ["I still have not received my new card"]})
             with mlflow.start_run(run_id=winner_run):
                 model_uri = mlflow.pyfunc.log_model(

@@ -1,24 +1,53 @@
-"""Reading small artifacts (JSON reports, logs) by URI, whatever the target stored them in."""
+"""Reading artifacts (JSON reports, model archives) by URI, whatever the target stored them in.
+
+``file://`` URIs and paths are the local target's; ``s3://`` URIs the sagemaker target's, read
+through the amazon provider's ``S3Hook`` with the config's Airflow AWS connection.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from fmops.paths import resolve_path
 
+DEFAULT_CONN_ID = "aws_default"
 
-def read_text(uri: str) -> str:
+
+def _s3_parts(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    return bucket, key
+
+
+def _s3_hook(aws_conn_id: str | None) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=aws_conn_id or DEFAULT_CONN_ID)
+
+
+def read_text(uri: str, aws_conn_id: str | None = None) -> str:
     if uri.startswith("s3://"):
-        raise NotImplementedError(
-            f"{uri}: reading from S3 arrives with the sagemaker target; the local target stores "
-            "artifacts under .fmops/ (file:// URIs)"
-        )
+        bucket, key = _s3_parts(uri)
+        return _s3_hook(aws_conn_id).read_key(key, bucket_name=bucket)
     return resolve_path(uri).read_text()
 
 
-def read_json(uri: str) -> Any:
-    return json.loads(read_text(uri))
+def read_json(uri: str, aws_conn_id: str | None = None) -> Any:
+    return json.loads(read_text(uri, aws_conn_id))
+
+
+def local_file(uri: str, folder: Path, aws_conn_id: str | None = None) -> Path:
+    """A local path to the file at ``uri``: itself when local, else downloaded into ``folder``."""
+    if not uri.startswith("s3://"):
+        return resolve_path(uri)
+    bucket, key = _s3_parts(uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / Path(key).name
+    _s3_hook(aws_conn_id).get_conn().download_file(bucket, key, str(target))
+    return target
 
 
 def join(uri: str, *parts: str) -> str:

@@ -813,14 +813,3 @@ def test_cli_without_sagemaker_block_exits_2():
     from fmops.cli import main
 
     assert main(["plan", "--config", "include/configs/local.yaml", "--target", "sagemaker"]) == 2
-
-
-def test_the_dags_refuse_the_sagemaker_target_before_anything_is_staged():
-    """fmops_finetune's first task refuses target sagemaker (not wired into the DAGs yet)
-    with the reason and what to use meanwhile."""
-    from fmops import pipeline
-
-    with pytest.raises(PlanError) as info:
-        pipeline.resolve(str(CONFIGS_DIR / "sagemaker.example.yaml"))
-    assert "local target only in this version" in str(info.value)
-    assert "fmops plan --config FILE" in str(info.value)

@@ -164,7 +164,7 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     from airflow.sdk import Asset
 
     from fmops import registry
-    from fmops.pipeline import backend_for
+    from fmops.pipeline import backend_for, backend_settings
 
     config = _config(resolved)
     dag_id, run_id = _run_ids()
@@ -173,7 +173,7 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     failed = ti.xcom_pull(task_ids="plan_evaluation", key="failed") or []
     logs = {}
     for outcome in trained:
-        backend = backend_for({"target": outcome["target"]})
+        backend = backend_for({"target": outcome["target"], "settings": backend_settings(config)})
         logs[outcome["job_name"]] = backend.read_log("training", outcome["job_name"], 0)[0]
     summary = registry.register(
         config,

@@ -305,7 +305,7 @@ class VpcSettings(Strict):
     )
 
 
-KMS_KEY = r"^[A-Za-z0-9:/_.-]{1,2048}$"  # a key id, key ARN, alias name or alias ARN
+KMS_KEY = r"^[A-Za-z0-9:/_-]{1,2048}$"  # a key id, key ARN, alias name or alias ARN (botocore)
 
 
 class KmsSettings(Strict):

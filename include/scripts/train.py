@@ -44,6 +44,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -427,6 +428,10 @@ class ClassificationTask:
         )
         self.tokenizer.save_pretrained(model_dir)
         (model_dir / "label_map.json").write_text(json.dumps({"labels": self.labels}, indent=1))
+        # The serving handlers travel with the weights: the Hugging Face inference toolkit imports
+        # code/inference.py from the model archive (SAGEMAKER_PROGRAM).
+        (model_dir / "code").mkdir(exist_ok=True)
+        shutil.copy2(Path(__file__).resolve().parent / "inference.py", model_dir / "code")
 
 
 class InstructionTask:

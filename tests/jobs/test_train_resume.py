@@ -155,6 +155,10 @@ def test_loss_falls(tmp_path, tiny_base_model, channels):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     history = json.loads((job / "output" / "metrics.json").read_text())["history"]
+    # The serving handlers travel in the model folder (code/inference.py, as SageMaker's
+    # Hugging Face inference toolkit loads them from model.tar.gz).
+    handlers = (job / "model" / "code" / "inference.py").read_text()
+    assert handlers == (SCRIPT.parent / "inference.py").read_text()
     first = sum(h["train_loss"] for h in history[:12]) / 12
     last = sum(h["train_loss"] for h in history[-12:]) / 12
     assert last < first * 0.5, (first, last)

@@ -1,0 +1,1528 @@
+"""SageMaker real-time endpoints: what fmops_deploy sends to serve a model version blue/green.
+
+The requests are built offline (``plan_endpoint``: no AWS call, no credentials), each checked
+against botocore's service models (sagemaker, cloudwatch, application-autoscaling) and against the
+rules below, so that ``fmops plan`` can show them. ``deploy`` sends them, given boto3-like clients
+(at run time from the amazon provider's hooks, ``clients()``), in this order:
+
+1. ``DescribeEndpoint``: a new endpoint, an update, or a retry of this very deployment (then it
+   reattaches to it, or finds it done);
+2. ``CreateModel`` and ``CreateEndpointConfig``, each after a describe: a model or config with
+   the same deterministic name is reused, so a retried task creates nothing twice;
+3. ``PutMetricAlarm`` for the variant's ``Invocation5XXErrors`` and ``ModelLatency`` (optionally
+   ``Invocation4XXErrors``): they must exist before ``UpdateEndpoint`` names them in
+   ``AutoRollbackConfiguration``;
+4. ``CreateEndpoint``, or ``UpdateEndpoint`` with a ``DeploymentConfig`` (``BlueGreenUpdatePolicy``:
+   ALL_AT_ONCE, CANARY or LINEAR traffic shifting, a baking period after each shift, a termination
+   wait; ``AutoRollbackConfiguration`` with the alarms);
+5. the wait (``await_deployment``): success only when the endpoint is ``InService`` on the NEW
+   endpoint config. SageMaker's automatic rollback also ends ``InService``, on the old config;
+   treating that as success is a known bug of other tools, here it raises
+   ``DeploymentFailedError``;
+6. Application Auto Scaling (``RegisterScalableTarget``, target tracking on
+   ``SageMakerVariantInvocationsPerInstance``) once the endpoint is ``InService``. An update that
+   changes the instance type of a variant registered for auto scaling fails, so the scaling
+   policy and target are removed before such an update and registered again after it (SageMaker
+   developer guide, "Update endpoints that use auto scaling").
+
+Names are deterministic: the model and the endpoint config are ``<endpoint>-v<version>-<hash>``,
+the hash taken over the request (tags left out), so the same version with the same settings maps
+to the same resources and any change of image, artifacts, instance type, count or key gives new
+ones. The variant name is kept across versions (default ``AllTraffic``): blue/green updates
+replace the fleet behind it, and the alarms' dimensions and the auto scaling resource id stay
+valid. Alarm and scaling-policy names are per endpoint and variant, stable across versions
+(``PutMetricAlarm`` and ``PutScalingPolicy`` overwrite in place).
+
+Serving code: the Hugging Face inference toolkit imports the handlers from ``code/`` inside the
+model directory (``/opt/ml/model/code``, put on ``sys.path``), module name from
+``SAGEMAKER_PROGRAM``; ``SAGEMAKER_SUBMIT_DIRECTORY`` is set to that folder as the SDK does for a
+repacked or network-isolated model. So the training job's ``model.tar.gz`` must contain
+``code/inference.py`` (no ``code/requirements.txt``: the toolkit would pip-install it at start-up,
+which network isolation forbids). Without it the toolkit silently falls back to a default
+pipeline inferred from ``config.json`` and serves embeddings instead of labels:
+``check_model_archive`` refuses such an archive before anything is created.
+
+Checks made before any call (each refusal names the field, the value, the allowed range and the
+fix): the traffic-shifting bounds of the SageMaker API reference (canary at most 50%, linear
+steps 10-50%, waits 0-3600 s, execution timeout 600-28800 s and longer than the waits it
+contains), every ``min``/``max``/``enum``/``pattern`` of the service models (botocore's own
+validator checks only minimums), and ``KmsKeyId`` never with an instance type that has local NVMe
+storage (the same rule as ``VolumeKmsKeyId`` for jobs, from the catalog's ``nvme`` flag).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import re
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from botocore.exceptions import ClientError
+from pydantic import Field, model_validator
+
+from fmops.catalog import Catalog, CatalogError, Choice, hosting_memory
+from fmops.config import INSTANCE_TYPE_PATTERN, Strict
+from fmops.jobs.local import JOB_ENV
+from fmops.jobs.specs import PlanError
+from fmops.sagemaker import options
+
+if TYPE_CHECKING:
+    from fmops.config import SageMakerSettings
+
+log = logging.getLogger(__name__)
+
+# -- SageMaker's rules and fmops' constants -------------------------------------------------------
+
+DEFAULT_VARIANT = "AllTraffic"  # the SDK's default variant name
+SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # endpoint, config, variant
+MAX_NAME = 63
+HASH_CHARS = 8
+MAX_ENDPOINT_NAME = 40  # leaves at least 12 characters for the version in derived names
+
+# The Hugging Face inference toolkit's contract for a custom inference.py inside the model.
+INFERENCE_PROGRAM = "inference.py"
+MODEL_CODE_DIR = "/opt/ml/model/code"
+ARCHIVE_CODE = "code/inference.py"
+SERVING_ENV = {
+    "SAGEMAKER_PROGRAM": INFERENCE_PROGRAM,
+    "SAGEMAKER_SUBMIT_DIRECTORY": MODEL_CODE_DIR,
+    "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+}
+SERVING_PRECISION = "fp32"  # include/scripts/inference.py serves the weights as saved: fp32
+
+# Blue/green bounds (SageMaker API reference: TrafficRoutingConfig, BlueGreenUpdatePolicy,
+# AutoRollbackConfig). botocore's model has only some of them: CapacitySize.Value min 1 (the 50%
+# and 10-50% rules are documentation only), WaitIntervalInSeconds and TerminationWaitInSeconds
+# 0-3600, MaximumExecutionTimeoutInSeconds 600-28800, Alarms 1-10.
+CANARY_PERCENT = (1, 50)
+LINEAR_PERCENT = (10, 50)
+WAIT_SECONDS = (0, 3600)
+TERMINATION_WAIT_SECONDS = (0, 3600)
+EXECUTION_TIMEOUT_SECONDS = (600, 28800)
+ALARMS = (1, 10)
+# Without a configured execution timeout: the waits plus this much for provisioning the new fleet
+# and loading the model (GPU capacity and a model download take minutes).
+START_UP_ALLOWANCE_SECONDS = 1800
+TRAFFIC_MODES = ("ALL_AT_ONCE", "CANARY", "LINEAR")
+
+NAMESPACE = "AWS/SageMaker"
+SCALING_NAMESPACE = "sagemaker"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
+MAX_ALARM_WINDOW_SECONDS = 86_400  # CloudWatch: Period x EvaluationPeriods at most one day
+
+# EndpointStatus values (botocore's enum) and what they mean for a wait.
+IN_PROGRESS = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack"})
+BROKEN = frozenset({"Failed", "UpdateRollbackFailed", "OutOfService", "Deleting"})
+# Right after UpdateEndpoint a read may still show the old config InService (DescribeEndpoint is
+# eventually consistent); only after this many such reads, with no update seen, is it a failure.
+SETTLE_POLLS = 3
+
+MISSING_CODE = (
+    "{uri} has no {code}: the Hugging Face inference toolkit loads the handlers from "
+    "/opt/ml/model/code/ and, without them, serves a default pipeline guessed from config.json "
+    "(embeddings, not labels). Put include/scripts/inference.py into the model folder as "
+    "code/inference.py before the job packs it (train.py can copy its sibling inference.py into "
+    "SM_MODEL_DIR/code/), or repack the archive with code/inference.py"
+)
+
+
+class EndpointError(PlanError):
+    """Endpoint settings or a request refused before anything is sent; says why and the fix."""
+
+
+class DeploymentFailedError(RuntimeError):
+    """A deployment ran and did not end InService on the new endpoint config: it failed, was
+    rolled back, or timed out. Deterministic: retrying the same deployment repeats it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint_name: str,
+        status: str | None,
+        config_name: str | None,
+        rolled_back: bool = False,
+    ):
+        super().__init__(message)
+        self.endpoint_name = endpoint_name
+        self.status = status
+        self.config_name = config_name
+        self.rolled_back = rolled_back
+
+
+class EndpointBusyError(RuntimeError):
+    """The endpoint is changing under another deployment; transient, try again once it settles."""
+
+
+# -- settings (candidates for fmops.config, see the module's report) ------------------------------
+
+
+def baking_periods(mode: str, step_percent: int | None) -> int:
+    """How many baking periods a blue/green deployment has (see ``total_wait_seconds``)."""
+    if mode == "CANARY":
+        return 2
+    if mode == "LINEAR":
+        return math.ceil(100 / step_percent) if step_percent else 1
+    return 1
+
+
+def total_wait_seconds(mode: str, wait: int, termination: int, step_percent: int | None) -> int:
+    """The waits a blue/green deployment contains, as SageMaker's developer guide describes them.
+
+    Each traffic shift is followed by a baking period of ``WaitIntervalInSeconds`` during which
+    the alarms are watched, and the old fleet is kept ``TerminationWaitInSeconds`` after the last
+    one: ALL_AT_ONCE shifts once (one bake); CANARY shifts the canary, bakes, shifts the rest and
+    bakes again ("a final baking period"): two bakes; LINEAR shifts ``ceil(100 / step)`` times,
+    each followed by a bake. ``MaximumExecutionTimeoutInSeconds`` "should be larger than the total
+    waiting time": fmops requires it, and a new fleet must also start within the difference.
+    """
+    return baking_periods(mode, step_percent) * wait + termination
+
+
+def _range(label: str, value: Any, bounds: tuple[int, int], what: str, fix: str) -> list[str]:
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return [f"{label}: {value!r} is outside {low}-{high} ({what}): {fix}"]
+    return []
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """How a problem names the fields: by settings key, or by request path."""
+
+    canary: str
+    linear: str
+    wait: str
+    termination: str
+    timeout: str
+
+
+SETTINGS_LABELS = _Labels(
+    canary="traffic.canary_percent (CanarySize, CAPACITY_PERCENT)",
+    linear="traffic.linear_step_percent (LinearStepSize, CAPACITY_PERCENT)",
+    wait="traffic.wait_seconds (WaitIntervalInSeconds)",
+    termination="traffic.termination_wait_seconds (TerminationWaitInSeconds)",
+    timeout="traffic.max_execution_timeout_seconds (MaximumExecutionTimeoutInSeconds)",
+)
+_ROUTING = "DeploymentConfig.BlueGreenUpdatePolicy.TrafficRoutingConfiguration"
+REQUEST_LABELS = _Labels(
+    canary=f"{_ROUTING}.CanarySize.Value",
+    linear=f"{_ROUTING}.LinearStepSize.Value",
+    wait=f"{_ROUTING}.WaitIntervalInSeconds",
+    termination="DeploymentConfig.BlueGreenUpdatePolicy.TerminationWaitInSeconds",
+    timeout="DeploymentConfig.BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds",
+)
+
+
+def traffic_problems(
+    mode: str,
+    *,
+    canary_percent: Any,
+    linear_step_percent: Any,
+    wait: Any,
+    termination: Any,
+    timeout: Any,
+    labels: _Labels = SETTINGS_LABELS,
+) -> list[str]:
+    """Every way the traffic-shifting values break SageMaker's bounds, one line each.
+
+    ``timeout`` None means "derive it" (the waits plus ``START_UP_ALLOWANCE_SECONDS``).
+    """
+    if mode not in TRAFFIC_MODES:
+        return [f"traffic mode {mode!r} is unknown; one of {', '.join(TRAFFIC_MODES)}"]
+    problems = []
+    step = None
+    if mode == "CANARY":
+        step = canary_percent
+        problems += _range(
+            labels.canary,
+            canary_percent,
+            CANARY_PERCENT,
+            "the canary is at most 50% of the new fleet's capacity",
+            f"set it between {CANARY_PERCENT[0]} and {CANARY_PERCENT[1]}",
+        )
+    elif mode == "LINEAR":
+        step = linear_step_percent
+        problems += _range(
+            labels.linear,
+            linear_step_percent,
+            LINEAR_PERCENT,
+            "each linear step is 10-50% of the new fleet's capacity",
+            f"set it between {LINEAR_PERCENT[0]} and {LINEAR_PERCENT[1]} (20: five steps)",
+        )
+    problems += _range(
+        labels.wait,
+        wait,
+        WAIT_SECONDS,
+        "the baking period after each traffic shift",
+        f"set it between {WAIT_SECONDS[0]} and {WAIT_SECONDS[1]} seconds",
+    )
+    problems += _range(
+        labels.termination,
+        termination,
+        TERMINATION_WAIT_SECONDS,
+        "how long the old fleet is kept after the shift",
+        f"set it between {TERMINATION_WAIT_SECONDS[0]} and {TERMINATION_WAIT_SECONDS[1]} seconds",
+    )
+    low, high = EXECUTION_TIMEOUT_SECONDS
+    if timeout is not None:
+        problems += _range(
+            labels.timeout,
+            timeout,
+            EXECUTION_TIMEOUT_SECONDS,
+            "the longest a deployment may run before SageMaker rolls it back",
+            f"set it between {low} and {high} seconds, or leave it out for the waits plus "
+            f"{START_UP_ALLOWANCE_SECONDS} s",
+        )
+    if problems:
+        return problems
+    total = total_wait_seconds(mode, wait, termination, step)
+    bakes = baking_periods(mode, step)
+    arithmetic = f"{bakes} baking period(s) of {wait} s + termination wait {termination} s"
+    if total >= high:
+        problems.append(
+            f"{labels.timeout}: {mode} waits {arithmetic} = {total} s, and SageMaker allows a "
+            f"deployment at most {high} s: shorten {labels.wait} or {labels.termination}"
+            + (f", or take larger steps ({labels.linear})" if mode == "LINEAR" else "")
+        )
+    elif timeout is not None and timeout <= total:
+        problems.append(
+            f"{labels.timeout}: {timeout} s is not longer than the waits it contains, "
+            f"{arithmetic} = {total} s (the new fleet's start-up comes on top): raise it to more "
+            f"than {total} (at most {high}), or shorten the waits"
+        )
+    return problems
+
+
+def execution_timeout(
+    mode: str, wait: int, termination: int, step: int | None, given: int | None
+) -> int:
+    """The configured timeout, else the waits plus the start-up allowance, within the bounds."""
+    if given is not None:
+        return given
+    total = total_wait_seconds(mode, wait, termination, step)
+    low, high = EXECUTION_TIMEOUT_SECONDS
+    return min(high, max(low, total + START_UP_ALLOWANCE_SECONDS))
+
+
+class TrafficSettings(Strict):
+    """Blue/green traffic shifting (SageMaker deployment guardrails)."""
+
+    mode: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = "CANARY"
+    canary_percent: int = 10
+    linear_step_percent: int = 20
+    wait_seconds: int = Field(600, description="baking period after each traffic shift")
+    termination_wait_seconds: int = Field(300, description="the old fleet is kept this long")
+    max_execution_timeout_seconds: int | None = Field(
+        None, description="default: the waits plus 1800 s for the new fleet's start-up"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TrafficSettings:
+        problems = traffic_problems(
+            self.mode,
+            canary_percent=self.canary_percent,
+            linear_step_percent=self.linear_step_percent,
+            wait=self.wait_seconds,
+            termination=self.termination_wait_seconds,
+            timeout=self.max_execution_timeout_seconds,
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def step_percent(self) -> int | None:
+        return {"CANARY": self.canary_percent, "LINEAR": self.linear_step_percent}.get(self.mode)
+
+    @property
+    def timeout_seconds(self) -> int:
+        return execution_timeout(
+            self.mode,
+            self.wait_seconds,
+            self.termination_wait_seconds,
+            self.step_percent,
+            self.max_execution_timeout_seconds,
+        )
+
+
+LATENCY_STATISTIC = r"^(Average|Maximum|p\d{1,2}(\.\d{1,2})?)$"
+
+
+class AlarmSettings(Strict):
+    """The CloudWatch alarms that roll a deployment back (per endpoint variant)."""
+
+    max_5xx_error_rate: float = Field(
+        0.01, gt=0, le=1, description="share of invocations answered 5xx (Average of 0/1 each)"
+    )
+    max_4xx_error_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "off by default: 4xx includes clients' bad requests; but the Hugging Face toolkit "
+            "answers 400 for every exception of the handlers, so a broken model shows here"
+        ),
+    )
+    max_latency_ms: float = Field(
+        1000.0, gt=0, description="ModelLatency threshold; CloudWatch gets it in microseconds"
+    )
+    latency_statistic: Annotated[str, Field(pattern=LATENCY_STATISTIC)] = "Average"
+    period_seconds: int = Field(60, ge=60, description="a multiple of 60 (1-minute metrics)")
+    evaluation_periods: int = Field(3, ge=1)
+    datapoints_to_alarm: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlarmSettings:
+        problems = []
+        if self.period_seconds % 60:
+            problems.append(
+                f"alarms.period_seconds: {self.period_seconds} is not a multiple of 60; "
+                "SageMaker publishes endpoint metrics every minute: use 60, 120, 300, ..."
+            )
+        if self.datapoints_to_alarm > self.evaluation_periods:
+            problems.append(
+                f"alarms.datapoints_to_alarm: {self.datapoints_to_alarm} exceeds "
+                f"evaluation_periods ({self.evaluation_periods}): make it at most that"
+            )
+        window = self.period_seconds * self.evaluation_periods
+        if window > MAX_ALARM_WINDOW_SECONDS:
+            problems.append(
+                f"alarms: period_seconds x evaluation_periods = {window} s exceeds CloudWatch's "
+                f"{MAX_ALARM_WINDOW_SECONDS} s: fewer or shorter periods"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ScalingSettings(Strict):
+    """Target-tracking auto scaling of the variant's instance count."""
+
+    enabled: bool = True
+    min_instances: int = Field(1, ge=1)
+    max_instances: int = Field(2, ge=1)
+    target_invocations_per_instance: float = Field(
+        100.0, gt=0, description="SageMakerVariantInvocationsPerInstance: per instance per minute"
+    )
+    scale_in_cooldown_seconds: int = Field(300, ge=0)
+    scale_out_cooldown_seconds: int = Field(60, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScalingSettings:
+        if self.max_instances < self.min_instances:
+            raise ValueError(
+                f"scaling.max_instances ({self.max_instances}) is below min_instances "
+                f"({self.min_instances}): make max_instances >= min_instances"
+            )
+        return self
+
+
+class EndpointSettings(Strict):
+    """Where and how the sagemaker target serves a model version."""
+
+    variant_name: Annotated[str, Field(pattern=SAGEMAKER_NAME.pattern, max_length=MAX_NAME)] = (
+        DEFAULT_VARIANT
+    )
+    instance_type: Annotated[str, Field(pattern=INSTANCE_TYPE_PATTERN)] = "auto"
+    instance_count: int = Field(1, ge=1)
+    serving_precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
+        SERVING_PRECISION, description="what the serving code computes in; inference.py: fp32"
+    )
+    allowed_instance_types: list[Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")]] = (
+        Field(default_factory=list, description="empty: any catalog type offered for endpoints")
+    )
+    max_price_per_hour: float | None = Field(None, gt=0)
+    traffic: TrafficSettings = TrafficSettings()
+    alarms: AlarmSettings = AlarmSettings()
+    scaling: ScalingSettings = ScalingSettings()
+    wait_timeout_seconds: int | None = Field(
+        None, ge=60, description="fmops' own wait; default: the execution timeout plus 1800 s"
+    )
+    poll_seconds: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EndpointSettings:
+        problems = []
+        scaling = self.scaling
+        if scaling.enabled and not (
+            scaling.min_instances <= self.instance_count <= scaling.max_instances
+        ):
+            problems.append(
+                f"instance_count: {self.instance_count} is outside scaling.min_instances-"
+                f"max_instances ({scaling.min_instances}-{scaling.max_instances}): auto "
+                "scaling would move it at once; make them agree or disable scaling"
+            )
+        pinned = None if self.instance_type == "auto" else self.instance_type
+        if pinned and self.allowed_instance_types and pinned not in self.allowed_instance_types:
+            problems.append(
+                f"instance_type: {pinned} is pinned but not in allowed_instance_types "
+                f"{self.allowed_instance_types}: pin one of those, or set instance_type: auto"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def deployment_wait_seconds(self) -> int:
+        """How long fmops waits for a deployment: past SageMaker's own execution timeout, so
+        that a deployment SageMaker times out is seen rolled back, not abandoned."""
+        if self.wait_timeout_seconds:
+            return self.wait_timeout_seconds
+        return self.traffic.timeout_seconds + START_UP_ALLOWANCE_SECONDS
+
+
+# -- names -----------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", str(text).lower())).strip("-")
+
+
+def check_endpoint_name(name: str) -> str:
+    if not SAGEMAKER_NAME.match(name) or len(name) > MAX_ENDPOINT_NAME:
+        raise EndpointError(
+            f"endpoint name {name!r}: must be letters, digits and inner hyphens, at most "
+            f"{MAX_ENDPOINT_NAME} characters (the model and config names add the version and a "
+            "hash to it within SageMaker's 63): choose a shorter deployment.endpoint_name"
+        )
+    return name
+
+
+def request_digest(request: dict[str, Any], name_field: str) -> str:
+    """A short hash of what a request asks for: tags and its own name left out."""
+    content = {k: v for k, v in request.items() if k not in ("Tags", name_field)}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def versioned_name(endpoint_name: str, model_version: str, digest: str) -> str:
+    """``<endpoint>-v<version>-<hash>``, at most 63 characters of SageMaker's alphabet."""
+    check_endpoint_name(endpoint_name)
+    room = MAX_NAME - len(endpoint_name) - len("-v-") - len(digest)
+    version = _slug(model_version)[:room].strip("-") or "0"
+    name = f"{endpoint_name}-v{version}-{digest}"
+    assert SAGEMAKER_NAME.match(name) and len(name) <= MAX_NAME, name
+    return name
+
+
+def version_prefix(endpoint_name: str, model_version: str) -> str:
+    return versioned_name(endpoint_name, model_version, "x")[:-1]
+
+
+def alarm_names(endpoint_name: str, variant: str, alarms: AlarmSettings) -> dict[str, str]:
+    """Metric name -> alarm name; stable across versions of the endpoint."""
+    base = f"fmops-{endpoint_name}-{variant}"
+    names = {
+        "Invocation5XXErrors": f"{base}-invocation-5xx-errors",
+        "ModelLatency": f"{base}-model-latency",
+    }
+    if alarms.max_4xx_error_rate is not None:
+        names["Invocation4XXErrors"] = f"{base}-invocation-4xx-errors"
+    return names
+
+
+def resource_id(endpoint_name: str, variant: str) -> str:
+    """The Application Auto Scaling resource id of an endpoint variant."""
+    return f"endpoint/{endpoint_name}/variant/{variant}"
+
+
+def scaling_policy_name(endpoint_name: str, variant: str) -> str:
+    return f"fmops-{endpoint_name}-{variant}-invocations-per-instance"
+
+
+# -- validation against the service models ---------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _service_model(service: str) -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model(service)
+
+
+@lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:  # Java/ECMAScript-only syntax (\p{...}, surrogate ranges): not checked here
+        return None
+
+
+def model_problems(shape: Any, value: Any, path: str) -> list[str]:
+    """What botocore's ``ParamValidator`` leaves out: ``max``, ``enum`` and ``pattern``.
+
+    ``ParamValidator`` checks types, required members and minimums only; the service checks the
+    rest and answers ValidationException. Patterns are matched in full, as SageMaker does for its
+    names (its errors quote them anchored); those Python's ``re`` cannot compile are skipped.
+    """
+    problems: list[str] = []
+    kind, meta = shape.type_name, shape.metadata
+    if kind == "structure" and isinstance(value, dict):
+        for key, item in value.items():
+            if key in shape.members:
+                problems += model_problems(shape.members[key], item, f"{path}.{key}")
+    elif kind == "list" and isinstance(value, list):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"{path}: {len(value)} items, at most {meta['max']}")
+        for index, item in enumerate(value):
+            problems += model_problems(shape.member, item, f"{path}[{index}]")
+    elif kind == "map" and isinstance(value, dict):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"{path}: {len(value)} entries, at most {meta['max']}")
+        for key, item in value.items():
+            problems += model_problems(shape.key, key, f"{path} key {key!r}")
+            problems += model_problems(shape.value, item, f"{path}[{key!r}]")
+    elif kind == "string" and isinstance(value, str):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"{path}: {len(value)} characters, at most {meta['max']}")
+        if "enum" in meta and value not in meta["enum"]:
+            problems.append(f"{path}: {value!r} is not one of the API's values")
+        compiled = _pattern(meta["pattern"]) if "pattern" in meta else None
+        if compiled is not None and not compiled.fullmatch(value):
+            problems.append(f"{path}: {value!r} does not match the pattern {meta['pattern']}")
+    elif (
+        kind in ("integer", "long", "double", "float")
+        and isinstance(value, int | float)
+        and "max" in meta
+        and value > meta["max"]
+    ):
+        problems.append(f"{path}: {value} is above the API's maximum {meta['max']}")
+    return problems
+
+
+def validate(service: str, operation: str, request: dict[str, Any]) -> None:
+    """Refuse a request its service would refuse as malformed: botocore's validator (types,
+    required members, minimums) plus ``model_problems`` (maximums, enums, patterns)."""
+    from botocore.exceptions import ParamValidationError
+    from botocore.validate import ParamValidator
+
+    shape = _service_model(service).operation_model(operation).input_shape
+    report = ParamValidator().validate(request, shape)
+    problems = [report.generate_report()] if report.has_errors() else []
+    problems += model_problems(shape, request, operation)
+    if problems:
+        raise EndpointError(
+            f"{service} {operation}: the service model refuses the request: " + "; ".join(problems)
+        )
+    if service == "sagemaker":
+        from fmops.jobs.local import validate_request  # the check every fmops request meets
+
+        try:
+            validate_request(operation, request)
+        except ParamValidationError as err:  # pragma: no cover - the check above is a superset
+            raise EndpointError(f"{operation}: {err}") from None
+
+
+# -- request builders ------------------------------------------------------------------------------
+
+
+def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def check_model_data_url(uri: str) -> str:
+    if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\.tar\.gz", uri):
+        raise EndpointError(
+            f"model data {uri!r}: SageMaker hosting takes the training job's model archive, an "
+            "s3://<bucket>/<key>.tar.gz URI (DescribeTrainingJob's "
+            "ModelArtifacts.S3ModelArtifacts)"
+        )
+    return uri
+
+
+def model_request(
+    settings: SageMakerSettings,
+    *,
+    image: str,
+    model_data_url: str,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """CreateModel (without ``ModelName``): the Hugging Face inference image serving the
+    archive's ``code/inference.py``, as the execution role, isolated, in the VPC if configured."""
+    return {
+        "PrimaryContainer": {
+            "Image": image,
+            "Mode": "SingleModel",
+            "ModelDataUrl": check_model_data_url(model_data_url),
+            "Environment": {**SERVING_ENV, "SAGEMAKER_REGION": settings.region, **JOB_ENV},
+        },
+        "ExecutionRoleArn": settings.role_arn,
+        "EnableNetworkIsolation": settings.network_isolation,
+        **options.vpc_config(settings),
+        "Tags": _tag_list(tags),
+    }
+
+
+def endpoint_config_request(
+    settings: SageMakerSettings,
+    endpoint: EndpointSettings,
+    *,
+    model_name: str,
+    instance_type: str,
+    instance_count: int,
+    tags: dict[str, str],
+    catalog: Catalog | None,
+    notes: list[str],
+) -> dict[str, Any]:
+    """CreateEndpointConfig (without ``EndpointConfigName``): one variant, its name kept across
+    versions; the endpoint key where the instance type allows it."""
+    request: dict[str, Any] = {
+        "ProductionVariants": [
+            {
+                "VariantName": endpoint.variant_name,
+                "ModelName": model_name,
+                "InstanceType": instance_type,
+                "InitialInstanceCount": instance_count,
+                "InitialVariantWeight": 1.0,
+            }
+        ],
+        "Tags": _tag_list(tags),
+    }
+    key = settings.kms.endpoint_key_id
+    if key and options.has_nvme(instance_type, catalog):
+        notes.append(
+            f"KmsKeyId left out on {instance_type}: it has local NVMe instance storage, which "
+            "SageMaker encrypts with a hardware key; CreateEndpointConfig fails when KmsKeyId is "
+            "given for such a type"
+        )
+    elif key:
+        request["KmsKeyId"] = key
+    return request
+
+
+def deployment_config(traffic: TrafficSettings, alarms: list[str]) -> dict[str, Any]:
+    """UpdateEndpoint's DeploymentConfig: blue/green with traffic shifting and auto-rollback."""
+    routing: dict[str, Any] = {"Type": traffic.mode, "WaitIntervalInSeconds": traffic.wait_seconds}
+    if traffic.mode == "CANARY":
+        routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": traffic.canary_percent}
+    elif traffic.mode == "LINEAR":
+        routing["LinearStepSize"] = {
+            "Type": "CAPACITY_PERCENT",
+            "Value": traffic.linear_step_percent,
+        }
+    return {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": traffic.termination_wait_seconds,
+            "MaximumExecutionTimeoutInSeconds": traffic.timeout_seconds,
+        },
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": name} for name in alarms]},
+    }
+
+
+def _percent_of(size: dict[str, Any] | None, instance_count: int | None) -> Any:
+    """A CapacitySize as a percentage of the variant (None when it cannot be known)."""
+    if not size:
+        return None
+    if size.get("Type") == "CAPACITY_PERCENT":
+        return size.get("Value")
+    if size.get("Type") == "INSTANCE_COUNT" and instance_count:
+        value = size.get("Value")
+        return math.ceil(100 * value / instance_count) if isinstance(value, int) else value
+    return None
+
+
+def deployment_config_problems(
+    config: dict[str, Any], instance_count: int | None = None
+) -> list[str]:
+    """Where a DeploymentConfig (built here or elsewhere) breaks the blue/green bounds."""
+    if "RollingUpdatePolicy" in config:
+        return ["DeploymentConfig.RollingUpdatePolicy: fmops deploys blue/green only"]
+    policy = config.get("BlueGreenUpdatePolicy")
+    if not policy:
+        return ["DeploymentConfig.BlueGreenUpdatePolicy is missing: fmops deploys blue/green"]
+    routing = policy.get("TrafficRoutingConfiguration", {})
+    mode = routing.get("Type")
+    problems = traffic_problems(
+        mode,
+        canary_percent=_percent_of(routing.get("CanarySize"), instance_count),
+        linear_step_percent=_percent_of(routing.get("LinearStepSize"), instance_count),
+        wait=routing.get("WaitIntervalInSeconds"),
+        termination=policy.get("TerminationWaitInSeconds", 0),
+        timeout=policy.get("MaximumExecutionTimeoutInSeconds"),
+        labels=REQUEST_LABELS,
+    )
+    if mode == "CANARY" and "CanarySize" not in routing:
+        problems.append(f"{_ROUTING}.CanarySize is required for CANARY")
+    if mode == "LINEAR" and "LinearStepSize" not in routing:
+        problems.append(f"{_ROUTING}.LinearStepSize is required for LINEAR")
+    alarms = config.get("AutoRollbackConfiguration", {}).get("Alarms", [])
+    low, high = ALARMS
+    if not low <= len(alarms) <= high:
+        problems.append(
+            f"DeploymentConfig.AutoRollbackConfiguration.Alarms: {len(alarms)} alarms; "
+            f"{low} to {high}: without one, nothing rolls a bad model back"
+        )
+    return problems
+
+
+def endpoint_config_problems(request: dict[str, Any], catalog: Catalog | None = None) -> list[str]:
+    """Where a CreateEndpointConfig request breaks fmops' rules (the NVMe/KMS rule)."""
+    problems = []
+    if request.get("KmsKeyId"):
+        for variant in request.get("ProductionVariants", []):
+            instance = variant.get("InstanceType", "")
+            if options.has_nvme(instance, catalog):
+                problems.append(
+                    f"KmsKeyId with {instance} (variant {variant.get('VariantName')}): it has "
+                    "local NVMe instance storage and CreateEndpointConfig fails for it with a "
+                    "KmsKeyId; leave KmsKeyId out (the instance store is encrypted by hardware)"
+                )
+    return problems
+
+
+def alarm_requests(
+    endpoint_name: str, variant: str, alarms: AlarmSettings, tags: dict[str, str]
+) -> list[dict[str, Any]]:
+    """PutMetricAlarm for each metric that rolls a deployment back.
+
+    ``Invocation5XXErrors`` (and ``4XX``) is 1 for each failed invocation and 0 otherwise, so its
+    Average is the error rate. ``ModelLatency`` is in MICROSECONDS: the threshold is
+    ``max_latency_ms x 1000``. Missing data (no traffic, e.g. during a canary's first minute) is
+    not breaching: an idle endpoint is not a failing one.
+    """
+    names = alarm_names(endpoint_name, variant, alarms)
+    dimensions = [
+        {"Name": "EndpointName", "Value": endpoint_name},
+        {"Name": "VariantName", "Value": variant},
+    ]
+    common = {
+        "Namespace": NAMESPACE,
+        "Dimensions": dimensions,
+        "Period": alarms.period_seconds,
+        "EvaluationPeriods": alarms.evaluation_periods,
+        "DatapointsToAlarm": alarms.datapoints_to_alarm,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "Tags": _tag_list(tags),
+    }
+    rates = {"Invocation5XXErrors": alarms.max_5xx_error_rate}
+    if alarms.max_4xx_error_rate is not None:
+        rates["Invocation4XXErrors"] = alarms.max_4xx_error_rate
+    requests = []
+    for metric, rate in rates.items():
+        requests.append(
+            {
+                "AlarmName": names[metric],
+                "AlarmDescription": (
+                    f"fmops: rolls a deployment of {endpoint_name}/{variant} back when more than "
+                    f"{rate:.2%} of invocations answer {metric[10:13]}"
+                ),
+                "MetricName": metric,
+                "Statistic": "Average",
+                "Threshold": rate,
+                **common,
+            }
+        )
+    statistic = alarms.latency_statistic
+    microseconds = alarms.max_latency_ms * 1000
+    requests.append(
+        {
+            "AlarmName": names["ModelLatency"],
+            "AlarmDescription": (
+                f"fmops: rolls a deployment of {endpoint_name}/{variant} back when the "
+                f"{statistic} ModelLatency exceeds {alarms.max_latency_ms:g} ms "
+                f"({microseconds:g} microseconds, the metric's unit)"
+            ),
+            "MetricName": "ModelLatency",
+            **(
+                {"ExtendedStatistic": statistic}
+                if statistic.startswith("p")
+                else {"Statistic": statistic}
+            ),
+            "Threshold": microseconds,
+            **common,
+        }
+    )
+    return requests
+
+
+def scaling_requests(
+    endpoint_name: str, variant: str, scaling: ScalingSettings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """RegisterScalableTarget and PutScalingPolicy (target tracking on invocations/instance)."""
+    target = {
+        "ServiceNamespace": SCALING_NAMESPACE,
+        "ResourceId": resource_id(endpoint_name, variant),
+        "ScalableDimension": SCALABLE_DIMENSION,
+    }
+    register = {
+        **target,
+        "MinCapacity": scaling.min_instances,
+        "MaxCapacity": scaling.max_instances,
+    }
+    policy = {
+        "PolicyName": scaling_policy_name(endpoint_name, variant),
+        **target,
+        "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {
+            "TargetValue": scaling.target_invocations_per_instance,
+            "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
+            "ScaleInCooldown": scaling.scale_in_cooldown_seconds,
+            "ScaleOutCooldown": scaling.scale_out_cooldown_seconds,
+        },
+    }
+    return register, policy
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+
+def hosting_instance(
+    catalog: Catalog, endpoint: EndpointSettings, parameters: int, model: str
+) -> Choice:
+    """The instance type for the endpoint: the pinned one if it holds the model, else the
+    catalog's cheapest type that is offered for endpoints and fits."""
+    label = f"endpoint of {model}"
+    try:
+        need = hosting_memory(parameters, endpoint.serving_precision)
+        if endpoint.instance_type != "auto":
+            choice = catalog.check_pinned(endpoint.instance_type, need, model=label)
+            price, ceiling = choice.instance.price_per_hour, endpoint.max_price_per_hour
+            if ceiling is not None and price is not None and price > ceiling:
+                raise EndpointError(
+                    f"endpoint instance_type: the pinned {choice.name} costs "
+                    f"{choice.instance.price}, above max_price_per_hour ({ceiling}): raise the "
+                    "ceiling, pin a cheaper type, or set instance_type: auto"
+                )
+            return choice
+        return catalog.choose(
+            need,
+            allowed=endpoint.allowed_instance_types or None,
+            max_price=endpoint.max_price_per_hour,
+            model=label,
+        )
+    except CatalogError as err:
+        raise EndpointError(f"endpoint instance type for {model}: {err}") from None
+
+
+def _check(requests: dict[str, Any], instance_count: int, catalog: Catalog | None) -> None:
+    validate("sagemaker", "CreateModel", requests["CreateModel"])
+    validate("sagemaker", "CreateEndpointConfig", requests["CreateEndpointConfig"])
+    validate("sagemaker", "CreateEndpoint", requests["CreateEndpoint"])
+    validate("sagemaker", "UpdateEndpoint", requests["UpdateEndpoint"])
+    for alarm in requests["PutMetricAlarm"]:
+        validate("cloudwatch", "PutMetricAlarm", alarm)
+    if requests.get("RegisterScalableTarget"):
+        validate(
+            "application-autoscaling", "RegisterScalableTarget", requests["RegisterScalableTarget"]
+        )
+        validate("application-autoscaling", "PutScalingPolicy", requests["PutScalingPolicy"])
+    problems = endpoint_config_problems(requests["CreateEndpointConfig"], catalog)
+    problems += deployment_config_problems(
+        requests["UpdateEndpoint"]["DeploymentConfig"], instance_count
+    )
+    if problems:
+        raise EndpointError("endpoint requests refused: " + "; ".join(problems))
+
+
+def _named(
+    endpoint_name: str,
+    model_version: str,
+    model: dict[str, Any],
+    config: dict[str, Any],
+    deployment: dict[str, Any],
+) -> dict[str, Any]:
+    """The named requests: the config names the model, the endpoint requests name the config."""
+    model_name = versioned_name(endpoint_name, model_version, request_digest(model, "ModelName"))
+    model = {"ModelName": model_name, **model}
+    config = copy.deepcopy(config)
+    for variant in config["ProductionVariants"]:
+        variant["ModelName"] = model_name
+    config_name = versioned_name(
+        endpoint_name, model_version, request_digest(config, "EndpointConfigName")
+    )
+    tags = config.get("Tags", [])
+    return {
+        "CreateModel": model,
+        "CreateEndpointConfig": {"EndpointConfigName": config_name, **config},
+        "CreateEndpoint": {
+            "EndpointName": endpoint_name,
+            "EndpointConfigName": config_name,
+            "Tags": tags,
+        },
+        "UpdateEndpoint": {
+            "EndpointName": endpoint_name,
+            "EndpointConfigName": config_name,
+            "DeploymentConfig": deployment,
+            # the new config's instance count and weight, not the old fleet's
+            "RetainAllVariantProperties": False,
+        },
+    }
+
+
+def plan_endpoint(
+    settings: SageMakerSettings,
+    endpoint: EndpointSettings | None = None,
+    *,
+    endpoint_name: str,
+    model_version: str,
+    model_data_url: str,
+    parameters: int,
+    tags: dict[str, str] | None = None,
+    catalog: Catalog | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """Every request of one deployment, named and validated, offline; JSON-able.
+
+    ``parameters`` is the model's parameter count (``fmops.catalog.count_parameters`` on the
+    base model's safetensors), which sizes the instance with ``hosting_memory`` at
+    ``endpoint.serving_precision``; ``model_data_url`` is the training job's ``model.tar.gz``.
+    """
+    from fmops.catalog import load_catalog
+    from fmops.sagemaker.images import image_uri
+
+    endpoint = endpoint or EndpointSettings()
+    check_endpoint_name(endpoint_name)
+    if catalog is None:
+        try:
+            catalog = load_catalog(settings.region)
+        except CatalogError as err:
+            raise EndpointError(f"sagemaker.region: {err}") from None
+    label = model or f"{endpoint_name} version {model_version}"
+    choice = hosting_instance(catalog, endpoint, parameters, label)
+    notes: list[str] = []
+    resource_tags = {
+        **(tags or {}),
+        "fmops:endpoint": endpoint_name,
+        "fmops:model-version": str(model_version),
+    }
+    variant = endpoint.variant_name
+    names = alarm_names(endpoint_name, variant, endpoint.alarms)
+    model_part = model_request(
+        settings,
+        image=image_uri("inference", settings, choice.name),
+        model_data_url=model_data_url,
+        tags=resource_tags,
+    )
+    config_part = endpoint_config_request(
+        settings,
+        endpoint,
+        model_name="",  # named by _named, from the model request's hash
+        instance_type=choice.name,
+        instance_count=endpoint.instance_count,
+        tags=resource_tags,
+        catalog=catalog,
+        notes=notes,
+    )
+    requests = _named(
+        endpoint_name,
+        str(model_version),
+        model_part,
+        config_part,
+        deployment_config(endpoint.traffic, list(names.values())),
+    )
+    # The alarms outlive a version (CloudWatch also ignores Tags when it updates an alarm).
+    alarm_tags = {k: v for k, v in resource_tags.items() if k != "fmops:model-version"}
+    requests["PutMetricAlarm"] = alarm_requests(endpoint_name, variant, endpoint.alarms, alarm_tags)
+    if endpoint.scaling.enabled:
+        register, policy = scaling_requests(endpoint_name, variant, endpoint.scaling)
+        requests["RegisterScalableTarget"], requests["PutScalingPolicy"] = register, policy
+    else:
+        requests["RegisterScalableTarget"] = requests["PutScalingPolicy"] = None
+    _check(requests, endpoint.instance_count, catalog)
+    traffic = endpoint.traffic
+    if traffic.mode != "ALL_AT_ONCE" and endpoint.instance_count == 1:
+        notes.append(
+            f"{traffic.mode} with one instance: a traffic step cannot be smaller than an "
+            "instance, so the first step takes the whole new fleet; give instance_count >= 2 "
+            "for a real canary or linear shift"
+        )
+    if not settings.network_isolation:
+        notes.append("network isolation is off: the serving container can reach the internet")
+    log.info(
+        "planned endpoint %s version %s: %s x %d, %s traffic shift; %s",
+        endpoint_name,
+        model_version,
+        choice.name,
+        endpoint.instance_count,
+        traffic.mode,
+        "; ".join(notes) or "no notes",
+    )
+    return {
+        "endpoint_name": endpoint_name,
+        "model_version": str(model_version),
+        "variant_name": variant,
+        "model_name": requests["CreateModel"]["ModelName"],
+        "endpoint_config_name": requests["CreateEndpointConfig"]["EndpointConfigName"],
+        "model_data_url": model_data_url,
+        "instance": {**choice.as_record(), "explain": choice.explain()},
+        "instance_count": endpoint.instance_count,
+        "alarm_names": list(names.values()),
+        "requests": requests,
+        "wait": {
+            "timeout_seconds": endpoint.deployment_wait_seconds,
+            "poll_seconds": endpoint.poll_seconds,
+        },
+        "scaling": endpoint.scaling.model_dump(),
+        "notes": notes,
+    }
+
+
+def with_instance_count(plan: dict[str, Any], count: int) -> dict[str, Any]:
+    """The plan with the new fleet started at ``count`` instances (a new config name)."""
+    plan = copy.deepcopy(plan)
+    requests = plan["requests"]
+    config = requests["CreateEndpointConfig"]
+    for variant in config["ProductionVariants"]:
+        variant["InitialInstanceCount"] = count
+    name = versioned_name(
+        plan["endpoint_name"],
+        plan["model_version"],
+        request_digest(config, "EndpointConfigName"),
+    )
+    config["EndpointConfigName"] = name
+    requests["CreateEndpoint"]["EndpointConfigName"] = name
+    requests["UpdateEndpoint"]["EndpointConfigName"] = name
+    plan["endpoint_config_name"], plan["instance_count"] = name, count
+    return plan
+
+
+# -- the wait --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one DescribeEndpoint says about a deployment of ``expected`` config."""
+
+    state: Literal["succeeded", "waiting", "failed"]
+    status: str
+    config_name: str | None
+    reason: str
+    rolled_back: bool = False
+
+
+def _rollback_alarms(description: dict[str, Any]) -> list[str]:
+    last = description.get("LastDeploymentConfig") or {}
+    alarms = (last.get("AutoRollbackConfiguration") or {}).get("Alarms") or []
+    return [a["AlarmName"] for a in alarms if a.get("AlarmName")]
+
+
+def deployment_outcome(
+    description: dict[str, Any],
+    expected_config_name: str,
+    *,
+    previous_config_name: str | None = None,
+) -> Outcome:
+    """Success only when ``InService`` on the expected (new) config; ``InService`` on another
+    config after an update is SageMaker's automatic rollback: a failure, with the reason."""
+    status = description.get("EndpointStatus", "")
+    config = description.get("EndpointConfigName")
+    name = description.get("EndpointName", "the endpoint")
+    failure = description.get("FailureReason")
+    because = f": {failure}" if failure else ""
+    if status == "InService":
+        if config == expected_config_name:
+            return Outcome("succeeded", status, config, f"{name} is InService on {config}")
+        target = "the previous config " if config == previous_config_name else ""
+        alarms = _rollback_alarms(description)
+        watched = f"; its rollback alarms: {', '.join(alarms)}" if alarms else ""
+        why = because or " (an alarm went off, or the new fleet did not start)"
+        return Outcome(
+            "failed",
+            status,
+            config,
+            f"{name} is InService on {target}{config}, not on the new {expected_config_name}: "
+            f"SageMaker rolled the deployment back{why}{watched}",
+            rolled_back=True,
+        )
+    if status in BROKEN:
+        return Outcome(
+            "failed",
+            status,
+            config,
+            f"{name} is {status}{because or ' (no FailureReason given)'}",
+            rolled_back=status == "UpdateRollbackFailed",
+        )
+    if status in IN_PROGRESS:
+        pending = (description.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+        if status == "Updating" and pending and pending != expected_config_name:
+            return Outcome(
+                "failed",
+                status,
+                config,
+                f"{name} is Updating to {pending}, not to {expected_config_name}: another "
+                "deployment runs on this endpoint",
+            )
+        return Outcome("waiting", status, config, f"{name} is {status}")
+    return Outcome("failed", status, config, f"{name} has an unexpected status {status!r}")
+
+
+def _progress(description: dict[str, Any]) -> str:
+    pending = description.get("PendingDeploymentSummary") or {}
+    parts = [
+        f"{v.get('VariantName')}: weight {v.get('CurrentWeight')} -> {v.get('DesiredWeight')}, "
+        f"instances {v.get('CurrentInstanceCount')} -> {v.get('DesiredInstanceCount')}"
+        for v in pending.get("ProductionVariants") or []
+    ]
+    return "; ".join(parts)
+
+
+def await_deployment(
+    describe: Callable[[], dict[str, Any]],
+    expected_config_name: str,
+    *,
+    previous_config_name: str | None = None,
+    timeout_seconds: float,
+    poll_seconds: float = 30,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    explain: Callable[[], str] | None = None,
+) -> dict[str, Any]:
+    """Poll ``describe`` until the deployment succeeds (returns the description) or fails
+    (``DeploymentFailedError``, with ``explain()`` appended: the alarms in ALARM, say)."""
+    start = clock()
+    seen_update = False
+    polls = 0
+    while True:
+        description = describe()
+        polls += 1
+        outcome = deployment_outcome(
+            description, expected_config_name, previous_config_name=previous_config_name
+        )
+        seen_update |= outcome.status in IN_PROGRESS
+        if outcome.state == "succeeded":
+            log.info("%s", outcome.reason)
+            return description
+        stale = (
+            outcome.rolled_back
+            and outcome.status == "InService"
+            and not seen_update
+            and not description.get("FailureReason")
+            and polls < SETTLE_POLLS
+        )
+        if outcome.state == "failed" and not stale:
+            extra = explain() if explain else ""
+            raise DeploymentFailedError(
+                outcome.reason + (f"; {extra}" if extra else ""),
+                endpoint_name=description.get("EndpointName", ""),
+                status=outcome.status,
+                config_name=outcome.config_name,
+                rolled_back=outcome.rolled_back,
+            )
+        elapsed = clock() - start
+        if elapsed >= timeout_seconds:
+            raise DeploymentFailedError(
+                f"{outcome.reason} after {elapsed:.0f} s, longer than the wait of "
+                f"{timeout_seconds:.0f} s; the deployment may still be running: SageMaker rolls "
+                "it back itself at MaximumExecutionTimeoutInSeconds",
+                endpoint_name=description.get("EndpointName", ""),
+                status=outcome.status,
+                config_name=outcome.config_name,
+            )
+        progress = _progress(description)
+        shown = f" ({progress})" if progress else ""
+        log.info("%s%s; next look in %s s", outcome.reason, shown, poll_seconds)
+        sleep(poll_seconds)
+
+
+# -- running a deployment --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointClients:
+    sagemaker: Any
+    cloudwatch: Any
+    autoscaling: Any
+
+
+def clients(
+    aws_conn_id: str = "aws_default", region_name: str | None = None, max_attempts: int = 10
+) -> EndpointClients:
+    """The three boto3 clients from the Airflow AWS connection, with botocore's adaptive retries
+    (throttling and transient errors only), as ``fmops.jobs.sagemaker`` makes its clients."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    from botocore.config import Config
+
+    made = {}
+    for service in ("sagemaker", "cloudwatch", "application-autoscaling"):
+        hook = AwsBaseHook(aws_conn_id=aws_conn_id, region_name=region_name, client_type=service)
+        retries = Config(retries={"mode": "adaptive", "total_max_attempts": max_attempts})
+        made[service] = hook.get_client_type(
+            region_name=hook.region_name, config=retries.merge(hook.config)
+        )
+    return EndpointClients(made["sagemaker"], made["cloudwatch"], made["application-autoscaling"])
+
+
+def _missing(err: ClientError) -> bool:
+    """SageMaker's (and moto's) answer for an unknown model, config or endpoint."""
+    error = err.response.get("Error", {})
+    message = error.get("Message", "").lower()
+    return error.get("Code") in ("ValidationException", "ResourceNotFound") and (
+        "could not find" in message or "not found" in message
+    )
+
+
+def _describe(call: Callable[..., dict[str, Any]], **name: str) -> dict[str, Any] | None:
+    try:
+        return call(**name)
+    except ClientError as err:
+        if _missing(err):
+            return None
+        raise
+
+
+def check_model_archive(s3: Any, model_data_url: str) -> None:
+    """Refuse a model archive without ``code/inference.py`` (streamed, stops once found)."""
+    from fmops.sagemaker.staging import split_uri
+
+    bucket, key = split_uri(check_model_data_url(model_data_url))
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        with tarfile.open(fileobj=body, mode="r|gz") as archive:
+            for member in archive:
+                if member.isfile() and member.name.removeprefix("./") == ARCHIVE_CODE:
+                    return
+    except tarfile.TarError as err:
+        raise EndpointError(f"{model_data_url} is not a gzipped tar archive: {err}") from None
+    finally:
+        body.close()
+    raise EndpointError(MISSING_CODE.format(uri=model_data_url, code=ARCHIVE_CODE))
+
+
+def _ensure(
+    sagemaker: Any, kind: str, request: dict[str, Any], name_field: str
+) -> Literal["created", "reused"]:
+    name = request[name_field]
+    if _describe(getattr(sagemaker, f"describe_{kind}"), **{name_field: name}) is not None:
+        log.info("%s %s exists (same request, same name): reused", kind, name)
+        return "reused"
+    getattr(sagemaker, f"create_{kind}")(**request)
+    log.info("created %s %s", kind, name)
+    return "created"
+
+
+def alarms_in_alarm(cloudwatch: Any, names: list[str]) -> list[str]:
+    found = cloudwatch.describe_alarms(AlarmNames=names).get("MetricAlarms", [])
+    return [a["AlarmName"] for a in found if a.get("StateValue") == "ALARM"]
+
+
+def _registered(autoscaling: Any, target: dict[str, Any]) -> bool:
+    found = autoscaling.describe_scalable_targets(
+        ServiceNamespace=target["ServiceNamespace"],
+        ResourceIds=[target["ResourceId"]],
+        ScalableDimension=target["ScalableDimension"],
+    )
+    return bool(found.get("ScalableTargets"))
+
+
+def _deregister(autoscaling: Any, plan: dict[str, Any]) -> None:
+    register = plan["requests"]["RegisterScalableTarget"]
+    policy = plan["requests"]["PutScalingPolicy"]
+    target = {k: register[k] for k in ("ServiceNamespace", "ResourceId", "ScalableDimension")}
+    try:
+        autoscaling.delete_scaling_policy(PolicyName=policy["PolicyName"], **target)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code")
+        if code not in ("ObjectNotFoundException", "ValidationException"):
+            raise
+    autoscaling.deregister_scalable_target(**target)
+    log.info("auto scaling of %s removed for the update (the instance type changes)", target)
+
+
+def _register(autoscaling: Any, plan: dict[str, Any]) -> dict[str, Any] | None:
+    register = plan["requests"].get("RegisterScalableTarget")
+    if not register:
+        return None
+    autoscaling.register_scalable_target(**register)
+    autoscaling.put_scaling_policy(**plan["requests"]["PutScalingPolicy"])
+    log.info(
+        "auto scaling %s: %d-%d instances, target %s invocations per instance per minute",
+        register["ResourceId"],
+        register["MinCapacity"],
+        register["MaxCapacity"],
+        plan["requests"]["PutScalingPolicy"]["TargetTrackingScalingPolicyConfiguration"][
+            "TargetValue"
+        ],
+    )
+    return {"resource_id": register["ResourceId"], **plan["scaling"]}
+
+
+def _current_count(description: dict[str, Any], variant: str) -> int:
+    for summary in description.get("ProductionVariants") or []:
+        if summary.get("VariantName") == variant:
+            return int(summary.get("CurrentInstanceCount") or 0)
+    return 0
+
+
+def _variant_of(sagemaker: Any, config_name: str, variant: str) -> dict[str, Any]:
+    """The variant of an endpoint config (and its KmsKeyId), or {} if it is gone."""
+    config = _describe(sagemaker.describe_endpoint_config, EndpointConfigName=config_name) or {}
+    for item in config.get("ProductionVariants", []):
+        if item.get("VariantName") == variant:
+            return {**item, "KmsKeyId": config.get("KmsKeyId")}
+    return {}
+
+
+def _serves_plan(live: dict[str, Any], plan: dict[str, Any]) -> bool:
+    """Whether a live variant serves the plan's model the plan's way; the instance count is
+    auto scaling's business and does not count."""
+    config = plan["requests"]["CreateEndpointConfig"]
+    wanted = config["ProductionVariants"][0]
+    return bool(live) and all(
+        live.get(key) == value
+        for key, value in (
+            ("ModelName", wanted["ModelName"]),
+            ("InstanceType", wanted["InstanceType"]),
+            ("KmsKeyId", config.get("KmsKeyId")),
+        )
+    )
+
+
+def deploy(
+    plan: dict[str, Any],
+    *,
+    sagemaker: Any,
+    cloudwatch: Any,
+    autoscaling: Any,
+    s3: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Run one deployment of ``plan_endpoint``'s plan; blocking, idempotent on retry.
+
+    Returns what was done: ``action`` is ``created``, ``updated``, ``reattached`` (a deployment of
+    this version was already under way) or ``unchanged`` (already serving it). Raises
+    ``DeploymentFailedError`` when the deployment failed or was rolled back (the endpoint then
+    serves the previous config), ``EndpointBusyError`` when another deployment holds the
+    endpoint, ``EndpointError`` when the model archive lacks its serving code (``s3`` given).
+    """
+    name = plan["endpoint_name"]
+    variant = plan["variant_name"]
+    requests = plan["requests"]
+    alarms = plan["alarm_names"]
+    if s3 is not None:
+        check_model_archive(s3, plan["model_data_url"])
+    current = _describe(sagemaker.describe_endpoint, EndpointName=name)
+    status = current["EndpointStatus"] if current else None
+    previous = current.get("EndpointConfigName") if current else None
+
+    def describe() -> dict[str, Any]:
+        return sagemaker.describe_endpoint(EndpointName=name)
+
+    def explain() -> str:
+        firing = alarms_in_alarm(cloudwatch, alarms)
+        return (
+            f"CloudWatch alarms in ALARM: {', '.join(firing)}"
+            if firing
+            else f"none of the rollback alarms is in ALARM now ({', '.join(alarms)})"
+        )
+
+    wait = plan["wait"]
+
+    def finish(action: str, expected: str, before: str | None) -> dict[str, Any]:
+        final = await_deployment(
+            describe,
+            expected,
+            previous_config_name=before,
+            timeout_seconds=wait["timeout_seconds"],
+            poll_seconds=wait["poll_seconds"],
+            sleep=sleep,
+            clock=clock,
+            explain=explain,
+        )
+        return {
+            "endpoint_name": name,
+            "action": action,
+            "endpoint_config_name": expected,
+            "previous_endpoint_config_name": before,
+            "model_name": plan["model_name"],
+            "instance_type": plan["instance"]["instance_type"],
+            "instance_count": plan["instance_count"],
+            "status": final["EndpointStatus"],
+            "alarms": alarms,
+            "scaling": _register(autoscaling, plan),
+            "notes": plan["notes"],
+        }
+
+    if status in IN_PROGRESS:
+        pending = (current.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+        target = pending or (previous if status == "Creating" else None)
+        prefix = version_prefix(name, plan["model_version"])
+        if target and (target == plan["endpoint_config_name"] or target.startswith(prefix)):
+            log.info("%s is %s to %s, this version: waiting for it", name, status, target)
+            return finish("reattached", target, None if status == "Creating" else previous)
+        raise EndpointBusyError(
+            f"endpoint {name} is {status}"
+            + (f" to {target}" if target else "")
+            + ": another deployment or maintenance holds it; run again once it is InService"
+        )
+    if status in BROKEN:
+        reason = current.get("FailureReason") or "no FailureReason given"
+        raise DeploymentFailedError(
+            f"endpoint {name} is {status} ({reason}): SageMaker cannot update it; an operator "
+            f"must repair it (UpdateRollbackFailed) or delete it (Failed) before fmops deploys",
+            endpoint_name=name,
+            status=status,
+            config_name=previous,
+        )
+    live: dict[str, Any] = {}
+    if current is not None and previous.startswith(version_prefix(name, plan["model_version"])):
+        live = _variant_of(sagemaker, previous, variant)
+    if current is not None and (
+        previous == plan["endpoint_config_name"] or _serves_plan(live, plan)
+    ):
+        log.info("%s already serves this model with %s: nothing to deploy", name, previous)
+        for alarm in requests["PutMetricAlarm"]:
+            cloudwatch.put_metric_alarm(**alarm)
+        return finish("unchanged", previous, None)
+    if current is not None and plan["scaling"]["enabled"]:
+        # A blue/green update starts the new fleet at the config's count; if auto scaling grew
+        # the old one, start the new one as large (up to the maximum), so the shift holds load.
+        count = _current_count(current, variant)
+        wanted = min(count, plan["scaling"]["max_instances"])
+        if wanted > plan["instance_count"]:
+            log.info("%s serves on %d instances: the new fleet starts with %d", name, count, wanted)
+            plan = with_instance_count(plan, wanted)
+            requests = plan["requests"]
+
+    _ensure(sagemaker, "model", requests["CreateModel"], "ModelName")
+    _ensure(sagemaker, "endpoint_config", requests["CreateEndpointConfig"], "EndpointConfigName")
+    for alarm in requests["PutMetricAlarm"]:
+        cloudwatch.put_metric_alarm(**alarm)  # before UpdateEndpoint names them
+    if current is None:
+        sagemaker.create_endpoint(**requests["CreateEndpoint"])
+        log.info("creating endpoint %s with %s", name, plan["endpoint_config_name"])
+        return finish("created", plan["endpoint_config_name"], None)
+
+    firing = alarms_in_alarm(cloudwatch, alarms)
+    if firing:
+        raise DeploymentFailedError(
+            f"rollback alarm(s) {', '.join(firing)} of {name} are in ALARM now: SageMaker would "
+            "roll the update back at once. Find out why the live endpoint alarms, and deploy "
+            "once they are OK",
+            endpoint_name=name,
+            status=status,
+            config_name=previous,
+        )
+    register = requests.get("RegisterScalableTarget")
+    deregistered = False
+    if register and _registered(autoscaling, register):
+        new_type = plan["instance"]["instance_type"]
+        if _variant_of(sagemaker, previous, variant).get("InstanceType") != new_type:
+            _deregister(autoscaling, plan)
+            deregistered = True
+    sagemaker.update_endpoint(**requests["UpdateEndpoint"])
+    log.info(
+        "updating endpoint %s from %s to %s: %s",
+        name,
+        previous,
+        plan["endpoint_config_name"],
+        json.dumps(requests["UpdateEndpoint"]["DeploymentConfig"]),
+    )
+    try:
+        return finish("updated", plan["endpoint_config_name"], previous)
+    except DeploymentFailedError as err:
+        if deregistered and err.status == "InService":
+            _register(autoscaling, plan)  # the old fleet serves again: scale it as before
+        raise

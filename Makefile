@@ -50,7 +50,7 @@ lock:  ## re-resolve requirements.in into a fresh venv and write the pinned requ
 	rm -rf .lock-venv
 
 bench: $(STAMP)
-	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in benchmarks/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

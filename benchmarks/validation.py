@@ -39,16 +39,17 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402 - beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "include/configs/local.yaml"
@@ -560,38 +561,9 @@ def finish(started: tuple[subprocess.Popen, Any, str]) -> dict[str, Any]:
 
 
 def machine() -> list[str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next(
-        (x.split(":", 1)[1].strip() for x in cpuinfo.splitlines() if x.startswith("model name")),
-        platform.processor() or "unknown",
+    return _common.machine(
+        ("pandas", "numpy", "great_expectations", "transformers", "tokenizers", "psutil")
     )
-    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    total = next(
-        (int(x.split()[1]) / 1024 / 1024 for x in meminfo.splitlines() if x.startswith("MemTotal")),
-        0.0,
-    )
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = []
-    for package in (
-        "pandas",
-        "numpy",
-        "great_expectations",
-        "transformers",
-        "tokenizers",
-        "psutil",
-    ):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0, 0, 0)
-    return [
-        f"date:     {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"machine:  {model}; {os.cpu_count()} cores ({usable} usable); {total:.1f} GiB memory; "
-        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start",
-        f"python:   {platform.python_version()} ({platform.platform()})",
-        f"packages: {', '.join(versions)}",
-    ]
 
 
 def main() -> None:

@@ -170,7 +170,8 @@ def test_an_unsupported_uri_scheme_raises() -> None:
 @pytest.fixture
 def s3_bucket(monkeypatch: pytest.MonkeyPatch):
     """A mocked S3 bucket "fmops-test-data" (no network, fake credentials)."""
-    moto = pytest.importorskip("moto")
+    import moto
+
     for name, value in {
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "testing",

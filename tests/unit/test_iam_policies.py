@@ -251,8 +251,6 @@ def test_job_names_and_log_groups_are_the_ones_the_code_uses():
 
 
 def test_alarms_and_scaling_are_the_ones_the_endpoints_use():
-    if not (ROOT / "include/fmops/sagemaker/endpoints.py").exists():
-        pytest.skip("no fmops.sagemaker.endpoints in this checkout")
     from fmops.sagemaker import endpoints
 
     names = endpoints.alarm_names(

@@ -421,8 +421,9 @@ def test_s3_layout():
 
 
 def test_uploads_to_moto_s3_are_idempotent(tmp_path):
-    boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
+    import boto3
+    import moto
+
     with moto.mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="fmops-test")

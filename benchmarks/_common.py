@@ -1,0 +1,40 @@
+"""What every benchmark prints first: the machine, its load and the versions its figures need.
+
+Imported by the scripts beside it (``python benchmarks/<name>.py`` puts this folder on the path).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+
+def machine(packages: tuple[str, ...]) -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (x.split(":", 1)[1].strip() for x in cpuinfo.splitlines() if x.startswith("model name")),
+        platform.processor() or "unknown",
+    )
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    total = next(
+        (int(x.split()[1]) / 1024 / 1024 for x in meminfo.splitlines() if x.startswith("MemTotal")),
+        0.0,
+    )
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = []
+    for package in packages:
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} (not installed)")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0, 0, 0)
+    return [
+        f"date:     {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"machine:  {model}; {os.cpu_count()} cores ({usable} usable); {total:.1f} GiB memory; "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start",
+        f"python:   {platform.python_version()} ({platform.platform()})",
+        f"packages: {', '.join(versions)}",
+    ]

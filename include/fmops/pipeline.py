@@ -295,7 +295,45 @@ def submit(plan: dict) -> dict:
         "name": name,
         "action": action,
         **({"zero_shot": True} if plan.get("zero_shot") else {}),
+        **({"price": _price(plan["cost"])} if plan.get("cost") else {}),
     }
+
+
+def _price(cost: dict) -> dict:
+    return {k: cost.get(k) for k in ("instance_type", "usd_per_hour", "price_source", "instances")}
+
+
+def _seconds_between(start: Any, end: Any) -> float | None:
+    if not start or not end:
+        return None
+    start, end = (datetime.fromisoformat(t) if isinstance(t, str) else t for t in (start, end))
+    return (end - start).total_seconds()
+
+
+def job_cost(handle: dict, description: dict) -> dict | None:
+    """What a finished job cost: billed seconds x the on-demand price x instances, and for
+    managed spot training the saving against the seconds it trained. None on the local target
+    (no price); ``usd`` None when the description has no billed time."""
+    price = handle.get("price")
+    if not price or price.get("usd_per_hour") is None:
+        return None
+    record: dict[str, Any] = dict(price)
+    if handle["kind"] == "training":
+        trained = description.get("TrainingTimeInSeconds")
+        billed = description.get("BillableTimeInSeconds", trained)
+        if description.get("EnableManagedSpotTraining") and trained and billed is not None:
+            record["spot_saving_percent"] = round(100 * (1 - billed / trained), 1)
+    else:
+        billed = _seconds_between(
+            description.get("ProcessingStartTime"), description.get("ProcessingEndTime")
+        )
+    record["billed_seconds"] = billed
+    record["usd"] = (
+        None
+        if billed is None
+        else round(billed / 3600 * price["usd_per_hour"] * (price.get("instances") or 1), 4)
+    )
+    return record
 
 
 def jsonable(value: Any) -> Any:
@@ -323,6 +361,7 @@ def job_outcome(handle: dict, description: dict) -> dict:
         "job_name": name,
         "target": handle["target"],
         "status": status,
+        "cost": job_cost(handle, description),
     }
     if kind == "training":
         outcome.update(

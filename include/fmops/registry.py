@@ -192,6 +192,10 @@ def record_runs(
             metrics.update({k.replace(":", "_"): v for k, v in training["final_metrics"].items()})
             if training.get("training_seconds") is not None:
                 metrics["training_seconds"] = training["training_seconds"]
+            if (training.get("cost") or {}).get("usd") is not None:
+                metrics["training_cost_usd"] = training["cost"]["usd"]
+        if (evaluation.get("cost") or {}).get("usd") is not None:
+            metrics["evaluation_cost_usd"] = evaluation["cost"]["usd"]
             text = job_logs.get(training["job_name"], "")
             if text and not mlflow_client.get_run(child).data.metrics.get("train_loss"):
                 _log_training_curves(mlflow_client, child, text)
@@ -226,6 +230,41 @@ def _unpack(model_artifacts: str, target: Path, aws_conn_id: str | None = None) 
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")
     return target
+
+
+def run_costs(trained: list[dict], evaluations: list[dict]) -> dict[str, Any] | None:
+    """Each job's cost and the run's total; None on the local target (nothing is billed)."""
+    jobs = [
+        {"job_name": o["job_name"], "candidate": o["candidate"], **o["cost"]}
+        for o in [*trained, *evaluations]
+        if o and o.get("cost")
+    ]
+    if not jobs:
+        return None
+    known = [j["usd"] for j in jobs if j.get("usd") is not None]
+    return {
+        "jobs": jobs,
+        "total_usd": round(sum(known), 4),
+        "unknown": [j["job_name"] for j in jobs if j.get("usd") is None],
+    }
+
+
+def cost_lines(costs: dict[str, Any] | None) -> str:
+    if not costs:
+        return "Local target: the jobs ran on this machine and nothing was billed."
+    lines = [
+        f"- `{j['job_name']}` ({j['candidate']}): "
+        + (
+            f"${j['usd']:.4f} = {j['billed_seconds']:.0f} s x ${j['usd_per_hour']}/h x "
+            f"{j.get('instances') or 1} {j['instance_type']}"
+            if j.get("usd") is not None
+            else "no billed time reported"
+        )
+        + (f", spot saving {j['spot_saving_percent']}%" if "spot_saving_percent" in j else "")
+        for j in costs["jobs"]
+    ]
+    unknown = f" ({len(costs['unknown'])} job(s) without a billed time)" if costs["unknown"] else ""
+    return "\n".join([*lines, f"- run total: ${costs['total_usd']:.4f}{unknown}"])
 
 
 def model_card(
@@ -278,6 +317,9 @@ gain over the untuned baseline: {decision.get("gain_over_baseline", "n/a")}.
 Candidates that failed and were not compared:
 {failures}
 
+## Cost
+{cost_lines(decision.get("costs"))}
+
 ## Known limits
 English banking queries only; labels outside the declared set are never predicted.
 """
@@ -300,6 +342,8 @@ def register(
     import pandas as pd
 
     mlflow_client = client(config)
+    # The run's bill goes with the leaderboard (leaderboard.json) and onto the model card.
+    decision = {**decision, "costs": run_costs(trained, evaluations)}
     runs = record_runs(
         config,
         resolved,

@@ -95,6 +95,9 @@ def test_stages_on_the_sagemaker_target(sagemaker_config, aws_env):
     outcome = pipeline.job_outcome(handle, describe(backend, "training", handle["name"]))
     assert outcome["model_artifacts"].startswith("s3://")
     assert outcome["target"] == "sagemaker"
+    # The plan's price travels with the job; the cost is the billed time at that price.
+    assert handle["price"]["usd_per_hour"] == plan["cost"]["usd_per_hour"] > 0
+    assert outcome["cost"]["instance_type"] == plan["request"]["ResourceConfig"]["InstanceType"]
 
     # evaluation: a processing job per trained candidate and the baseline; metrics from S3.
     evaluations = pipeline.plan_evaluation(

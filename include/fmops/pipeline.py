@@ -284,9 +284,7 @@ def submit(plan: dict) -> dict:
     if cached:
         name, action = cached, "cached"
     else:
-        name, action = ensure_job(
-            backend_for(plan), plan["kind"], plan["base_name"], plan["request"]
-        )
+        name, action, plan = _create_with_fallback(plan)
         if plan.get("cache_key"):
             cache.record(
                 plan["cache_key"], plan["cache_fields"], name, plan["pipeline"], plan["candidate"]
@@ -296,7 +294,42 @@ def submit(plan: dict) -> dict:
         "action": action,
         **({"zero_shot": True} if plan.get("zero_shot") else {}),
         **({"price": _price(plan["cost"])} if plan.get("cost") else {}),
+        # What a capacity fallback needs to start the job again on the next instance type.
+        **({"plan": plan} if (plan.get("instance") or {}).get("fallbacks") else {}),
+        **({"instance": plan["instance"]} if plan.get("instance") else {}),
     }
+
+
+def _create_with_fallback(plan: dict) -> tuple[str, str, dict]:
+    """ensure_job, moving to the next instance type while the account's quota refuses one."""
+    from botocore.exceptions import ClientError
+
+    from fmops.sagemaker import capacity
+
+    while True:
+        try:
+            name, action = ensure_job(
+                backend_for(plan), plan["kind"], plan["base_name"], plan["request"]
+            )
+            return name, action, plan
+        except ClientError as err:
+            moved = capacity.next_type(plan, str(err)) if capacity.is_quota_error(err) else None
+            if moved is None:
+                raise
+            plan = moved
+
+
+def capacity_fallback(handle: dict, description: dict) -> dict | None:
+    """A failed training job that SageMaker could not provision, started again as a new attempt
+    on the next instance type that fits; None when it failed otherwise or no type is left."""
+    from fmops.sagemaker import capacity
+
+    if "plan" not in handle or not capacity.is_capacity_failure(description):
+        return None
+    moved = capacity.next_type(handle["plan"], description.get("FailureReason", "")[:200])
+    if moved is None:
+        return None
+    return submit({**moved, "force": True})  # the failed attempt is kept; ensure_job adds -aN
 
 
 def _price(cost: dict) -> dict:
@@ -362,6 +395,7 @@ def job_outcome(handle: dict, description: dict) -> dict:
         "target": handle["target"],
         "status": status,
         "cost": job_cost(handle, description),
+        **({"instance": handle["instance"]} if handle.get("instance") else {}),
     }
     if kind == "training":
         outcome.update(

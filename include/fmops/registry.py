@@ -249,6 +249,18 @@ def run_costs(trained: list[dict], evaluations: list[dict]) -> dict[str, Any] | 
     }
 
 
+def instance_line(winner: dict) -> str:
+    """The SageMaker instance the winner trained on, and any capacity fallback on the way."""
+    instance = winner.get("instance")
+    if not instance:
+        return ""
+    tried = "".join(
+        f"\n  - fell back from `{t['instance_type']}`: {t['why'].splitlines()[0][:160]}"
+        for t in instance.get("tried", [])
+    )
+    return f"\n- instance `{instance['instance_type']}`: {instance.get('reason', '')}{tried}"
+
+
 def cost_lines(costs: dict[str, Any] | None) -> str:
     if not costs:
         return "Local target: the jobs ran on this machine and nothing was billed."
@@ -303,7 +315,7 @@ Pipeline `{config.pipeline}`, DAG run `{dag_id}` / `{run_id}`.
   warning(s): {"; ".join(staged["validation"]["problems"]) or "none"}
 
 ## Training
-- training job `{winner["job_name"]}`, {winner.get("training_seconds")} s
+- training job `{winner["job_name"]}`, {winner.get("training_seconds")} s{instance_line(winner)}
 - hyperparameters: `{json.dumps(winner["hyperparameters"])}`
 
 ## Evaluation

@@ -72,3 +72,22 @@ def test_the_run_total_and_the_model_card_lines():
     assert text.endswith("- run total: $1.2000 (1 job(s) without a billed time)")
     assert run_costs([{"job_name": "x", "candidate": "x", "cost": None}], []) is None
     assert "nothing was billed" in cost_lines(None)
+
+
+def test_the_model_card_names_the_instance_and_the_fallbacks():
+    from fmops.registry import instance_line
+
+    assert instance_line({"job_name": "train-a"}) == ""
+    line = instance_line(
+        {
+            "instance": {
+                "instance_type": "ml.g5.xlarge",
+                "reason": "the cheapest that fits",
+                "tried": [{"instance_type": "ml.g4dn.xlarge", "why": "CapacityError: none\nmore"}],
+            }
+        }
+    )
+    assert line == (
+        "\n- instance `ml.g5.xlarge`: the cheapest that fits"
+        "\n  - fell back from `ml.g4dn.xlarge`: CapacityError: none"
+    )

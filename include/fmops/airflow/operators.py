@@ -97,20 +97,37 @@ class AwaitJobOperator(BaseOperator):
             trigger=JobTrigger(self.handle, self.poll_interval), method_name="execute_complete"
         )
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(
+        self, context: Any, event: dict[str, Any], handle: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if handle is not None:  # the job a capacity fallback started in place of the first
+            self.handle = handle
         self.log.info(
             "%s job %s ended %s", self.handle["kind"], self.handle["name"], event["status"]
         )
         return self._outcome(event["description"])
 
     def _outcome(self, description: dict[str, Any]) -> dict[str, Any]:
-        from fmops.pipeline import JobFailedError, job_outcome
+        from fmops.pipeline import JobFailedError, capacity_fallback, job_outcome
 
         try:
             outcome = job_outcome(self.handle, description)
         except JobFailedError as err:
-            # The job's own failure is deterministic: a retry of this wait cannot change it.
-            raise AirflowFailException(str(err)) from err
+            moved = capacity_fallback(self.handle, description)
+            if moved is None:
+                # The job's own failure is deterministic: a retry of this wait cannot change it.
+                raise AirflowFailException(str(err)) from err
+            self.log.warning(
+                "%s; started %s on %s instead (capacity fallback)",
+                err,
+                moved["name"],
+                moved["instance"]["instance_type"],
+            )
+            self.defer(
+                trigger=JobTrigger(moved, self.poll_interval),
+                method_name="execute_complete",
+                kwargs={"handle": moved},
+            )
         self.log.info("outcome: %s", outcome)
         return outcome
 

@@ -96,10 +96,24 @@ def deploy(config: PipelineConfig, version: str) -> dict[str, Any]:
     }
 
 
+def serving_endpoint(config: PipelineConfig) -> Any:
+    """The endpoint the config deploys to, with ``invoke(payload) -> (status, body)``."""
+    if config.target == "sagemaker":
+        from fmops.sagemaker import options
+        from fmops.sagemaker.runtime import SageMakerEndpoint
+
+        settings = options.settings_of(config)
+        return SageMakerEndpoint(
+            config.deployment.endpoint_name, settings.aws_conn_id, settings.region
+        )
+    from fmops.deployment.local import LocalEndpoint
+
+    return LocalEndpoint(config.deployment.endpoint_name)
+
+
 def smoke_test(config: PipelineConfig, version: str) -> dict[str, Any]:
     """Labelled examples from the evaluation set through the live endpoint: all must answer."""
     from fmops.data.loading import load_table
-    from fmops.deployment.local import LocalEndpoint
 
     data = config.data
     frame = load_table(data.evaluation)
@@ -107,7 +121,7 @@ def smoke_test(config: PipelineConfig, version: str) -> dict[str, Any]:
         range(len(frame)), min(config.deployment.smoke_requests, len(frame))
     )
     labels = set(data.label_set())
-    endpoint = LocalEndpoint(config.deployment.endpoint_name)
+    endpoint = serving_endpoint(config)
     correct, failures = 0, []
     for index in rows:
         text, truth = frame.iloc[index][data.text_column], frame.iloc[index][data.label_column]

@@ -49,6 +49,7 @@ SERVICES = {
     "logs": "logs",
     "cloudwatch": "cloudwatch",
     "application-autoscaling": "application-autoscaling",
+    "sagemaker-runtime": "sagemaker",  # InvokeEndpoint (the deploy DAG's smoke test)
 }
 # Where the Airflow side's code lives, relative to the project root.
 AIRFLOW_SOURCES = ("include/fmops", "dags")

@@ -44,8 +44,9 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    """Every request a run of the config would send, with instance choices and cost upper
-    bounds; computed offline (no AWS call, no credentials). Exit 2 if it cannot be planned."""
+    """Every request a run of the config would send (jobs, then fmops_deploy's endpoint), with
+    instance choices, cost upper bounds and the endpoint's hourly rate; computed offline (no AWS
+    call, no credentials). Exit 2 if it cannot be planned, or the config is invalid."""
     from fmops.catalog import CatalogError
     from fmops.config import ConfigError, load_config
     from fmops.jobs.specs import PlanError
@@ -224,7 +225,9 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_config_check)
 
     plan = commands.add_parser(
-        "plan", help="print the job requests a run would send, with instances and costs (offline)"
+        "plan",
+        help="print the job and endpoint requests a run would send, with instances and costs "
+        "(offline)",
     )
     plan.add_argument("--config", required=True, help="pipeline YAML")
     plan.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -10,9 +10,13 @@ import pytest
 import yaml
 
 from fmops.config import (
+    AlarmSettings,
     Candidate,
     ConfigError,
+    EndpointSettings,
     PipelineConfig,
+    ScalingSettings,
+    TrafficSettings,
     config_file_choices,
     load_config,
     parse_config,
@@ -66,6 +70,23 @@ def test_local_yaml_loads_with_relative_paths():
     labels = config.data.label_set()
     assert len(labels) == 77
     assert len(set(labels)) == 77
+
+
+def test_local_yaml_deploys_all_at_once_without_waits_by_default():
+    # The local target's rollout as it has always been: the whole traffic at once, no baking
+    # period, no termination wait; alarms and endpoint settings at their defaults.
+    config = load_config("include/configs/local.yaml")
+    traffic = config.deployment.traffic
+    assert traffic == TrafficSettings()
+    assert (traffic.mode, traffic.wait_seconds, traffic.termination_wait_seconds) == (
+        "all_at_once",
+        0,
+        0,
+    )
+    assert traffic.routing_type == "ALL_AT_ONCE" and traffic.step_percent is None
+    assert config.deployment.alarms == AlarmSettings()
+    assert config.sagemaker is None
+    assert EndpointSettings().scaling == ScalingSettings()
 
 
 def test_tiny_yaml_loads_and_fills_defaults():
@@ -397,3 +418,82 @@ def test_unknown_key_named_like_a_type_is_reported_where_it_is(tmp_path):
     err, _ = problems_of(tmp_path, raw)
     assert len(err.problems) == 1
     assert err.problems[0].startswith("data.str: unknown key; allowed keys here: checks,")
+
+
+def test_deployment_blocks_round_trip(tmp_path):
+    raw = local_raw()
+    raw["deployment"]["traffic"] = {
+        "mode": "linear",
+        "linear_step_percent": 25,
+        "wait_seconds": 300,
+        "termination_wait_seconds": 120,
+        "max_execution_timeout_seconds": 3600,
+    }
+    raw["deployment"]["alarms"] = {"max_4xx_error_rate": 0.05, "latency_statistic": "p90"}
+    config = load_config(write_config(tmp_path, raw))
+    traffic = config.deployment.traffic
+    assert (traffic.mode, traffic.step_percent, traffic.timeout_seconds) == ("linear", 25, 3600)
+    assert config.deployment.alarms.max_4xx_error_rate == 0.05
+    dumped = config.model_dump(mode="json", by_alias=True)
+    assert dumped["deployment"]["traffic"] == {"canary_percent": 10, **raw["deployment"]["traffic"]}
+    assert dumped["deployment"]["alarms"]["latency_statistic"] == "p90"
+    assert load_config(write_config(tmp_path, dumped, "again.yaml")) == config
+
+
+@pytest.mark.parametrize(
+    ("traffic", "expected"),
+    [
+        (
+            {"mode": "canary", "canary_percent": 75},
+            "deployment.traffic.canary_percent: 75 is outside 1-50 (CanarySize, "
+            "CAPACITY_PERCENT: the canary is at most 50% of the new fleet's capacity): set it "
+            "between 1 and 50 (got 75)",
+        ),
+        (
+            {"termination_wait_seconds": -5},
+            "deployment.traffic.termination_wait_seconds: -5 is outside 0-3600",
+        ),
+        (
+            {"max_execution_timeout_seconds": 100},
+            "deployment.traffic.max_execution_timeout_seconds: 100 is outside 600-28800",
+        ),
+        (
+            {"mode": "linear", "linear_step_percent": 10, "wait_seconds": 3600},
+            "deployment.traffic: max_execution_timeout_seconds (MaximumExecutionTimeoutInSeconds):"
+            " linear waits 10 baking period(s) of 3600 s + termination wait 0 s = 36000 s",
+        ),
+        (
+            {"mode": "blue_green"},
+            "deployment.traffic.mode: Input should be 'all_at_once', 'canary' or 'linear' "
+            '(got "blue_green")',
+        ),
+        (
+            {"wait": 600},
+            "deployment.traffic.wait: unknown key; allowed keys here: canary_percent, "
+            "linear_step_percent, max_execution_timeout_seconds, mode, termination_wait_seconds, "
+            "wait_seconds",
+        ),
+    ],
+)
+def test_traffic_bounds_name_the_yaml_path_value_and_range(tmp_path, traffic, expected):
+    raw = local_raw()
+    raw["deployment"]["traffic"] = traffic
+    err, text = problems_of(tmp_path, raw)
+    assert err.problems[0].startswith(expected), err.problems
+    assert "pipeline.yaml" in text
+
+
+def test_alarm_bounds_name_the_yaml_path(tmp_path):
+    raw = local_raw()
+    raw["deployment"]["alarms"] = {
+        "max_5xx_error_rate": 2,
+        "period_seconds": 90,
+        "latency_statistic": "median",
+    }
+    err, _ = problems_of(tmp_path, raw)
+    wheres = sorted(p.split(":")[0] for p in err.problems)
+    assert wheres == [
+        "deployment.alarms.latency_statistic",
+        "deployment.alarms.max_5xx_error_rate",
+        "deployment.alarms.period_seconds",
+    ]

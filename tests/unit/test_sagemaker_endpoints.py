@@ -103,16 +103,15 @@ def botocore_accepts(service: str, operation: str, request: dict[str, Any]) -> b
 
 
 def test_every_request_validates_against_its_service_model(catalog):
-    endpoint = EndpointSettings(
-        instance_count=2, alarms=AlarmSettings(max_4xx_error_rate=0.2, latency_statistic="p99")
-    )
+    endpoint = EndpointSettings(instance_count=2)
+    alarms = AlarmSettings(max_4xx_error_rate=0.2, latency_statistic="p99")
     settings = SETTINGS.model_copy(
         update={
             "vpc": VpcSettings(subnets=["subnet-0a1b2c3d"], security_group_ids=["sg-0a1b2c3d"]),
             "kms": KmsSettings(endpoint_key_id="alias/fmops-endpoints"),
         }
     )
-    plan = plan_of(catalog, endpoint, settings=settings)
+    plan = plan_of(catalog, endpoint, settings=settings, alarms=alarms)
     requests = plan["requests"]
     checked = [
         ("sagemaker", "CreateModel", requests["CreateModel"]),
@@ -174,7 +173,7 @@ def test_the_catalog_sizes_the_endpoint_and_pins_are_checked(catalog):
         plan_of(catalog, EndpointSettings(instance_type="ml.g4dn.xlarge"), parameters=20 * 10**9)
     with pytest.raises(EndpointError, match="training jobs only, not for endpoints"):
         plan_of(catalog, EndpointSettings(instance_type="ml.p3dn.24xlarge"))
-    with pytest.raises(EndpointError, match="above max_price_per_hour"):
+    with pytest.raises(EndpointError, match=r"above sagemaker.endpoint.max_price_per_hour \(1.0\)"):
         plan_of(catalog, EndpointSettings(instance_type="ml.g5.xlarge", max_price_per_hour=1.0))
     with pytest.raises(ValidationError, match="not in allowed_instance_types"):
         EndpointSettings(instance_type="ml.g5.xlarge", allowed_instance_types=["ml.g4dn.xlarge"])
@@ -225,41 +224,57 @@ def test_names_are_deterministic_versioned_and_within_limits(catalog):
 # -- blue/green bounds -----------------------------------------------------------------------------
 
 VALID_TRAFFIC = [
-    {"mode": "CANARY", "canary_percent": 1},
-    {"mode": "CANARY", "canary_percent": 50},
-    {"mode": "LINEAR", "linear_step_percent": 10, "wait_seconds": 600},
-    {"mode": "LINEAR", "linear_step_percent": 50},
-    {"mode": "ALL_AT_ONCE", "wait_seconds": 0, "termination_wait_seconds": 0},
-    {"mode": "ALL_AT_ONCE", "wait_seconds": 3600, "termination_wait_seconds": 3600},
-    {"mode": "ALL_AT_ONCE", "wait_seconds": 0, "max_execution_timeout_seconds": 600},
-    {"mode": "CANARY", "wait_seconds": 3600, "max_execution_timeout_seconds": 28800},
+    {"mode": "canary", "canary_percent": 1},
+    {"mode": "canary", "canary_percent": 50},
+    {"mode": "linear", "linear_step_percent": 10, "wait_seconds": 600},
+    {"mode": "linear", "linear_step_percent": 50},
+    {"mode": "all_at_once", "wait_seconds": 0, "termination_wait_seconds": 0},
+    {"mode": "all_at_once", "wait_seconds": 3600, "termination_wait_seconds": 3600},
+    {"mode": "all_at_once", "wait_seconds": 0, "max_execution_timeout_seconds": 600},
+    {"mode": "canary", "wait_seconds": 3600, "max_execution_timeout_seconds": 28800},
 ]
+
+
+def field_error(field: str, text: str) -> str:
+    """How pydantic shows a field's error: its name, then the message on the next line."""
+    return rf"{field}\s+Value error, {text}"
+
+
 INVALID_TRAFFIC = [
-    ({"mode": "CANARY", "canary_percent": 51}, r"canary_percent .*: 51 is outside 1-50"),
-    ({"mode": "CANARY", "canary_percent": 0}, r"canary_percent .*: 0 is outside 1-50"),
-    ({"mode": "LINEAR", "linear_step_percent": 5}, r"linear_step_percent .*: 5 is outside 10-50"),
-    ({"mode": "LINEAR", "linear_step_percent": 55}, r"linear_step_percent .*: 55 is outside"),
-    ({"wait_seconds": 3601}, r"wait_seconds \(WaitIntervalInSeconds\): 3601 is outside 0-3600"),
-    ({"wait_seconds": -1}, r"wait_seconds .*: -1 is outside 0-3600"),
-    ({"termination_wait_seconds": 3601}, r"termination_wait_seconds .*: 3601 is outside 0-3600"),
-    ({"max_execution_timeout_seconds": 599}, r"timeout_seconds .*: 599 is outside 600-28800"),
-    ({"max_execution_timeout_seconds": 28801}, r"timeout_seconds .*: 28801 is outside 600-28800"),
+    ({"mode": "canary", "canary_percent": 51},
+     field_error("canary_percent", r"51 is outside 1-50 \(CanarySize, CAPACITY_PERCENT: .*set it")),
+    ({"mode": "canary", "canary_percent": 0}, field_error("canary_percent", "0 is outside 1-50")),
+    ({"mode": "linear", "linear_step_percent": 5},
+     field_error("linear_step_percent", "5 is outside 10-50")),
+    ({"mode": "linear", "linear_step_percent": 55},
+     field_error("linear_step_percent", "55 is outside")),
+    ({"wait_seconds": 3601},
+     field_error("wait_seconds", r"3601 is outside 0-3600 \(WaitIntervalInSeconds")),
+    ({"wait_seconds": -1}, field_error("wait_seconds", "-1 is outside 0-3600")),
+    ({"termination_wait_seconds": 3601},
+     field_error("termination_wait_seconds", "3601 is outside 0-3600")),
+    ({"max_execution_timeout_seconds": 599},
+     field_error("max_execution_timeout_seconds", "599 is outside 600-28800")),
+    ({"max_execution_timeout_seconds": 28801},
+     field_error("max_execution_timeout_seconds", "28801 is outside 600-28800")),
     (
         # canary: two bakes (canary, then the final one) + the termination wait = 1500 s
-        {"mode": "CANARY", "wait_seconds": 600, "termination_wait_seconds": 300,
+        {"mode": "canary", "wait_seconds": 600, "termination_wait_seconds": 300,
          "max_execution_timeout_seconds": 1500},
-        r"1500 s is not longer than the waits it contains, 2 baking period\(s\) of 600 s \+ "
+        r"max_execution_timeout_seconds \(MaximumExecutionTimeoutInSeconds\): 1500 s is not "
+        r"longer than the waits it contains, 2 baking period\(s\) of 600 s \+ "
         r"termination wait 300 s = 1500 s .* raise it to more than 1500",
     ),
     (
         # linear 20%: five steps, each followed by a bake
-        {"mode": "LINEAR", "linear_step_percent": 20, "wait_seconds": 600,
+        {"mode": "linear", "linear_step_percent": 20, "wait_seconds": 600,
          "termination_wait_seconds": 0, "max_execution_timeout_seconds": 2999},
         r"5 baking period\(s\) of 600 s \+ termination wait 0 s = 3000 s",
     ),
     (
-        {"mode": "LINEAR", "linear_step_percent": 10, "wait_seconds": 3600},
-        r"LINEAR waits 10 baking period\(s\) .* at most 28800 s: shorten .* larger steps",
+        {"mode": "linear", "linear_step_percent": 10, "wait_seconds": 3600},
+        r"linear waits 10 baking period\(s\) .* at most 28800 s: shorten wait_seconds .* "
+        r"larger steps \(linear_step_percent",
     ),
 ]  # fmt: skip
 
@@ -286,7 +301,7 @@ def test_traffic_bounds_refuse_with_field_value_range_and_fix(values, message):
 @pytest.mark.parametrize(("values", "message"), INVALID_TRAFFIC)
 def test_built_or_edited_requests_meet_the_same_bounds(values, message):
     # A DeploymentConfig edited after planning (or built elsewhere) is refused before the call.
-    base = TrafficSettings(mode=values.get("mode", "ALL_AT_ONCE"))
+    base = TrafficSettings(mode=values.get("mode", "all_at_once"))
     config = deployment_config(base, ["alarm"])
     policy = config["BlueGreenUpdatePolicy"]
     routing = policy["TrafficRoutingConfiguration"]
@@ -368,12 +383,79 @@ def test_settings_that_contradict_each_other_are_refused():
         ScalingSettings(min_instances=2, max_instances=1)
     with pytest.raises(ValidationError, match="datapoints_to_alarm: 4 exceeds evaluation_periods"):
         AlarmSettings(datapoints_to_alarm=4, evaluation_periods=3)
-    with pytest.raises(ValidationError, match="period_seconds: 90 is not a multiple of 60"):
+    with pytest.raises(
+        ValidationError, match=field_error("period_seconds", "90 is not a multiple")
+    ):
         AlarmSettings(period_seconds=90)
     with pytest.raises(ValidationError, match="latency_statistic"):
         AlarmSettings(latency_statistic="median")
     precision = EndpointSettings.model_fields["serving_precision"].annotation
     assert set(get_args(precision)) == set(HOSTING_PRECISIONS)  # what hosting_memory takes
+
+
+def test_settings_are_the_configs_and_default_to_all_at_once_without_a_bake(catalog):
+    from fmops import config
+
+    for name in ("TrafficSettings", "AlarmSettings", "ScalingSettings", "EndpointSettings"):
+        assert getattr(endpoints, name) is getattr(config, name)  # re-exported, not copied
+    assert endpoints.CANARY_PERCENT is config.CANARY_PERCENT
+    assert SETTINGS.endpoint == EndpointSettings()
+
+    plan = plan_of(catalog)  # settings.endpoint, default traffic and alarms
+    policy = plan["requests"]["UpdateEndpoint"]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert policy == {
+        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+        "TerminationWaitInSeconds": 0,
+        "MaximumExecutionTimeoutInSeconds": 1800,  # the waits (0) + the start-up allowance
+    }
+    assert plan["traffic"]["mode"] == "all_at_once"
+    assert plan["wait"]["timeout_seconds"] == 1800 + 1800
+    assert endpoints.NO_BAKE in plan["notes"]
+
+    canary = plan_of(catalog, traffic=TrafficSettings(mode="canary", wait_seconds=600))
+    assert endpoints.NO_BAKE not in canary["notes"]
+    assert any("canary with one instance" in note for note in canary["notes"])
+    assert (
+        canary["traffic"] | {"total_wait_seconds": 1200, "baking_periods": 2} == canary["traffic"]
+    )
+
+
+def test_plan_deployment_takes_every_setting_from_the_config(catalog):
+    from fmops.config import load_config
+
+    config = load_config("include/configs/sagemaker.example.yaml")
+    plan = endpoints.plan_deployment(
+        config,
+        model_version="7",
+        model_data_url=ARTIFACTS.replace("fmops-endpoint-tests", config.sagemaker.bucket),
+        parameters=MINILM,
+        catalog=catalog,
+    )
+    assert plan["endpoint_name"] == config.deployment.endpoint_name
+    variant = plan["requests"]["CreateEndpointConfig"]["ProductionVariants"][0]
+    assert variant["InitialInstanceCount"] == config.sagemaker.endpoint.instance_count
+    routing = plan["requests"]["UpdateEndpoint"]["DeploymentConfig"]["BlueGreenUpdatePolicy"][
+        "TrafficRoutingConfiguration"
+    ]
+    traffic = config.deployment.traffic
+    assert routing == {
+        "Type": traffic.mode.upper(),
+        "WaitIntervalInSeconds": traffic.wait_seconds,
+        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": traffic.canary_percent},
+    }
+    latency = plan["requests"]["PutMetricAlarm"][-1]
+    assert latency["ExtendedStatistic"] == config.deployment.alarms.latency_statistic
+    register = plan["requests"]["RegisterScalableTarget"]
+    scaling = config.sagemaker.endpoint.scaling
+    assert (register["MinCapacity"], register["MaxCapacity"]) == (
+        scaling.min_instances,
+        scaling.max_instances,
+    )
+    without = config.model_copy(update={"sagemaker": None})
+    with pytest.raises(endpoints.options.PolicyError, match="needs a `sagemaker:` block"):
+        endpoints.plan_deployment(
+            without, model_version="7", model_data_url=ARTIFACTS, parameters=MINILM
+        )
 
 
 # -- NVMe and KMS ----------------------------------------------------------------------------------
@@ -406,8 +488,8 @@ def test_endpoint_key_is_left_out_on_nvme_types_and_kept_on_ebs_types(catalog):
 
 
 def test_alarms_watch_the_variant_and_latency_is_in_microseconds(catalog):
-    endpoint = EndpointSettings(alarms=AlarmSettings(max_latency_ms=250, max_5xx_error_rate=0.02))
-    plan = plan_of(catalog, endpoint)
+    alarms = AlarmSettings(max_latency_ms=250, max_5xx_error_rate=0.02)
+    plan = plan_of(catalog, alarms=alarms)
     errors, latency = plan["requests"]["PutMetricAlarm"]
     for alarm in (errors, latency):
         assert alarm["Namespace"] == "AWS/SageMaker"
@@ -427,7 +509,7 @@ def test_alarms_watch_the_variant_and_latency_is_in_microseconds(catalog):
         errors["AlarmName"],
         latency["AlarmName"],
     ]
-    p99 = plan_of(catalog, EndpointSettings(alarms=AlarmSettings(latency_statistic="p99")))
+    p99 = plan_of(catalog, alarms=AlarmSettings(latency_statistic="p99"))
     assert p99["requests"]["PutMetricAlarm"][1]["ExtendedStatistic"] == "p99"
     assert "Statistic" not in p99["requests"]["PutMetricAlarm"][1]
 
@@ -678,16 +760,16 @@ def test_update_is_blue_green_with_the_exact_deployment_config(aws, catalog):
     endpoint = EndpointSettings(
         instance_type="ml.g5.xlarge",  # moto's enum lacks g5: the Stubber plays SageMaker
         instance_count=2,
-        traffic=TrafficSettings(
-            mode="LINEAR",
-            linear_step_percent=25,
-            wait_seconds=300,
-            termination_wait_seconds=120,
-            max_execution_timeout_seconds=3600,
-        ),
         scaling=ScalingSettings(min_instances=1, max_instances=4),
     )
-    plan = plan_of(catalog, endpoint, name=name, version="3")
+    traffic = TrafficSettings(
+        mode="linear",
+        linear_step_percent=25,
+        wait_seconds=300,
+        termination_wait_seconds=120,
+        max_execution_timeout_seconds=3600,
+    )
+    plan = plan_of(catalog, endpoint, name=name, version="3", traffic=traffic)
     # Version 2 runs on ml.g4dn.xlarge with auto scaling, grown to 3 instances.
     register, policy = (plan["requests"][k] for k in ("RegisterScalableTarget", "PutScalingPolicy"))
     aws.autoscaling.register_scalable_target(**{**register, "MaxCapacity": 3})

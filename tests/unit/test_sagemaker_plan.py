@@ -30,7 +30,7 @@ from fmops.paths import CONFIGS_DIR, PROJECT_ROOT, SCRIPTS_DIR
 from fmops.sagemaker import images, options, staging
 from fmops.sagemaker.options import PolicyError, policy_problems, request_problems
 from fmops.sagemaker.plan import (
-    NOT_PLANNED,
+    VERSION_PLACEHOLDER,
     Planner,
     local_plan_run,
     plan_evaluation,
@@ -167,6 +167,121 @@ def test_instance_type_is_auto_or_an_ml_type():
     assert config_of(lambda r: r["training"].update(instance_type="ml.p3.2xlarge")).training
     (problem,) = problems_of(lambda r: r["training"].update(instance_type="g5.xlarge"))
     assert problem.startswith("training.instance_type:") and '"g5.xlarge"' in problem
+
+
+def test_endpoint_traffic_and_alarm_blocks_round_trip_and_are_documented():
+    config = load_config(EXAMPLE_ARG)
+    endpoint, traffic, alarms = (
+        config.sagemaker.endpoint,
+        config.deployment.traffic,
+        config.deployment.alarms,
+    )
+    assert (endpoint.instance_type, endpoint.instance_count, endpoint.variant_name) == (
+        "auto",
+        2,
+        "AllTraffic",
+    )
+    assert (endpoint.scaling.min_instances, endpoint.scaling.max_instances) == (2, 4)
+    assert (traffic.mode, traffic.canary_percent, traffic.wait_seconds) == ("canary", 10, 600)
+    assert traffic.routing_type == "CANARY" and traffic.timeout_seconds == 2 * 600 + 300 + 1800
+    assert alarms.latency_statistic == "p99"
+    # What `fmops config check` prints loads back to the same config.
+    again = parse_config(config.model_dump(mode="json", by_alias=True), "round-trip.yaml")
+    assert again == config
+    # Every key of the new blocks is written out in the example, so that each one is documented.
+    raw = example_raw()
+    for written, model in (
+        (raw["deployment"]["traffic"], traffic),
+        (raw["deployment"]["alarms"], alarms),
+        (raw["sagemaker"]["endpoint"], endpoint),
+        (raw["sagemaker"]["endpoint"]["scaling"], endpoint.scaling),
+    ):
+        assert set(written) == set(type(model).model_fields), type(model).__name__
+
+
+def set_block(path: str, **values):
+    def mutate(raw):
+        block = raw
+        for key in path.split("."):
+            block = block.setdefault(key, {})
+        block.update(values)
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("path", "values", "expected"),
+    [
+        (
+            "deployment.traffic",
+            {"canary_percent": 60},
+            "deployment.traffic.canary_percent: 60 is outside 1-50 (CanarySize, CAPACITY_PERCENT: "
+            "the canary is at most 50% of the new fleet's capacity): set it between 1 and 50",
+        ),
+        (
+            "deployment.traffic",
+            {"mode": "linear", "linear_step_percent": 5},
+            "deployment.traffic.linear_step_percent: 5 is outside 10-50",
+        ),
+        (
+            "deployment.traffic",
+            {"wait_seconds": 4000},
+            "deployment.traffic.wait_seconds: 4000 is outside 0-3600 (WaitIntervalInSeconds",
+        ),
+        (
+            "deployment.traffic",
+            {"max_execution_timeout_seconds": 1200},
+            "deployment.traffic: max_execution_timeout_seconds (MaximumExecutionTimeoutInSeconds): "
+            "1200 s is not longer than the waits it contains, 2 baking period(s) of 600 s + "
+            "termination wait 300 s = 1500 s",
+        ),
+        (
+            "deployment.traffic",
+            {"mode": "CANARY"},
+            "deployment.traffic.mode: Input should be 'all_at_once', 'canary' or 'linear'",
+        ),
+        (
+            "deployment.alarms",
+            {"period_seconds": 90},
+            "deployment.alarms.period_seconds: 90 is not a multiple of 60",
+        ),
+        (
+            "deployment.alarms",
+            {"datapoints_to_alarm": 4},
+            "deployment.alarms: datapoints_to_alarm: 4 exceeds evaluation_periods (3)",
+        ),
+        (
+            "sagemaker.endpoint",
+            {"instance_count": 5},
+            "sagemaker.endpoint: instance_count: 5 is outside scaling.min_instances-max_instances "
+            "(2-4)",
+        ),
+        (
+            "sagemaker.endpoint.scaling",
+            {"max_instances": 1},
+            "sagemaker.endpoint.scaling: max_instances (1) is below min_instances (2)",
+        ),
+        (
+            "sagemaker.endpoint",
+            {"instance_type": "g5.xlarge"},
+            "sagemaker.endpoint.instance_type: String should match pattern",
+        ),
+        (
+            "sagemaker.endpoint.scaling",
+            {"max_instance": 4},
+            "sagemaker.endpoint.scaling.max_instance: unknown key; allowed keys here: enabled, "
+            "max_instances, min_instances",
+        ),
+        (
+            "deployment.traffic",
+            {"canary": 10},
+            "deployment.traffic.canary: unknown key; allowed keys here: canary_percent,",
+        ),
+    ],
+)
+def test_endpoint_settings_errors_name_their_yaml_path(path, values, expected):
+    problems = problems_of(set_block(path, **values))
+    assert any(p.startswith(expected) for p in problems), problems
 
 
 def test_unquoted_image_version_asks_for_quotes():
@@ -732,12 +847,103 @@ def test_instruction_task_is_not_planned():
 
 def test_plan_run_totals_are_upper_bounds():
     plan = plan_run(config_of())
-    assert plan["not_planned"] == NOT_PLANNED
     assert plan["uploads"]["sourcedir"]["files"] == sorted(p.name for p in SCRIPTS_DIR.glob("*.py"))
     total = plan["cost"]
     assert total["upper_bound_usd"] == round(2 * 0.74 + 3 * 0.12, 2)
     assert "upper bound" in total["explain"]
     assert "<staged-digest>" in plan["placeholders"]["note"]
+
+
+def service_refusals(service: str, operation: str, request: dict[str, Any]) -> str | None:
+    """botocore's report on a request of any service (``validate_request``: sagemaker's)."""
+    from botocore.session import get_session
+    from botocore.validate import ParamValidator
+
+    shape = get_session().get_service_model(service).operation_model(operation).input_shape
+    report = ParamValidator().validate(request, shape)
+    return report.generate_report() if report.has_errors() else None
+
+
+ENDPOINT_SERVICES = {
+    "CreateModel": "sagemaker",
+    "CreateEndpointConfig": "sagemaker",
+    "CreateEndpoint": "sagemaker",
+    "UpdateEndpoint": "sagemaker",
+    "PutMetricAlarm": "cloudwatch",
+    "RegisterScalableTarget": "application-autoscaling",
+    "PutScalingPolicy": "application-autoscaling",
+}
+
+
+def check_endpoint_requests(endpoint: dict[str, Any]) -> list[str]:
+    """Every endpoint request passes botocore's service model; returns the operations."""
+    from fmops.sagemaker import endpoints
+    from fmops.sagemaker.plan import endpoint_requests
+
+    operations = []
+    for operation, request in endpoint_requests(endpoint):
+        service = ENDPOINT_SERVICES[operation]
+        if service == "sagemaker":
+            validate_request(operation, request)
+        assert service_refusals(service, operation, request) is None, (operation, request)
+        endpoints.validate(service, operation, request)  # maximums, enums and patterns too
+        operations.append(operation)
+    return operations
+
+
+def test_plan_run_includes_the_endpoint_of_the_first_candidate():
+    config = config_of()
+    plan = plan_run(config)
+    endpoint, first = plan["endpoint"], plan["training"][0]
+    planner = Planner.of(config)
+    assert endpoint["candidate"] == first["candidate"] == config.candidates[0].name
+    assert endpoint["model_data_url"] == planner.layout.model_artifacts(first["base_name"])
+    assert endpoint["model_data_url"] == first["model_artifacts"]
+    assert endpoint["parameters"] == planner.parameters(config.candidates[0].base_model)
+    assert (
+        endpoint["model_version"]
+        == VERSION_PLACEHOLDER
+        == endpoint["placeholders"]["model_version"]
+    )
+    assert "winner's" in endpoint["placeholders"]["note"]
+    assert check_endpoint_requests(endpoint) == [
+        "CreateModel",
+        "CreateEndpointConfig",
+        "PutMetricAlarm",
+        "PutMetricAlarm",
+        "CreateEndpoint",
+        "UpdateEndpoint",
+        "RegisterScalableTarget",
+        "PutScalingPolicy",
+    ]
+    requests = endpoint["requests"]
+    assert requests["CreateModel"]["PrimaryContainer"]["ModelDataUrl"] == first["model_artifacts"]
+    variant = requests["CreateEndpointConfig"]["ProductionVariants"][0]
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.g4dn.xlarge", 2)
+    policy = requests["UpdateEndpoint"]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert policy["TrafficRoutingConfiguration"]["CanarySize"]["Value"] == 10
+    assert policy["MaximumExecutionTimeoutInSeconds"] == 3300
+    # The hosting instance with its arithmetic, and a rate per hour, not a total.
+    assert endpoint["instance"]["instance_type"] == "ml.g4dn.xlarge"
+    assert "hosting 22.7M parameters at fp32" in endpoint["instance"]["explain"]
+    cost = endpoint["cost"]
+    assert (cost["usd_per_hour"], cost["instances"], cost["max_instances"]) == (0.736, 2, 4)
+    assert cost["usd_per_hour_all_instances"] == round(0.736 * 2, 4)
+    assert cost["explain"].startswith("$0.736/h x 2 instances = $1.472/h while InService")
+    assert "per instance-hour" in cost["explain"] and "not in the run's total" in cost["explain"]
+    assert plan["cost"]["upper_bound_usd"] == round(2 * 0.74 + 3 * 0.12, 2)  # jobs only
+    assert plan["cost"]["endpoint_usd_per_hour"] == cost["usd_per_hour_all_instances"]
+
+
+def test_endpoint_plan_refusals_are_plan_errors():
+    pinned = set_block("sagemaker.endpoint", instance_type="ml.g5.xlarge", max_price_per_hour=1.0)
+    with pytest.raises(
+        PlanError, match="sagemaker.endpoint.instance_type: the pinned ml.g5.xlarge"
+    ):
+        plan_run(config_of(pinned))
+    training_only = set_block("sagemaker.endpoint", instance_type="ml.p3dn.24xlarge")
+    with pytest.raises(PlanError, match="training jobs only, not for endpoints"):
+        plan_run(config_of(training_only))
 
 
 def test_local_target_plan_uses_the_pipeline_requests():
@@ -754,6 +960,24 @@ def test_local_target_plan_uses_the_pipeline_requests():
         update={"training": config.training.model_copy(update={"instance_type": "auto"})}
     )
     assert local_plan_run(auto)["training"][0]["request"]["ResourceConfig"]["InstanceType"]
+    # The local endpoint: no request, the settings it takes, unchanged defaults.
+    endpoint = plan["endpoint"]
+    assert endpoint["target"] == "local" and "requests" not in endpoint
+    assert endpoint["url"] == "http://127.0.0.1:8090"
+    assert endpoint["traffic"] == {
+        "mode": "all_at_once",
+        "canary_percent": 10,
+        "linear_step_percent": 20,
+        "wait_seconds": 0,
+        "termination_wait_seconds": 0,
+        "max_execution_timeout_seconds": None,
+    }
+    from fmops.sagemaker.plan import render_text
+
+    text = render_text(plan, "include/configs/local.yaml")
+    assert "endpoint banking77 (fmops_deploy, local): http://127.0.0.1:8090" in text
+    assert "traffic: blue/green, all at once" in text
+    assert "CreateEndpoint" not in text
 
 
 def test_cli_text_plan_in_process(capsys):
@@ -763,8 +987,28 @@ def test_cli_text_plan_in_process(capsys):
     out = capsys.readouterr().out
     assert "training jobs (1, CreateTrainingJob)" in out
     assert "ml.g4dn.xlarge" in out and "(an upper bound)" in out
-    assert "not planned yet" in out
+    assert "not planned" not in out
     assert '"TrainingJobName": "train-minilm-full-' in out
+    summary = out[out.index("endpoint banking77 (fmops_deploy") : out.index("## train-")]
+    for text in (
+        "the real deploy serves the winner's",
+        "placeholder, <version>",
+        "model data: s3://fmops-example-bucket/fmops/training/train-minilm-full-",
+        "instance (2 to start with): ml.g4dn.xlarge, the cheapest that fits",
+        "hosting 22.7M parameters at fp32",
+        "cost: $0.736/h x 2 instances = $1.472/h while InService (auto scaling up to 4: $2.944/h)",
+        "traffic: blue/green, canary 10% then the rest; a baking period of 600 s",
+        "2 bake(s) + termination = 1500 s of waits",
+        "CreateModel banking77-vversion-",
+        "CreateEndpoint banking77 if it does not exist, else UpdateEndpoint banking77",
+        "PutMetricAlarm x 2",
+        "ModelLatency p99 > 1000 ms, 2 of 3 x 60 s",
+        "Invocation5XXErrors Average > 1.00% of invocations",
+        "RegisterScalableTarget endpoint/banking77/variant/AllTraffic (2-4 instances)",
+    ):
+        assert text in summary, text
+    for operation in ("CreateModel", "CreateEndpointConfig", "PutMetricAlarm", "UpdateEndpoint"):
+        assert f"## {operation} (fmops_deploy, endpoint banking77)" in out
 
 
 def run_fmops(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
@@ -793,7 +1037,32 @@ def test_cli_json_plan_lists_jobs_instances_and_costs():
         assert "upper bound" in job["cost"]["explain"]
     assert [e["candidate"] for e in plan["evaluation"]] == [*names, "baseline"]
     assert plan["cost"]["upper_bound_usd"] > 0
-    assert "not planned yet" in plan["not_planned"]
+    assert "not_planned" not in plan
+    endpoint = plan["endpoint"]
+    assert len(check_endpoint_requests(endpoint)) == 8
+    assert endpoint["instance"]["instance_type"] == "ml.g4dn.xlarge"
+    assert endpoint["instance"]["explain"].startswith("ml.g4dn.xlarge, the cheapest that fits")
+    assert endpoint["cost"]["usd_per_hour_all_instances"] == 1.472
+    assert endpoint["model_data_url"] == plan["training"][0]["model_artifacts"]
+    assert endpoint["requests"]["CreateEndpoint"]["EndpointName"] == "banking77"
+    assert endpoint["requests"]["UpdateEndpoint"]["RetainAllVariantProperties"] is False
+
+
+def test_cli_out_of_range_traffic_exits_2_with_the_field_and_range(tmp_path, capsys):
+    from fmops.cli import main
+
+    raw = example_raw()
+    raw["deployment"]["traffic"]["canary_percent"] = 60
+    for key in ("train", "evaluation", "labels"):
+        raw["data"][key] = str(PROJECT_ROOT / raw["data"][key])
+    path = tmp_path / "canary.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    expected = "deployment.traffic.canary_percent: 60 is outside 1-50"
+    for argv in (["config", "check", str(path)], ["plan", "--config", str(path), "--json"]):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "" and expected in captured.err, (argv, captured.err)
+        assert "set it between 1 and 50" in captured.err
 
 
 def test_cli_inconsistent_config_exits_2_with_the_reason(tmp_path):

@@ -1,9 +1,15 @@
 """SageMaker real-time endpoints: what fmops_deploy sends to serve a model version blue/green.
 
-The requests are built offline (``plan_endpoint``: no AWS call, no credentials), each checked
-against botocore's service models (sagemaker, cloudwatch, application-autoscaling) and against the
-rules below, so that ``fmops plan`` can show them. ``deploy`` sends them, given boto3-like clients
-(at run time from the amazon provider's hooks, ``clients()``), in this order:
+The requests are built offline (``plan_endpoint``, or ``plan_deployment`` from a pipeline config:
+no AWS call, no credentials), each checked against botocore's service models (sagemaker,
+cloudwatch, application-autoscaling) and against the rules below, so that ``fmops plan`` can show
+them. The settings are the config's: ``sagemaker.endpoint`` (instance, count, scaling, waits),
+``deployment.traffic`` (how a new version takes the traffic, shared with the local target) and
+``deployment.alarms`` (what rolls it back); ``fmops.config`` defines them and the blue/green
+bounds their validators check, and this module re-exports them.
+
+``deploy`` sends the requests, given boto3-like clients (at run time from the amazon provider's
+hooks, ``clients()``), in this order:
 
 1. ``DescribeEndpoint``: a new endpoint, an update, or a retry of this very deployment (then it
    reattaches to it, or finds it done);
@@ -63,27 +69,51 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
-from pydantic import Field, model_validator
 
 from fmops.catalog import Catalog, CatalogError, Choice, hosting_memory
-from fmops.config import INSTANCE_TYPE_PATTERN, Strict
+
+# The settings are the config's (sagemaker.endpoint, deployment.traffic, deployment.alarms), and
+# so are the blue/green bounds that their validators check; this module re-exports them.
+from fmops.config import (  # noqa: F401
+    CANARY_PERCENT,
+    DEFAULT_VARIANT,
+    EXECUTION_TIMEOUT_SECONDS,
+    LATENCY_STATISTIC,
+    LINEAR_PERCENT,
+    MAX_ALARM_WINDOW_SECONDS,
+    MAX_SAGEMAKER_NAME,
+    SAGEMAKER_NAME_PATTERN,
+    SERVING_PRECISION,
+    START_UP_ALLOWANCE_SECONDS,
+    TERMINATION_WAIT_SECONDS,
+    TRAFFIC_MODES,
+    WAIT_SECONDS,
+    AlarmSettings,
+    EndpointSettings,
+    ScalingSettings,
+    TrafficLabels,
+    TrafficSettings,
+    baking_periods,
+    execution_timeout,
+    total_wait_seconds,
+    traffic_problems,
+)
 from fmops.jobs.local import JOB_ENV
 from fmops.jobs.specs import PlanError
 from fmops.sagemaker import options
 
 if TYPE_CHECKING:
-    from fmops.config import SageMakerSettings
+    from fmops.config import PipelineConfig, SageMakerSettings
 
 log = logging.getLogger(__name__)
 
 # -- SageMaker's rules and fmops' constants -------------------------------------------------------
 
-DEFAULT_VARIANT = "AllTraffic"  # the SDK's default variant name
-SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # endpoint, config, variant
-MAX_NAME = 63
+SAGEMAKER_NAME = re.compile(SAGEMAKER_NAME_PATTERN)  # endpoint, config, variant
+MAX_NAME = MAX_SAGEMAKER_NAME
 HASH_CHARS = 8
 MAX_ENDPOINT_NAME = 40  # leaves at least 12 characters for the version in derived names
 
@@ -96,28 +126,15 @@ SERVING_ENV = {
     "SAGEMAKER_SUBMIT_DIRECTORY": MODEL_CODE_DIR,
     "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
 }
-SERVING_PRECISION = "fp32"  # include/scripts/inference.py serves the weights as saved: fp32
 
-# Blue/green bounds (SageMaker API reference: TrafficRoutingConfig, BlueGreenUpdatePolicy,
-# AutoRollbackConfig). botocore's model has only some of them: CapacitySize.Value min 1 (the 50%
-# and 10-50% rules are documentation only), WaitIntervalInSeconds and TerminationWaitInSeconds
-# 0-3600, MaximumExecutionTimeoutInSeconds 600-28800, Alarms 1-10.
-CANARY_PERCENT = (1, 50)
-LINEAR_PERCENT = (10, 50)
-WAIT_SECONDS = (0, 3600)
-TERMINATION_WAIT_SECONDS = (0, 3600)
-EXECUTION_TIMEOUT_SECONDS = (600, 28800)
+# The blue/green bounds (CANARY_PERCENT, WAIT_SECONDS, ...) are fmops.config's: the config's
+# validators check them. AutoRollbackConfig.Alarms: 1-10.
 ALARMS = (1, 10)
-# Without a configured execution timeout: the waits plus this much for provisioning the new fleet
-# and loading the model (GPU capacity and a model download take minutes).
-START_UP_ALLOWANCE_SECONDS = 1800
-TRAFFIC_MODES = ("ALL_AT_ONCE", "CANARY", "LINEAR")
 
 NAMESPACE = "AWS/SageMaker"
 SCALING_NAMESPACE = "sagemaker"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
-MAX_ALARM_WINDOW_SECONDS = 86_400  # CloudWatch: Period x EvaluationPeriods at most one day
 
 # EndpointStatus values (botocore's enum) and what they mean for a wait.
 IN_PROGRESS = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack"})
@@ -163,322 +180,20 @@ class EndpointBusyError(RuntimeError):
     """The endpoint is changing under another deployment; transient, try again once it settles."""
 
 
-# -- settings (candidates for fmops.config, see the module's report) ------------------------------
+# -- settings --------------------------------------------------------------------------------------
 
-
-def baking_periods(mode: str, step_percent: int | None) -> int:
-    """How many baking periods a blue/green deployment has (see ``total_wait_seconds``)."""
-    if mode == "CANARY":
-        return 2
-    if mode == "LINEAR":
-        return math.ceil(100 / step_percent) if step_percent else 1
-    return 1
-
-
-def total_wait_seconds(mode: str, wait: int, termination: int, step_percent: int | None) -> int:
-    """The waits a blue/green deployment contains, as SageMaker's developer guide describes them.
-
-    Each traffic shift is followed by a baking period of ``WaitIntervalInSeconds`` during which
-    the alarms are watched, and the old fleet is kept ``TerminationWaitInSeconds`` after the last
-    one: ALL_AT_ONCE shifts once (one bake); CANARY shifts the canary, bakes, shifts the rest and
-    bakes again ("a final baking period"): two bakes; LINEAR shifts ``ceil(100 / step)`` times,
-    each followed by a bake. ``MaximumExecutionTimeoutInSeconds`` "should be larger than the total
-    waiting time": fmops requires it, and a new fleet must also start within the difference.
-    """
-    return baking_periods(mode, step_percent) * wait + termination
-
-
-def _range(label: str, value: Any, bounds: tuple[int, int], what: str, fix: str) -> list[str]:
-    low, high = bounds
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        return [f"{label}: {value!r} is outside {low}-{high} ({what}): {fix}"]
-    return []
-
-
-@dataclass(frozen=True)
-class _Labels:
-    """How a problem names the fields: by settings key, or by request path."""
-
-    canary: str
-    linear: str
-    wait: str
-    termination: str
-    timeout: str
-
-
-SETTINGS_LABELS = _Labels(
-    canary="traffic.canary_percent (CanarySize, CAPACITY_PERCENT)",
-    linear="traffic.linear_step_percent (LinearStepSize, CAPACITY_PERCENT)",
-    wait="traffic.wait_seconds (WaitIntervalInSeconds)",
-    termination="traffic.termination_wait_seconds (TerminationWaitInSeconds)",
-    timeout="traffic.max_execution_timeout_seconds (MaximumExecutionTimeoutInSeconds)",
-)
 _ROUTING = "DeploymentConfig.BlueGreenUpdatePolicy.TrafficRoutingConfiguration"
-REQUEST_LABELS = _Labels(
+REQUEST_LABELS = TrafficLabels(
     canary=f"{_ROUTING}.CanarySize.Value",
     linear=f"{_ROUTING}.LinearStepSize.Value",
     wait=f"{_ROUTING}.WaitIntervalInSeconds",
     termination="DeploymentConfig.BlueGreenUpdatePolicy.TerminationWaitInSeconds",
     timeout="DeploymentConfig.BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds",
 )
-
-
-def traffic_problems(
-    mode: str,
-    *,
-    canary_percent: Any,
-    linear_step_percent: Any,
-    wait: Any,
-    termination: Any,
-    timeout: Any,
-    labels: _Labels = SETTINGS_LABELS,
-) -> list[str]:
-    """Every way the traffic-shifting values break SageMaker's bounds, one line each.
-
-    ``timeout`` None means "derive it" (the waits plus ``START_UP_ALLOWANCE_SECONDS``).
-    """
-    if mode not in TRAFFIC_MODES:
-        return [f"traffic mode {mode!r} is unknown; one of {', '.join(TRAFFIC_MODES)}"]
-    problems = []
-    step = None
-    if mode == "CANARY":
-        step = canary_percent
-        problems += _range(
-            labels.canary,
-            canary_percent,
-            CANARY_PERCENT,
-            "the canary is at most 50% of the new fleet's capacity",
-            f"set it between {CANARY_PERCENT[0]} and {CANARY_PERCENT[1]}",
-        )
-    elif mode == "LINEAR":
-        step = linear_step_percent
-        problems += _range(
-            labels.linear,
-            linear_step_percent,
-            LINEAR_PERCENT,
-            "each linear step is 10-50% of the new fleet's capacity",
-            f"set it between {LINEAR_PERCENT[0]} and {LINEAR_PERCENT[1]} (20: five steps)",
-        )
-    problems += _range(
-        labels.wait,
-        wait,
-        WAIT_SECONDS,
-        "the baking period after each traffic shift",
-        f"set it between {WAIT_SECONDS[0]} and {WAIT_SECONDS[1]} seconds",
-    )
-    problems += _range(
-        labels.termination,
-        termination,
-        TERMINATION_WAIT_SECONDS,
-        "how long the old fleet is kept after the shift",
-        f"set it between {TERMINATION_WAIT_SECONDS[0]} and {TERMINATION_WAIT_SECONDS[1]} seconds",
-    )
-    low, high = EXECUTION_TIMEOUT_SECONDS
-    if timeout is not None:
-        problems += _range(
-            labels.timeout,
-            timeout,
-            EXECUTION_TIMEOUT_SECONDS,
-            "the longest a deployment may run before SageMaker rolls it back",
-            f"set it between {low} and {high} seconds, or leave it out for the waits plus "
-            f"{START_UP_ALLOWANCE_SECONDS} s",
-        )
-    if problems:
-        return problems
-    total = total_wait_seconds(mode, wait, termination, step)
-    bakes = baking_periods(mode, step)
-    arithmetic = f"{bakes} baking period(s) of {wait} s + termination wait {termination} s"
-    if total >= high:
-        problems.append(
-            f"{labels.timeout}: {mode} waits {arithmetic} = {total} s, and SageMaker allows a "
-            f"deployment at most {high} s: shorten {labels.wait} or {labels.termination}"
-            + (f", or take larger steps ({labels.linear})" if mode == "LINEAR" else "")
-        )
-    elif timeout is not None and timeout <= total:
-        problems.append(
-            f"{labels.timeout}: {timeout} s is not longer than the waits it contains, "
-            f"{arithmetic} = {total} s (the new fleet's start-up comes on top): raise it to more "
-            f"than {total} (at most {high}), or shorten the waits"
-        )
-    return problems
-
-
-def execution_timeout(
-    mode: str, wait: int, termination: int, step: int | None, given: int | None
-) -> int:
-    """The configured timeout, else the waits plus the start-up allowance, within the bounds."""
-    if given is not None:
-        return given
-    total = total_wait_seconds(mode, wait, termination, step)
-    low, high = EXECUTION_TIMEOUT_SECONDS
-    return min(high, max(low, total + START_UP_ALLOWANCE_SECONDS))
-
-
-class TrafficSettings(Strict):
-    """Blue/green traffic shifting (SageMaker deployment guardrails)."""
-
-    mode: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = "CANARY"
-    canary_percent: int = 10
-    linear_step_percent: int = 20
-    wait_seconds: int = Field(600, description="baking period after each traffic shift")
-    termination_wait_seconds: int = Field(300, description="the old fleet is kept this long")
-    max_execution_timeout_seconds: int | None = Field(
-        None, description="default: the waits plus 1800 s for the new fleet's start-up"
-    )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> TrafficSettings:
-        problems = traffic_problems(
-            self.mode,
-            canary_percent=self.canary_percent,
-            linear_step_percent=self.linear_step_percent,
-            wait=self.wait_seconds,
-            termination=self.termination_wait_seconds,
-            timeout=self.max_execution_timeout_seconds,
-        )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @property
-    def step_percent(self) -> int | None:
-        return {"CANARY": self.canary_percent, "LINEAR": self.linear_step_percent}.get(self.mode)
-
-    @property
-    def timeout_seconds(self) -> int:
-        return execution_timeout(
-            self.mode,
-            self.wait_seconds,
-            self.termination_wait_seconds,
-            self.step_percent,
-            self.max_execution_timeout_seconds,
-        )
-
-
-LATENCY_STATISTIC = r"^(Average|Maximum|p\d{1,2}(\.\d{1,2})?)$"
-
-
-class AlarmSettings(Strict):
-    """The CloudWatch alarms that roll a deployment back (per endpoint variant)."""
-
-    max_5xx_error_rate: float = Field(
-        0.01, gt=0, le=1, description="share of invocations answered 5xx (Average of 0/1 each)"
-    )
-    max_4xx_error_rate: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description=(
-            "off by default: 4xx includes clients' bad requests; but the Hugging Face toolkit "
-            "answers 400 for every exception of the handlers, so a broken model shows here"
-        ),
-    )
-    max_latency_ms: float = Field(
-        1000.0, gt=0, description="ModelLatency threshold; CloudWatch gets it in microseconds"
-    )
-    latency_statistic: Annotated[str, Field(pattern=LATENCY_STATISTIC)] = "Average"
-    period_seconds: int = Field(60, ge=60, description="a multiple of 60 (1-minute metrics)")
-    evaluation_periods: int = Field(3, ge=1)
-    datapoints_to_alarm: int = Field(2, ge=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AlarmSettings:
-        problems = []
-        if self.period_seconds % 60:
-            problems.append(
-                f"alarms.period_seconds: {self.period_seconds} is not a multiple of 60; "
-                "SageMaker publishes endpoint metrics every minute: use 60, 120, 300, ..."
-            )
-        if self.datapoints_to_alarm > self.evaluation_periods:
-            problems.append(
-                f"alarms.datapoints_to_alarm: {self.datapoints_to_alarm} exceeds "
-                f"evaluation_periods ({self.evaluation_periods}): make it at most that"
-            )
-        window = self.period_seconds * self.evaluation_periods
-        if window > MAX_ALARM_WINDOW_SECONDS:
-            problems.append(
-                f"alarms: period_seconds x evaluation_periods = {window} s exceeds CloudWatch's "
-                f"{MAX_ALARM_WINDOW_SECONDS} s: fewer or shorter periods"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
-class ScalingSettings(Strict):
-    """Target-tracking auto scaling of the variant's instance count."""
-
-    enabled: bool = True
-    min_instances: int = Field(1, ge=1)
-    max_instances: int = Field(2, ge=1)
-    target_invocations_per_instance: float = Field(
-        100.0, gt=0, description="SageMakerVariantInvocationsPerInstance: per instance per minute"
-    )
-    scale_in_cooldown_seconds: int = Field(300, ge=0)
-    scale_out_cooldown_seconds: int = Field(60, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ScalingSettings:
-        if self.max_instances < self.min_instances:
-            raise ValueError(
-                f"scaling.max_instances ({self.max_instances}) is below min_instances "
-                f"({self.min_instances}): make max_instances >= min_instances"
-            )
-        return self
-
-
-class EndpointSettings(Strict):
-    """Where and how the sagemaker target serves a model version."""
-
-    variant_name: Annotated[str, Field(pattern=SAGEMAKER_NAME.pattern, max_length=MAX_NAME)] = (
-        DEFAULT_VARIANT
-    )
-    instance_type: Annotated[str, Field(pattern=INSTANCE_TYPE_PATTERN)] = "auto"
-    instance_count: int = Field(1, ge=1)
-    serving_precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
-        SERVING_PRECISION, description="what the serving code computes in; inference.py: fp32"
-    )
-    allowed_instance_types: list[Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")]] = (
-        Field(default_factory=list, description="empty: any catalog type offered for endpoints")
-    )
-    max_price_per_hour: float | None = Field(None, gt=0)
-    traffic: TrafficSettings = TrafficSettings()
-    alarms: AlarmSettings = AlarmSettings()
-    scaling: ScalingSettings = ScalingSettings()
-    wait_timeout_seconds: int | None = Field(
-        None, ge=60, description="fmops' own wait; default: the execution timeout plus 1800 s"
-    )
-    poll_seconds: int = Field(30, ge=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> EndpointSettings:
-        problems = []
-        scaling = self.scaling
-        if scaling.enabled and not (
-            scaling.min_instances <= self.instance_count <= scaling.max_instances
-        ):
-            problems.append(
-                f"instance_count: {self.instance_count} is outside scaling.min_instances-"
-                f"max_instances ({scaling.min_instances}-{scaling.max_instances}): auto "
-                "scaling would move it at once; make them agree or disable scaling"
-            )
-        pinned = None if self.instance_type == "auto" else self.instance_type
-        if pinned and self.allowed_instance_types and pinned not in self.allowed_instance_types:
-            problems.append(
-                f"instance_type: {pinned} is pinned but not in allowed_instance_types "
-                f"{self.allowed_instance_types}: pin one of those, or set instance_type: auto"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @property
-    def deployment_wait_seconds(self) -> int:
-        """How long fmops waits for a deployment: past SageMaker's own execution timeout, so
-        that a deployment SageMaker times out is seen rolled back, not abandoned."""
-        if self.wait_timeout_seconds:
-            return self.wait_timeout_seconds
-        return self.traffic.timeout_seconds + START_UP_ALLOWANCE_SECONDS
+NO_BAKE = (
+    "deployment.traffic.wait_seconds is 0: no baking period, so the rollback alarms get no time "
+    "to stop a bad version before the old fleet goes; set it (600, say) for automatic rollback"
+)
 
 
 # -- names -----------------------------------------------------------------------------------------
@@ -702,10 +417,13 @@ def endpoint_config_request(
 
 def deployment_config(traffic: TrafficSettings, alarms: list[str]) -> dict[str, Any]:
     """UpdateEndpoint's DeploymentConfig: blue/green with traffic shifting and auto-rollback."""
-    routing: dict[str, Any] = {"Type": traffic.mode, "WaitIntervalInSeconds": traffic.wait_seconds}
-    if traffic.mode == "CANARY":
+    routing: dict[str, Any] = {
+        "Type": traffic.routing_type,
+        "WaitIntervalInSeconds": traffic.wait_seconds,
+    }
+    if traffic.mode == "canary":
         routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": traffic.canary_percent}
-    elif traffic.mode == "LINEAR":
+    elif traffic.mode == "linear":
         routing["LinearStepSize"] = {
             "Type": "CAPACITY_PERCENT",
             "Value": traffic.linear_step_percent,
@@ -886,14 +604,15 @@ def hosting_instance(
     label = f"endpoint of {model}"
     try:
         need = hosting_memory(parameters, endpoint.serving_precision)
-        if endpoint.instance_type != "auto":
-            choice = catalog.check_pinned(endpoint.instance_type, need, model=label)
+        if endpoint.pinned_instance_type:
+            choice = catalog.check_pinned(endpoint.pinned_instance_type, need, model=label)
             price, ceiling = choice.instance.price_per_hour, endpoint.max_price_per_hour
             if ceiling is not None and price is not None and price > ceiling:
                 raise EndpointError(
-                    f"endpoint instance_type: the pinned {choice.name} costs "
-                    f"{choice.instance.price}, above max_price_per_hour ({ceiling}): raise the "
-                    "ceiling, pin a cheaper type, or set instance_type: auto"
+                    f"sagemaker.endpoint.instance_type: the pinned {choice.name} costs "
+                    f"{choice.instance.price}, above sagemaker.endpoint.max_price_per_hour "
+                    f"({ceiling}): raise the ceiling, pin a cheaper type, or set instance_type: "
+                    "auto"
                 )
             return choice
         return catalog.choose(
@@ -903,7 +622,7 @@ def hosting_instance(
             model=label,
         )
     except CatalogError as err:
-        raise EndpointError(f"endpoint instance type for {model}: {err}") from None
+        raise EndpointError(f"sagemaker.endpoint.instance_type for {model}: {err}") from None
 
 
 def _check(requests: dict[str, Any], instance_count: int, catalog: Catalog | None) -> None:
@@ -965,6 +684,8 @@ def plan_endpoint(
     settings: SageMakerSettings,
     endpoint: EndpointSettings | None = None,
     *,
+    traffic: TrafficSettings | None = None,
+    alarms: AlarmSettings | None = None,
     endpoint_name: str,
     model_version: str,
     model_data_url: str,
@@ -975,6 +696,9 @@ def plan_endpoint(
 ) -> dict[str, Any]:
     """Every request of one deployment, named and validated, offline; JSON-able.
 
+    ``endpoint`` defaults to ``settings.endpoint`` (the config's ``sagemaker.endpoint``),
+    ``traffic`` and ``alarms`` to their defaults (the config's are ``deployment.traffic`` and
+    ``deployment.alarms``: ``plan_deployment`` takes all of them from a config).
     ``parameters`` is the model's parameter count (``fmops.catalog.count_parameters`` on the
     base model's safetensors), which sizes the instance with ``hosting_memory`` at
     ``endpoint.serving_precision``; ``model_data_url`` is the training job's ``model.tar.gz``.
@@ -982,7 +706,9 @@ def plan_endpoint(
     from fmops.catalog import load_catalog
     from fmops.sagemaker.images import image_uri
 
-    endpoint = endpoint or EndpointSettings()
+    endpoint = endpoint or settings.endpoint
+    traffic = traffic or TrafficSettings()
+    alarms = alarms or AlarmSettings()
     check_endpoint_name(endpoint_name)
     if catalog is None:
         try:
@@ -998,7 +724,7 @@ def plan_endpoint(
         "fmops:model-version": str(model_version),
     }
     variant = endpoint.variant_name
-    names = alarm_names(endpoint_name, variant, endpoint.alarms)
+    names = alarm_names(endpoint_name, variant, alarms)
     model_part = model_request(
         settings,
         image=image_uri("inference", settings, choice.name),
@@ -1020,24 +746,25 @@ def plan_endpoint(
         str(model_version),
         model_part,
         config_part,
-        deployment_config(endpoint.traffic, list(names.values())),
+        deployment_config(traffic, list(names.values())),
     )
     # The alarms outlive a version (CloudWatch also ignores Tags when it updates an alarm).
     alarm_tags = {k: v for k, v in resource_tags.items() if k != "fmops:model-version"}
-    requests["PutMetricAlarm"] = alarm_requests(endpoint_name, variant, endpoint.alarms, alarm_tags)
+    requests["PutMetricAlarm"] = alarm_requests(endpoint_name, variant, alarms, alarm_tags)
     if endpoint.scaling.enabled:
         register, policy = scaling_requests(endpoint_name, variant, endpoint.scaling)
         requests["RegisterScalableTarget"], requests["PutScalingPolicy"] = register, policy
     else:
         requests["RegisterScalableTarget"] = requests["PutScalingPolicy"] = None
     _check(requests, endpoint.instance_count, catalog)
-    traffic = endpoint.traffic
-    if traffic.mode != "ALL_AT_ONCE" and endpoint.instance_count == 1:
+    if traffic.mode != "all_at_once" and endpoint.instance_count == 1:
         notes.append(
             f"{traffic.mode} with one instance: a traffic step cannot be smaller than an "
-            "instance, so the first step takes the whole new fleet; give instance_count >= 2 "
-            "for a real canary or linear shift"
+            "instance, so the first step takes the whole new fleet; give "
+            "sagemaker.endpoint.instance_count >= 2 for a real canary or linear shift"
         )
+    if traffic.wait_seconds == 0:
+        notes.append(NO_BAKE)
     if not settings.network_isolation:
         notes.append("network isolation is off: the serving container can reach the internet")
     log.info(
@@ -1059,14 +786,53 @@ def plan_endpoint(
         "instance": {**choice.as_record(), "explain": choice.explain()},
         "instance_count": endpoint.instance_count,
         "alarm_names": list(names.values()),
+        "traffic": {
+            **traffic.model_dump(),
+            "baking_periods": baking_periods(traffic.mode, traffic.step_percent),
+            "total_wait_seconds": total_wait_seconds(
+                traffic.mode,
+                traffic.wait_seconds,
+                traffic.termination_wait_seconds,
+                traffic.step_percent,
+            ),
+            "execution_timeout_seconds": traffic.timeout_seconds,
+        },
         "requests": requests,
         "wait": {
-            "timeout_seconds": endpoint.deployment_wait_seconds,
+            "timeout_seconds": endpoint.deployment_wait_seconds(traffic),
             "poll_seconds": endpoint.poll_seconds,
         },
         "scaling": endpoint.scaling.model_dump(),
         "notes": notes,
     }
+
+
+def plan_deployment(
+    config: PipelineConfig,
+    *,
+    model_version: str,
+    model_data_url: str,
+    parameters: int,
+    tags: dict[str, str] | None = None,
+    catalog: Catalog | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """``plan_endpoint`` with everything the config says: ``sagemaker`` and its ``endpoint``,
+    ``deployment.endpoint_name``, ``deployment.traffic`` and ``deployment.alarms``."""
+    settings = options.settings_of(config)
+    return plan_endpoint(
+        settings,
+        settings.endpoint,
+        traffic=config.deployment.traffic,
+        alarms=config.deployment.alarms,
+        endpoint_name=config.deployment.endpoint_name,
+        model_version=model_version,
+        model_data_url=model_data_url,
+        parameters=parameters,
+        tags=tags,
+        catalog=catalog,
+        model=model,
+    )
 
 
 def with_instance_count(plan: dict[str, Any], count: int) -> dict[str, Any]:

@@ -14,6 +14,13 @@ less, and the shipped prices are approximate us-east-1 figures (see ``fmops.cata
 ``plan_training`` and ``plan_evaluation`` return plans in the shape of ``fmops.pipeline``'s (kind,
 candidate, base_name, target, settings, request, ...) plus ``instance``, ``cost`` and ``notes``,
 so that the sagemaker backend can submit them as the local ones are.
+
+``plan_endpoint`` adds what fmops_deploy would send for the winner (``fmops.sagemaker.endpoints``):
+CreateModel, CreateEndpointConfig, CreateEndpoint (a new endpoint) or UpdateEndpoint (a later
+version, blue/green as ``deployment.traffic`` says), the rollback alarms and auto scaling. The
+winner is not known before a run: the plan takes the first candidate's model artifacts, and the
+model version is ``VERSION_PLACEHOLDER``. An endpoint's cost is a rate, not a bound: it bills
+per instance-hour while InService, until it is deleted, so it stays out of the run's total.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from fmops.catalog import (
 from fmops.config import Candidate, PipelineConfig, SageMakerSettings
 from fmops.jobs.naming import job_name
 from fmops.jobs.specs import PlanError, resolve_base_model
-from fmops.sagemaker import options
+from fmops.sagemaker import endpoints, options
 from fmops.sagemaker.requests import evaluation_request, training_request
 from fmops.sagemaker.staging import (
     STAGED_DIGEST_PLACEHOLDER,
@@ -51,9 +58,15 @@ DAG_ID = "fmops_finetune"
 PLAN_RUN_ID = "manual__plan"
 BASELINE = "baseline"  # as fmops.pipeline names the untuned model's evaluation
 TRAINING_PRECISION = "fp32"  # what include/scripts/train.py trains in
-NOT_PLANNED = (
-    "not planned yet: CreateModel, CreateEndpointConfig, CreateEndpoint/UpdateEndpoint and the "
-    "CloudWatch alarms of fmops_deploy (the deployment piece will add them to this plan)"
+VERSION_PLACEHOLDER = "<version>"  # the registered model version, known once a run registers it
+ENDPOINT_NOTE = (
+    "planned with the first candidate's model artifacts ({candidate}): the real deploy serves the "
+    "winner's, and the model version is a placeholder, {version} (in the names: {prefix}...); "
+    "the model and endpoint config names, hashed over the requests, differ then"
+)
+HOURLY = (
+    "an endpoint bills per instance-hour while InService, until it is deleted: a rate, not in "
+    "the run's total"
 )
 PLACEHOLDER_NOTE = (
     f"dataset digests are known only after validate_data: dataset URIs show "
@@ -363,6 +376,74 @@ def plan_evaluation(
     return plans
 
 
+def hourly_cost(instance: dict[str, Any], count: int, max_count: int) -> dict[str, Any]:
+    """What an endpoint costs per hour while InService: price x instances, with the arithmetic."""
+    price = instance.get("price_per_hour")
+    record: dict[str, Any] = {
+        "instance_type": instance["instance_type"],
+        "usd_per_hour": price,
+        "price_source": instance.get("price_source"),
+        "instances": count,
+        "max_instances": max_count,
+    }
+    if price is None:
+        return record | {
+            "usd_per_hour_all_instances": None,
+            "explain": f"no known price for {instance['instance_type']}: the cost is not estimated",
+        }
+    plural = "s" if count > 1 else ""
+    text = f"${price:.3f}/h x {count} instance{plural} = ${price * count:.3f}/h while InService"
+    if max_count > count:
+        text += f" (auto scaling up to {max_count}: ${price * max_count:.3f}/h)"
+    return record | {
+        "usd_per_hour_all_instances": round(price * count, 4),
+        "explain": f"{text}; {HOURLY}",
+    }
+
+
+def plan_endpoint(
+    config: PipelineConfig, training: list[dict[str, Any]], *, planner: Planner
+) -> dict[str, Any]:
+    """fmops_deploy's requests for the first candidate's model (``endpoints.plan_deployment``),
+    with the hosting instance, its hourly cost, and what stands in for the winner."""
+    first = config.candidates[0]
+    job = next(p for p in training if p["candidate"] == first.name)
+    parameters = planner.parameters(first.base_model)
+    plan = endpoints.plan_deployment(
+        config,
+        model_version=VERSION_PLACEHOLDER,
+        model_data_url=planner.layout.model_artifacts(job["base_name"]),
+        parameters=parameters,
+        tags={"fmops:pipeline": config.pipeline},
+        catalog=planner.catalog,
+        model=f"candidate {first.name} ({first.base_model})",
+    )
+    scaling = plan["scaling"]
+    max_count = scaling["max_instances"] if scaling["enabled"] else plan["instance_count"]
+    notes = list(plan["notes"])
+    others = sorted({c.base_model for c in config.candidates} - {first.base_model})
+    if others:
+        notes.append(
+            f"the instance is sized for {first.base_model}; a winner on {', '.join(others)} may "
+            "need another type, which fmops_deploy chooses the same way when it deploys"
+        )
+    return plan | {
+        "candidate": first.name,
+        "base_model": first.base_model,
+        "parameters": parameters,
+        "placeholders": {
+            "model_version": VERSION_PLACEHOLDER,
+            "note": ENDPOINT_NOTE.format(
+                candidate=first.name,
+                version=VERSION_PLACEHOLDER,
+                prefix=endpoints.version_prefix(plan["endpoint_name"], VERSION_PLACEHOLDER),
+            ),
+        },
+        "cost": hourly_cost(plan["instance"], plan["instance_count"], max_count),
+        "notes": notes,
+    }
+
+
 def _total(plans: list[dict[str, Any]]) -> dict[str, Any]:
     known = [
         p["cost"]["upper_bound_usd"] for p in plans if p["cost"]["upper_bound_usd"] is not None
@@ -386,6 +467,7 @@ def plan_run(
         {"candidate": p["candidate"], "model_artifacts": p["model_artifacts"]} for p in training
     ]
     evaluation = plan_evaluation(config, trained=trained, planner=planner)
+    endpoint = plan_endpoint(config, training, planner=planner)
     base_models = sorted({c.base_model for c in config.candidates})
     return {
         "pipeline": config.pipeline,
@@ -419,8 +501,9 @@ def plan_run(
                 _total(training)["upper_bound_usd"] + _total(evaluation)["upper_bound_usd"], 2
             ),
             "explain": UPPER_BOUND,
+            "endpoint_usd_per_hour": endpoint["cost"]["usd_per_hour_all_instances"],
         },
-        "not_planned": NOT_PLANNED,
+        "endpoint": endpoint,
     }
 
 
@@ -476,7 +559,24 @@ def local_plan_run(
         "training": training,
         "evaluation": evaluation,
         "cost": {"upper_bound_usd": 0.0, "explain": "the local target runs on this machine"},
-        "not_planned": NOT_PLANNED,
+        "endpoint": local_endpoint(config),
+    }
+
+
+def local_endpoint(config: PipelineConfig) -> dict[str, Any]:
+    """What fmops_deploy does on the local target: no request to plan, the settings it takes."""
+    deployment = config.deployment
+    return {
+        "target": "local",
+        "endpoint_name": deployment.endpoint_name,
+        "url": f"http://127.0.0.1:{deployment.port}",
+        "traffic": deployment.traffic.model_dump(),
+        "cost": {"usd_per_hour_all_instances": 0.0, "explain": "runs on this machine: no cost"},
+        "explain": (
+            "fmops_deploy serves the winner on this machine (fmops.deployment.local), blue/green "
+            f"behind a router on 127.0.0.1:{deployment.port}: no AWS request and no cost "
+            "(deployment.alarms are CloudWatch alarms, the sagemaker target's)"
+        ),
     }
 
 
@@ -528,11 +628,103 @@ def render_text(plan: dict[str, Any], source: str) -> str:
         "",
         f"total: at most ${total['upper_bound_usd']:.2f} ({total['explain']})"
         + (f"; plus {len(unpriced)} jobs without a known price" if unpriced else ""),
-        plan["not_planned"],
+        "",
+        *endpoint_lines(plan["endpoint"]),
     ]
     for kind, name_field in (("training", "TrainingJobName"), ("evaluation", "ProcessingJobName")):
         for item in plan[kind]:
             request = {name_field: item["base_name"], **item["request"]}
             lines += ["", f"## {item['base_name']} ({item['candidate']})"]
             lines.append(json.dumps(jsonable(request), indent=1))
+    endpoint = plan["endpoint"]["endpoint_name"]
+    for operation, request in endpoint_requests(plan["endpoint"]):
+        lines += ["", f"## {operation} (fmops_deploy, endpoint {endpoint})"]
+        lines.append(json.dumps(jsonable(request), indent=1))
     return "\n".join(lines) + "\n"
+
+
+def endpoint_requests(endpoint: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The endpoint's requests in the order fmops_deploy sends them (none on the local target)."""
+    requests = endpoint.get("requests") or {}
+    ordered = [
+        (op, requests[op]) for op in ("CreateModel", "CreateEndpointConfig") if op in requests
+    ]
+    ordered += [("PutMetricAlarm", alarm) for alarm in requests.get("PutMetricAlarm", [])]
+    ordered += [(op, requests[op]) for op in ("CreateEndpoint", "UpdateEndpoint") if op in requests]
+    ordered += [
+        (op, requests[op])
+        for op in ("RegisterScalableTarget", "PutScalingPolicy")
+        if requests.get(op)
+    ]
+    return ordered
+
+
+def _traffic_line(traffic: dict[str, Any]) -> str:
+    mode = traffic["mode"]
+    shift = {
+        "all_at_once": "all at once",
+        "canary": f"canary {traffic['canary_percent']}% then the rest",
+        "linear": f"linear steps of {traffic['linear_step_percent']}%",
+    }[mode]
+    text = (
+        f"traffic: blue/green, {shift}; a baking period of {traffic['wait_seconds']} s after each "
+        f"shift, the old fleet kept {traffic['termination_wait_seconds']} s"
+    )
+    if "execution_timeout_seconds" in traffic:
+        text += (
+            f"; {traffic['baking_periods']} bake(s) + termination = "
+            f"{traffic['total_wait_seconds']} s of waits; SageMaker rolls back a deployment "
+            f"still running after {traffic['execution_timeout_seconds']} s "
+            "(MaximumExecutionTimeoutInSeconds)"
+        )
+    return text
+
+
+def _alarm_rule(alarm: dict[str, Any]) -> str:
+    statistic = alarm.get("ExtendedStatistic") or alarm.get("Statistic")
+    window = f"{alarm['DatapointsToAlarm']} of {alarm['EvaluationPeriods']} x {alarm['Period']} s"
+    if alarm["MetricName"] == "ModelLatency":  # microseconds
+        limit = f"{alarm['Threshold'] / 1000:g} ms"
+    else:  # 0 or 1 per invocation: the Average is the error rate
+        limit = f"{alarm['Threshold']:.2%} of invocations"
+    return f"{alarm['MetricName']} {statistic} > {limit}, {window}"
+
+
+def endpoint_lines(endpoint: dict[str, Any]) -> list[str]:
+    """The endpoint part of the summary: instance, hourly cost, traffic, alarms, scaling."""
+    name = endpoint["endpoint_name"]
+    if endpoint.get("target") == "local":
+        return [
+            f"endpoint {name} (fmops_deploy, local): {endpoint['url']}",
+            f"  {endpoint['explain']}",
+            f"  {_traffic_line(endpoint['traffic'])}",
+        ]
+    requests = endpoint["requests"]
+    instance, cost = endpoint["instance"], endpoint["cost"]
+    alarms = requests["PutMetricAlarm"]
+    lines = [
+        f"endpoint {name} (fmops_deploy: a new endpoint, or a blue/green update of it):",
+        f"  {endpoint['placeholders']['note']}",
+        f"  model data: {endpoint['model_data_url']}",
+        f"  instance ({endpoint['instance_count']} to start with): {instance['explain']}",
+        f"  cost: {cost['explain']}",
+        f"  {_traffic_line(endpoint['traffic'])}",
+        f"  CreateModel {endpoint['model_name']}; CreateEndpointConfig "
+        f"{endpoint['endpoint_config_name']} (variant {endpoint['variant_name']})",
+        f"  CreateEndpoint {name} if it does not exist, else UpdateEndpoint {name} to the new "
+        "config (a later version), with AutoRollbackConfiguration on the alarms",
+        f"  PutMetricAlarm x {len(alarms)}, before CreateEndpoint or UpdateEndpoint names them: "
+        + "; ".join(f"{a['AlarmName']} ({_alarm_rule(a)})" for a in alarms),
+    ]
+    register, policy = requests.get("RegisterScalableTarget"), requests.get("PutScalingPolicy")
+    if register and policy:
+        target = policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"]
+        lines.append(
+            f"  auto scaling once InService: RegisterScalableTarget {register['ResourceId']} "
+            f"({register['MinCapacity']}-{register['MaxCapacity']} instances), PutScalingPolicy "
+            f"{policy['PolicyName']} (target {target:g} invocations per instance per minute)"
+        )
+    else:
+        lines.append("  auto scaling: off (sagemaker.endpoint.scaling.enabled: false)")
+    lines += [f"  note: {note}" for note in endpoint.get("notes", [])]
+    return lines

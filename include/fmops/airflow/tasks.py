@@ -30,6 +30,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from fmops.deployment.local import EndpointError
     from fmops.jobs.specs import PlanError
     from fmops.pipeline import JobFailedError, SelectionError
+    from fmops.sagemaker.endpoints import DeploymentFailedError
 
     return (
         ConfigError,
@@ -42,6 +43,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
         ApprovalRejectedError,
         SmokeTestError,
         EndpointError,
+        DeploymentFailedError,
         LookupError,
         NotImplementedError,
     )

@@ -73,10 +73,8 @@ def deploy(config: PipelineConfig, version: str) -> dict[str, Any]:
     from fmops import registry
     from fmops.deployment.local import LocalEndpoint
 
-    if config.target != "local":
-        raise NotImplementedError(
-            "deploying to a SageMaker endpoint is not part of this version yet; use target: local"
-        )
+    if config.target == "sagemaker":
+        return deploy_to_sagemaker(config, version)
     target = state_dir() / "models" / config.registry.model_name / str(version)
     model_dir = registry.download_model(config, version, target)
     handlers = target / "code" / "inference.py"  # the handlers registered with the model
@@ -109,6 +107,56 @@ def serving_endpoint(config: PipelineConfig) -> Any:
     from fmops.deployment.local import LocalEndpoint
 
     return LocalEndpoint(config.deployment.endpoint_name)
+
+
+def deploy_to_sagemaker(config: PipelineConfig, version: str) -> dict[str, Any]:
+    """Create the SageMaker endpoint, or update it blue/green to this version, and wait until it
+    serves the new config (a rollback is a failure: ``DeploymentFailedError``)."""
+    from fmops import registry
+    from fmops.catalog import count_parameters
+    from fmops.jobs.specs import resolve_base_model
+    from fmops.sagemaker import endpoints, options
+    from fmops.sagemaker.run import s3_client
+
+    settings = options.settings_of(config)
+    name = config.registry.model_name
+    tags = registry.client(config).get_model_version(name, str(version)).tags
+    artifacts = tags.get("fmops.model_artifacts", "")
+    if not artifacts.startswith("s3://"):
+        raise LookupError(
+            f"{name} version {version} has no model.tar.gz in S3 (fmops.model_artifacts="
+            f"{artifacts!r}): only versions that fmops_finetune trained on the sagemaker target "
+            "can be served by SageMaker"
+        )
+    candidate = config.candidate(tags["fmops.candidate"])
+    plan = endpoints.plan_deployment(
+        config,
+        model_version=str(version),
+        model_data_url=artifacts,
+        parameters=count_parameters(resolve_base_model(candidate.base_model)),
+        tags={"fmops:pipeline": config.pipeline, "fmops:model_version": str(version)},
+    )
+    for note in plan["notes"]:
+        log.warning("%s", note)
+    log.info("deploying %s version %s: %s", name, version, plan["instance"]["explain"])
+    made = endpoints.clients(settings.aws_conn_id, settings.region)
+    result = endpoints.deploy(
+        plan,
+        sagemaker=made.sagemaker,
+        cloudwatch=made.cloudwatch,
+        autoscaling=made.autoscaling,
+        s3=s3_client(config),
+    )
+    log.info("endpoint %s: %s", result["endpoint_name"], result)
+    return {
+        "endpoint": result["endpoint_name"],
+        "version": str(version),
+        "status": result["status"],
+        "action": result["action"],
+        "endpoint_config": result["endpoint_config_name"],
+        "previous_endpoint_config": result["previous_endpoint_config_name"],
+        "instance": f"{result['instance_count']} x {result['instance_type']}",
+    }
 
 
 def smoke_test(config: PipelineConfig, version: str) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""fmops_deploy's deploy task on the sagemaker target, against a moto server on 127.0.0.1:
+a registered version's model.tar.gz in S3 becomes a SageMaker endpoint with its rollback alarms
+and auto scaling. (Updates of an existing endpoint are tested with botocore's Stubber in
+test_sagemaker_endpoints.py: moto has no UpdateEndpoint.)"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from types import SimpleNamespace
+
+import boto3
+import pytest
+import yaml
+from moto_server import aws_env_fixture, moto_server_fixture  # noqa: F401
+
+from fmops import registry
+from fmops.config import load_config
+from fmops.deployment import flow
+from fmops.paths import CONFIGS_DIR
+
+BUCKET = "fmops-deploy-test"
+ARTIFACTS = f"s3://{BUCKET}/fmops/training/train-minilm-full-x/output/model.tar.gz"
+
+
+def model_archive(with_handlers: bool) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        files = {"label_map.json": b'{"labels": ["a"]}'}
+        if with_handlers:
+            files["code/inference.py"] = b"def model_fn(model_dir): ...\n"
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def config(tmp_path, aws_env, monkeypatch):
+    raw = yaml.safe_load((CONFIGS_DIR / "sagemaker.example.yaml").read_text())
+    raw["sagemaker"]["bucket"] = BUCKET
+    raw["sagemaker"]["endpoint"]["instance_type"] = "ml.g4dn.xlarge"  # a type moto accepts
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    s3 = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    key = ARTIFACTS[len(f"s3://{BUCKET}/") :]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=model_archive(with_handlers=True))
+    tags = {"fmops.candidate": "minilm-full", "fmops.model_artifacts": ARTIFACTS}
+    version = SimpleNamespace(tags=tags)
+    mlflow = SimpleNamespace(get_model_version=lambda name, number: version)
+    monkeypatch.setattr(registry, "client", lambda config: mlflow)
+    return load_config(path), tags
+
+
+def test_a_registered_version_becomes_a_sagemaker_endpoint(config, aws_env):
+    config, _ = config
+    result = flow.deploy(config, "3")
+    assert result["action"] == "created"
+    assert result["status"] == "InService"
+    assert result["instance"].endswith("ml.g4dn.xlarge")
+
+    sagemaker = boto3.client("sagemaker", endpoint_url=aws_env, region_name="us-east-1")
+    endpoint = sagemaker.describe_endpoint(EndpointName=config.deployment.endpoint_name)
+    assert endpoint["EndpointConfigName"] == result["endpoint_config"]
+    endpoint_config = sagemaker.describe_endpoint_config(
+        EndpointConfigName=result["endpoint_config"]
+    )
+    model = sagemaker.describe_model(
+        ModelName=endpoint_config["ProductionVariants"][0]["ModelName"]
+    )
+    assert model["PrimaryContainer"]["ModelDataUrl"] == ARTIFACTS
+    alarms = boto3.client("cloudwatch", endpoint_url=aws_env, region_name="us-east-1")
+    names = [a["AlarmName"] for a in alarms.describe_alarms()["MetricAlarms"]]
+    assert any(n.endswith("invocation-5xx-errors") for n in names)
+    assert any(n.endswith("model-latency") for n in names)
+
+    # Deploying the same version again changes nothing.
+    assert flow.deploy(config, "3")["action"] == "unchanged"
+
+
+def test_a_version_trained_elsewhere_or_without_handlers_is_refused(config, aws_env):
+    from fmops.sagemaker.endpoints import EndpointError
+
+    config, tags = config
+    tags["fmops.model_artifacts"] = "file:///tmp/model.tar.gz"
+    with pytest.raises(LookupError, match="only versions that fmops_finetune trained on the"):
+        flow.deploy(config, "4")
+    tags["fmops.model_artifacts"] = ARTIFACTS
+    s3 = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
+    key = ARTIFACTS[len(f"s3://{BUCKET}/") :]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=model_archive(with_handlers=False))
+    with pytest.raises(EndpointError, match="code/inference.py"):
+        flow.deploy(config, "5")

@@ -74,6 +74,16 @@ CONFIG_FILES = ["include/configs/local.yaml"]
             title="Force re-run",
             description="Train every candidate even when a finished job has the same inputs.",
         ),
+        "plan_only": Param(
+            False,
+            type="boolean",
+            title="Plan only",
+            description=(
+                "Write every request this run would send (jobs, endpoint, alarms), the instance "
+                "choices and the costs to the load_config log, and stop there: nothing is "
+                "validated, staged, trained, registered or billed."
+            ),
+        ),
     },
 )
 def fmops_finetune():

@@ -37,6 +37,7 @@ def resolve(
     models: list[str] | None = None,
     target: str | None = None,
     force_rerun: bool = False,
+    plan_only: bool = False,
 ) -> dict:
     config = load_config(config_file, models=models or None, target=target or None)
     log.info(
@@ -50,6 +51,7 @@ def resolve(
         "config_file": config_file,
         "config": config.model_dump(mode="json"),
         "force_rerun": bool(force_rerun),
+        "plan_only": bool(plan_only),
     }
 
 

@@ -79,12 +79,35 @@ def _config(resolved: dict) -> Any:
 def load_config(params: dict[str, Any] | None = None) -> dict:
     from fmops.pipeline import resolve
 
-    return resolve(
+    resolved = resolve(
         params["config_file"],
         params.get("models") or None,
         params.get("target"),
         bool(params.get("force_rerun")),
+        bool(params.get("plan_only")),
     )
+    if resolved["plan_only"]:
+        _log_plan(resolved)
+    return resolved
+
+
+PLAN_KEY = "plan"
+
+
+def _log_plan(resolved: dict) -> None:
+    """The "Plan only" trigger: what `fmops plan` prints, in this task's log and its XCom."""
+    from fmops.pipeline import jsonable
+    from fmops.sagemaker import plan
+
+    config = _config(resolved)
+    dag_id, run_id = _run_ids()
+    if config.target == "sagemaker":
+        result = plan.plan_run(config, dag_id, run_id)
+    else:
+        result = plan.local_plan_run(config, dag_id, run_id)
+    for line in plan.render_text(result, resolved["config_file"]).splitlines():
+        log.info("%s", line)
+    get_current_context()["ti"].xcom_push(key=PLAN_KEY, value=jsonable(result))
 
 
 REPORT_URL_KEY = "validation_report_url"
@@ -96,6 +119,10 @@ def validate_data(resolved: dict) -> dict:
     from fmops import registry
     from fmops.pipeline import validate_and_stage, validation_dir
 
+    if resolved.get("plan_only"):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException("plan only: the plan is in load_config's log; nothing runs")
     dag_id, run_id = _run_ids()
     config = _config(resolved)
     key = f"{dag_id}__{run_id}".replace(":", "-").replace("+", "-")

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 import yaml
 
@@ -104,10 +105,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
     backend = get_backend(args.target)
     if args.action == "list":
-        rows = [("training", s) for s in backend.list_training_jobs()["TrainingJobSummaries"]]
-        rows += [
-            ("processing", s) for s in backend.list_processing_jobs()["ProcessingJobSummaries"]
-        ]
+        rows = [("training", s) for s in _listed(backend, "Training", args.limit)]
+        rows += [("processing", s) for s in _listed(backend, "Processing", args.limit)]
         print(f"{'job':44} {'kind':10} {'status':10} {'detail':18} created")
         for kind, s in sorted(rows, key=lambda r: r[1]["CreationTime"], reverse=True):
             prefix = "Training" if kind == "training" else "Processing"
@@ -144,11 +143,31 @@ def _jobs(args: argparse.Namespace) -> int:
             text, offset = backend.read_log(kind, args.name, offset)
             print(text, end="", flush=True)
             if not args.follow or status_of(kind, describe(backend, kind, args.name)) in TERMINAL:
-                text, offset = backend.read_log(kind, args.name, offset)
-                print(text, end="", flush=True)
+                while text:  # a read returns at most a batch: read on until nothing is left
+                    text, offset = backend.read_log(kind, args.name, offset)
+                    print(text, end="", flush=True)
                 return 0
             time.sleep(2)
     return 0
+
+
+def _listed(backend: Any, kind: str, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` jobs of a kind, following NextToken (SageMaker pages 10 at a time;
+    the local executor answers with every job at once)."""
+    summaries: list[dict[str, Any]] = []
+    token = None
+    while len(summaries) < limit:
+        page = getattr(backend, f"list_{kind.lower()}_jobs")(
+            SortBy="CreationTime",
+            SortOrder="Descending",
+            MaxResults=min(100, limit - len(summaries)),
+            **({"NextToken": token} if token else {}),
+        )
+        summaries += page[f"{kind}JobSummaries"]
+        token = page.get("NextToken")
+        if not token:
+            break
+    return summaries[:limit]
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -251,8 +270,11 @@ def parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="training and evaluation jobs")
     jobs.add_argument("action", choices=["list", "describe", "logs", "stop"])
     jobs.add_argument("name", nargs="?", help="job name (all but list)")
-    jobs.add_argument("--target", default="local", choices=["local"])
+    jobs.add_argument("--target", default="local", choices=["local", "sagemaker"])
     jobs.add_argument("--status", help="list: only jobs in this status (e.g. InProgress)")
+    jobs.add_argument(
+        "--limit", type=int, default=100, help="list: the newest N jobs of each kind (100)"
+    )
     jobs.add_argument("--follow", action="store_true", help="logs: until the job ends")
     jobs.set_defaults(func=_jobs)
 

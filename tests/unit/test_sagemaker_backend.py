@@ -562,3 +562,19 @@ def test_read_log_follows_empty_pages(sagemaker_backend):
         stub.assert_no_pending_responses()
     assert text == "hello\n"
     assert decode_offset(offset) == {stream_key(stream): (5, 1)}
+
+
+def test_jobs_cli_lists_past_the_first_page_on_sagemaker(sagemaker_backend, capsys):
+    """SageMaker answers List* 10 at a time; `fmops jobs list` follows NextToken."""
+    from fmops.cli import main
+
+    names = [f"train-page-{i:02d}" for i in range(12)]
+    for name in names:
+        sagemaker_backend.create_training_job(**training_request(name))
+    assert main(["jobs", "list", "--target", "sagemaker", "--limit", "11"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    training = [row[0] for row in rows if row[1] == "training"]
+    assert len(training) == 11  # past SageMaker's first page of 10, and no further
+    assert main(["jobs", "list", "--target", "sagemaker"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert set(names) <= set(listed)

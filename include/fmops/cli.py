@@ -105,8 +105,9 @@ def _jobs(args: argparse.Namespace) -> int:
 
     backend = get_backend(args.target)
     if args.action == "list":
-        rows = [("training", s) for s in _listed(backend, "Training", args.limit)]
-        rows += [("processing", s) for s in _listed(backend, "Processing", args.limit)]
+        training = _listed(backend.list_training_jobs, "TrainingJobSummaries", args.limit)
+        processing = _listed(backend.list_processing_jobs, "ProcessingJobSummaries", args.limit)
+        rows = [("training", s) for s in training] + [("processing", s) for s in processing]
         print(f"{'job':44} {'kind':10} {'status':10} {'detail':18} created")
         for kind, s in sorted(rows, key=lambda r: r[1]["CreationTime"], reverse=True):
             prefix = "Training" if kind == "training" else "Processing"
@@ -151,19 +152,19 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listed(backend: Any, kind: str, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` jobs of a kind, following NextToken (SageMaker pages 10 at a time;
-    the local executor answers with every job at once)."""
+def _listed(list_jobs: Any, field: str, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` summaries from ``list_jobs`` (ListTrainingJobs/ListProcessingJobs),
+    following NextToken: SageMaker pages 10 at a time, the local executor answers with all."""
     summaries: list[dict[str, Any]] = []
     token = None
     while len(summaries) < limit:
-        page = getattr(backend, f"list_{kind.lower()}_jobs")(
+        page = list_jobs(
             SortBy="CreationTime",
             SortOrder="Descending",
             MaxResults=min(100, limit - len(summaries)),
             **({"NextToken": token} if token else {}),
         )
-        summaries += page[f"{kind}JobSummaries"]
+        summaries += page[field]
         token = page.get("NextToken")
         if not token:
             break

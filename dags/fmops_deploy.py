@@ -13,6 +13,9 @@ smoke traffic through the live endpoint, and make it the `champion`.
   approves on the spot.
 - The new variant must answer `/ping` before it gets traffic; the old one is retired after the
   cut-over, and a variant that never becomes healthy is removed while the old one keeps serving.
+- On the sagemaker target `deploy` starts the blue/green update and waits for it in the
+  triggerer (deferred: no worker slot held while traffic shifts and bakes); a rollback or a
+  timeout fails the task without retries.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, PokeReturnValue, chain, dag, task
 
 from fmops.airflow import tasks
+from fmops.airflow.operators import DeployEndpointOperator
 
 
 @dag(
@@ -74,7 +78,7 @@ def fmops_deploy():
         return PokeReturnValue(is_done=decision == "approved", xcom_value=decision)
 
     _await_approval = await_approval(_resolve_candidate)
-    _deploy = task(tasks.deploy)(_resolve_candidate)
+    _deploy = DeployEndpointOperator(task_id="deploy", candidate=_resolve_candidate)
     _smoke_test = task(tasks.smoke_test)(_resolve_candidate)
     _promote = task(tasks.promote)(_resolve_candidate)
     chain(_await_approval, _deploy, _smoke_test, _promote)

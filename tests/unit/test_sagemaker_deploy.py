@@ -5,8 +5,10 @@ test_sagemaker_endpoints.py: moto has no UpdateEndpoint.)"""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tarfile
+import time
 from types import SimpleNamespace
 
 import boto3
@@ -41,6 +43,8 @@ def config(tmp_path, aws_env, monkeypatch):
     raw = yaml.safe_load((CONFIGS_DIR / "sagemaker.example.yaml").read_text())
     raw["sagemaker"]["bucket"] = BUCKET
     raw["sagemaker"]["endpoint"]["instance_type"] = "ml.g4dn.xlarge"  # a type moto accepts
+    # An endpoint of this test alone: the moto server lives for the whole session.
+    raw["deployment"]["endpoint_name"] = f"banking77-{time.time_ns() % 10**10}"
     path = tmp_path / "deploy.yaml"
     path.write_text(yaml.safe_dump(raw))
     s3 = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
@@ -78,6 +82,42 @@ def test_a_registered_version_becomes_a_sagemaker_endpoint(config, aws_env):
 
     # Deploying the same version again changes nothing.
     assert flow.deploy(config, "3")["action"] == "unchanged"
+
+
+def test_the_deploy_task_waits_for_the_endpoint_in_the_triggerer(config, aws_env):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from fmops.airflow.operators import DeployEndpointOperator, EndpointTrigger
+
+    config, _ = config
+    candidate = {"resolved": {"config": config.model_dump(mode="json")}, "version": "3"}
+    task = DeployEndpointOperator(task_id="deploy", candidate=candidate)
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute({})
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, EndpointTrigger)
+    assert trigger.endpoint_name == config.deployment.endpoint_name
+
+    async def fired() -> list[dict]:
+        return [event.payload async for event in trigger.run()]
+
+    (event,) = asyncio.run(fired())  # from the aws_default connection, at moto
+    assert event["verdict"]["state"] == "succeeded"
+    result = task.execute_complete({}, event=event, **deferred.value.kwargs)
+    assert result["action"] == "created" and result["status"] == "InService"
+    assert result["endpoint_config"] == trigger.endpoint_config_name
+    assert result["instance"].endswith("x ml.g4dn.xlarge")
+    autoscaling = boto3.client(
+        "application-autoscaling", endpoint_url=aws_env, region_name="us-east-1"
+    )
+    targets = autoscaling.describe_scalable_targets(
+        ServiceNamespace="sagemaker",
+        ResourceIds=[f"endpoint/{trigger.endpoint_name}/variant/AllTraffic"],
+    )["ScalableTargets"]
+    assert len(targets) == 1  # registered once the endpoint was InService
+
+    # The same version again: nothing to wait for, no deferral.
+    assert task.execute({})["action"] == "unchanged"
 
 
 def test_a_version_trained_elsewhere_or_without_handlers_is_refused(config, aws_env):

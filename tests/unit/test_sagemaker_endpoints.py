@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 import time
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from fmops.sagemaker import endpoints
 from fmops.sagemaker.endpoints import (
     AlarmSettings,
     DeploymentFailedError,
+    DeploymentWatch,
     EndpointBusyError,
     EndpointError,
     EndpointSettings,
@@ -43,7 +45,9 @@ from fmops.sagemaker.endpoints import (
     deployment_config_problems,
     deployment_outcome,
     endpoint_config_problems,
+    finish_deployment,
     plan_endpoint,
+    start_deployment,
     validate,
     version_prefix,
     with_instance_count,
@@ -752,6 +756,35 @@ def test_new_endpoint_on_moto_then_a_retry_changes_nothing(aws, catalog):
         "reused"
     )
     assert "CreateModel" not in aws.calls
+
+
+def test_a_started_deployment_returns_at_once_and_is_finished_later(aws, catalog):
+    """The deferrable split: start (no wait), the wait elsewhere, then finish."""
+    name = unique("ep")
+    plan = plan_of(catalog, EndpointSettings(instance_count=1), name=name)
+    handle = start_deployment(
+        plan,
+        sagemaker=aws.sagemaker,
+        cloudwatch=aws.cloudwatch,
+        autoscaling=aws.autoscaling,
+        now=lambda: 1_800_000_000.0,
+    )
+    assert aws.calls[-1] == "CreateEndpoint"  # nothing waited for, no scaling yet
+    assert json.loads(json.dumps(handle)) == handle  # it travels through the triggerer
+    assert handle["action"] == "created"
+    assert handle["endpoint_config_name"] == plan["endpoint_config_name"]
+    assert handle["previous_endpoint_config_name"] is None
+    assert handle["started_at"] == 1_800_000_000.0
+    assert handle["timeout_seconds"] == plan["wait"]["timeout_seconds"]
+
+    final = aws.sagemaker.describe_endpoint(EndpointName=name)
+    watch = DeploymentWatch(handle["endpoint_config_name"], timeout_seconds=60)
+    assert watch.see(final, elapsed=0).state == "succeeded"
+    aws.calls.clear()
+    result = finish_deployment(handle, final, autoscaling=aws.autoscaling)
+    assert aws.calls == ["RegisterScalableTarget", "PutScalingPolicy"]
+    assert result["action"] == "created" and result["status"] == "InService"
+    assert result["scaling"]["resource_id"] == f"endpoint/{name}/variant/AllTraffic"
 
 
 def test_update_is_blue_green_with_the_exact_deployment_config(aws, catalog):

@@ -1,15 +1,21 @@
-"""The few Airflow adapters that fmops' DAGs need: waiting on jobs without holding a worker slot.
+"""The few Airflow adapters that fmops' DAGs need: waiting on jobs and endpoint deployments
+without holding a worker slot.
 
 ``AwaitJobOperator`` describes a submitted job; if it is still running it defers to
 ``JobTrigger``, which polls the job from the triggerer (and streams the job's new log lines into
 the task log) until the job ends. Submission is a separate task, so that every job of a run is
 started before the first wait begins, under the real scheduler and under ``airflow dags test``
 alike (the latter runs mapped task instances one after another).
+
+``DeployEndpointOperator`` is fmops_deploy's deploy task: it starts a SageMaker deployment and
+defers to ``EndpointTrigger``, which polls DescribeEndpoint from the triggerer through minutes to
+hours of traffic shifting and baking, then resumes to conclude it (auto scaling, or the failure).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -130,6 +136,155 @@ class AwaitJobOperator(BaseOperator):
             )
         self.log.info("outcome: %s", outcome)
         return outcome
+
+
+class EndpointTrigger(BaseTrigger):
+    """Polls a SageMaker endpoint under deployment until the deployment is done; fires once with
+    ``{"verdict": endpoints.Verdict as a dict, "description": the last DescribeEndpoint}``.
+
+    Each answer is judged by ``fmops.sagemaker.endpoints.DeploymentWatch``, as the blocking wait
+    judges it: success only ``InService`` on ``endpoint_config_name``; ``InService`` on another
+    config is a rollback (``failed``); past ``timeout_seconds`` after ``started_at`` (epoch
+    seconds, so that a restarted triggerer keeps the deadline) the verdict is ``timed_out``.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint_name: str,
+        endpoint_config_name: str,
+        previous_endpoint_config_name: str | None,
+        started_at: float,
+        timeout_seconds: float,
+        poll_interval: float = 30.0,
+        aws_conn_id: str = "aws_default",
+        region_name: str | None = None,
+    ):
+        super().__init__()
+        self.endpoint_name = endpoint_name
+        self.endpoint_config_name = endpoint_config_name
+        self.previous_endpoint_config_name = previous_endpoint_config_name
+        self.started_at = started_at
+        self.timeout_seconds = timeout_seconds
+        self.poll_interval = poll_interval
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+
+    @classmethod
+    def waiting_for(cls, wait: dict[str, Any]) -> EndpointTrigger:
+        """The trigger for ``fmops.deployment.flow.start_deploy``'s ``wait``."""
+        handle = wait["deployment"]
+        return cls(
+            endpoint_name=handle["endpoint_name"],
+            endpoint_config_name=handle["endpoint_config_name"],
+            previous_endpoint_config_name=handle["previous_endpoint_config_name"],
+            started_at=handle["started_at"],
+            timeout_seconds=handle["timeout_seconds"],
+            poll_interval=handle["poll_seconds"],
+            aws_conn_id=wait["aws_conn_id"],
+            region_name=wait["region_name"],
+        )
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "endpoint_name": self.endpoint_name,
+                "endpoint_config_name": self.endpoint_config_name,
+                "previous_endpoint_config_name": self.previous_endpoint_config_name,
+                "started_at": self.started_at,
+                "timeout_seconds": self.timeout_seconds,
+                "poll_interval": self.poll_interval,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+            },
+        )
+
+    def _watch(self) -> tuple[Any, Any, Any]:
+        """The endpoints module, a SageMaker client and a fresh watch; blocking (imports, and
+        the connection lookup), so run in a thread."""
+        from fmops.sagemaker import endpoints
+
+        client = endpoints.client("sagemaker", self.aws_conn_id, self.region_name)
+        watch = endpoints.DeploymentWatch(
+            self.endpoint_config_name,
+            previous_config_name=self.previous_endpoint_config_name,
+            timeout_seconds=self.timeout_seconds,
+        )
+        return endpoints, client, watch
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        endpoints, client, watch = await asyncio.to_thread(self._watch)
+
+        def describe() -> dict[str, Any]:
+            return client.describe_endpoint(EndpointName=self.endpoint_name)
+
+        while True:
+            description = await asyncio.to_thread(describe)
+            verdict = watch.see(description, time.time() - self.started_at)
+            if verdict.state != "waiting":
+                self.log.info("%s: %s", verdict.state, verdict.message)
+                yield TriggerEvent(
+                    {
+                        "verdict": verdict.as_dict(),
+                        "description": endpoints.jsonable_description(description),
+                    }
+                )
+                return
+            self.log.info("%s; next look in %s s", verdict.message, self.poll_interval)
+            await asyncio.sleep(self.poll_interval)
+
+
+class DeployEndpointOperator(BaseOperator):
+    """fmops_deploy's deploy task: serve the candidate version, without holding a worker slot
+    while a SageMaker deployment shifts traffic and bakes.
+
+    The local target deploys within ``execute`` (``fmops.deployment.flow.deploy``: the new variant
+    is healthy or refused within ``deployment.health_timeout_seconds``), and so does a SageMaker
+    endpoint that already serves the version. Otherwise ``execute`` starts the deployment
+    (CreateEndpoint, or a blue/green UpdateEndpoint) and defers to ``EndpointTrigger``;
+    ``execute_complete`` registers auto scaling and returns the same result as the blocking
+    ``flow.deploy_to_sagemaker``. A failed, rolled back or timed out deployment fails the task
+    without retries (``AirflowFailException``): retrying would repeat it.
+
+    :param candidate: what resolve_candidate returned (the resolved config and the version).
+    """
+
+    template_fields = ("candidate",)
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, candidate: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.candidate = candidate
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from fmops.airflow.tasks import start_deploy
+
+        started = start_deploy(self.candidate)
+        if "result" in started:
+            return started["result"]
+        wait = started["wait"]
+        handle = wait["deployment"]
+        self.log.info(
+            "%s endpoint %s with %s; waiting in the triggerer (at most %s s, a look every %s s)",
+            handle["action"],
+            handle["endpoint_name"],
+            handle["endpoint_config_name"],
+            handle["timeout_seconds"],
+            handle["poll_seconds"],
+        )
+        self.defer(
+            trigger=EndpointTrigger.waiting_for(wait),
+            method_name="execute_complete",
+            kwargs={"wait": wait},
+        )
+
+    def execute_complete(
+        self, context: Any, event: dict[str, Any], wait: dict[str, Any]
+    ) -> dict[str, Any]:
+        from fmops.airflow.tasks import finish_deploy
+
+        return finish_deploy(wait, event)
 
 
 class ValidationReportLink(BaseOperatorLink):

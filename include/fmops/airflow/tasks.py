@@ -264,10 +264,21 @@ def check_approval(candidate: dict) -> str:
 
 
 @fail_fast
-def deploy(candidate: dict) -> dict:
-    from fmops.deployment.flow import deploy as serve
+def start_deploy(candidate: dict) -> dict:
+    """The deploy task up to its wait (``DeployEndpointOperator.execute``): its result, or the
+    SageMaker deployment to wait for."""
+    from fmops.deployment.flow import start_deploy as start
 
-    return serve(_config(candidate["resolved"]), candidate["version"])
+    return start(_config(candidate["resolved"]), candidate["version"])
+
+
+@fail_fast
+def finish_deploy(wait: dict, event: dict) -> dict:
+    """The deploy task after ``EndpointTrigger`` fired: a failed or rolled back deployment raises
+    ``DeploymentFailedError``, which fails the task without retries."""
+    from fmops.deployment.flow import finish_deploy as finish
+
+    return finish(wait, event["verdict"], event["description"])
 
 
 @fail_fast

@@ -1,6 +1,8 @@
 """The stages of ``fmops_deploy`` as plain functions (no Airflow imports).
 
-resolve_candidate -> await_approval -> deploy -> smoke_test -> promote.
+resolve_candidate -> await_approval -> deploy -> smoke_test -> promote. The deploy task runs
+``start_deploy`` and, for a SageMaker deployment, waits in the triggerer before ``finish_deploy``;
+``deploy`` is the same stage in one blocking call.
 """
 
 from __future__ import annotations
@@ -109,14 +111,69 @@ def serving_endpoint(config: PipelineConfig) -> Any:
     return LocalEndpoint(config.deployment.endpoint_name)
 
 
-def deploy_to_sagemaker(config: PipelineConfig, version: str) -> dict[str, Any]:
-    """Create the SageMaker endpoint, or update it blue/green to this version, and wait until it
-    serves the new config (a rollback is a failure: ``DeploymentFailedError``)."""
+def start_deploy(config: PipelineConfig, version: str) -> dict[str, Any]:
+    """The deploy stage up to its wait, for a task that must not hold a worker while it waits.
+
+    Returns ``{"result": ...}`` (what ``deploy`` returns) when nothing is left to wait for: the
+    local target deploys within the call (its variant is healthy or refused within
+    ``deployment.health_timeout_seconds``), and a SageMaker endpoint that already serves the
+    version is left as it is. Otherwise ``{"wait": ...}``: the started SageMaker deployment
+    (``endpoints.start_deployment``'s handle, ``deployment``), the version, and the AWS
+    connection and region to watch it with; after the wait, ``finish_deploy`` concludes it.
+    """
+    if config.target != "sagemaker":
+        return {"result": deploy(config, version)}
+    from fmops.sagemaker import endpoints
+    from fmops.sagemaker.run import s3_client
+
+    plan, settings = _sagemaker_plan(config, version)
+    made = endpoints.clients(settings.aws_conn_id, settings.region)
+    handle = endpoints.start_deployment(
+        plan,
+        sagemaker=made.sagemaker,
+        cloudwatch=made.cloudwatch,
+        autoscaling=made.autoscaling,
+        s3=s3_client(config),
+    )
+    if handle["action"] == "unchanged":
+        result = endpoints.finish_deployment(handle, None, autoscaling=made.autoscaling)
+        return {"result": _deployed(result, version)}
+    return {
+        "wait": {
+            "deployment": handle,
+            "version": str(version),
+            "aws_conn_id": settings.aws_conn_id,
+            "region_name": settings.region,
+        }
+    }
+
+
+def finish_deploy(
+    wait: dict[str, Any], verdict: dict[str, Any], description: dict[str, Any]
+) -> dict[str, Any]:
+    """Conclude what ``start_deploy`` started, given how the wait ended (``endpoints.Verdict``
+    as a dict, and the last DescribeEndpoint): the result ``deploy`` returns, or
+    ``DeploymentFailedError`` for a failed, rolled back or timed out deployment."""
+    from fmops.sagemaker import endpoints
+
+    handle = wait["deployment"]
+    made = endpoints.clients(wait["aws_conn_id"], wait["region_name"])
+    ended = endpoints.Verdict.from_dict(verdict)
+    if ended.state != "succeeded":
+        raise endpoints.deployment_failed(
+            handle, ended, cloudwatch=made.cloudwatch, autoscaling=made.autoscaling
+        )
+    log.info("%s", ended.message)
+    result = endpoints.finish_deployment(handle, description, autoscaling=made.autoscaling)
+    return _deployed(result, wait["version"])
+
+
+def _sagemaker_plan(config: PipelineConfig, version: str) -> tuple[dict[str, Any], Any]:
+    """The endpoint plan of a registered version, and the config's SageMaker settings."""
     from fmops import registry
     from fmops.catalog import count_parameters
     from fmops.jobs.specs import resolve_base_model
     from fmops.sagemaker import endpoints, options
-    from fmops.sagemaker.run import s3_client
 
     settings = options.settings_of(config)
     name = config.registry.model_name
@@ -139,14 +196,11 @@ def deploy_to_sagemaker(config: PipelineConfig, version: str) -> dict[str, Any]:
     for note in plan["notes"]:
         log.warning("%s", note)
     log.info("deploying %s version %s: %s", name, version, plan["instance"]["explain"])
-    made = endpoints.clients(settings.aws_conn_id, settings.region)
-    result = endpoints.deploy(
-        plan,
-        sagemaker=made.sagemaker,
-        cloudwatch=made.cloudwatch,
-        autoscaling=made.autoscaling,
-        s3=s3_client(config),
-    )
+    return plan, settings
+
+
+def _deployed(result: dict[str, Any], version: str) -> dict[str, Any]:
+    """The deploy task's result (its XCom) from ``endpoints.finish_deployment``'s."""
     log.info("endpoint %s: %s", result["endpoint_name"], result)
     return {
         "endpoint": result["endpoint_name"],
@@ -157,6 +211,25 @@ def deploy_to_sagemaker(config: PipelineConfig, version: str) -> dict[str, Any]:
         "previous_endpoint_config": result["previous_endpoint_config_name"],
         "instance": f"{result['instance_count']} x {result['instance_type']}",
     }
+
+
+def deploy_to_sagemaker(config: PipelineConfig, version: str) -> dict[str, Any]:
+    """Create the SageMaker endpoint, or update it blue/green to this version, and wait until it
+    serves the new config (a rollback is a failure: ``DeploymentFailedError``). Blocking: the
+    deploy task uses ``start_deploy`` and ``finish_deploy`` around a deferred wait instead."""
+    from fmops.sagemaker import endpoints
+    from fmops.sagemaker.run import s3_client
+
+    plan, settings = _sagemaker_plan(config, version)
+    made = endpoints.clients(settings.aws_conn_id, settings.region)
+    result = endpoints.deploy(
+        plan,
+        sagemaker=made.sagemaker,
+        cloudwatch=made.cloudwatch,
+        autoscaling=made.autoscaling,
+        s3=s3_client(config),
+    )
+    return _deployed(result, version)
 
 
 def smoke_test(config: PipelineConfig, version: str) -> dict[str, Any]:

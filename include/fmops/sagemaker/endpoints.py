@@ -8,8 +8,12 @@ them. The settings are the config's: ``sagemaker.endpoint`` (instance, count, sc
 ``deployment.alarms`` (what rolls it back); ``fmops.config`` defines them and the blue/green
 bounds their validators check, and this module re-exports them.
 
-``deploy`` sends the requests, given boto3-like clients (at run time from the amazon provider's
-hooks, ``clients()``), in this order:
+A deployment is started, waited for, and concluded, given boto3-like clients (at run time from
+the amazon provider's hooks, ``clients()``). ``deploy`` does the three in one blocking call; the
+deploy task of fmops_deploy calls ``start_deployment`` (steps 1-4, it returns a JSON-able handle),
+defers the wait to the triggerer (``fmops.airflow.operators.EndpointTrigger``, which judges each
+DescribeEndpoint with the same ``DeploymentWatch``) and resumes with ``finish_deployment`` (step 6)
+or ``deployment_failed``. The requests, in this order:
 
 1. ``DescribeEndpoint``: a new endpoint, an update, or a retry of this very deployment (then it
    reattaches to it, or finds it done);
@@ -21,10 +25,10 @@ hooks, ``clients()``), in this order:
 4. ``CreateEndpoint``, or ``UpdateEndpoint`` with a ``DeploymentConfig`` (``BlueGreenUpdatePolicy``:
    ALL_AT_ONCE, CANARY or LINEAR traffic shifting, a baking period after each shift, a termination
    wait; ``AutoRollbackConfiguration`` with the alarms);
-5. the wait (``await_deployment``): success only when the endpoint is ``InService`` on the NEW
-   endpoint config. SageMaker's automatic rollback also ends ``InService``, on the old config;
-   treating that as success is a known bug of other tools, here it raises
-   ``DeploymentFailedError``;
+5. the wait (``DeploymentWatch`` over DescribeEndpoint): success only when the endpoint is
+   ``InService`` on the NEW endpoint config. SageMaker's automatic rollback also ends
+   ``InService``, on the old config; treating that as success is a known bug of other tools,
+   here it is a ``DeploymentFailedError``;
 6. Application Auto Scaling (``RegisterScalableTarget``, target tracking on
    ``SageMakerVariantInvocationsPerInstance``) once the endpoint is ``InService``. An update that
    changes the instance type of a variant registered for auto scaling fails, so the scaling
@@ -67,7 +71,7 @@ import re
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -934,6 +938,119 @@ def _progress(description: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """Where a deployment stands after one more DescribeEndpoint: still ``waiting``, or done
+    (``succeeded``, ``failed``, ``timed_out``). JSON-able (``as_dict``/``from_dict``), so that
+    the triggerer can hand it to the task that resumes."""
+
+    state: Literal["succeeded", "waiting", "failed", "timed_out"]
+    message: str
+    status: str
+    config_name: str | None
+    rolled_back: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def error(self, endpoint_name: str, explain: str = "") -> DeploymentFailedError:
+        """The ``DeploymentFailedError`` of a deployment that failed or timed out."""
+        return DeploymentFailedError(
+            self.message + (f"; {explain}" if explain else ""),
+            endpoint_name=endpoint_name,
+            status=self.status,
+            config_name=self.config_name,
+            rolled_back=self.rolled_back,
+        )
+
+
+class DeploymentWatch:
+    """The judgement of a wait, one DescribeEndpoint answer at a time. It calls and sleeps
+    nothing, so that the blocking wait (``watch_deployment``) and the deferred one (the
+    triggerer's ``fmops.airflow.operators.EndpointTrigger``) decide alike.
+
+    ``elapsed`` is the time since the deployment was started (or reattached to); past
+    ``timeout_seconds`` a deployment still under way is ``timed_out``.
+    """
+
+    def __init__(
+        self,
+        expected_config_name: str,
+        *,
+        previous_config_name: str | None = None,
+        timeout_seconds: float,
+    ):
+        self.expected_config_name = expected_config_name
+        self.previous_config_name = previous_config_name
+        self.timeout_seconds = timeout_seconds
+        self.polls = 0
+        self.seen_update = False
+
+    def see(self, description: dict[str, Any], elapsed: float) -> Verdict:
+        self.polls += 1
+        outcome = deployment_outcome(
+            description, self.expected_config_name, previous_config_name=self.previous_config_name
+        )
+        self.seen_update |= outcome.status in IN_PROGRESS
+        if outcome.state == "succeeded":
+            return Verdict("succeeded", outcome.reason, outcome.status, outcome.config_name)
+        stale = (
+            outcome.rolled_back
+            and outcome.status == "InService"
+            and not self.seen_update
+            and not description.get("FailureReason")
+            and self.polls < SETTLE_POLLS
+        )
+        if outcome.state == "failed" and not stale:
+            return Verdict(
+                "failed", outcome.reason, outcome.status, outcome.config_name, outcome.rolled_back
+            )
+        if elapsed >= self.timeout_seconds:
+            return Verdict(
+                "timed_out",
+                f"{outcome.reason} after {elapsed:.0f} s, longer than the wait of "
+                f"{self.timeout_seconds:.0f} s; the deployment may still be running: SageMaker "
+                "rolls it back itself at MaximumExecutionTimeoutInSeconds",
+                outcome.status,
+                outcome.config_name,
+            )
+        progress = _progress(description)
+        shown = f" ({progress})" if progress else ""
+        return Verdict("waiting", outcome.reason + shown, outcome.status, outcome.config_name)
+
+
+def watch_deployment(
+    describe: Callable[[], dict[str, Any]],
+    expected_config_name: str,
+    *,
+    previous_config_name: str | None = None,
+    timeout_seconds: float,
+    poll_seconds: float = 30,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[Verdict, dict[str, Any]]:
+    """Poll ``describe`` until the deployment is done; the final verdict and description."""
+    watch = DeploymentWatch(
+        expected_config_name,
+        previous_config_name=previous_config_name,
+        timeout_seconds=timeout_seconds,
+    )
+    start = clock()
+    while True:
+        description = describe()
+        verdict = watch.see(description, clock() - start)
+        if verdict.state == "succeeded":
+            log.info("%s", verdict.message)
+        if verdict.state != "waiting":
+            return verdict, description
+        log.info("%s; next look in %s s", verdict.message, poll_seconds)
+        sleep(poll_seconds)
+
+
 def await_deployment(
     describe: Callable[[], dict[str, Any]],
     expected_config_name: str,
@@ -947,49 +1064,27 @@ def await_deployment(
 ) -> dict[str, Any]:
     """Poll ``describe`` until the deployment succeeds (returns the description) or fails
     (``DeploymentFailedError``, with ``explain()`` appended: the alarms in ALARM, say)."""
-    start = clock()
-    seen_update = False
-    polls = 0
-    while True:
-        description = describe()
-        polls += 1
-        outcome = deployment_outcome(
-            description, expected_config_name, previous_config_name=previous_config_name
-        )
-        seen_update |= outcome.status in IN_PROGRESS
-        if outcome.state == "succeeded":
-            log.info("%s", outcome.reason)
-            return description
-        stale = (
-            outcome.rolled_back
-            and outcome.status == "InService"
-            and not seen_update
-            and not description.get("FailureReason")
-            and polls < SETTLE_POLLS
-        )
-        if outcome.state == "failed" and not stale:
-            extra = explain() if explain else ""
-            raise DeploymentFailedError(
-                outcome.reason + (f"; {extra}" if extra else ""),
-                endpoint_name=description.get("EndpointName", ""),
-                status=outcome.status,
-                config_name=outcome.config_name,
-                rolled_back=outcome.rolled_back,
-            )
-        elapsed = clock() - start
-        if elapsed >= timeout_seconds:
-            raise DeploymentFailedError(
-                f"{outcome.reason} after {elapsed:.0f} s, longer than the wait of "
-                f"{timeout_seconds:.0f} s; the deployment may still be running: SageMaker rolls "
-                "it back itself at MaximumExecutionTimeoutInSeconds",
-                endpoint_name=description.get("EndpointName", ""),
-                status=outcome.status,
-                config_name=outcome.config_name,
-            )
-        progress = _progress(description)
-        shown = f" ({progress})" if progress else ""
-        log.info("%s%s; next look in %s s", outcome.reason, shown, poll_seconds)
-        sleep(poll_seconds)
+    verdict, description = watch_deployment(
+        describe,
+        expected_config_name,
+        previous_config_name=previous_config_name,
+        timeout_seconds=timeout_seconds,
+        poll_seconds=poll_seconds,
+        sleep=sleep,
+        clock=clock,
+    )
+    if verdict.state == "succeeded":
+        return description
+    extra = explain() if explain and verdict.state == "failed" else ""
+    raise verdict.error(description.get("EndpointName", ""), extra)
+
+
+def jsonable_description(description: dict[str, Any]) -> dict[str, Any]:
+    """A DescribeEndpoint answer as JSON (times in ISO 8601, without ResponseMetadata)."""
+    kept = {k: v for k, v in description.items() if k != "ResponseMetadata"}
+    return json.loads(
+        json.dumps(kept, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
+    )
 
 
 # -- running a deployment --------------------------------------------------------------------------
@@ -1002,22 +1097,31 @@ class EndpointClients:
     autoscaling: Any
 
 
-def clients(
-    aws_conn_id: str = "aws_default", region_name: str | None = None, max_attempts: int = 10
-) -> EndpointClients:
-    """The three boto3 clients from the Airflow AWS connection, with botocore's adaptive retries
+def client(
+    service: str,
+    aws_conn_id: str = "aws_default",
+    region_name: str | None = None,
+    max_attempts: int = 10,
+) -> Any:
+    """A boto3 client from the Airflow AWS connection, with botocore's adaptive retries
     (throttling and transient errors only), as ``fmops.jobs.sagemaker`` makes its clients."""
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
     from botocore.config import Config
 
-    made = {}
-    for service in ("sagemaker", "cloudwatch", "application-autoscaling"):
-        hook = AwsBaseHook(aws_conn_id=aws_conn_id, region_name=region_name, client_type=service)
-        retries = Config(retries={"mode": "adaptive", "total_max_attempts": max_attempts})
-        made[service] = hook.get_client_type(
-            region_name=hook.region_name, config=retries.merge(hook.config)
-        )
-    return EndpointClients(made["sagemaker"], made["cloudwatch"], made["application-autoscaling"])
+    hook = AwsBaseHook(aws_conn_id=aws_conn_id, region_name=region_name, client_type=service)
+    retries = Config(retries={"mode": "adaptive", "total_max_attempts": max_attempts})
+    return hook.get_client_type(region_name=hook.region_name, config=retries.merge(hook.config))
+
+
+def clients(
+    aws_conn_id: str = "aws_default", region_name: str | None = None, max_attempts: int = 10
+) -> EndpointClients:
+    """The three clients a deployment uses (``client`` for each)."""
+    made = [
+        client(service, aws_conn_id, region_name, max_attempts)
+        for service in ("sagemaker", "cloudwatch", "application-autoscaling")
+    ]
+    return EndpointClients(*made)
 
 
 def _missing(err: ClientError) -> bool:
@@ -1145,23 +1249,71 @@ def _serves_plan(live: dict[str, Any], plan: dict[str, Any]) -> bool:
     )
 
 
-def deploy(
+def explain_alarms(cloudwatch: Any, names: list[str]) -> str:
+    """Which rollback alarms are in ALARM now: the likely reason of a rollback."""
+    firing = alarms_in_alarm(cloudwatch, names)
+    return (
+        f"CloudWatch alarms in ALARM: {', '.join(firing)}"
+        if firing
+        else f"none of the rollback alarms is in ALARM now ({', '.join(names)})"
+    )
+
+
+def _handle(
+    plan: dict[str, Any],
+    action: str,
+    expected: str,
+    before: str | None,
+    status: str | None,
+    started_at: float,
+    *,
+    deregistered: bool = False,
+) -> dict[str, Any]:
+    """What ``finish_deployment`` and a wait need of a started deployment; JSON-able."""
+    requests = plan["requests"]
+    return {
+        "endpoint_name": plan["endpoint_name"],
+        "action": action,
+        "endpoint_config_name": expected,
+        "previous_endpoint_config_name": before,
+        "status": status,
+        "model_name": plan["model_name"],
+        "instance_type": plan["instance"]["instance_type"],
+        "instance_count": plan["instance_count"],
+        "alarm_names": list(plan["alarm_names"]),
+        "notes": list(plan["notes"]),
+        "scaling": plan["scaling"],
+        "requests": {
+            key: requests.get(key) for key in ("RegisterScalableTarget", "PutScalingPolicy")
+        },
+        "deregistered": deregistered,
+        "started_at": started_at,
+        "timeout_seconds": plan["wait"]["timeout_seconds"],
+        "poll_seconds": plan["wait"]["poll_seconds"],
+    }
+
+
+def start_deployment(
     plan: dict[str, Any],
     *,
     sagemaker: Any,
     cloudwatch: Any,
     autoscaling: Any,
     s3: Any = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
+    now: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
-    """Run one deployment of ``plan_endpoint``'s plan; blocking, idempotent on retry.
+    """Start one deployment of ``plan_endpoint``'s plan, up to and including CreateEndpoint or
+    UpdateEndpoint; does not wait. Idempotent on retry.
 
-    Returns what was done: ``action`` is ``created``, ``updated``, ``reattached`` (a deployment of
-    this version was already under way) or ``unchanged`` (already serving it). Raises
-    ``DeploymentFailedError`` when the deployment failed or was rolled back (the endpoint then
-    serves the previous config), ``EndpointBusyError`` when another deployment holds the
-    endpoint, ``EndpointError`` when the model archive lacks its serving code (``s3`` given).
+    Returns the deployment's handle (JSON-able): ``action`` is ``created``, ``updated``,
+    ``reattached`` (a deployment of this version was already under way) or ``unchanged``
+    (already serving it: nothing to wait for); ``endpoint_config_name`` is the config it must
+    end ``InService`` on, ``started_at`` (``now()``, epoch seconds) and ``timeout_seconds`` bound
+    the wait. Then wait (``watch_deployment``, or ``DeploymentWatch`` from the triggerer) and
+    conclude with ``finish_deployment`` or ``deployment_failed``. Raises ``DeploymentFailedError``
+    when the endpoint cannot be updated (Failed, or a rollback alarm already in ALARM),
+    ``EndpointBusyError`` when another deployment holds the endpoint, ``EndpointError`` when the
+    model archive lacks its serving code (``s3`` given).
     """
     name = plan["endpoint_name"]
     variant = plan["variant_name"]
@@ -1173,51 +1325,14 @@ def deploy(
     status = current["EndpointStatus"] if current else None
     previous = current.get("EndpointConfigName") if current else None
 
-    def describe() -> dict[str, Any]:
-        return sagemaker.describe_endpoint(EndpointName=name)
-
-    def explain() -> str:
-        firing = alarms_in_alarm(cloudwatch, alarms)
-        return (
-            f"CloudWatch alarms in ALARM: {', '.join(firing)}"
-            if firing
-            else f"none of the rollback alarms is in ALARM now ({', '.join(alarms)})"
-        )
-
-    wait = plan["wait"]
-
-    def finish(action: str, expected: str, before: str | None) -> dict[str, Any]:
-        final = await_deployment(
-            describe,
-            expected,
-            previous_config_name=before,
-            timeout_seconds=wait["timeout_seconds"],
-            poll_seconds=wait["poll_seconds"],
-            sleep=sleep,
-            clock=clock,
-            explain=explain,
-        )
-        return {
-            "endpoint_name": name,
-            "action": action,
-            "endpoint_config_name": expected,
-            "previous_endpoint_config_name": before,
-            "model_name": plan["model_name"],
-            "instance_type": plan["instance"]["instance_type"],
-            "instance_count": plan["instance_count"],
-            "status": final["EndpointStatus"],
-            "alarms": alarms,
-            "scaling": _register(autoscaling, plan),
-            "notes": plan["notes"],
-        }
-
     if status in IN_PROGRESS:
         pending = (current.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
         target = pending or (previous if status == "Creating" else None)
         prefix = version_prefix(name, plan["model_version"])
         if target and (target == plan["endpoint_config_name"] or target.startswith(prefix)):
             log.info("%s is %s to %s, this version: waiting for it", name, status, target)
-            return finish("reattached", target, None if status == "Creating" else previous)
+            before = None if status == "Creating" else previous
+            return _handle(plan, "reattached", target, before, status, now())
         raise EndpointBusyError(
             f"endpoint {name} is {status}"
             + (f" to {target}" if target else "")
@@ -1241,7 +1356,7 @@ def deploy(
         log.info("%s already serves this model with %s: nothing to deploy", name, previous)
         for alarm in requests["PutMetricAlarm"]:
             cloudwatch.put_metric_alarm(**alarm)
-        return finish("unchanged", previous, None)
+        return _handle(plan, "unchanged", previous, None, status, now())
     if current is not None and plan["scaling"]["enabled"]:
         # A blue/green update starts the new fleet at the config's count; if auto scaling grew
         # the old one, start the new one as large (up to the maximum), so the shift holds load.
@@ -1259,7 +1374,7 @@ def deploy(
     if current is None:
         sagemaker.create_endpoint(**requests["CreateEndpoint"])
         log.info("creating endpoint %s with %s", name, plan["endpoint_config_name"])
-        return finish("created", plan["endpoint_config_name"], None)
+        return _handle(plan, "created", plan["endpoint_config_name"], None, status, now())
 
     firing = alarms_in_alarm(cloudwatch, alarms)
     if firing:
@@ -1286,9 +1401,83 @@ def deploy(
         plan["endpoint_config_name"],
         json.dumps(requests["UpdateEndpoint"]["DeploymentConfig"]),
     )
-    try:
-        return finish("updated", plan["endpoint_config_name"], previous)
-    except DeploymentFailedError as err:
-        if deregistered and err.status == "InService":
-            _register(autoscaling, plan)  # the old fleet serves again: scale it as before
-        raise
+    return _handle(
+        plan,
+        "updated",
+        plan["endpoint_config_name"],
+        previous,
+        status,
+        now(),
+        deregistered=deregistered,
+    )
+
+
+def finish_deployment(
+    handle: dict[str, Any], description: dict[str, Any] | None, *, autoscaling: Any
+) -> dict[str, Any]:
+    """Conclude a deployment that succeeded (``description``: the last DescribeEndpoint, None
+    for an ``unchanged`` one): auto scaling registered, what was done returned."""
+    return {
+        "endpoint_name": handle["endpoint_name"],
+        "action": handle["action"],
+        "endpoint_config_name": handle["endpoint_config_name"],
+        "previous_endpoint_config_name": handle["previous_endpoint_config_name"],
+        "model_name": handle["model_name"],
+        "instance_type": handle["instance_type"],
+        "instance_count": handle["instance_count"],
+        "status": (description or {}).get("EndpointStatus", handle["status"]),
+        "alarms": handle["alarm_names"],
+        "scaling": _register(autoscaling, handle),
+        "notes": handle["notes"],
+    }
+
+
+def deployment_failed(
+    handle: dict[str, Any], verdict: Verdict, *, cloudwatch: Any, autoscaling: Any
+) -> DeploymentFailedError:
+    """Conclude a deployment that failed, was rolled back or timed out; returns the error to
+    raise, with the rollback alarms in ALARM for a failure. If the update removed auto scaling
+    (the instance type changed) and the old fleet serves again, its scaling is registered again.
+    """
+    extra = explain_alarms(cloudwatch, handle["alarm_names"]) if verdict.state == "failed" else ""
+    error = verdict.error(handle["endpoint_name"], extra)
+    if handle["deregistered"] and verdict.status == "InService":
+        _register(autoscaling, handle)  # the old fleet serves again: scale it as before
+    return error
+
+
+def deploy(
+    plan: dict[str, Any],
+    *,
+    sagemaker: Any,
+    cloudwatch: Any,
+    autoscaling: Any,
+    s3: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Run one deployment of ``plan_endpoint``'s plan; blocking, idempotent on retry:
+    ``start_deployment``, the wait, then ``finish_deployment``.
+
+    Returns what was done (``action``: ``created``, ``updated``, ``reattached`` or
+    ``unchanged``). Raises what ``start_deployment`` raises, and ``DeploymentFailedError`` when
+    the deployment failed or was rolled back (the endpoint then serves the previous config).
+    """
+    handle = start_deployment(
+        plan, sagemaker=sagemaker, cloudwatch=cloudwatch, autoscaling=autoscaling, s3=s3
+    )
+    if handle["action"] == "unchanged":
+        return finish_deployment(handle, None, autoscaling=autoscaling)
+    name = handle["endpoint_name"]
+    verdict, final = watch_deployment(
+        lambda: sagemaker.describe_endpoint(EndpointName=name),
+        handle["endpoint_config_name"],
+        previous_config_name=handle["previous_endpoint_config_name"],
+        timeout_seconds=handle["timeout_seconds"],
+        poll_seconds=handle["poll_seconds"],
+        sleep=sleep,
+        clock=clock,
+    )
+    if verdict.state != "succeeded":
+        raise deployment_failed(handle, verdict, cloudwatch=cloudwatch, autoscaling=autoscaling)
+    return finish_deployment(handle, final, autoscaling=autoscaling)

@@ -124,19 +124,11 @@ def start_deploy(config: PipelineConfig, version: str) -> dict[str, Any]:
     if config.target != "sagemaker":
         return {"result": deploy(config, version)}
     from fmops.sagemaker import endpoints
-    from fmops.sagemaker.run import s3_client
 
-    plan, settings = _sagemaker_plan(config, version)
-    made = endpoints.clients(settings.aws_conn_id, settings.region)
-    handle = endpoints.start_deployment(
-        plan,
-        sagemaker=made.sagemaker,
-        cloudwatch=made.cloudwatch,
-        autoscaling=made.autoscaling,
-        s3=s3_client(config),
-    )
+    plan, settings, aws = _sagemaker_deployment(config, version)
+    handle = endpoints.start_deployment(plan, **aws)
     if handle["action"] == "unchanged":
-        result = endpoints.finish_deployment(handle, None, autoscaling=made.autoscaling)
+        result = endpoints.finish_deployment(handle, None, autoscaling=aws["autoscaling"])
         return {"result": _deployed(result, version)}
     return {
         "wait": {
@@ -168,12 +160,16 @@ def finish_deploy(
     return _deployed(result, wait["version"])
 
 
-def _sagemaker_plan(config: PipelineConfig, version: str) -> tuple[dict[str, Any], Any]:
-    """The endpoint plan of a registered version, and the config's SageMaker settings."""
+def _sagemaker_deployment(
+    config: PipelineConfig, version: str
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The endpoint plan of a registered version, the config's SageMaker settings, and the
+    clients a deployment calls (keyword arguments of ``endpoints.start_deployment``/``deploy``)."""
     from fmops import registry
     from fmops.catalog import count_parameters
     from fmops.jobs.specs import resolve_base_model
     from fmops.sagemaker import endpoints, options
+    from fmops.sagemaker.run import s3_client
 
     settings = options.settings_of(config)
     name = config.registry.model_name
@@ -196,7 +192,14 @@ def _sagemaker_plan(config: PipelineConfig, version: str) -> tuple[dict[str, Any
     for note in plan["notes"]:
         log.warning("%s", note)
     log.info("deploying %s version %s: %s", name, version, plan["instance"]["explain"])
-    return plan, settings
+    made = endpoints.clients(settings.aws_conn_id, settings.region)
+    aws = {
+        "sagemaker": made.sagemaker,
+        "cloudwatch": made.cloudwatch,
+        "autoscaling": made.autoscaling,
+        "s3": s3_client(config),
+    }
+    return plan, settings, aws
 
 
 def _deployed(result: dict[str, Any], version: str) -> dict[str, Any]:
@@ -218,18 +221,9 @@ def deploy_to_sagemaker(config: PipelineConfig, version: str) -> dict[str, Any]:
     serves the new config (a rollback is a failure: ``DeploymentFailedError``). Blocking: the
     deploy task uses ``start_deploy`` and ``finish_deploy`` around a deferred wait instead."""
     from fmops.sagemaker import endpoints
-    from fmops.sagemaker.run import s3_client
 
-    plan, settings = _sagemaker_plan(config, version)
-    made = endpoints.clients(settings.aws_conn_id, settings.region)
-    result = endpoints.deploy(
-        plan,
-        sagemaker=made.sagemaker,
-        cloudwatch=made.cloudwatch,
-        autoscaling=made.autoscaling,
-        s3=s3_client(config),
-    )
-    return _deployed(result, version)
+    plan, _, aws = _sagemaker_deployment(config, version)
+    return _deployed(endpoints.deploy(plan, **aws), version)
 
 
 def smoke_test(config: PipelineConfig, version: str) -> dict[str, Any]:

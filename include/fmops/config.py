@@ -203,6 +203,18 @@ class Candidate(Strict):
     method: Literal["full", "lora"] = "full"
     lora: LoraSettings | None = None
     hyperparameters: Hyperparameters = Hyperparameters()
+    parameters: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "the base model's parameter count; required for a JumpStart model (fmops does not "
+            "read its weights before a run), counted from the weights otherwise"
+        ),
+    )
+    jumpstart_hyperparameters: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="a JumpStart model's own hyperparameters, over JumpStart's defaults",
+    )
 
     @model_validator(mode="after")
     def _lora_only_with_lora(self) -> Candidate:
@@ -212,6 +224,32 @@ class Candidate(Strict):
                 "set method: lora or remove the lora block"
             )
         return self
+
+    @model_validator(mode="after")
+    def _jumpstart_fields(self) -> Candidate:
+        from fmops.sagemaker import jumpstart
+
+        if jumpstart.is_jumpstart(self.base_model):
+            jumpstart.parse(self.base_model)  # a malformed id or version is a ValueError
+            if self.parameters is None:
+                raise ValueError(
+                    f"candidate {self.name!r}: a JumpStart base model needs parameters: (its "
+                    "parameter count, e.g. 110000000 for BERT base), which sizes its training and "
+                    "hosting instances; fmops does not read JumpStart weights before a run"
+                )
+        elif self.jumpstart_hyperparameters:
+            raise ValueError(
+                f"candidate {self.name!r} has jumpstart_hyperparameters but base_model "
+                f"{self.base_model!r} is not a JumpStart model (jumpstart:<model id>); "
+                "remove them or use a JumpStart model"
+            )
+        return self
+
+    @property
+    def jumpstart(self) -> bool:
+        from fmops.sagemaker.jumpstart import is_jumpstart
+
+        return is_jumpstart(self.base_model)
 
     def job_hyperparameters(self, text_column: str, label_column: str) -> dict[str, str]:
         """The hyperparameters of the training job, as strings (SageMaker's wire format)."""
@@ -823,6 +861,17 @@ class PipelineConfig(Strict):
         if dupes:
             raise ValueError(f"candidate names must be unique; repeated: {dupes}")
         return candidates
+
+    @model_validator(mode="after")
+    def _jumpstart_on_sagemaker(self) -> PipelineConfig:
+        jumpstart = [c.name for c in self.candidates if c.jumpstart]
+        if jumpstart and self.target != "sagemaker":
+            raise ValueError(
+                f"candidates {jumpstart} use JumpStart base models, which train on the sagemaker "
+                f"target only (target is {self.target!r}): set target: sagemaker, or use a "
+                "packaged model or a model folder"
+            )
+        return self
 
     def candidate(self, name: str) -> Candidate:
         for candidate in self.candidates:

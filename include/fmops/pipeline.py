@@ -79,6 +79,14 @@ def tokenizers_for(config: PipelineConfig) -> tuple[dict[str, Any], dict[str, in
     limits: dict[str, int] = {}
     for candidate in config.candidates:
         name = candidate.base_model
+        if candidate.jumpstart:
+            log.info(
+                "no token-length checks for candidate %s: fmops does not load the tokenizer of "
+                "JumpStart model %s",
+                candidate.name,
+                name,
+            )
+            continue
         if name not in tokenizers:
             tokenizers[name] = AutoTokenizer.from_pretrained(resolve_base_model(name))
         limit = candidate.hyperparameters.max_length
@@ -186,8 +194,9 @@ def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> lis
             "'Instruction tuning'), or use task: classification"
         )
     if config.target == "sagemaker":
-        from fmops.sagemaker import plan
+        from fmops.sagemaker import plan, run
 
+        run.read_jumpstart_with_connection(config)
         return plan.plan_training(config, staged, dag_id, run_id, force=force)
     plans = []
     for candidate in config.candidates:

@@ -899,7 +899,7 @@ def test_plan_run_includes_the_endpoint_of_the_first_candidate():
     assert endpoint["candidate"] == first["candidate"] == config.candidates[0].name
     assert endpoint["model_data_url"] == planner.layout.model_artifacts(first["base_name"])
     assert endpoint["model_data_url"] == first["model_artifacts"]
-    assert endpoint["parameters"] == planner.parameters(config.candidates[0].base_model)
+    assert endpoint["parameters"] == planner.parameters(config.candidates[0])
     assert (
         endpoint["model_version"]
         == VERSION_PLACEHOLDER

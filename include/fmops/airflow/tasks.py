@@ -102,6 +102,9 @@ def _log_plan(resolved: dict) -> None:
     config = _config(resolved)
     dag_id, run_id = _run_ids()
     if config.target == "sagemaker":
+        from fmops.sagemaker import run
+
+        run.read_jumpstart_with_connection(config)
         result = plan.plan_run(config, dag_id, run_id)
     else:
         result = plan.local_plan_run(config, dag_id, run_id)

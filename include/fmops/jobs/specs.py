@@ -45,6 +45,21 @@ def resolve_base_model(name: str) -> Path:
     )
 
 
+def base_model_parameters(candidate: Candidate) -> int:
+    """The parameter count of a candidate's base model: as configured, else counted from the
+    safetensors headers of its weights."""
+    from fmops.catalog import CatalogError, count_parameters
+
+    if candidate.parameters is not None:
+        return candidate.parameters
+    try:
+        return count_parameters(resolve_base_model(candidate.base_model))
+    except CatalogError as err:
+        raise PlanError(
+            f"base model {candidate.base_model}: {err}; or give the candidate's parameters"
+        ) from None
+
+
 def channel(name: str, uri: str) -> dict[str, Any]:
     """An input channel of a CreateTrainingJob request: every file under ``uri``."""
     return {

@@ -35,15 +35,18 @@ from fmops.catalog import (
     Catalog,
     CatalogError,
     Choice,
-    count_parameters,
     load_catalog,
     training_memory,
 )
 from fmops.config import Candidate, PipelineConfig, SageMakerSettings
 from fmops.jobs.naming import job_name
-from fmops.jobs.specs import PlanError, resolve_base_model
-from fmops.sagemaker import endpoints, options
-from fmops.sagemaker.requests import evaluation_request, training_request
+from fmops.jobs.specs import PlanError, base_model_parameters, resolve_base_model
+from fmops.sagemaker import endpoints, jumpstart, options
+from fmops.sagemaker.requests import (
+    evaluation_request,
+    jumpstart_training_request,
+    training_request,
+)
 from fmops.sagemaker.staging import (
     STAGED_DIGEST_PLACEHOLDER,
     Layout,
@@ -103,6 +106,7 @@ class Planner:
     dag_id: str = DAG_ID
     run_id: str = PLAN_RUN_ID
     _params: dict[str, int] = field(default_factory=dict)
+    _jumpstart: dict[str, jumpstart.JumpStartModel] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -142,24 +146,32 @@ class Planner:
         folder = resolve_base_model(name)
         return folder, self.layout.model_uri(model_name(name, folder))
 
-    def parameters(self, name: str) -> int:
+    def jumpstart(self, name: str) -> jumpstart.JumpStartModel:
+        if name not in self._jumpstart:
+            self._jumpstart[name] = jumpstart.resolve(name, self.settings.region)
+        return self._jumpstart[name]
+
+    def base_model_uri(self, name: str) -> str:
+        """Where a base model's weights are in S3: fmops' upload, or JumpStart's archive."""
+        if jumpstart.is_jumpstart(name):
+            return self.jumpstart(name).model_uri
+        return self.base_model(name)[1]
+
+    def parameters(self, candidate: Candidate) -> int:
+        name = candidate.base_model
         if name not in self._params:
-            folder, _ = self.base_model(name)
-            try:
-                self._params[name] = count_parameters(folder)
-            except CatalogError as err:
-                raise PlanError(
-                    f"base model {name}: {err}; or pin training.instance_type to skip the "
-                    "catalog's choice"
-                ) from None
+            self._params[name] = base_model_parameters(candidate)
         return self._params[name]
 
     def training_instance(self, candidate: Candidate) -> Choice:
-        params = self.parameters(candidate.base_model)
+        params = self.parameters(candidate)
         need = training_memory(params, candidate.method, precision=TRAINING_PRECISION)
         label = f"candidate {candidate.name} ({candidate.base_model}, {candidate.method})"
         pinned = self.config.training.pinned_instance_type
         settings = self.settings
+        allowed = settings.allowed_instance_types or None
+        if candidate.jumpstart:
+            allowed = self._jumpstart_types(candidate, pinned, allowed)
         try:
             if pinned:
                 choice = self.catalog.check_pinned(pinned, need, model=label)
@@ -173,13 +185,30 @@ class Planner:
                     )
                 return choice
             return self.catalog.choose(
-                need,
-                allowed=settings.allowed_instance_types or None,
-                max_price=settings.max_price_per_hour,
-                model=label,
+                need, allowed=allowed, max_price=settings.max_price_per_hour, model=label
             )
         except CatalogError as err:
             raise PlanError(f"training.instance_type for {label}: {err}") from None
+
+    def _jumpstart_types(
+        self, candidate: Candidate, pinned: str | None, allowed: list[str] | None
+    ) -> list[str]:
+        """The catalog's types that the JumpStart model supports (and the config allows)."""
+        model = self.jumpstart(candidate.base_model)
+        supported = model.training_types
+        if pinned and pinned not in supported:
+            raise PlanError(
+                f"training.instance_type: JumpStart model {model.model_id} {model.version} does "
+                f"not train on the pinned {pinned}; it supports {', '.join(supported)}"
+            )
+        usable = [t for t in supported if t in self.catalog and (not allowed or t in allowed)]
+        if not usable:
+            raise PlanError(
+                f"candidate {candidate.name}: none of the types JumpStart model {model.model_id} "
+                f"supports ({', '.join(supported)}) is in the catalog and in "
+                f"sagemaker.allowed_instance_types ({allowed or 'any'}): allow one of them"
+            )
+        return usable
 
     def evaluation_price(self) -> tuple[float | None, str | None]:
         instance = self.settings.evaluation_instance_type
@@ -272,19 +301,31 @@ def plan_training(
     for candidate in config.candidates:
         base_name = job_name(planner.dag_id, planner.run_id, candidate.name, "training")
         choice = planner.training_instance(candidate)
-        _, model_uri = planner.base_model(candidate.base_model)
-        request, notes = training_request(
-            config,
-            candidate,
-            instance_type=choice.name,
-            layout=planner.layout,
-            bundle=planner.bundle,
-            staged=planner.staged,
-            base_model_uri=model_uri,
-            tags=planner.tags(candidate.name),
-            job_name=base_name,
-            catalog=planner.catalog,
-        )
+        if candidate.jumpstart:
+            request, notes = jumpstart_training_request(
+                config,
+                candidate,
+                planner.jumpstart(candidate.base_model),
+                instance_type=choice.name,
+                layout=planner.layout,
+                staged=planner.staged,
+                tags=planner.tags(candidate.name),
+                job_name=base_name,
+                catalog=planner.catalog,
+            )
+        else:
+            request, notes = training_request(
+                config,
+                candidate,
+                instance_type=choice.name,
+                layout=planner.layout,
+                bundle=planner.bundle,
+                staged=planner.staged,
+                base_model_uri=planner.base_model_uri(candidate.base_model),
+                tags=planner.tags(candidate.name),
+                job_name=base_name,
+                catalog=planner.catalog,
+            )
         _validate("CreateTrainingJob", "TrainingJobName", base_name, request, planner.catalog)
         fields = cache.components(request, planner.staged["digest"], candidate.base_model)
         inst = choice.instance
@@ -340,9 +381,9 @@ def plan_evaluation(
     instance = settings.evaluation_instance_type
     price, source = planner.evaluation_price()
     entries = [(t["candidate"], t["model_artifacts"], False) for t in trained or [] if t]
-    if config.evaluation.baseline:
-        _, base_uri = planner.base_model(config.candidates[0].base_model)
-        entries.append((BASELINE, base_uri, True))
+    baseline = baseline_model(config)
+    if baseline:
+        entries.append((BASELINE, planner.base_model_uri(baseline), True))
     plans = []
     for candidate, model_uri, zero_shot in entries:
         base_name = job_name(planner.dag_id, planner.run_id, candidate, "processing")
@@ -374,6 +415,18 @@ def plan_evaluation(
             }
         )
     return plans
+
+
+def baseline_model(config: PipelineConfig) -> str | None:
+    """The base model evaluated untuned: the first candidate's that evaluate.py can run
+    zero-shot (a JumpStart model's weights come in JumpStart's own format), or None."""
+    if not config.evaluation.baseline:
+        return None
+    usable = [c.base_model for c in config.candidates if not c.jumpstart]
+    if not usable:
+        log.info("no zero-shot baseline: every candidate's base model is a JumpStart model")
+        return None
+    return usable[0]
 
 
 def hourly_cost(instance: dict[str, Any], count: int, max_count: int) -> dict[str, Any]:
@@ -408,7 +461,7 @@ def plan_endpoint(
     with the hosting instance, its hourly cost, and what stands in for the winner."""
     first = config.candidates[0]
     job = next(p for p in training if p["candidate"] == first.name)
-    parameters = planner.parameters(first.base_model)
+    parameters = planner.parameters(first)
     plan = endpoints.plan_deployment(
         config,
         model_version=VERSION_PLACEHOLDER,
@@ -489,7 +542,16 @@ def plan_run(
                 "files": bundle.names,
             },
             "datasets": {k: v for k, v in planner.staged.items() if k.endswith("_uri")},
-            "base_models": {name: planner.base_model(name)[1] for name in base_models},
+            "base_models": {
+                name: planner.base_model_uri(name)
+                for name in base_models
+                if not jumpstart.is_jumpstart(name)
+            },
+            "jumpstart_models": {
+                name: planner.jumpstart(name).as_record()
+                for name in base_models
+                if jumpstart.is_jumpstart(name)
+            },
             "note": "uploaded at run time (fmops.sagemaker.staging); the plan sends nothing",
         },
         "training": training,
@@ -595,6 +657,11 @@ def render_text(plan: dict[str, Any], source: str) -> str:
         "# computed offline: nothing was sent to AWS and no credentials were used",
         f"# {plan['placeholders']['note']}",
     ]
+    if plan.get("uploads", {}).get("jumpstart_models"):
+        lines[1] = (
+            "# computed offline except JumpStart's model specs, read from its S3 bucket; "
+            "nothing was sent to SageMaker"
+        )
     if plan.get("uploads"):
         code = plan["uploads"]["sourcedir"]
         lines += [
@@ -602,6 +669,11 @@ def render_text(plan: dict[str, Any], source: str) -> str:
             f"code: {code['uri']} ({len(code['files'])} scripts, {code['bytes']} bytes, "
             f"sha256 {code['sha256'][:12]}...)",
             *(f"base model {k}: {v}" for k, v in plan["uploads"]["base_models"].items()),
+            *(
+                f"base model {k}: JumpStart {v['model_id']} {v['version']}, "
+                f"weights {v['model_uri']}"
+                for k, v in plan["uploads"].get("jumpstart_models", {}).items()
+            ),
             *(f"{k.removesuffix('_uri')}: {v}" for k, v in plan["uploads"]["datasets"].items()),
         ]
     for kind, operation in (

@@ -37,7 +37,7 @@ def upload_inputs(config: PipelineConfig, staged: dict[str, Any], s3: Any = None
     staging.upload_code(s3, layout, bundle, kms)
     datasets = staging.stage_dataset(s3, layout, staged, kms)
     models = {}
-    for name in sorted({c.base_model for c in config.candidates}):
+    for name in sorted({c.base_model for c in config.candidates if not c.jumpstart}):
         folder, uri = planner.base_model(name)
         staging.upload_folder(s3, folder, uri, kms)
         models[name] = uri
@@ -48,3 +48,12 @@ def upload_inputs(config: PipelineConfig, staged: dict[str, Any], s3: Any = None
     }
     log.info("uploaded the job inputs to s3://%s/%s: %s", layout.bucket, layout.prefix, uploaded)
     return uploaded
+
+
+def read_jumpstart_with_connection(config: PipelineConfig) -> None:
+    """Point the SDK's JumpStart lookups at the Airflow connection's S3 client, when a candidate
+    is a JumpStart model: the same credentials and endpoint as the rest of the run."""
+    if any(c.jumpstart for c in config.candidates):
+        from fmops.sagemaker import jumpstart
+
+        jumpstart.use_s3_client(s3_client(config), options.settings_of(config).region)

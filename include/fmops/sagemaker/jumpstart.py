@@ -1,0 +1,244 @@
+"""JumpStart base models: a candidate's ``base_model: jumpstart:<model id>[@<version>]``.
+
+Such a candidate trains with JumpStart's own transfer-learning script and weights, not with
+fmops' train.py: the plan resolves, with the sagemaker SDK's JumpStart lookups (the same ones
+``JumpStartEstimator`` makes), the training image for the region and instance type, the script
+and pretrained-weights archives in JumpStart's S3 bucket, the default hyperparameters (the
+algorithm's and the container's ``sagemaker_program`` / ``sagemaker_submit_directory``), the
+metric definitions and the instance types the model supports.
+
+The lookups read JumpStart's model specs from its content bucket in S3 (``jumpstart-cache-prod-
+<region>``), so planning a JumpStart candidate is the one part of ``fmops plan`` that reads
+from AWS; nothing is written. The SDK honours ``AWS_JUMPSTART_CONTENT_BUCKET_OVERRIDE``, which is
+how the tests serve a spec from a moto bucket. The S3 client comes from the Airflow AWS
+connection when one is given, so the lookups use the same credentials and endpoint as the rest
+of the run.
+
+What fmops does not do for a JumpStart model: count its parameters offline (the config may give
+``parameters`` for the memory check; otherwise the model's own list of supported training types
+is the check), check the token lengths of the data with its tokenizer, or evaluate its untuned
+weights as the zero-shot baseline. Its training channels are ``training`` and ``validation``
+with fmops' staged CSV files; each JumpStart script documents the data format it expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from fmops.jobs.specs import PlanError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "jumpstart:"
+ANY_VERSION = "*"
+# JumpStart's channel names (JumpStartEstimator.fit): the data, and with network isolation the
+# pretrained weights and the script archive.
+TRAINING_CHANNEL = "training"
+VALIDATION_CHANNEL = "validation"
+MODEL_CHANNEL = "model"
+CODE_CHANNEL = "code"
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VERSION = re.compile(r"^(\*|[0-9]+(\.[0-9*]+)*)$")
+
+
+def is_jumpstart(base_model: str) -> bool:
+    return base_model.startswith(PREFIX)
+
+
+def parse(base_model: str) -> tuple[str, str]:
+    """``jumpstart:<model id>[@<version>]`` as (model id, version); the version defaults to *."""
+    if not is_jumpstart(base_model):
+        raise ValueError(f"{base_model!r} is not a JumpStart model: it must start with {PREFIX!r}")
+    model_id, _, version = base_model[len(PREFIX) :].partition("@")
+    version = version or ANY_VERSION
+    if not _MODEL_ID.match(model_id) or not _VERSION.match(version):
+        raise ValueError(
+            f"base_model {base_model!r}: write jumpstart:<model id> or "
+            "jumpstart:<model id>@<version>, e.g. jumpstart:huggingface-tc-bert-base-uncased@2.1.0"
+        )
+    return model_id, version
+
+
+@dataclass(frozen=True)
+class JumpStartModel:
+    """What the SDK's JumpStart lookups say about one model version, for training."""
+
+    base_model: str
+    model_id: str
+    version: str
+    requested_version: str
+    training_types: tuple[str, ...]
+    default_training_type: str | None
+    hyperparameters: dict[str, str]
+    algorithm_hyperparameters: tuple[str, ...]
+    metric_definitions: list[dict[str, str]]
+    script_uri: str
+    model_uri: str
+    network_isolation: bool
+    images: dict[str, str] = field(default_factory=dict)
+
+    def image(self, instance_type: str) -> str:
+        if instance_type not in self.images:
+            raise PlanError(
+                f"JumpStart model {self.model_id} {self.version} has no training image for "
+                f"{instance_type}: use one of {', '.join(self.training_types)}"
+            )
+        return self.images[instance_type]
+
+    def notes(self) -> list[str]:
+        notes = [
+            f"JumpStart model {self.model_id} {self.version} trains with JumpStart's script "
+            f"{self.hyperparameters.get('sagemaker_program', '?')} ({self.script_uri}) on the "
+            f"weights {self.model_uri}; its data channels get fmops' staged CSV files: check the "
+            "format its script expects"
+        ]
+        if self.requested_version == ANY_VERSION:
+            notes.append(
+                f"version * resolved to {self.version}: pin it (base_model: "
+                f"{PREFIX}{self.model_id}@{self.version}) so a new JumpStart release cannot "
+                "change the run"
+            )
+        return notes
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "version": self.version,
+            "script_uri": self.script_uri,
+            "model_uri": self.model_uri,
+            "training_types": list(self.training_types),
+            "default_training_type": self.default_training_type,
+        }
+
+
+def _sdk_error(base_model: str, region: str, err: Exception) -> PlanError:
+    return PlanError(
+        f"base_model {base_model}: the JumpStart lookup in {region} failed: {err}. Check the "
+        "model id and version in JumpStart's model list for the region"
+    )
+
+
+_SESSION: dict[str, Any] = {}  # region -> the SDK session whose S3 client the lookups use
+
+
+def use_s3_client(s3: Any, region: str) -> None:
+    """Make the SDK's JumpStart lookups in ``region`` read with ``s3`` (e.g. the Airflow
+    connection's client) instead of the default credential chain's."""
+    import boto3
+    from sagemaker.core.helper.session_helper import Session
+
+    session = Session(boto_session=boto3.Session(region_name=region))
+    session.s3_client = s3  # what the SDK's JumpStart cache reads specs with
+    _SESSION[region] = session
+
+
+def _session_kwargs(region: str) -> dict[str, Any]:
+    session = _SESSION.get(region)
+    return {"sagemaker_session": session} if session else {}
+
+
+def resolve(base_model: str, region: str) -> JumpStartModel:
+    """Look the model up with the sagemaker SDK; a model JumpStart lacks is a PlanError."""
+    from sagemaker.core import (
+        hyperparameters,
+        image_uris,
+        instance_types,
+        metric_definitions,
+        model_uris,
+        script_uris,
+    )
+    from sagemaker.core.jumpstart import accessors
+
+    model_id, requested = parse(base_model)
+    session = _session_kwargs(region)
+    where = {"region": region, "model_id": model_id, "model_version": requested, **session}
+    try:
+        s3 = {"s3_client": session["sagemaker_session"].s3_client} if session else {}
+        specs = accessors.JumpStartModelsAccessor.get_model_specs(
+            region=region, model_id=model_id, version=requested, **s3
+        )
+        if not specs.training_supported:
+            raise PlanError(
+                f"base_model {base_model}: JumpStart model {model_id} {specs.version} cannot be "
+                "fine-tuned (training_supported is false): choose another model"
+            )
+        types = tuple(instance_types.retrieve(scope="training", **where))
+        defaults = hyperparameters.retrieve_default(include_container_hyperparameters=True, **where)
+        algorithm = hyperparameters.retrieve_default(**where)
+        images = {}
+        for instance_type in types:
+            try:
+                images[instance_type] = image_uris.retrieve(
+                    framework=None, image_scope="training", instance_type=instance_type, **where
+                )
+            except ValueError:
+                continue  # no image for that type in this region: not offered
+        resolved = JumpStartModel(
+            base_model=base_model,
+            model_id=model_id,
+            version=specs.version,
+            requested_version=requested,
+            training_types=tuple(t for t in types if t in images),
+            default_training_type=specs.default_training_instance_type,
+            hyperparameters={k: str(v) for k, v in defaults.items()},
+            algorithm_hyperparameters=tuple(algorithm),
+            metric_definitions=list(metric_definitions.retrieve_default(**where) or []),
+            script_uri=script_uris.retrieve(script_scope="training", **where),
+            model_uri=model_uris.retrieve(model_scope="training", **where),
+            network_isolation=bool(getattr(specs, "training_enable_network_isolation", False)),
+            images=images,
+        )
+    except PlanError:
+        raise
+    except (KeyError, ValueError) as err:
+        raise _sdk_error(base_model, region, err) from None
+    except Exception as err:  # botocore's errors for a missing spec object or bucket
+        if type(err).__module__.startswith("botocore"):
+            raise _sdk_error(base_model, region, err) from None
+        raise
+    log.info(
+        "JumpStart %s: version %s, training types %s, script %s",
+        model_id,
+        resolved.version,
+        ", ".join(resolved.training_types),
+        resolved.script_uri,
+    )
+    return resolved
+
+
+def hyperparameters_for(
+    model: JumpStartModel, explicit: dict[str, str], overrides: dict[str, str]
+) -> dict[str, str]:
+    """JumpStart's defaults, then the candidate's hyperparameters the model knows by name, then
+    its ``jumpstart_hyperparameters`` (which must all be the model's)."""
+    known = set(model.algorithm_hyperparameters)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise PlanError(
+            f"jumpstart_hyperparameters {unknown} are not hyperparameters of JumpStart model "
+            f"{model.model_id} {model.version}; it has {sorted(known)}"
+        )
+    values = dict(model.hyperparameters)
+    values.update({k: v for k, v in explicit.items() if k in known})
+    values.update({k: str(v) for k, v in overrides.items()})
+    return values
+
+
+def validate_hyperparameters(model: JumpStartModel, region: str, values: dict[str, str]) -> None:
+    """The SDK's own checks of types and ranges; a bad value is a PlanError naming it."""
+    from sagemaker.core import hyperparameters
+
+    algorithm = {k: v for k, v in values.items() if k in model.algorithm_hyperparameters}
+    try:
+        hyperparameters.validate(
+            region=region,
+            model_id=model.model_id,
+            model_version=model.version,
+            hyperparameters=algorithm,
+            **_session_kwargs(region),
+        )
+    except ValueError as err:
+        raise PlanError(f"base_model {model.base_model}: {err}") from None

@@ -1,6 +1,7 @@
 """fmops_deploy's deploy task on the sagemaker target waits in the triggerer: ``EndpointTrigger``
 over recorded DescribeEndpoint answers, and ``DeployEndpointOperator`` deferring to it and
-resuming. (The whole path against a moto server is in test_sagemaker_deploy.py.)"""
+resuming. (The whole path against a moto server is in test_sagemaker_deploy.py; the deferred
+capacity fallback in test_endpoint_capacity.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow.sdk.module_loading import import_string
+from botocore.exceptions import ClientError
 
+from fmops import registry
 from fmops.airflow.operators import DeployEndpointOperator, EndpointTrigger
 from fmops.config import load_config
 from fmops.deployment import flow
@@ -42,16 +45,25 @@ def updating() -> dict[str, Any]:
     return described("Updating", OLD, PendingDeploymentSummary={"EndpointConfigName": NEW})
 
 
-class FakeSageMaker:
-    """DescribeEndpoint answering from a recorded sequence."""
+GONE = ClientError(
+    {"Error": {"Code": "ValidationException", "Message": 'Could not find endpoint "banking77".'}},
+    "DescribeEndpoint",
+)
 
-    def __init__(self, answers: list[dict[str, Any]]):
+
+class FakeSageMaker:
+    """DescribeEndpoint answering from a recorded sequence (an exception in it is raised)."""
+
+    def __init__(self, answers: list[dict[str, Any] | Exception]):
         self.answers = list(answers)
         self.asked: list[str] = []
 
     def describe_endpoint(self, *, EndpointName: str) -> dict[str, Any]:  # noqa: N803
         self.asked.append(EndpointName)
-        return self.answers.pop(0)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 @pytest.fixture
@@ -161,11 +173,51 @@ def test_the_deadline_counts_from_the_start_of_the_deployment(sagemaker):
 
 
 def test_serialized_kwargs_round_trip():
-    original = trigger(previous_endpoint_config_name=None)
-    path, kwargs = original.serialize()
-    assert path == "fmops.airflow.operators.EndpointTrigger"
-    assert json.loads(json.dumps(kwargs)) == kwargs
-    assert import_string(path)(**kwargs).serialize() == (path, kwargs)
+    for original in (
+        trigger(previous_endpoint_config_name=None),
+        trigger(awaiting="deletion"),
+    ):
+        path, kwargs = original.serialize()
+        assert path == "fmops.airflow.operators.EndpointTrigger"
+        assert json.loads(json.dumps(kwargs)) == kwargs
+        assert import_string(path)(**kwargs).serialize() == (path, kwargs)
+    with pytest.raises(ValueError, match="'deployment' or 'deletion'"):
+        trigger(awaiting="creation")
+
+
+# -- the trigger, waiting for a failed endpoint to be deleted (capacity fallback) ------------------
+
+NO_CAPACITY = "Unable to provision requested ML compute capacity. Please retry using a different"
+
+
+def test_a_deleted_endpoint_fires_once_it_is_gone(sagemaker):
+    failed = described("Failed", NEW, FailureReason=NO_CAPACITY)
+    fake = sagemaker([failed, described("Deleting", NEW, FailureReason=NO_CAPACITY), GONE])
+    (event,) = events(trigger(awaiting="deletion", previous_endpoint_config_name=None))
+    assert event == {
+        "verdict": {
+            "state": "succeeded",
+            "message": "banking77 is deleted",
+            "status": "Deleted",
+            "config_name": None,
+            "rolled_back": False,
+        },
+        "description": None,
+    }
+    assert fake.asked == ["banking77"] * 3  # Failed still, as DescribeEndpoint lags: waited
+
+
+def test_a_deletion_that_lasts_or_is_overtaken_fires_its_failure(sagemaker):
+    sagemaker([described("Deleting", NEW)])
+    (event,) = events(trigger(awaiting="deletion", started_at=time.time() - 7200))
+    assert event["verdict"]["state"] == "timed_out"
+    assert "still Deleting after" in event["verdict"]["message"]
+    assert event["description"]["EndpointStatus"] == "Deleting"
+
+    sagemaker([described("Creating", "banking77-v9-ffffffff")])
+    (event,) = events(trigger(awaiting="deletion"))
+    assert event["verdict"]["state"] == "failed"
+    assert "another deployment created it again" in event["verdict"]["message"]
 
 
 # -- the operator ----------------------------------------------------------------------------------
@@ -226,6 +278,7 @@ def a_wait(**deployment: Any) -> dict[str, Any]:
     return {
         "deployment": handle,
         "version": "3",
+        "config": load_config(CONFIGS_DIR / "sagemaker.example.yaml").model_dump(mode="json"),
         "aws_conn_id": "aws_fmops",
         "region_name": "eu-west-1",
     }
@@ -298,6 +351,7 @@ def test_the_sagemaker_target_defers_to_the_trigger(monkeypatch):
         "poll_interval": 30,
         "aws_conn_id": "aws_fmops",
         "region_name": "eu-west-1",
+        "awaiting": "deployment",
     }
 
     # Already serving the version: the result at once, no deferral.
@@ -306,7 +360,12 @@ def test_the_sagemaker_target_defers_to_the_trigger(monkeypatch):
     assert task.execute({}) == done
 
 
-def test_resuming_after_success_registers_auto_scaling(aws):
+def test_resuming_after_success_registers_auto_scaling(aws, monkeypatch):
+    tags: dict[str, str] = {}
+    mlflow = SimpleNamespace(
+        set_model_version_tag=lambda name, version, key, value: tags.update({key: value})
+    )
+    monkeypatch.setattr(registry, "client", lambda config: mlflow)
     verdict = endpoints.Verdict("succeeded", f"banking77 is InService on {NEW}", "InService", NEW)
     result = resumed(a_wait(), verdict, described("InService", NEW))
     assert result == {
@@ -317,9 +376,16 @@ def test_resuming_after_success_registers_auto_scaling(aws):
         "endpoint_config": NEW,
         "previous_endpoint_config": OLD,
         "instance": "2 x ml.g4dn.xlarge",
+        "instance_type": "ml.g4dn.xlarge",
+        "capacity_fallback": [],
     }
     assert aws.calls == ["RegisterScalableTarget", "PutScalingPolicy"]
     assert aws.made == [("aws_fmops", "eu-west-1")]
+    assert tags == {  # the model card's record of where the version serves
+        "fmops.endpoint.name": "banking77",
+        "fmops.endpoint.instance_type": "ml.g4dn.xlarge",
+        "fmops.endpoint.capacity_fallback": flow.NO_FALLBACK,
+    }
 
 
 def test_a_rollback_fails_the_task_without_retries_and_names_the_alarm(aws):

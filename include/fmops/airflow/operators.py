@@ -10,6 +10,9 @@ alike (the latter runs mapped task instances one after another).
 ``DeployEndpointOperator`` is fmops_deploy's deploy task: it starts a SageMaker deployment and
 defers to ``EndpointTrigger``, which polls DescribeEndpoint from the triggerer through minutes to
 hours of traffic shifting and baking, then resumes to conclude it (auto scaling, or the failure).
+When SageMaker had no capacity for the instance type, it starts the next attempt on the next type
+of the catalog's ranking and defers again, with the new handle (as ``AwaitJobOperator`` does for
+a training job).
 """
 
 from __future__ import annotations
@@ -146,6 +149,11 @@ class EndpointTrigger(BaseTrigger):
     judges it: success only ``InService`` on ``endpoint_config_name``; ``InService`` on another
     config is a rollback (``failed``); past ``timeout_seconds`` after ``started_at`` (epoch
     seconds, so that a restarted triggerer keeps the deadline) the verdict is ``timed_out``.
+
+    With ``awaiting="deletion"`` it waits instead for a failed endpoint to be gone (a capacity
+    fallback deletes it to create it again on the next instance type): ``succeeded`` once
+    DescribeEndpoint no longer finds it (``description`` None), judged by
+    ``endpoints.deletion_verdict``.
     """
 
     def __init__(
@@ -159,8 +167,12 @@ class EndpointTrigger(BaseTrigger):
         poll_interval: float = 30.0,
         aws_conn_id: str = "aws_default",
         region_name: str | None = None,
+        awaiting: str = "deployment",
     ):
         super().__init__()
+        if awaiting not in ("deployment", "deletion"):
+            raise ValueError(f"awaiting={awaiting!r}: 'deployment' or 'deletion'")
+        self.awaiting = awaiting
         self.endpoint_name = endpoint_name
         self.endpoint_config_name = endpoint_config_name
         self.previous_endpoint_config_name = previous_endpoint_config_name
@@ -183,6 +195,7 @@ class EndpointTrigger(BaseTrigger):
             poll_interval=handle["poll_seconds"],
             aws_conn_id=wait["aws_conn_id"],
             region_name=wait["region_name"],
+            awaiting="deletion" if handle["action"] == "deleting" else "deployment",
         )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -197,6 +210,7 @@ class EndpointTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "aws_conn_id": self.aws_conn_id,
                 "region_name": self.region_name,
+                "awaiting": self.awaiting,
             },
         )
 
@@ -216,20 +230,24 @@ class EndpointTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         endpoints, client, watch = await asyncio.to_thread(self._watch)
 
-        def describe() -> dict[str, Any]:
+        def describe() -> dict[str, Any] | None:
+            if self.awaiting == "deletion":
+                return endpoints.find_endpoint(client, self.endpoint_name)  # None once gone
             return client.describe_endpoint(EndpointName=self.endpoint_name)
 
         while True:
             description = await asyncio.to_thread(describe)
-            verdict = watch.see(description, time.time() - self.started_at)
+            elapsed = time.time() - self.started_at
+            if self.awaiting == "deletion":
+                verdict = endpoints.deletion_verdict(
+                    description, self.endpoint_name, elapsed, self.timeout_seconds
+                )
+            else:
+                verdict = watch.see(description, elapsed)
             if verdict.state != "waiting":
                 self.log.info("%s: %s", verdict.state, verdict.message)
-                yield TriggerEvent(
-                    {
-                        "verdict": verdict.as_dict(),
-                        "description": endpoints.jsonable_description(description),
-                    }
-                )
+                last = endpoints.jsonable_description(description) if description else None
+                yield TriggerEvent({"verdict": verdict.as_dict(), "description": last})
                 return
             self.log.info("%s; next look in %s s", verdict.message, self.poll_interval)
             await asyncio.sleep(self.poll_interval)
@@ -245,7 +263,10 @@ class DeployEndpointOperator(BaseOperator):
     (CreateEndpoint, or a blue/green UpdateEndpoint) and defers to ``EndpointTrigger``;
     ``execute_complete`` registers auto scaling and returns the same result as the blocking
     ``flow.deploy_to_sagemaker``. A failed, rolled back or timed out deployment fails the task
-    without retries (``AirflowFailException``): retrying would repeat it.
+    without retries (``AirflowFailException``): retrying would repeat it. One that SageMaker had
+    no capacity for is started again on the next instance type of the catalog's ranking (for a
+    failed new endpoint, after waiting in the triggerer until it is deleted), and ``execute``
+    defers again with the new handle, until it serves or no type is left.
 
     :param candidate: what resolve_candidate returned (the resolved config and the version).
     """
@@ -263,7 +284,19 @@ class DeployEndpointOperator(BaseOperator):
         started = start_deploy(self.candidate)
         if "result" in started:
             return started["result"]
-        wait = started["wait"]
+        self._defer(started["wait"])
+
+    def execute_complete(
+        self, context: Any, event: dict[str, Any], wait: dict[str, Any]
+    ) -> dict[str, Any]:
+        from fmops.airflow.tasks import finish_deploy
+
+        finished = finish_deploy(wait, event)
+        if "result" in finished:
+            return finished["result"]
+        self._defer(finished["wait"])  # the next attempt of a capacity fallback
+
+    def _defer(self, wait: dict[str, Any]) -> None:
         handle = wait["deployment"]
         self.log.info(
             "%s endpoint %s with %s; waiting in the triggerer (at most %s s, a look every %s s)",
@@ -278,13 +311,6 @@ class DeployEndpointOperator(BaseOperator):
             method_name="execute_complete",
             kwargs={"wait": wait},
         )
-
-    def execute_complete(
-        self, context: Any, event: dict[str, Any], wait: dict[str, Any]
-    ) -> dict[str, Any]:
-        from fmops.airflow.tasks import finish_deploy
-
-        return finish_deploy(wait, event)
 
 
 class ValidationReportLink(BaseOperatorLink):

@@ -1,8 +1,11 @@
 """The stages of ``fmops_deploy`` as plain functions (no Airflow imports).
 
 resolve_candidate -> await_approval -> deploy -> smoke_test -> promote. The deploy task runs
-``start_deploy`` and, for a SageMaker deployment, waits in the triggerer before ``finish_deploy``;
-``deploy`` is the same stage in one blocking call.
+``start_deploy`` and, for a SageMaker deployment, waits in the triggerer before ``finish_deploy``
+(again after each capacity fallback); ``deploy`` is the same stage in one blocking call. A
+SageMaker deployment records on the model version where it serves: the tags
+``fmops.endpoint.name``, ``fmops.endpoint.instance_type`` and ``fmops.endpoint.capacity_fallback``
+(``record_endpoint``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,14 @@ from fmops.config import PipelineConfig
 from fmops.paths import state_dir
 
 log = logging.getLogger(__name__)
+
+ENDPOINT_TAGS = {
+    "endpoint": "fmops.endpoint.name",
+    "instance_type": "fmops.endpoint.instance_type",
+    "capacity_fallback": "fmops.endpoint.capacity_fallback",
+}
+NO_FALLBACK = "none: the first instance type of the catalog ranking serves"
+MAX_TAG_VALUE = 5000  # MLflow's limit for a model version tag's value
 
 
 class ApprovalRejectedError(RuntimeError):
@@ -118,8 +129,9 @@ def start_deploy(config: PipelineConfig, version: str) -> dict[str, Any]:
     local target deploys within the call (its variant is healthy or refused within
     ``deployment.health_timeout_seconds``), and a SageMaker endpoint that already serves the
     version is left as it is. Otherwise ``{"wait": ...}``: the started SageMaker deployment
-    (``endpoints.start_deployment``'s handle, ``deployment``), the version, and the AWS
-    connection and region to watch it with; after the wait, ``finish_deploy`` concludes it.
+    (``endpoints.start_deployment``'s handle, ``deployment``), the version, the config (to
+    record the outcome on the model version) and the AWS connection and region to watch it
+    with; after the wait, ``finish_deploy`` concludes it.
     """
     if config.target != "sagemaker":
         return {"result": deploy(config, version)}
@@ -127,37 +139,92 @@ def start_deploy(config: PipelineConfig, version: str) -> dict[str, Any]:
 
     plan, settings, aws = _sagemaker_deployment(config, version)
     handle = endpoints.start_deployment(plan, **aws)
-    if handle["action"] == "unchanged":
-        result = endpoints.finish_deployment(handle, None, autoscaling=aws["autoscaling"])
-        return {"result": _deployed(result, version)}
-    return {
-        "wait": {
-            "deployment": handle,
-            "version": str(version),
-            "aws_conn_id": settings.aws_conn_id,
-            "region_name": settings.region,
-        }
+    wait = {
+        "version": str(version),
+        "config": config.model_dump(mode="json"),
+        "aws_conn_id": settings.aws_conn_id,
+        "region_name": settings.region,
     }
+    return _started(wait, handle, aws["autoscaling"])
 
 
 def finish_deploy(
-    wait: dict[str, Any], verdict: dict[str, Any], description: dict[str, Any]
+    wait: dict[str, Any], verdict: dict[str, Any], description: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Conclude what ``start_deploy`` started, given how the wait ended (``endpoints.Verdict``
-    as a dict, and the last DescribeEndpoint): the result ``deploy`` returns, or
-    ``DeploymentFailedError`` for a failed, rolled back or timed out deployment."""
+    """Conclude a wait that ``start_deploy`` (or an earlier ``finish_deploy``) began, given how
+    it ended (``endpoints.Verdict`` as a dict, and the last DescribeEndpoint, None once a
+    deleted endpoint is gone). Returns, as ``start_deploy`` does, ``{"result": ...}`` (what
+    ``deploy`` returns) or ``{"wait": ...}``: the next attempt of a capacity fallback, to wait
+    for in turn. Raises ``DeploymentFailedError`` for a deployment that failed otherwise, was
+    rolled back or timed out, ``NoCapacityError`` when no instance type had capacity."""
     from fmops.sagemaker import endpoints
 
     handle = wait["deployment"]
     made = endpoints.clients(wait["aws_conn_id"], wait["region_name"])
+    aws = {
+        "sagemaker": made.sagemaker,
+        "cloudwatch": made.cloudwatch,
+        "autoscaling": made.autoscaling,
+    }
     ended = endpoints.Verdict.from_dict(verdict)
-    if ended.state != "succeeded":
-        raise endpoints.deployment_failed(
-            handle, ended, cloudwatch=made.cloudwatch, autoscaling=made.autoscaling
-        )
+    if handle["action"] == "deleting":  # a failed endpoint, deleted to create it again
+        if ended.state != "succeeded":
+            raise ended.error(handle["endpoint_name"])
+        log.info("%s", ended.message)
+        return _started(wait, endpoints.start_deployment(handle["plan"], **aws), made.autoscaling)
+    if ended.state != "succeeded":  # the next instance type where SageMaker had no capacity
+        following = endpoints.fall_back(handle, ended, description, **aws)
+        return _started(wait, following, made.autoscaling)
     log.info("%s", ended.message)
     result = endpoints.finish_deployment(handle, description, autoscaling=made.autoscaling)
-    return _deployed(result, wait["version"])
+    return {"result": _concluded(wait, result)}
+
+
+def _started(wait: dict[str, Any], handle: dict[str, Any], autoscaling: Any) -> dict[str, Any]:
+    """``{"wait": ...}`` for a started deployment, ``{"result": ...}`` for one with nothing to
+    wait for (the endpoint serves the version already)."""
+    from fmops.sagemaker import endpoints
+
+    if handle["action"] != "unchanged":
+        return {"wait": {**wait, "deployment": handle}}
+    result = endpoints.finish_deployment(handle, None, autoscaling=autoscaling)
+    return {"result": _concluded(wait, result)}
+
+
+def _concluded(wait: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The deploy task's result, recorded on the model version of the wait's config."""
+    deployed = _deployed(result, wait["version"])
+    if "config" in wait:
+        record_endpoint(PipelineConfig.model_validate(wait["config"]), deployed)
+    else:  # a wait deferred by an fmops without the config in it
+        log.warning(
+            "the deployment's wait carries no config: where %s serves is not recorded on the "
+            "model version (tags %s)",
+            deployed["endpoint"],
+            ", ".join(ENDPOINT_TAGS.values()),
+        )
+    return deployed
+
+
+def record_endpoint(config: PipelineConfig, deployed: dict[str, Any]) -> dict[str, str]:
+    """Tag the deployed model version with where it serves, for its model card: the endpoint,
+    the instance type serving it, and the capacity fallback on the way ("none" when the first
+    choice serves, so that a redeployment does not keep an earlier note). Returns the tags."""
+    from fmops import registry
+
+    notes = deployed.get("capacity_fallback") or []
+    tags = {
+        ENDPOINT_TAGS["endpoint"]: deployed["endpoint"],
+        ENDPOINT_TAGS["instance_type"]: deployed["instance_type"],
+        ENDPOINT_TAGS["capacity_fallback"]: "; ".join(notes)[:MAX_TAG_VALUE] or NO_FALLBACK,
+    }
+    mlflow_client = registry.client(config)
+    name = config.registry.model_name
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, deployed["version"], key, value)
+    if notes:
+        log.warning("%s version %s: %s", name, deployed["version"], "; ".join(notes))
+    return tags
 
 
 def _sagemaker_deployment(
@@ -213,17 +280,24 @@ def _deployed(result: dict[str, Any], version: str) -> dict[str, Any]:
         "endpoint_config": result["endpoint_config_name"],
         "previous_endpoint_config": result["previous_endpoint_config_name"],
         "instance": f"{result['instance_count']} x {result['instance_type']}",
+        "instance_type": result["instance_type"],
+        # why it is not the first choice: "no capacity for ml.X in <region>: falling back ..."
+        "capacity_fallback": list(result.get("capacity_fallback", [])),
     }
 
 
 def deploy_to_sagemaker(config: PipelineConfig, version: str) -> dict[str, Any]:
     """Create the SageMaker endpoint, or update it blue/green to this version, and wait until it
-    serves the new config (a rollback is a failure: ``DeploymentFailedError``). Blocking: the
-    deploy task uses ``start_deploy`` and ``finish_deploy`` around a deferred wait instead."""
+    serves the new config (a rollback is a failure: ``DeploymentFailedError``), falling back to
+    the next instance type where SageMaker has no capacity; records where it serves on the
+    model version. Blocking: the deploy task uses ``start_deploy`` and ``finish_deploy`` around
+    a deferred wait instead."""
     from fmops.sagemaker import endpoints
 
     plan, _, aws = _sagemaker_deployment(config, version)
-    return _deployed(endpoints.deploy(plan, **aws), version)
+    deployed = _deployed(endpoints.deploy(plan, **aws), version)
+    record_endpoint(config, deployed)
+    return deployed
 
 
 def smoke_test(config: PipelineConfig, version: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ the amazon provider's hooks, ``clients()``). ``deploy`` does the three in one bl
 deploy task of fmops_deploy calls ``start_deployment`` (steps 1-4, it returns a JSON-able handle),
 defers the wait to the triggerer (``fmops.airflow.operators.EndpointTrigger``, which judges each
 DescribeEndpoint with the same ``DeploymentWatch``) and resumes with ``finish_deployment`` (step 6)
-or ``deployment_failed``. The requests, in this order:
+or ``fall_back`` (the next attempt, or the failure). The requests, in this order:
 
 1. ``DescribeEndpoint``: a new endpoint, an update, or a retry of this very deployment (then it
    reattaches to it, or finds it done);
@@ -34,6 +34,19 @@ or ``deployment_failed``. The requests, in this order:
    changes the instance type of a variant registered for auto scaling fails, so the scaling
    policy and target are removed before such an update and registered again after it (SageMaker
    developer guide, "Update endpoints that use auto scaling").
+
+Capacity fallback (``fmops.sagemaker.capacity``): when SageMaker has no capacity or no quota for
+the instance type (CreateEndpoint or UpdateEndpoint refused with ``ResourceLimitExceeded`` for it;
+a new endpoint ``Failed``, or an update rolled back, with "Unable to provision requested ML
+compute capacity"), ``next_instance`` moves the plan to the next type of the catalog's ranking
+that fits the model, within ``sagemaker.endpoint.allowed_instance_types`` and the price ceiling:
+a new endpoint config (a new name), the same model. ``fall_back`` starts that attempt: a Failed
+new endpoint is deleted (``DeleteEndpoint``; it never served) and, once gone, created again; a
+rolled back update is followed by another blue/green ``UpdateEndpoint``. Each move is logged
+("no capacity for ml.X in <region>: falling back to ml.Y (...)") and kept in the plan's
+``instance.tried`` and ``capacity_fallback``, which reach the deployment's result. A pinned type
+does not fall back, and a ranking tried to its end stops with ``NoCapacityError`` naming every
+type tried.
 
 Names are deterministic: the model and the endpoint config are ``<endpoint>-v<version>-<hash>``,
 the hash taken over the request (tags left out), so the same version with the same settings maps
@@ -63,6 +76,7 @@ storage (the same rule as ``VolumeKmsKeyId`` for jobs, from the catalog's ``nvme
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -77,7 +91,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
-from fmops.catalog import Catalog, CatalogError, Choice, hosting_memory
+from fmops.catalog import Catalog, CatalogError, Choice, MemoryEstimate, hosting_memory
 
 # The settings are the config's (sagemaker.endpoint, deployment.traffic, deployment.alarms), and
 # so are the blue/green bounds that their validators check; this module re-exports them.
@@ -107,7 +121,7 @@ from fmops.config import (  # noqa: F401
 )
 from fmops.jobs.local import JOB_ENV
 from fmops.jobs.specs import PlanError
-from fmops.sagemaker import options
+from fmops.sagemaker import capacity, options
 
 if TYPE_CHECKING:
     from fmops.config import PipelineConfig, SageMakerSettings
@@ -146,6 +160,9 @@ BROKEN = frozenset({"Failed", "UpdateRollbackFailed", "OutOfService", "Deleting"
 # Right after UpdateEndpoint a read may still show the old config InService (DescribeEndpoint is
 # eventually consistent); only after this many such reads, with no update seen, is it a failure.
 SETTLE_POLLS = 3
+# How long a failed endpoint may take to go after DeleteEndpoint before fmops gives up on it
+# (one that never served has no instances to drain: usually a minute or two).
+DELETION_WAIT_SECONDS = 1200
 
 MISSING_CODE = (
     "{uri} has no {code}: the Hugging Face inference toolkit loads the handlers from "
@@ -178,6 +195,11 @@ class DeploymentFailedError(RuntimeError):
         self.status = status
         self.config_name = config_name
         self.rolled_back = rolled_back
+
+
+class NoCapacityError(DeploymentFailedError):
+    """SageMaker had no capacity (or no quota) for the endpoint's instance type, and there is no
+    type left to fall back to: the type is pinned, or every type of the ranking was tried."""
 
 
 class EndpointBusyError(RuntimeError):
@@ -407,7 +429,19 @@ def endpoint_config_request(
         ],
         "Tags": _tag_list(tags),
     }
-    key = settings.kms.endpoint_key_id
+    _set_endpoint_key(request, settings.kms.endpoint_key_id, instance_type, catalog, notes)
+    return request
+
+
+def _set_endpoint_key(
+    request: dict[str, Any],
+    key: str | None,
+    instance_type: str,
+    catalog: Catalog | None,
+    notes: list[str],
+) -> None:
+    """``KmsKeyId`` in a CreateEndpointConfig request, unless the instance type has local NVMe."""
+    request.pop("KmsKeyId", None)
     if key and options.has_nvme(instance_type, catalog):
         notes.append(
             f"KmsKeyId left out on {instance_type}: it has local NVMe instance storage, which "
@@ -416,7 +450,6 @@ def endpoint_config_request(
         )
     elif key:
         request["KmsKeyId"] = key
-    return request
 
 
 def deployment_config(traffic: TrafficSettings, alarms: list[str]) -> dict[str, Any]:
@@ -787,7 +820,8 @@ def plan_endpoint(
         "model_name": requests["CreateModel"]["ModelName"],
         "endpoint_config_name": requests["CreateEndpointConfig"]["EndpointConfigName"],
         "model_data_url": model_data_url,
-        "instance": {**choice.as_record(), "explain": choice.explain()},
+        "region": settings.region,
+        "instance": {**choice.as_record(), "explain": choice.explain(), "tried": []},
         "instance_count": endpoint.instance_count,
         "alarm_names": list(names.values()),
         "traffic": {
@@ -808,6 +842,10 @@ def plan_endpoint(
         },
         "scaling": endpoint.scaling.model_dump(),
         "notes": notes,
+        # What a capacity fallback needs to size and key the next instance type (next_instance).
+        "sizing": {"parameters": parameters, "serving_precision": endpoint.serving_precision},
+        "kms_key_id": settings.kms.endpoint_key_id,
+        "capacity_fallback": [],
     }
 
 
@@ -846,6 +884,27 @@ def with_instance_count(plan: dict[str, Any], count: int) -> dict[str, Any]:
     config = requests["CreateEndpointConfig"]
     for variant in config["ProductionVariants"]:
         variant["InitialInstanceCount"] = count
+    _rename_config(plan)
+    plan["instance_count"] = count
+    return plan
+
+
+# -- capacity fallback ---------------------------------------------------------------------------
+
+
+def _gib(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    lines = (text or "").strip().splitlines()
+    return (lines[0] if lines else "no reason given")[:limit]
+
+
+def _rename_config(plan: dict[str, Any]) -> None:
+    """Name the plan's endpoint config after its request (and the endpoint requests after it)."""
+    requests = plan["requests"]
+    config = requests["CreateEndpointConfig"]
     name = versioned_name(
         plan["endpoint_name"],
         plan["model_version"],
@@ -854,8 +913,126 @@ def with_instance_count(plan: dict[str, Any], count: int) -> dict[str, Any]:
     config["EndpointConfigName"] = name
     requests["CreateEndpoint"]["EndpointConfigName"] = name
     requests["UpdateEndpoint"]["EndpointConfigName"] = name
-    plan["endpoint_config_name"], plan["instance_count"] = name, count
-    return plan
+    plan["endpoint_config_name"] = name
+
+
+def next_instance(
+    plan: dict[str, Any], why: str, *, failed: str | None = None, catalog: Catalog | None = None
+) -> dict[str, Any] | None:
+    """The plan moved to the next instance type of its ranking, after SageMaker had no capacity
+    (or no quota) for ``failed`` (default: the plan's type) because ``why``; None when the type
+    is pinned or no type is left (``no_capacity_error`` says so).
+
+    The ranking is the catalog's, made when the plan was (``hosting_instance``): the types that
+    fit the model at its serving precision, cheapest first, within
+    ``sagemaker.endpoint.allowed_instance_types`` and ``max_price_per_hour``. The new plan has a
+    new endpoint config (the name is hashed over the request, so it differs), the endpoint key
+    set by the NVMe rule for the new type, the old type in ``instance.tried`` and a note in
+    ``capacity_fallback``; the model is the same (the inference image is the GPU one for every
+    type of the catalog, which holds GPU types only).
+    """
+    from fmops.catalog import load_catalog
+
+    instance = plan["instance"]
+    current = instance["instance_type"]
+    failed = failed or current
+    fallbacks = list(instance.get("fallbacks") or [])
+    if failed in fallbacks:  # a retry found a fallback's endpoint failed: go on after it
+        fallbacks = fallbacks[fallbacks.index(failed) + 1 :]
+    if instance.get("pinned") or not fallbacks:
+        return None
+    region = plan["region"]
+    try:
+        catalog = catalog or load_catalog(region)
+    except CatalogError as err:
+        raise EndpointError(f"sagemaker.region: {err}") from None
+    sizing = plan["sizing"]
+    need = hosting_memory(sizing["parameters"], sizing["serving_precision"])
+    # The catalog may have changed since the plan was made: skip a type that no longer fits.
+    fitting = [t for t in fallbacks if t in catalog and catalog.fit(t, need)[0]]
+    if not fitting:
+        return None
+    following = fitting[0]
+    _, reason = catalog.fit(following, need)
+    choice = Choice(catalog.get(following), need, reason, tuple(fitting[1:]))
+    note = (
+        f"no capacity for {failed} in {region}: falling back to {following} (next in the "
+        f"catalog ranking that fits {_gib(need.gib)} GiB, {choice.instance.price})"
+    )
+    moved = copy.deepcopy(plan)
+    config = moved["requests"]["CreateEndpointConfig"]
+    for variant in config["ProductionVariants"]:
+        variant["InstanceType"] = following
+    notes = [n for n in plan["notes"] if not n.startswith(f"KmsKeyId left out on {current}")]
+    _set_endpoint_key(config, plan.get("kms_key_id"), following, catalog, notes)
+    _rename_config(moved)
+    validate("sagemaker", "CreateEndpointConfig", config)
+    validate("sagemaker", "CreateEndpoint", moved["requests"]["CreateEndpoint"])
+    validate("sagemaker", "UpdateEndpoint", moved["requests"]["UpdateEndpoint"])
+    problems = endpoint_config_problems(config, catalog)
+    if problems:
+        raise EndpointError("endpoint requests refused: " + "; ".join(problems))
+    moved["instance"] = {
+        **choice.as_record(),
+        "explain": _fallback_explain(choice, need, failed),
+        "tried": [*instance.get("tried", []), {"instance_type": failed, "why": why}],
+    }
+    moved["capacity_fallback"] = [*plan.get("capacity_fallback", []), note]
+    moved["notes"] = [*notes, note]
+    log.warning("%s: %s; SageMaker said: %s", plan["endpoint_name"], note, _first_line(why))
+    return moved
+
+
+def _fallback_explain(choice: Choice, need: MemoryEstimate, failed: str) -> str:
+    text = (
+        f"{choice.name}, the next in the catalog ranking after {failed} had no capacity: "
+        f"{choice.reason}. Need: {need.explain()}"
+    )
+    if choice.fallbacks:
+        text += f". Fallbacks if it has no capacity: {', '.join(choice.fallbacks)}"
+    return text
+
+
+def no_capacity_error(
+    instance: dict[str, Any],
+    *,
+    endpoint_name: str,
+    region: str,
+    failed: str,
+    why: str,
+    status: str | None,
+    config_name: str | None,
+    deleted: bool = False,
+) -> NoCapacityError:
+    """The error of a deployment SageMaker had no capacity for, with no type left to try:
+    ``instance`` is the plan's (or handle's) instance record, ``failed`` the last type tried."""
+    tried = [*instance.get("tried", []), {"instance_type": failed, "why": why}]
+    gone = (
+        f" The failed endpoint {endpoint_name} is being deleted (it never served), so that a "
+        "later run can create it again."
+        if deleted
+        else ""
+    )
+    if instance.get("pinned"):
+        message = (
+            f"no capacity for {failed} in {region} for endpoint {endpoint_name}: "
+            f"{_first_line(why)}. sagemaker.endpoint.instance_type pins {failed}, so fmops does "
+            "not fall back to another type: retry later, ask AWS for capacity or a quota "
+            f"increase for {failed}, or set sagemaker.endpoint.instance_type: auto to let fmops "
+            "fall back along the catalog ranking."
+        )
+    else:
+        listing = "; ".join(f"{t['instance_type']} ({_first_line(t['why'])})" for t in tried)
+        message = (
+            f"no capacity in {region} for endpoint {endpoint_name} on any instance type of the "
+            "catalog ranking that fits the model within sagemaker.endpoint."
+            f"allowed_instance_types and max_price_per_hour; tried {len(tried)}: {listing}. "
+            "Retry later, ask AWS for a quota increase for one of them, or widen "
+            "sagemaker.endpoint.allowed_instance_types or max_price_per_hour."
+        )
+    return NoCapacityError(
+        message + gone, endpoint_name=endpoint_name, status=status, config_name=config_name
+    )
 
 
 # -- the wait --------------------------------------------------------------------------------------
@@ -1079,6 +1256,77 @@ def await_deployment(
     raise verdict.error(description.get("EndpointName", ""), extra)
 
 
+def capacity_failure(
+    handle: dict[str, Any], verdict: Verdict, description: dict[str, Any] | None
+) -> str | None:
+    """SageMaker's reason when a deployment failed for want of instances of its type, else None:
+    a new endpoint ``Failed``, or an update rolled back (``InService`` on the old config), with a
+    ``FailureReason`` saying it could not provision the capacity. Any other failure (a container
+    that does not start, an alarm, a timeout) is the deployment's own and is not retried."""
+    if verdict.state != "failed" or not description:
+        return None
+    reason = description.get("FailureReason") or ""
+    if not capacity.is_hosting_capacity_failure(reason):
+        return None
+    new = handle.get("previous_endpoint_config_name") is None
+    if verdict.status == "Failed" and new:
+        return reason
+    if verdict.status == "InService" and verdict.rolled_back and not new:
+        return reason
+    return None
+
+
+def deletion_verdict(
+    description: dict[str, Any] | None, endpoint_name: str, elapsed: float, timeout_seconds: float
+) -> Verdict:
+    """Where the deletion of a failed endpoint stands: ``succeeded`` once DescribeEndpoint no
+    longer finds it (``description`` None), ``waiting`` while it is Deleting (or still reads
+    Failed, DescribeEndpoint being eventually consistent), ``timed_out`` past the wait, and
+    ``failed`` if it is anything else: another deployment created it again."""
+    if description is None:
+        return Verdict("succeeded", f"{endpoint_name} is deleted", "Deleted", None)
+    status = description.get("EndpointStatus", "")
+    config = description.get("EndpointConfigName")
+    if status in ("Deleting", "Failed"):
+        if elapsed >= timeout_seconds:
+            return Verdict(
+                "timed_out",
+                f"{endpoint_name} is still {status} after {elapsed:.0f} s, longer than the wait "
+                f"of {timeout_seconds:.0f} s for its deletion; delete it, then run again",
+                status,
+                config,
+            )
+        waiting = f"{endpoint_name} is {status}: waiting until it is gone"
+        return Verdict("waiting", waiting, status, config)
+    return Verdict(
+        "failed",
+        f"{endpoint_name} is {status} on {config} while fmops waited for its deletion: another "
+        "deployment created it again; run again once it is InService",
+        status,
+        config,
+    )
+
+
+def watch_deletion(
+    describe: Callable[[], dict[str, Any] | None],
+    endpoint_name: str,
+    *,
+    timeout_seconds: float,
+    poll_seconds: float = 30,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Verdict:
+    """Poll ``describe`` (None once the endpoint is gone) until the deletion is done."""
+    start = clock()
+    while True:
+        verdict = deletion_verdict(describe(), endpoint_name, clock() - start, timeout_seconds)
+        if verdict.state != "waiting":
+            log.info("%s", verdict.message)
+            return verdict
+        log.info("%s; next look in %s s", verdict.message, poll_seconds)
+        sleep(poll_seconds)
+
+
 def jsonable_description(description: dict[str, Any]) -> dict[str, Any]:
     """A DescribeEndpoint answer as JSON (times in ISO 8601, without ResponseMetadata)."""
     kept = {k: v for k, v in description.items() if k != "ResponseMetadata"}
@@ -1259,6 +1507,35 @@ def explain_alarms(cloudwatch: Any, names: list[str]) -> str:
     )
 
 
+def find_endpoint(sagemaker: Any, endpoint_name: str) -> dict[str, Any] | None:
+    """DescribeEndpoint, or None when there is no such endpoint (any more)."""
+    return _describe(sagemaker.describe_endpoint, EndpointName=endpoint_name)
+
+
+def _can_fall_back(plan: dict[str, Any]) -> bool:
+    instance = plan["instance"]
+    return not instance.get("pinned") and bool(instance.get("fallbacks"))
+
+
+EARLIER_ATTEMPT = "an earlier attempt of this deployment fell back from it"
+
+
+def _rebased(plan: dict[str, Any], instance_type: str | None) -> dict[str, Any] | None:
+    """The plan on ``instance_type`` when that is a later type of its ranking, the one an earlier
+    attempt of this deployment fell back to (a retry finds it serving or under way); the plan
+    itself for its own type; None for any other type."""
+    instance = plan["instance"]
+    if not instance_type or instance_type == instance["instance_type"]:
+        return plan
+    fallbacks = list(instance.get("fallbacks") or [])
+    if instance.get("pinned") or instance_type not in fallbacks:
+        return None
+    index = fallbacks.index(instance_type)
+    before = fallbacks[index - 1] if index else instance["instance_type"]
+    moved = next_instance(plan, EARLIER_ATTEMPT, failed=before)
+    return moved if moved and moved["instance"]["instance_type"] == instance_type else None
+
+
 def _handle(
     plan: dict[str, Any],
     action: str,
@@ -1269,7 +1546,8 @@ def _handle(
     *,
     deregistered: bool = False,
 ) -> dict[str, Any]:
-    """What ``finish_deployment`` and a wait need of a started deployment; JSON-able."""
+    """What ``finish_deployment`` and a wait need of a started deployment; JSON-able. It carries
+    the plan while the plan has a type to fall back to (``fall_back``)."""
     requests = plan["requests"]
     return {
         "endpoint_name": plan["endpoint_name"],
@@ -1277,9 +1555,12 @@ def _handle(
         "endpoint_config_name": expected,
         "previous_endpoint_config_name": before,
         "status": status,
+        "region": plan.get("region"),
         "model_name": plan["model_name"],
         "instance_type": plan["instance"]["instance_type"],
+        "instance": plan["instance"],
         "instance_count": plan["instance_count"],
+        "capacity_fallback": list(plan.get("capacity_fallback", [])),
         "alarm_names": list(plan["alarm_names"]),
         "notes": list(plan["notes"]),
         "scaling": plan["scaling"],
@@ -1290,7 +1571,61 @@ def _handle(
         "started_at": started_at,
         "timeout_seconds": plan["wait"]["timeout_seconds"],
         "poll_seconds": plan["wait"]["poll_seconds"],
+        **({"plan": plan} if _can_fall_back(plan) else {}),
     }
+
+
+def _deleting(plan: dict[str, Any], failed_config: str | None, started_at: float) -> dict[str, Any]:
+    """The handle of a failed endpoint being deleted so that ``plan`` can create it again: wait
+    until it is gone (``watch_deletion``, or the triggerer), then ``start_deployment(plan)``."""
+    return {
+        "endpoint_name": plan["endpoint_name"],
+        "action": "deleting",
+        "endpoint_config_name": failed_config,
+        "previous_endpoint_config_name": None,
+        "status": "Deleting",
+        "region": plan.get("region"),
+        "instance_type": plan["instance"]["instance_type"],
+        "plan": plan,
+        "started_at": started_at,
+        "timeout_seconds": DELETION_WAIT_SECONDS,
+        "poll_seconds": plan["wait"]["poll_seconds"],
+    }
+
+
+def _recreate(
+    moved: dict[str, Any] | None,
+    *,
+    instance: dict[str, Any],
+    endpoint_name: str,
+    region: str,
+    failed: str,
+    config_name: str | None,
+    why: str,
+    sagemaker: Any,
+    now: Callable[[], float],
+) -> dict[str, Any]:
+    """Delete a new endpoint that Failed for want of capacity (it never served, and its name is
+    needed again): the ``deleting`` handle of ``moved``, or NoCapacityError when it is None."""
+    sagemaker.delete_endpoint(EndpointName=endpoint_name)
+    log.warning(
+        "%s Failed on %s (%s): deleting it (it never served)",
+        endpoint_name,
+        failed,
+        _first_line(why),
+    )
+    if moved is None:
+        raise no_capacity_error(
+            instance,
+            endpoint_name=endpoint_name,
+            region=region,
+            failed=failed,
+            why=why,
+            status="Failed",
+            config_name=config_name,
+            deleted=True,
+        )
+    return _deleting(moved, config_name, now())
 
 
 def start_deployment(
@@ -1310,29 +1645,72 @@ def start_deployment(
     (already serving it: nothing to wait for); ``endpoint_config_name`` is the config it must
     end ``InService`` on, ``started_at`` (``now()``, epoch seconds) and ``timeout_seconds`` bound
     the wait. Then wait (``watch_deployment``, or ``DeploymentWatch`` from the triggerer) and
-    conclude with ``finish_deployment`` or ``deployment_failed``. Raises ``DeploymentFailedError``
-    when the endpoint cannot be updated (Failed, or a rollback alarm already in ALARM),
-    ``EndpointBusyError`` when another deployment holds the endpoint, ``EndpointError`` when the
-    model archive lacks its serving code (``s3`` given).
+    conclude with ``finish_deployment``, or with ``fall_back`` when it failed. Raises
+    ``DeploymentFailedError`` when the endpoint cannot be updated (Failed, or a rollback alarm
+    already in ALARM), ``EndpointBusyError`` when another deployment holds the endpoint,
+    ``EndpointError`` when the model archive lacks its serving code (``s3`` given).
+
+    Capacity: CreateEndpoint or UpdateEndpoint refused with ``ResourceLimitExceeded`` for the
+    instance type moves the plan to the next type of its ranking (``next_instance``) and tries
+    again, until none is left (``NoCapacityError``). A retry that finds this version's new
+    endpoint ``Failed`` for want of capacity deletes it and returns ``action`` ``deleting`` (as
+    ``fall_back`` does), with the plan of the next type; one that finds it ``Deleting`` waits
+    for it the same way.
     """
+    if s3 is not None:
+        check_model_archive(s3, plan["model_data_url"])
+    while True:
+        try:
+            return _start(
+                plan, sagemaker=sagemaker, cloudwatch=cloudwatch, autoscaling=autoscaling, now=now
+            )
+        except ClientError as err:
+            failed = plan["instance"]["instance_type"]
+            if not capacity.is_type_quota_error(err, failed):
+                raise
+            moved = next_instance(plan, str(err))
+            if moved is None:
+                raise no_capacity_error(
+                    plan["instance"],
+                    endpoint_name=plan["endpoint_name"],
+                    region=plan["region"],
+                    failed=failed,
+                    why=str(err),
+                    status=None,
+                    config_name=plan["endpoint_config_name"],
+                ) from err
+            plan = moved
+
+
+def _start(
+    plan: dict[str, Any],
+    *,
+    sagemaker: Any,
+    cloudwatch: Any,
+    autoscaling: Any,
+    now: Callable[[], float],
+) -> dict[str, Any]:
     name = plan["endpoint_name"]
     variant = plan["variant_name"]
     requests = plan["requests"]
     alarms = plan["alarm_names"]
-    if s3 is not None:
-        check_model_archive(s3, plan["model_data_url"])
-    current = _describe(sagemaker.describe_endpoint, EndpointName=name)
+    current = find_endpoint(sagemaker, name)
     status = current["EndpointStatus"] if current else None
     previous = current.get("EndpointConfigName") if current else None
+    prefix = version_prefix(name, plan["model_version"])
+    own = bool(previous) and previous.startswith(prefix)
 
     if status in IN_PROGRESS:
         pending = (current.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
         target = pending or (previous if status == "Creating" else None)
-        prefix = version_prefix(name, plan["model_version"])
         if target and (target == plan["endpoint_config_name"] or target.startswith(prefix)):
             log.info("%s is %s to %s, this version: waiting for it", name, status, target)
             before = None if status == "Creating" else previous
-            return _handle(plan, "reattached", target, before, status, now())
+            serving = plan
+            if target != plan["endpoint_config_name"]:  # an earlier attempt's, maybe a fallback
+                live = _variant_of(sagemaker, target, variant).get("InstanceType")
+                serving = _rebased(plan, live) or plan
+            return _handle(serving, "reattached", target, before, status, now())
         raise EndpointBusyError(
             f"endpoint {name} is {status}"
             + (f" to {target}" if target else "")
@@ -1340,6 +1718,26 @@ def start_deployment(
         )
     if status in BROKEN:
         reason = current.get("FailureReason") or "no FailureReason given"
+        if own and status == "Failed" and capacity.is_hosting_capacity_failure(reason):
+            # This version's new endpoint, which SageMaker could not provision: a retry.
+            failed = _variant_of(sagemaker, previous, variant).get("InstanceType")
+            failed = failed or plan["instance"]["instance_type"]
+            ranking = [plan["instance"]["instance_type"], *plan["instance"].get("fallbacks", [])]
+            return _recreate(
+                # a type outside this plan's ranking (the config changed): the plan's own first
+                next_instance(plan, reason, failed=failed) if failed in ranking else plan,
+                instance=plan["instance"],
+                endpoint_name=name,
+                region=plan["region"],
+                failed=failed,
+                config_name=previous,
+                why=reason,
+                sagemaker=sagemaker,
+                now=now,
+            )
+        if own and status == "Deleting":
+            log.info("%s (%s) is being deleted: creating it once it is gone", name, previous)
+            return _deleting(plan, previous, now())
         raise DeploymentFailedError(
             f"endpoint {name} is {status} ({reason}): SageMaker cannot update it; an operator "
             f"must repair it (UpdateRollbackFailed) or delete it (Failed) before fmops deploys",
@@ -1348,15 +1746,18 @@ def start_deployment(
             config_name=previous,
         )
     live: dict[str, Any] = {}
-    if current is not None and previous.startswith(version_prefix(name, plan["model_version"])):
+    serving = plan
+    if current is not None and own:
         live = _variant_of(sagemaker, previous, variant)
+        if live.get("ModelName") == plan["model_name"]:  # a fallback of an earlier run serves it?
+            serving = _rebased(plan, live.get("InstanceType")) or plan
     if current is not None and (
-        previous == plan["endpoint_config_name"] or _serves_plan(live, plan)
+        previous == plan["endpoint_config_name"] or _serves_plan(live, serving)
     ):
         log.info("%s already serves this model with %s: nothing to deploy", name, previous)
         for alarm in requests["PutMetricAlarm"]:
             cloudwatch.put_metric_alarm(**alarm)
-        return _handle(plan, "unchanged", previous, None, status, now())
+        return _handle(serving, "unchanged", previous, None, status, now())
     if current is not None and plan["scaling"]["enabled"]:
         # A blue/green update starts the new fleet at the config's count; if auto scaling grew
         # the old one, start the new one as large (up to the maximum), so the shift holds load.
@@ -1393,7 +1794,12 @@ def start_deployment(
         if _variant_of(sagemaker, previous, variant).get("InstanceType") != new_type:
             _deregister(autoscaling, plan)
             deregistered = True
-    sagemaker.update_endpoint(**requests["UpdateEndpoint"])
+    try:
+        sagemaker.update_endpoint(**requests["UpdateEndpoint"])
+    except ClientError:
+        if deregistered:  # refused (a quota, say): the old fleet goes on serving, scaled
+            _register(autoscaling, plan)
+        raise
     log.info(
         "updating endpoint %s from %s to %s: %s",
         name,
@@ -1416,7 +1822,10 @@ def finish_deployment(
     handle: dict[str, Any], description: dict[str, Any] | None, *, autoscaling: Any
 ) -> dict[str, Any]:
     """Conclude a deployment that succeeded (``description``: the last DescribeEndpoint, None
-    for an ``unchanged`` one): auto scaling registered, what was done returned."""
+    for an ``unchanged`` one): auto scaling registered, what was done returned, with the
+    instance type that serves and the capacity fallbacks on the way (``capacity_fallback``,
+    ``instances_tried``)."""
+    tried = (handle.get("instance") or {}).get("tried", [])
     return {
         "endpoint_name": handle["endpoint_name"],
         "action": handle["action"],
@@ -1429,6 +1838,8 @@ def finish_deployment(
         "alarms": handle["alarm_names"],
         "scaling": _register(autoscaling, handle),
         "notes": handle["notes"],
+        "capacity_fallback": list(handle.get("capacity_fallback", [])),
+        "instances_tried": [dict(t) for t in tried],
     }
 
 
@@ -1446,6 +1857,65 @@ def deployment_failed(
     return error
 
 
+def fall_back(
+    handle: dict[str, Any],
+    verdict: Verdict,
+    description: dict[str, Any] | None,
+    *,
+    sagemaker: Any,
+    cloudwatch: Any,
+    autoscaling: Any,
+    now: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """After a deployment's wait ended without success: the handle of its next attempt, on the
+    next instance type of the ranking, when SageMaker had no capacity for this one
+    (``capacity_failure``). Otherwise raises: ``deployment_failed``'s error for any other
+    failure (deterministic, not retried), ``NoCapacityError`` when the type is pinned or no type
+    is left (naming every type tried).
+
+    A new endpoint that Failed is deleted (it never served, and the next attempt needs its
+    name): the handle's ``action`` is ``deleting``; once the endpoint is gone, start
+    ``handle["plan"]`` (``start_deployment``: describe, then create). An update SageMaker rolled
+    back (the old fleet serves again, its auto scaling restored) is followed by a blue/green
+    UpdateEndpoint to the next type's new endpoint config.
+    """
+    why = capacity_failure(handle, verdict, description)
+    if why is None:
+        raise deployment_failed(handle, verdict, cloudwatch=cloudwatch, autoscaling=autoscaling)
+    name, failed = handle["endpoint_name"], handle["instance_type"]
+    instance = handle.get("instance") or {"instance_type": failed}
+    region = handle.get("region") or "its region"
+    plan = handle.get("plan")
+    moved = next_instance(plan, why) if plan else None
+    if verdict.status == "Failed":
+        return _recreate(
+            moved,
+            instance=instance,
+            endpoint_name=name,
+            region=region,
+            failed=failed,
+            config_name=handle["endpoint_config_name"],
+            why=why,
+            sagemaker=sagemaker,
+            now=now,
+        )
+    if handle["deregistered"]:
+        _register(autoscaling, handle)  # the old fleet serves again: scale it as before
+    if moved is None:
+        raise no_capacity_error(
+            instance,
+            endpoint_name=name,
+            region=region,
+            failed=failed,
+            why=why,
+            status=verdict.status,
+            config_name=verdict.config_name,
+        )
+    return start_deployment(
+        moved, sagemaker=sagemaker, cloudwatch=cloudwatch, autoscaling=autoscaling, now=now
+    )
+
+
 def deploy(
     plan: dict[str, Any],
     *,
@@ -1457,27 +1927,43 @@ def deploy(
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Run one deployment of ``plan_endpoint``'s plan; blocking, idempotent on retry:
-    ``start_deployment``, the wait, then ``finish_deployment``.
+    ``start_deployment``, the wait, then ``finish_deployment``; on a capacity failure,
+    ``fall_back`` to the next instance type and wait again (for a failed new endpoint, first
+    until it is deleted).
 
     Returns what was done (``action``: ``created``, ``updated``, ``reattached`` or
-    ``unchanged``). Raises what ``start_deployment`` raises, and ``DeploymentFailedError`` when
-    the deployment failed or was rolled back (the endpoint then serves the previous config).
+    ``unchanged``; ``instance_type`` and ``capacity_fallback``: where it serves and why). Raises
+    what ``start_deployment`` raises, ``DeploymentFailedError`` when the deployment failed or was
+    rolled back (the endpoint then serves the previous config), and ``NoCapacityError`` when no
+    instance type of the ranking had capacity.
     """
-    handle = start_deployment(
-        plan, sagemaker=sagemaker, cloudwatch=cloudwatch, autoscaling=autoscaling, s3=s3
-    )
-    if handle["action"] == "unchanged":
-        return finish_deployment(handle, None, autoscaling=autoscaling)
-    name = handle["endpoint_name"]
-    verdict, final = watch_deployment(
-        lambda: sagemaker.describe_endpoint(EndpointName=name),
-        handle["endpoint_config_name"],
-        previous_config_name=handle["previous_endpoint_config_name"],
-        timeout_seconds=handle["timeout_seconds"],
-        poll_seconds=handle["poll_seconds"],
-        sleep=sleep,
-        clock=clock,
-    )
-    if verdict.state != "succeeded":
-        raise deployment_failed(handle, verdict, cloudwatch=cloudwatch, autoscaling=autoscaling)
-    return finish_deployment(handle, final, autoscaling=autoscaling)
+    aws = {"sagemaker": sagemaker, "cloudwatch": cloudwatch, "autoscaling": autoscaling}
+    handle = start_deployment(plan, s3=s3, **aws)
+    while handle["action"] != "unchanged":
+        name = handle["endpoint_name"]
+        if handle["action"] == "deleting":
+            gone = watch_deletion(
+                functools.partial(find_endpoint, sagemaker, name),
+                name,
+                timeout_seconds=handle["timeout_seconds"],
+                poll_seconds=handle["poll_seconds"],
+                sleep=sleep,
+                clock=clock,
+            )
+            if gone.state != "succeeded":
+                raise gone.error(name)
+            handle = start_deployment(handle["plan"], **aws)
+            continue
+        verdict, final = watch_deployment(
+            functools.partial(sagemaker.describe_endpoint, EndpointName=name),
+            handle["endpoint_config_name"],
+            previous_config_name=handle["previous_endpoint_config_name"],
+            timeout_seconds=handle["timeout_seconds"],
+            poll_seconds=handle["poll_seconds"],
+            sleep=sleep,
+            clock=clock,
+        )
+        if verdict.state == "succeeded":
+            return finish_deployment(handle, final, autoscaling=autoscaling)
+        handle = fall_back(handle, verdict, final, **aws)
+    return finish_deployment(handle, None, autoscaling=autoscaling)

@@ -2,7 +2,8 @@
 ### fmops_finetune
 
 Validate the data, fine-tune every candidate model in parallel, evaluate each candidate and the
-untuned baseline on the held-out set, select the winner and register it in MLflow for review.
+untuned baseline and the registry's champion on the configured benchmark scenarios, let the gate
+select the winner, and register it in MLflow for review.
 
 `load_config -> validate_data -> plan_jobs -> submit_training[] -> await_training[] ->
 plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> register`
@@ -14,6 +15,9 @@ plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> regist
 - Training is cached across runs: a job whose inputs (dataset digest, base model,
   hyperparameters, scripts, image) match a finished one is reused (`force_rerun` overrides).
 - Bad config or bad data fails the run before any job starts, without retries.
+- `select` is the gate: per-metric bounds, and a paired bootstrap against the champion; its
+  "Evaluation report" link opens the HTML report (leaderboard, decision, plots) in MLflow.
+  A winner not shown to beat the champion is not registered (`register` is skipped).
 - `register` emits the asset `fmops://registered-models`, which schedules `fmops_deploy`.
 
 Trigger form: the pipeline config file, an optional subset of candidates, an optional target.
@@ -26,6 +30,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, TriggerRule, chain, dag, task
 
 from fmops.airflow import tasks
+from fmops.airflow.evaluation import SelectOperator
 from fmops.airflow.operators import AwaitJobOperator, ValidateDataOperator
 
 CONFIG_FILES = ["include/configs/local.yaml"]
@@ -104,7 +109,9 @@ def fmops_finetune():
     _await_evaluation = AwaitJobOperator.partial(task_id="await_evaluation").expand(
         handle=_submit_evaluation
     )
-    _select = task(tasks.select)(_load_config, _await_evaluation.output)
+    _select = SelectOperator(
+        task_id="select", resolved=_load_config, evaluations=_await_evaluation.output
+    ).output
     _register = task(tasks.register, outlets=[Asset(tasks.REGISTERED_MODELS_URI)])(
         _load_config, _validate_data, _await_evaluation.output, _select
     )

@@ -10,12 +10,13 @@ import os
 
 from airflow.plugins_manager import AirflowPlugin
 
+from fmops.airflow.evaluation import EvaluationReportLink
 from fmops.airflow.operators import ValidationReportLink
 
 
 class FmopsPlugin(AirflowPlugin):
     name = "fmops"
-    operator_extra_links = [ValidationReportLink()]
+    operator_extra_links = [ValidationReportLink(), EvaluationReportLink()]
     external_views = [
         {
             "name": "MLflow",

@@ -24,7 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from fmops.evaluation.settings import GateSettings
 from fmops.paths import CONFIGS_DIR, resolve_path
+from fmops.schema import Strict
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"
 NAME_RULE = "lower-case letters, digits and inner hyphens, at most 32 characters"
@@ -40,10 +42,6 @@ class ConfigError(ValueError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid pipeline config {source}:\n{lines}")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Policy = Literal["fail", "warn", "off"]
@@ -294,12 +292,99 @@ class TrainingConfig(Strict):
         return None if self.instance_type == AUTO else self.instance_type
 
 
+HELDOUT = "heldout"
+SCENARIO_FAMILIES = ("accuracy", "calibration", "robustness", "fairness")
+ScenarioFamily = Literal["accuracy", "calibration", "robustness", "fairness"]
+
+
+class ScenarioConfig(Strict):
+    """One benchmark scenario: a dataset, a task, its columns, a seeded sample, the families."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
+    data: str = Field(
+        HELDOUT,
+        description=(
+            "heldout: the pipeline's validated data.evaluation; or a file (CSV, JSON Lines, "
+            "Parquet): path, file://, s3://"
+        ),
+    )
+    task: Literal["classification", "generation"] | None = Field(
+        None, description="default: what the pipeline's models do (data.task)"
+    )
+    input_column: str | None = Field(None, description="default: the data block's column")
+    target_column: str | None = Field(None, description="default: the data block's column")
+    messages_column: str | None = Field(None, description="generation: chat records")
+    labels: str | list[str] | None = Field(
+        None, description="classification: the label set; default: data.labels"
+    )
+    sample_size: int | None = Field(None, ge=1, description="a seeded sample; default: all")
+    seed: int = 13
+    families: list[ScenarioFamily] = Field(
+        default_factory=lambda: list(SCENARIO_FAMILIES),
+        description="calibration applies to classification only",
+    )
+
+    @model_validator(mode="after")
+    def _families(self) -> ScenarioConfig:
+        if "accuracy" not in self.families:
+            raise ValueError(
+                f"scenario {self.name!r}: families must include accuracy (every other family "
+                "is measured against it)"
+            )
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"scenario {self.name!r}: a family is listed twice")
+        return self
+
+
+class CostSettings(Strict):
+    gpu_speedup: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "how many times faster the hosting instance's GPU serves than the CPU the "
+            "evaluation measured on: a rough, stated assumption that scales the measured "
+            "throughput into the cost estimate"
+        ),
+    )
+
+
 class EvaluationConfig(Strict):
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    min_score: float = Field(0.0, ge=0, le=1)
-    baseline: bool = True
+    scenarios: list[ScenarioConfig] = Field(
+        default_factory=lambda: [ScenarioConfig(name=HELDOUT)], min_length=1
+    )
+    gate: GateSettings = GateSettings()
+    baseline: bool = Field(True, description="also evaluate the untuned base model")
+    champion: bool = Field(True, description="also evaluate the registry's current champion")
     batch_size: int = Field(64, ge=1, le=4096)
+    perturbation_sample_size: int = Field(
+        500, ge=1, description="examples per scenario that robustness and fairness perturb"
+    )
+    max_new_tokens: int = Field(32, ge=1, le=1024, description="generation scenarios' answers")
     max_runtime_seconds: int = Field(1800, ge=1)
+    cost: CostSettings = CostSettings()
+
+    @model_validator(mode="after")
+    def _scenarios(self) -> EvaluationConfig:
+        names = [s.name for s in self.scenarios]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"scenario names must be unique; repeated: {repeated}")
+        if sum(s.data == HELDOUT for s in self.scenarios) > 1:
+            raise ValueError("only one scenario can use data: heldout")
+        known = set(names)
+        gate = self.gate
+        paths = [b.metric for b in gate.bounds] + [gate.primary, gate.champion.metric]
+        for path in filter(None, paths):
+            head = path.split(".")[0]
+            if head not in known and head not in ("efficiency", "cost"):
+                raise ValueError(
+                    f"gate metric {path!r} names no scenario; scenarios: {sorted(known)} "
+                    "(or efficiency.<name> / cost.<name>)"
+                )
+        return self
+
+    def scenario(self, name: str) -> ScenarioConfig:
+        return next(s for s in self.scenarios if s.name == name)
 
 
 class RegistryConfig(Strict):
@@ -860,6 +945,12 @@ class PipelineConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"candidate names must be unique; repeated: {dupes}")
+        reserved = sorted({"baseline", "champion"} & set(names))
+        if reserved:
+            raise ValueError(
+                f"candidate names {reserved} are reserved for the untuned model and the "
+                "registry's champion in the evaluation; rename the candidate"
+            )
         return candidates
 
     @model_validator(mode="after")

@@ -160,6 +160,14 @@ def run_demo(config_file: str = "include/configs/local.yaml") -> int:
     if finetune["state"] != "success":
         raise DemoError(_failure_hint(api, "fmops_finetune", run_id))
     decision = api.xcom("fmops_finetune", run_id, "select")
+    print_decision(decision)
+    if not decision["promote"]:
+        print(
+            "\nNot promoted: the winner is not shown to beat the registry's champion, so nothing"
+            " was registered and the endpoint keeps serving the champion. See the report."
+        )
+        _print_durations(api, [("fmops_finetune", run_id)])
+        return 0
     registered = api.xcom("fmops_finetune", run_id, "register")
 
     print("Waiting for the fmops_deploy run scheduled by the registration", flush=True)
@@ -183,15 +191,6 @@ def run_demo(config_file: str = "include/configs/local.yaml") -> int:
     smoke = api.xcom("fmops_deploy", deploy_run["dag_run_id"], "smoke_test")
     total = time.monotonic() - started
 
-    print("\nLeaderboard (held-out evaluation set):")
-    print(f"  {'candidate':28} {'accuracy':>9} {'macro-F1':>9} {'examples':>9}")
-    for row in decision["leaderboard"]:
-        name = row["candidate"] + (" (untuned)" if row["baseline"] else "")
-        print(f"  {name:28} {row['accuracy']:9.4f} {row['macro_f1']:9.4f} {row['examples']:9}")
-    print(
-        f"\nWinner: {decision['winner']} ({decision['metric']}={decision['score']:.4f}, "
-        f"+{decision.get('gain_over_baseline', 0):.4f} over the untuned baseline)"
-    )
     print(f"Registered: {registered['model_name']} version {registered['version']}")
     print(f"  MLflow: {registered['url']}")
     print(
@@ -207,12 +206,42 @@ def run_demo(config_file: str = "include/configs/local.yaml") -> int:
         f"  try it: curl -s -X POST {deployed['url']}/invocations "
         f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'"
     )
-    print("\nStage durations (s):")
-    for dag_id, rid in (("fmops_finetune", run_id), ("fmops_deploy", deploy_run["dag_run_id"])):
-        for task, seconds in stage_durations(api, dag_id, rid).items():
-            print(f"  {dag_id:15} {task:20} {seconds:8.1f}")
+    _print_durations(api, [("fmops_finetune", run_id), ("fmops_deploy", deploy_run["dag_run_id"])])
     print(
         f"\nDemo wall time: {total:.0f} s (stack start included). The stack keeps running: "
         f"Airflow {stack.airflow_url()}, MLflow {stack.mlflow_url()}; `make down` stops it."
     )
     return 0
+
+
+def _print_durations(api: AirflowApi, runs: list[tuple[str, str]]) -> None:
+    print("\nStage durations (s):")
+    for dag_id, rid in runs:
+        for task, seconds in stage_durations(api, dag_id, rid).items():
+            print(f"  {dag_id:15} {task:20} {seconds:8.1f}")
+
+
+def print_decision(decision: dict) -> None:
+    print(f"\nLeaderboard ({decision['metric']}; mean win rate over every scenario metric):")
+    print(
+        f"  {'model':28} {'win rate':>9} {'primary':>9} {'ECE':>7} {'worst drop':>11} {'$/1k':>9}"
+    )
+    for row in decision["leaderboard"]:
+        name = row["candidate"] + ("" if row["role"] == "candidate" else f" ({row['role']})")
+        print(
+            f"  {name:28} {_num(row['mean_win_rate'], 9)} {_num(row['primary'], 9)} "
+            f"{_num(row['ece'], 7)} {_num(row['worst_drop'], 11)} "
+            f"{_num(row['usd_per_1k_requests'], 9, 5)}"
+        )
+    print(
+        f"\nWinner: {decision['winner']} ({decision['metric']}={decision['score']:.4f}, "
+        f"+{decision.get('gain_over_baseline', 0):.4f} over the untuned baseline)"
+    )
+    print("Gate:")
+    for reason in decision["reasons"]:
+        print(f"  - {reason}")
+    print(f"Evaluation report: {decision['report_url']}")
+
+
+def _num(value: float | None, width: int, digits: int = 4) -> str:
+    return f"{'n/a':>{width}}" if value is None else f"{value:{width}.{digits}f}"

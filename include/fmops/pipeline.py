@@ -21,15 +21,12 @@ from fmops.paths import state_dir
 from fmops.storage import join, read_json
 
 log = logging.getLogger(__name__)
+CHAMPION = "champion"  # the registry's champion, evaluated beside the candidates
 BASELINE = "baseline"
 
 
 class JobFailedError(RuntimeError):
     """A training or evaluation job ended Failed or Stopped."""
-
-
-class SelectionError(RuntimeError):
-    """No candidate passed the configured minimum score."""
 
 
 def resolve(
@@ -133,6 +130,7 @@ def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
     from fmops.data import features
     from fmops.data.loading import stage
     from fmops.data.validation import DataValidationError
+    from fmops.evaluation import scenarios
 
     config = config_of(resolved)
     folder = validation_dir(config) / run_key
@@ -153,6 +151,8 @@ def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
         features.strip_derived(eval_x),
         config.data.label_set(),
         report.digests,
+        scenarios.recipe(config),
+        lambda folder: scenarios.write(config, folder),
     )
     uploaded = {}
     if config.target == "sagemaker":
@@ -187,10 +187,11 @@ def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> lis
     force = bool(resolved.get("force_rerun"))
     if config.data.task != "classification":
         raise PlanError(
-            f"data.task={config.data.task!r}: the data was validated and staged, and train.py "
-            "can instruction-tune causal LMs (task=instruction), but this version cannot yet "
-            "evaluate generated answers, so fmops_finetune would train candidates it cannot "
-            "compare; run include/scripts/train.py as a job on the staged channels (README, "
+            f"data.task={config.data.task!r}: the data was validated and staged, train.py "
+            "instruction-tunes causal LMs (task=instruction) and evaluate.py scores their "
+            "answers (generation scenarios), but this version cannot register or serve a "
+            "causal LM, so fmops_finetune would train candidates it cannot ship; run "
+            "include/scripts/train.py and evaluate.py as jobs on the staged channels (README, "
             "'Instruction tuning'), or use task: classification"
         )
     if config.target == "sagemaker":
@@ -464,11 +465,12 @@ def plan_evaluation(
     if config.target == "sagemaker":
         from fmops.sagemaker import plan
 
-        return plan.plan_evaluation(config, staged, trained, dag_id, run_id)
+        return plan.plan_evaluation(config, staged, trained, dag_id, run_id, champion=True)
     entries = [(t["candidate"], t["model_artifacts"], False) for t in trained if t]
     if config.evaluation.baseline:
         base = resolve_base_model(config.candidates[0].base_model)
         entries.append((BASELINE, f"file://{base}", True))
+    entries += champion_entry(config)
     plans = []
     for candidate, model_uri, zero_shot in entries:
         base_name = job_name(dag_id, run_id, candidate, "processing")
@@ -495,56 +497,16 @@ def plan_evaluation(
     return plans
 
 
-def leaderboard(evaluations: list[dict], metric: str) -> list[dict]:
-    rows = [
-        {
-            "candidate": e["candidate"],
-            "accuracy": e["metrics"]["accuracy"],
-            "macro_f1": e["metrics"]["macro_f1"],
-            "examples": e["metrics"]["examples"],
-            "throughput_per_sec": e["metrics"]["throughput_per_sec"],
-            "baseline": e.get("zero_shot", False),
-        }
-        for e in evaluations
-        if e
-    ]
-    return sorted(rows, key=lambda r: r[metric], reverse=True)
+def champion_entry(config: PipelineConfig) -> list[tuple[str, str, bool]]:
+    """The registry's champion as an evaluation entry, when the config asks for it and one
+    exists: it is evaluated on the same examples as the candidates, for the gate's test."""
+    if not config.evaluation.champion:
+        return []
+    from fmops import registry
 
-
-def select(resolved: dict, evaluations: list[dict]) -> dict:
-    """The best fine-tuned candidate by the configured metric; it must pass the minimum."""
-    config = config_of(resolved)
-    metric, minimum = config.evaluation.metric, config.evaluation.min_score
-    board = leaderboard(evaluations, metric)
-    for row in board:
-        log.info(
-            "%-24s %s=%.4f macro_f1=%.4f%s",
-            row["candidate"],
-            metric,
-            row[metric],
-            row["macro_f1"],
-            "  (untuned baseline)" if row["baseline"] else "",
-        )
-    contenders = [r for r in board if not r["baseline"]]
-    if not contenders:
-        raise SelectionError("no fine-tuned candidate was evaluated; see the training tasks' logs")
-    best = contenders[0]
-    if best[metric] < minimum:
-        raise SelectionError(
-            f"the best candidate {best['candidate']} has {metric}={best[metric]:.4f}, below "
-            f"evaluation.min_score={minimum}; nothing is registered. Improve the candidates or "
-            "lower the threshold in the config"
-        )
-    baseline = next((r for r in board if r["baseline"]), None)
-    decision = {
-        "winner": best["candidate"],
-        "metric": metric,
-        "score": best[metric],
-        "min_score": minimum,
-        "leaderboard": board,
-    }
-    if baseline:
-        decision["baseline_score"] = baseline[metric]
-        decision["gain_over_baseline"] = round(best[metric] - baseline[metric], 6)
-    log.info("selected %s (%s=%.4f >= %.4f)", best["candidate"], metric, best[metric], minimum)
-    return decision
+    found = registry.champion_artifacts(config)
+    if found is None:
+        return []
+    version, uri = found
+    log.info("evaluating the champion, version %s (%s), beside the candidates", version, uri)
+    return [(CHAMPION, uri, False)]

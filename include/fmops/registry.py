@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig
+from fmops.evaluation.selection import flat_metrics
 from fmops.paths import SCRIPTS_DIR, state_dir
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,9 @@ def record_runs(
                 "train_rows": staged["train_rows"],
                 "evaluation_rows": staged["evaluation_rows"],
                 "selection_metric": decision["metric"],
-                "min_score": decision["min_score"],
+                "promoted": decision["promote"],
                 "winner": decision["winner"],
+                "evaluation_report": decision.get("report_url", ""),
                 "failed_candidates": ",".join(f["candidate"] for f in failed or []) or "none",
             }
         ),
@@ -179,9 +181,8 @@ def record_runs(
         from mlflow.entities import Metric
 
         stamp = int(datetime.now(UTC).timestamp() * 1000)
-        metrics = {
-            f"eval_{k}": v for k, v in evaluation["metrics"].items() if isinstance(v, int | float)
-        }
+        cost = decision.get("costs_per_1k", {}).get(name, {})  # select's estimate
+        metrics = flat_metrics({**evaluation["metrics"], "cost": cost})
         params: dict[str, Any] = {"evaluation_job": evaluation["job_name"]}
         training = trained_by_name.get(name)
         if training:
@@ -279,6 +280,12 @@ def cost_lines(costs: dict[str, Any] | None) -> str:
     return "\n".join([*lines, f"- run total: ${costs['total_usd']:.4f}{unknown}"])
 
 
+CARD_HEADER = (
+    "| model | mean win rate | primary | ECE | worst robustness drop | max fairness gap "
+    "| p95 latency (ms) | USD / 1k requests |\n|---|---|---|---|---|---|---|---|"
+)
+
+
 def model_card(
     config: PipelineConfig,
     staged: dict,
@@ -296,11 +303,24 @@ def model_card(
         )
         or "none"
     )
+
+    def num(value: float | None, digits: int = 4) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    def model(row: dict) -> str:
+        return (
+            row["candidate"]
+            if row["role"] == "candidate"
+            else f"{row['candidate']} ({row['role']})"
+        )
+
     rows = "\n".join(
-        f"| {r['candidate']}{' (untuned baseline)' if r['baseline'] else ''} | "
-        f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['examples']} |"
+        f"| {model(r)} | {num(r['mean_win_rate'])} | {num(r['primary'])} | {num(r['ece'])} | "
+        f"{num(r['worst_drop'])} | {num(r['max_gap'])} | {num(r['latency_p95_ms'], 1)} | "
+        f"{num(r['usd_per_1k_requests'], 5)} |"
         for r in decision["leaderboard"]
     )
+    reasons = "\n".join(f"- {reason}" for reason in decision.get("reasons", []))
     return f"""# {config.registry.model_name}: {winner["candidate"]}
 
 Pipeline `{config.pipeline}`, DAG run `{dag_id}` / `{run_id}`.
@@ -319,12 +339,17 @@ Pipeline `{config.pipeline}`, DAG run `{dag_id}` / `{run_id}`.
 - hyperparameters: `{json.dumps(winner["hyperparameters"])}`
 
 ## Evaluation
-| candidate | accuracy | macro-F1 | examples |
-|---|---|---|---|
+Primary metric `{decision["metric"]}`; the mean win rate is over every scenario metric
+(HELM); cost per 1,000 requests is an estimate (see the report).
+
+{CARD_HEADER}
 {rows}
 
-Selected by {decision["metric"]} = {decision["score"]:.4f} (minimum {decision["min_score"]});
-gain over the untuned baseline: {decision.get("gain_over_baseline", "n/a")}.
+Selected by {decision["metric"]} = {decision["score"]:.4f}; gain over the untuned baseline:
+{decision.get("gain_over_baseline", "n/a")}. The gate's reasons:
+{reasons}
+
+Report: {decision.get("report_url", "n/a")}
 
 Candidates that failed and were not compared:
 {failures}
@@ -417,6 +442,7 @@ def register(
             "fmops.training_job": winner["job_name"],
             "fmops.model_artifacts": winner["model_artifacts"],
             "fmops.metric": f"{decision['metric']}={decision['score']:.4f}",
+            "fmops.evaluation_report": decision.get("report_url", ""),
             APPROVAL_TAG: "pending",
         },
         description=model_card(config, staged, decision, winner, dag_id, run_id, failed),
@@ -502,6 +528,44 @@ def latest_alias(config: PipelineConfig, alias: str = CHALLENGER) -> str | None:
         return client(config).get_model_version_by_alias(config.registry.model_name, alias).version
     except MlflowException:
         return None
+
+
+def champion_artifacts(config: PipelineConfig) -> tuple[str, str] | None:
+    """The champion version and its model artifacts (the training job's model.tar.gz), when a
+    champion exists and its artifacts are where the version says; else None, with the reason
+    in the log. The evaluation compares the new candidates with it on the same examples."""
+    from mlflow.exceptions import MlflowException
+
+    name = config.registry.model_name
+    try:
+        version = client(config).get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        log.info("no champion of %s is registered: the gate has no champion to beat", name)
+        return None
+    uri = version.tags.get("fmops.model_artifacts")
+    if not uri:
+        log.warning(
+            "champion %s v%s has no fmops.model_artifacts tag: not evaluated", name, version.version
+        )
+        return None
+    if uri.startswith("file://") and not Path(uri.removeprefix("file://")).exists():
+        log.warning(
+            "the champion %s v%s's artifacts %s are gone (state folder cleaned?): not evaluated",
+            name,
+            version.version,
+            uri,
+        )
+        return None
+    if config.target == "sagemaker" and not uri.startswith("s3://"):
+        log.warning(
+            "the champion %s v%s was trained on another target (%s): a SageMaker processing "
+            "job cannot read it; not evaluated",
+            name,
+            version.version,
+            uri,
+        )
+        return None
+    return str(version.version), uri
 
 
 def promote(config: PipelineConfig, version: str) -> str | None:

@@ -77,11 +77,11 @@ def read_records(
                         raise RecordError(f"{path.name} line {number} is not JSON: {err}") from None
         for number, row in enumerate(rows, 1):
             where = f"{path.name} record {number}"
-            chats.append(_as_chat(row, where, messages_column, prompt_column, completion_column))
+            chats.append(as_chat(row, where, messages_column, prompt_column, completion_column))
     return chats
 
 
-def _as_chat(
+def as_chat(
     row: dict[str, Any],
     where: str,
     messages_column: str,

@@ -136,7 +136,14 @@ def token_f1(prediction: str, reference: str) -> float:
 
 @lru_cache(maxsize=1)
 def _rouge_scorer():
-    from rouge_score import rouge_scorer  # lazy: only generation evaluations need it
+    try:
+        from rouge_score import rouge_scorer  # lazy: only generation evaluations need it
+    except ImportError:
+        raise SystemExit(
+            "ERROR a generation scenario needs the rouge-score package for ROUGE-L, and this "
+            "image lacks it: use an evaluation image with rouge-score (fmops' requirements.txt "
+            "pins it), or evaluate classification scenarios only"
+        ) from None
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 

@@ -108,14 +108,19 @@ def test_trigger_form_rejects_bad_values(dagbag):
         deploy.get_param("version").resolve("latest")
 
 
-def test_validate_data_links_to_its_report(dagbag):
+def test_validate_data_and_select_link_to_their_reports(dagbag):
     import importlib.util
 
-    task = dagbag.get_dag("fmops_finetune").get_task("validate_data")
+    dag = dagbag.get_dag("fmops_finetune")
+    task = dag.get_task("validate_data")
     assert [link.name for link in task.operator_extra_links] == ["Validation report"]
+    select = dag.get_task("select")
+    assert [link.name for link in select.operator_extra_links] == ["Evaluation report"]
     plugin_file = DAGS_DIR.parent / "plugins" / "fmops_plugin.py"
     spec = importlib.util.spec_from_file_location("fmops_plugin", plugin_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     names = [link.name for link in module.FmopsPlugin.operator_extra_links]
-    assert names == ["Validation report"], "the plugin must register the link for the UI"
+    assert names == ["Validation report", "Evaluation report"], (
+        "the plugin must register the links for the UI"
+    )

@@ -14,6 +14,7 @@ import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
+PRIMARY = "banking77.accuracy.accuracy"
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +77,8 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     challenger = client.get_model_version_by_alias(name, registry.CHALLENGER)
     assert challenger.tags["fmops.dag_run"] == f"fmops_finetune/{finetune_run.run_id}"
     assert challenger.tags["fmops.candidate"] in {"tiny-full", "tiny-lora"}
-    assert "| candidate | accuracy |" in challenger.description
+    assert "| model | mean win rate | primary |" in challenger.description
+    assert "no champion is registered: the bounds alone decide" in challenger.description
 
     experiment = client.get_experiment_by_name(tiny_config.pipeline)
     runs = client.search_runs(
@@ -90,14 +92,21 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     assert set(children) == {"tiny-full", "tiny-lora", "baseline"}
     for candidate in ("tiny-full", "tiny-lora"):
         metrics = children[candidate].data.metrics
-        assert 0 <= metrics["eval_accuracy"] <= 1
-        assert metrics["eval_examples"] == 300
+        assert 0 <= metrics["banking77.accuracy.accuracy"] <= 1
+        assert metrics["banking77.examples"] == 300
+        assert 0 <= metrics["banking77.calibration.ece"] <= 1
+        assert "banking77.robustness.worst_drop" in metrics
+        assert metrics["cost.usd_per_1k_requests"] > 0
         history = client.get_metric_history(children[candidate].info.run_id, "train_loss")
         assert history, f"{candidate} has no training loss curve in MLflow"
     # The winner's evaluation score is the one the registry recorded.
-    winner = children[challenger.tags["fmops.candidate"]].data.metrics["eval_accuracy"]
-    baseline = children["baseline"].data.metrics["eval_accuracy"]
-    assert challenger.tags["fmops.metric"] == f"accuracy={winner:.4f}"
+    winner = children[challenger.tags["fmops.candidate"]].data.metrics[PRIMARY]
+    baseline = children["baseline"].data.metrics[PRIMARY]
+    assert challenger.tags["fmops.metric"] == f"{PRIMARY}={winner:.4f}"
+    # The evaluation report is on the parent run, and the select task links to it.
+    report = client.list_artifacts(by_role["parent"][0].info.run_id, "evaluation")
+    assert "evaluation/report.html" in {a.path for a in report}
+    assert challenger.tags["fmops.evaluation_report"].endswith("evaluation/report.html")
     assert baseline < 1
     # The failure and its reason are in the run's record and on the model card.
     (parent,) = by_role["parent"]
@@ -206,6 +215,36 @@ def test_deploy_serves_the_registered_version(finetune_run, dagbag, tiny_config,
         assert body.get("error"), body
     status, _ = endpoint.invoke({"inputs": ["still serving after bad requests"]})
     assert status == 200
+
+
+def test_a_rerun_that_does_not_beat_the_champion_registers_nothing(
+    finetune_run, dagbag, tiny_config, endpoint
+):
+    """After the deploy, the champion exists: a second run on the same data reuses the cached
+    training jobs, evaluates the champion beside them on the same examples, and the paired
+    bootstrap finds no real difference: nothing is registered and fmops_deploy is not due."""
+    from fmops import registry
+
+    client = registry.client(tiny_config)
+    name = tiny_config.registry.model_name
+    champion = client.get_model_version_by_alias(name, registry.CHAMPION)
+    versions_before = len(client.search_model_versions(f"name = '{name}'"))
+
+    run = dagbag.get_dag("fmops_finetune").test(run_conf={"config_file": str(TINY)})
+
+    states = _states(run)
+    assert run.state == "success", f"task states: {states}"
+    assert states["register"] == ["skipped"]
+    assert len(states["await_evaluation"]) == 4  # two candidates, the baseline, the champion
+    decision = _xcom(run, "select")
+    assert decision["promote"] is False
+    roles = {r["candidate"]: r["role"] for r in decision["leaderboard"]}
+    assert roles["champion"] == "champion"
+    champion_check = decision["gate"]["champion"]
+    assert champion_check["against"] == "champion" and not champion_check["cleared"]
+    assert any("does not clear the margin" in r for r in decision["reasons"])
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions_before
+    assert client.get_model_version_by_alias(name, registry.CHAMPION).version == champion.version
 
 
 def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):

@@ -83,7 +83,7 @@ def _config_file(tmp_path: Path) -> Path:
     raw["candidates"] = [c for c in raw["candidates"] if c["name"] in CANDIDATES]
     raw["data"]["evaluation_sample_size"] = 100
     raw["training"]["max_concurrent_jobs"] = 1
-    raw["evaluation"].update(baseline=False, min_score=0.0)
+    raw["evaluation"].update(baseline=False, gate={})
     raw["registry"]["model_name"] = "fmops-reattach-classifier"
     raw["deployment"].update(endpoint_name="fmops-reattach", port=18091)
     path = tmp_path / "reattach.yaml"

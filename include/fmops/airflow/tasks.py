@@ -28,8 +28,9 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from fmops.data.validation import DataValidationError
     from fmops.deployment.flow import ApprovalRejectedError, SmokeTestError
     from fmops.deployment.local import EndpointError
+    from fmops.evaluation.selection import SelectionError
     from fmops.jobs.specs import PlanError
-    from fmops.pipeline import JobFailedError, SelectionError
+    from fmops.pipeline import JobFailedError
     from fmops.sagemaker.endpoints import DeploymentFailedError
 
     return (
@@ -114,6 +115,7 @@ def _log_plan(resolved: dict) -> None:
 
 
 REPORT_URL_KEY = "validation_report_url"
+EVALUATION_REPORT_KEY = "evaluation_report_url"
 
 
 @fail_fast
@@ -184,9 +186,12 @@ def plan_evaluation(trained: list[dict]) -> list[dict]:
 
 @fail_fast
 def select(resolved: dict, evaluations: list[dict]) -> dict:
-    from fmops.pipeline import select as choose
+    """The gate: leaderboard, bounds, the paired bootstrap against the champion, the report."""
+    from fmops.evaluation.selection import select as choose
 
-    return choose(resolved, list(evaluations))
+    decision = choose(_config(resolved), list(evaluations), *_run_ids())
+    get_current_context()["ti"].xcom_push(key=EVALUATION_REPORT_KEY, value=decision["report_url"])
+    return decision
 
 
 @fail_fast
@@ -194,10 +199,14 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     """Record the runs, register the winner; the trained and failed candidates come from
     plan_evaluation (which ran past failed trainings), not from await_training."""
     from airflow.sdk import Asset
+    from airflow.sdk.exceptions import AirflowSkipException
 
     from fmops import registry
     from fmops.pipeline import backend_for, backend_settings
 
+    if not decision.get("promote", True):
+        reason = next((r for r in reversed(decision["reasons"]) if "do not promote" in r), "")
+        raise AirflowSkipException(f"nothing registered: {reason}; see {decision['report_url']}")
     config = _config(resolved)
     dag_id, run_id = _run_ids()
     ti = get_current_context()["ti"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fmops.paths import resolve_path, state_dir
 
@@ -113,6 +115,8 @@ def stage(
     evaluation: pd.DataFrame,
     labels: list[str],
     digests: dict[str, str],
+    scenarios: dict[str, Any] | None = None,
+    write_scenarios: Callable[[Path], Any] | None = None,
 ) -> StagedData:
     """Sample, split and write the job channels; the same inputs always give the same folder.
 
@@ -130,6 +134,7 @@ def stage(
         "validation_fraction": data.validation_fraction,
         "evaluation_sample_size": data.evaluation_sample_size,
         "seed": data.seed,
+        **({"scenarios": scenarios} if scenarios else {}),
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     root = state_dir() / "datasets" / digest
@@ -167,6 +172,8 @@ def stage(
                 frame.to_json(
                     folder / f"{name}.jsonl", orient="records", lines=True, force_ascii=False
                 )
+        if write_scenarios is not None:
+            write_scenarios(root / "evaluation")
         (root / "recipe.json").write_text(json.dumps(recipe, indent=1))
         (root / "done").touch()
         log.info(

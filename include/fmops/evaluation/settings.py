@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fmops.config import Strict
+from fmops.schema import Strict
 
 FAMILIES = ("accuracy", "calibration", "robustness", "fairness")
 SECTIONS = ("efficiency", "cost")

@@ -152,6 +152,12 @@ def evaluation_request(
         config.data.label_column,
         "--batch-size",
         str(config.evaluation.batch_size),
+        "--perturbation-sample-size",
+        str(config.evaluation.perturbation_sample_size),
+        "--max-new-tokens",
+        str(config.evaluation.max_new_tokens),
+        "--seed",
+        str(config.data.seed),
     ] + (["--zero-shot"] if zero_shot else [])
     return {
         "ProcessingInputs": [

@@ -277,8 +277,8 @@ def _validate(operation: str, name_field: str, name: str, request: dict, catalog
 def _classification_only(config: PipelineConfig) -> None:
     if config.data.task != "classification":
         raise PlanError(
-            f"data.task={config.data.task!r}: fmops_finetune cannot yet evaluate generated "
-            "answers, so it plans classification runs only (as the local target does)"
+            f"data.task={config.data.task!r}: fmops_finetune cannot yet register or serve a "
+            "causal LM, so it plans classification runs only (as the local target does)"
         )
 
 
@@ -373,9 +373,11 @@ def plan_evaluation(
     run_id: str = PLAN_RUN_ID,
     *,
     planner: Planner | None = None,
+    champion: bool = False,
 ) -> list[dict[str, Any]]:
     """A CreateProcessingJob plan per trained candidate (``candidate``, ``model_artifacts``),
-    plus the untuned baseline when the config asks for it."""
+    plus the untuned baseline when the config asks for it, and with ``champion`` the registry's
+    champion (the offline plan leaves it out: it reads no registry)."""
     planner = planner or Planner.of(config, staged, dag_id, run_id)
     settings = planner.settings
     instance = settings.evaluation_instance_type
@@ -384,6 +386,10 @@ def plan_evaluation(
     baseline = baseline_model(config)
     if baseline:
         entries.append((BASELINE, planner.base_model_uri(baseline), True))
+    if champion:
+        from fmops.pipeline import champion_entry
+
+        entries += champion_entry(config)
     plans = []
     for candidate, model_uri, zero_shot in entries:
         base_name = job_name(planner.dag_id, planner.run_id, candidate, "processing")

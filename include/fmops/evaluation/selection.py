@@ -1,0 +1,255 @@
+"""The select stage: from every evaluation job's metrics to the gate's decision and the report.
+
+Each evaluated model (every candidate, the untuned ``baseline``, the registry's ``champion``)
+brings its ``metrics.json`` and ``per_example.json``. The cost family is added here, where the
+instance catalog is: the hosting instance the catalog picks for the model's parameters, and the
+price of 1,000 requests at the measured throughput scaled by ``evaluation.cost.gpu_speedup``
+(an estimate, and said to be one). Then ``fmops.evaluation.gate`` decides, the report is
+written (``fmops.evaluation.report``) and logged to the DAG run's MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fmops.config import PipelineConfig
+from fmops.evaluation import gate
+from fmops.evaluation.report import report_plots, write_report
+from fmops.storage import join, read_json
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "report.html"
+REPORT_FOLDER = "evaluation"
+ESTIMATE = (
+    "estimate: the instance's on-demand price / (the throughput measured on the evaluation "
+    "machine x gpu_speedup {speedup:g}, an assumption) per 1,000 single-text requests; measure "
+    "the endpoint for a real figure"
+)
+
+
+class SelectionError(RuntimeError):
+    """No candidate can be selected: none was evaluated, or none passes the gate's bounds."""
+
+
+def cost_estimate(config: PipelineConfig, efficiency: dict[str, Any]) -> dict[str, Any]:
+    """The cost family: USD per 1,000 requests on the hosting type the catalog picks."""
+    from fmops.catalog import CatalogError, hosting_memory, load_catalog
+    from fmops.config import EndpointSettings
+
+    settings = config.sagemaker.endpoint if config.sagemaker else EndpointSettings()
+    region = config.sagemaker.region if config.sagemaker else "us-east-1"
+    parameters = efficiency.get("parameters")
+    throughput = efficiency.get("throughput_per_s")
+    speedup = config.evaluation.cost.gpu_speedup
+    if not parameters or not throughput:
+        return {"estimate": "no parameters or throughput measured: no cost estimate"}
+    try:
+        catalog = load_catalog(region)
+        need = hosting_memory(int(parameters), settings.serving_precision)
+        if settings.pinned_instance_type:
+            choice = catalog.check_pinned(settings.pinned_instance_type, need)
+        else:
+            choice = catalog.choose(
+                need,
+                allowed=settings.allowed_instance_types or None,
+                max_price=settings.max_price_per_hour,
+            )
+    except CatalogError as err:
+        return {"estimate": f"no hosting instance fits: {err}"}
+    price = choice.instance.price_per_hour
+    if price is None:
+        return {"instance_type": choice.name, "estimate": f"no known price for {choice.name}"}
+    served = float(throughput) * speedup
+    return {
+        "instance_type": choice.name,
+        "price_per_hour": price,
+        "price_source": choice.instance.price_source,
+        "throughput_per_s_assumed": round(served, 2),
+        "usd_per_1k_requests": round(price / 3600 / served * 1000, 6),
+        "estimate": ESTIMATE.format(speedup=speedup),
+    }
+
+
+def _usable(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The metrics without the scenarios the model could not run, and those scenarios' reasons."""
+    scenarios = metrics.get("scenarios", {})
+    skipped = {k: v["skipped"] for k, v in scenarios.items() if "skipped" in v}
+    kept = {k: v for k, v in scenarios.items() if "skipped" not in v}
+    return {**metrics, "scenarios": kept}, skipped
+
+
+def gathered(
+    config: PipelineConfig, evaluations: list[dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, str]]]:
+    """(metrics by model, per-example scores by model and scenario, skipped scenarios)."""
+    aws_conn_id = config.sagemaker.aws_conn_id if config.sagemaker else None
+    metrics_by_model: dict[str, Any] = {}
+    per_example: dict[str, Any] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    for evaluation in evaluations:
+        if not evaluation:
+            continue
+        name = evaluation["candidate"]
+        metrics, skipped[name] = _usable(evaluation["metrics"])
+        metrics["cost"] = cost_estimate(config, metrics.get("efficiency", {}))
+        metrics_by_model[name] = metrics
+        per_example[name] = read_json(
+            join(evaluation["output_uri"], "per_example.json"), aws_conn_id
+        )
+    return metrics_by_model, per_example, skipped
+
+
+def _scores_for(per_example: dict[str, Any], metric: str) -> dict[str, dict[str, list[float]]]:
+    """Each model's per-example scores of ``metric`` (``<scenario>.accuracy.<name>``)."""
+    path = metric.split(".")
+    scenario, name = path[0], path[-1]
+    return {
+        model: {scenario: scores[scenario][name]}
+        for model, scores in per_example.items()
+        if name in scores.get(scenario, {})
+    }
+
+
+def default_primary(config: PipelineConfig) -> str:
+    """The first scenario's main accuracy metric: accuracy, or token F1 for generation."""
+    from fmops.evaluation.scenarios import task_of
+
+    first = config.evaluation.scenarios[0]
+    name = "accuracy" if task_of(config, first) == "classification" else "token_f1"
+    return f"{first.name}.accuracy.{name}"
+
+
+def summary_rows(board: gate.Leaderboard, roles: dict[str, str], primary: str) -> list[dict]:
+    """The leaderboard's headline columns, for the model card and the task log."""
+    scenario = primary.split(".")[0]
+    keys = {
+        "primary": primary,
+        "ece": f"{scenario}.calibration.ece",
+        "worst_drop": f"{scenario}.robustness.worst_drop",
+        "max_gap": f"{scenario}.fairness.max_gap",
+        "latency_p95_ms": "efficiency.latency_p95_ms",
+        "usd_per_1k_requests": "cost.usd_per_1k_requests",
+    }
+    return [
+        {
+            "candidate": row["model"],
+            "role": roles.get(row["model"], "candidate"),
+            "mean_win_rate": row["mean_win_rate"],
+            **{label: row.get(key) for label, key in keys.items()},
+        }
+        for row in board.rows
+    ]
+
+
+def publish(
+    config: PipelineConfig,
+    board: gate.Leaderboard,
+    decision: gate.GateDecision,
+    metrics_by_model: dict[str, Any],
+    dag_id: str,
+    run_id: str,
+) -> str:
+    """Write the report and log it (HTML and PNGs) to the DAG run's MLflow parent run."""
+    from fmops import registry
+
+    with tempfile.TemporaryDirectory(prefix="fmops-report-") as scratch:
+        page = write_report(
+            Path(scratch) / REPORT_NAME,
+            board,
+            decision,
+            metrics_by_model,
+            title=f"{config.pipeline}: evaluation",
+            subtitle=f"DAG run {dag_id} / {run_id}",
+        )
+        mlflow_client, experiment_id, run = registry.parent_run(config, dag_id, run_id)
+        mlflow_client.log_artifacts(run, scratch, REPORT_FOLDER)
+        log.info("report with %d plots logged to MLflow run %s", len(report_plots(page)), run)
+    return (
+        f"{registry.ui_url()}/#/experiments/{experiment_id}/runs/{run}/artifacts/"
+        f"{REPORT_FOLDER}/{REPORT_NAME}"
+    )
+
+
+def select(
+    config: PipelineConfig, evaluations: list[dict[str, Any]], dag_id: str, run_id: str
+) -> dict[str, Any]:
+    """The gate's decision over every evaluated model, with the report's MLflow address.
+
+    Raises SelectionError when no candidate passes the bounds; a winner that does not beat the
+    champion is a decision (``promote`` false), not an error.
+    """
+    metrics_by_model, per_example, skipped = gathered(config, evaluations)
+    settings = config.evaluation.gate
+    primary = settings.primary or default_primary(config)
+    settings = settings.model_copy(update={"primary": primary})
+    compared_on = settings.champion.metric or primary
+    decision = gate.decide(metrics_by_model, _scores_for(per_example, compared_on), settings)
+    board = gate.leaderboard(metrics_by_model)
+    for model, reasons in skipped.items():
+        for scenario, why in reasons.items():
+            decision.reasons.append(f"note: {model} skipped scenario {scenario}: {why}")
+    url = publish(config, board, decision, metrics_by_model, dag_id, run_id)
+    rows = summary_rows(board, decision.roles, primary)
+    for row in rows:
+        log.info(
+            "%-20s %-9s win rate %s  %s=%s",
+            row["candidate"],
+            row["role"],
+            _fmt(row["mean_win_rate"]),
+            primary,
+            _fmt(row["primary"]),
+        )
+    for reason in decision.reasons:
+        log.info("gate: %s", reason)
+    log.info("evaluation report: %s", url)
+    if decision.winner is None:
+        raise SelectionError("; ".join(decision.reasons) + f". Report: {url}")
+    score = gate.metric_value(metrics_by_model[decision.winner], primary)
+    baseline = metrics_by_model.get(gate.BASELINE)
+    result = {
+        "winner": decision.winner,
+        "promote": decision.promote,
+        "metric": primary,
+        "score": score,
+        "reasons": decision.reasons,
+        "leaderboard": rows,
+        "report_url": url,
+        "gate": decision.to_dict(),
+        "costs_per_1k": {m: v.get("cost", {}) for m, v in metrics_by_model.items()},
+    }
+    if baseline is not None and gate.metric_value(baseline, primary) is not None:
+        result["gain_over_baseline"] = round(score - gate.metric_value(baseline, primary), 6)
+    return result
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """A model's headline numbers as MLflow metric names: ``<scenario>.<family>.<name>``
+    (per-perturbation drops and per-family gaps included), ``efficiency.*`` and the cost."""
+    flat: dict[str, float] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            flat[key] = float(value)
+
+    for scenario, result in metrics.get("scenarios", {}).items():
+        put(f"{scenario}.examples", result.get("examples"))
+        for name, value in result.get("accuracy", {}).items():
+            put(f"{scenario}.accuracy.{name}", value)
+        put(f"{scenario}.calibration.ece", result.get("calibration", {}).get("ece"))
+        for family, leaf in (("robustness", "drop"), ("fairness", "gap")):
+            for name, value in result.get(family, {}).items():
+                put(f"{scenario}.{family}.{name}", value)
+                if isinstance(value, dict):
+                    put(f"{scenario}.{family}.{name}.{leaf}", value.get(leaf))
+    for name, value in metrics.get("efficiency", {}).items():
+        put(f"efficiency.{name}", value)
+    put("cost.usd_per_1k_requests", metrics.get("cost", {}).get("usd_per_1k_requests"))
+    return flat
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

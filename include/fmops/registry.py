@@ -197,6 +197,7 @@ def record_runs(
                 metrics["training_cost_usd"] = training["cost"]["usd"]
         if (evaluation.get("cost") or {}).get("usd") is not None:
             metrics["evaluation_cost_usd"] = evaluation["cost"]["usd"]
+        if training:
             text = job_logs.get(training["job_name"], "")
             if text and not mlflow_client.get_run(child).data.metrics.get("train_loss"):
                 _log_training_curves(mlflow_client, child, text)

@@ -203,6 +203,7 @@ def test_a_deleted_endpoint_fires_once_it_is_gone(sagemaker):
             "rolled_back": False,
         },
         "description": None,
+        "wait": None,
     }
     assert fake.asked == ["banking77"] * 3  # Failed still, as DescribeEndpoint lags: waited
 
@@ -352,6 +353,7 @@ def test_the_sagemaker_target_defers_to_the_trigger(monkeypatch):
         "aws_conn_id": "aws_fmops",
         "region_name": "eu-west-1",
         "awaiting": "deployment",
+        "wait": wait,  # also in the event: a resumed task is not always given the kwargs
     }
 
     # Already serving the version: the result at once, no deferral.
@@ -419,3 +421,19 @@ def test_the_deploy_dag_defers_its_deploy_task(dagbag):
     assert isinstance(deploy, DeployEndpointOperator)
     assert deploy.upstream_task_ids == {"resolve_candidate", "await_approval"}
     assert deploy.downstream_task_ids == {"smoke_test"}
+
+
+def test_resuming_with_the_wait_in_the_event_only(aws, monkeypatch):
+    """dag.test() resumes a deferred task with the trigger's event and no defer() kwargs."""
+    mlflow = SimpleNamespace(set_model_version_tag=lambda name, version, key, value: None)
+    monkeypatch.setattr(registry, "client", lambda config: mlflow)
+    verdict = endpoints.Verdict("succeeded", f"banking77 is InService on {NEW}", "InService", NEW)
+    task = DeployEndpointOperator(task_id="deploy", candidate=candidate("sagemaker.example.yaml"))
+    event = {
+        "verdict": verdict.as_dict(),
+        "description": endpoints.jsonable_description(described("InService", NEW)),
+        "wait": a_wait(),
+    }
+    assert task.execute_complete({}, event=event) == resumed(
+        a_wait(), verdict, described("InService", NEW)
+    )

@@ -64,8 +64,15 @@ class JobTrigger(BaseTrigger):
                 self.log.info("[%s] %s", name, line)
             status = status_of(kind, description)
             if status in TERMINAL:
+                # The handle travels in the event: a resumed task is not always given the
+                # defer() kwargs (dag.test() drops them), and a capacity fallback moves it.
                 yield TriggerEvent(
-                    {"status": status, "description": jsonable(description), "log_offset": offset}
+                    {
+                        "status": status,
+                        "description": jsonable(description),
+                        "log_offset": offset,
+                        "handle": self.handle,
+                    }
                 )
                 return
             await asyncio.sleep(self.poll_interval)
@@ -109,6 +116,7 @@ class AwaitJobOperator(BaseOperator):
     def execute_complete(
         self, context: Any, event: dict[str, Any], handle: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        handle = handle or event.get("handle")
         if handle is not None:  # the job a capacity fallback started in place of the first
             self.handle = handle
         self.log.info(
@@ -168,8 +176,10 @@ class EndpointTrigger(BaseTrigger):
         aws_conn_id: str = "aws_default",
         region_name: str | None = None,
         awaiting: str = "deployment",
+        wait: dict[str, Any] | None = None,
     ):
         super().__init__()
+        self.wait = wait
         if awaiting not in ("deployment", "deletion"):
             raise ValueError(f"awaiting={awaiting!r}: 'deployment' or 'deletion'")
         self.awaiting = awaiting
@@ -196,6 +206,7 @@ class EndpointTrigger(BaseTrigger):
             aws_conn_id=wait["aws_conn_id"],
             region_name=wait["region_name"],
             awaiting="deletion" if handle["action"] == "deleting" else "deployment",
+            wait=wait,
         )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -211,6 +222,7 @@ class EndpointTrigger(BaseTrigger):
                 "aws_conn_id": self.aws_conn_id,
                 "region_name": self.region_name,
                 "awaiting": self.awaiting,
+                "wait": self.wait,
             },
         )
 
@@ -247,7 +259,11 @@ class EndpointTrigger(BaseTrigger):
             if verdict.state != "waiting":
                 self.log.info("%s: %s", verdict.state, verdict.message)
                 last = endpoints.jsonable_description(description) if description else None
-                yield TriggerEvent({"verdict": verdict.as_dict(), "description": last})
+                # The wait travels in the event too: a resumed task is not always given the
+                # defer() kwargs (dag.test() drops them).
+                yield TriggerEvent(
+                    {"verdict": verdict.as_dict(), "description": last, "wait": self.wait}
+                )
                 return
             self.log.info("%s; next look in %s s", verdict.message, self.poll_interval)
             await asyncio.sleep(self.poll_interval)
@@ -287,10 +303,11 @@ class DeployEndpointOperator(BaseOperator):
         self._defer(started["wait"])
 
     def execute_complete(
-        self, context: Any, event: dict[str, Any], wait: dict[str, Any]
+        self, context: Any, event: dict[str, Any], wait: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         from fmops.airflow.tasks import finish_deploy
 
+        wait = wait or event["wait"]
         finished = finish_deploy(wait, event)
         if "result" in finished:
             return finished["result"]

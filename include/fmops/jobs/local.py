@@ -346,8 +346,11 @@ class LocalJobBackend:
 
     def _training_plan(self, job_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
         hps = dict(request.get("HyperParameters", {}))
-        program = hps.pop("sagemaker_program", None)
-        source = hps.pop("sagemaker_submit_directory", None)
+        # As SageMaker's training toolkit does: the sagemaker_* hyperparameters are the
+        # framework's (entry point, code, region, distribution), not the script's.
+        framework = {k: hps.pop(k) for k in list(hps) if k.startswith("sagemaker_")}
+        program = framework.pop("sagemaker_program", None)
+        source = framework.pop("sagemaker_submit_directory", None)
         if not program or not source:
             raise _client_error(
                 "ValidationException",
@@ -411,6 +414,7 @@ class LocalJobBackend:
                 "SM_CHECKPOINT_DIR": str(checkpoint_dir),
                 "SM_CHANNELS": json.dumps(sorted(channels)),
                 "SM_HPS": json.dumps(hps),
+                "SM_FRAMEWORK_PARAMS": json.dumps(framework),
                 "SM_USER_ENTRY_POINT": program,
                 "SM_CURRENT_HOST": "algo-1",
                 "SM_HOSTS": json.dumps(["algo-1"]),

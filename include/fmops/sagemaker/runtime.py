@@ -30,11 +30,18 @@ class SageMakerEndpoint:
 
     @property
     def client(self) -> Any:
+        """The ``sagemaker-runtime`` client of the Airflow connection (made on first use)."""
         if self._client is None:
-            from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-            hook = SageMakerHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-            self._client = hook.get_client_type("sagemaker-runtime")
+            # Not SageMakerHook.get_client_type("sagemaker-runtime"): its first argument is the
+            # region, and the hook's client type stays "sagemaker" (no invoke_endpoint there).
+            hook = AwsBaseHook(
+                aws_conn_id=self.aws_conn_id,
+                region_name=self.region_name,
+                client_type="sagemaker-runtime",
+            )
+            self._client = hook.get_client_type(region_name=hook.region_name)
         return self._client
 
     def invoke(self, payload: Any) -> tuple[int, Any]:

@@ -1,18 +1,29 @@
 """
 ### fmops_deploy
 
-Ship a registered model version: check its review, deploy it blue/green to the endpoint, send
-smoke traffic through the live endpoint, and make it the `champion`.
+Ship a registered model version: wait for its review, deploy it blue/green to the endpoint,
+send smoke traffic through the live endpoint, and make it the `champion`.
 
-`resolve_candidate -> await_approval -> deploy -> smoke_test -> promote`
+`resolve_candidate -> await_approval -> deploy -> smoke_test -> promote`, and
+`[deploy, smoke_test] -> rollback` (all done)
 
-- Scheduled by the asset `fmops://registered-models` (each registration by `fmops_finetune`),
-  or triggered by hand with a config file and a model version.
-- `await_approval` waits (rescheduling, no worker slot held) until the version's MLflow tag
-  `fmops.approval` is `approved`; `rejected` fails the run. `approval: auto` in the config
-  approves on the spot.
-- The new variant must answer `/ping` before it gets traffic; the old one is retired after the
-  cut-over, and a variant that never becomes healthy is removed while the old one keeps serving.
+- Scheduled by the asset `fmops://registered-models` (each registration by `fmops_finetune`;
+  the model and version come from the asset event), or triggered by hand with a config file,
+  optionally a model name, and a version.
+- `await_approval` waits in the triggerer (deferred: no worker slot held) until a reviewer sets
+  the version's MLflow tag `fmops.approval` (MLflow UI, or `fmops approve|reject`), at most
+  `deployment.approval_timeout_seconds`. `rejected`: the rest of the run is skipped, nothing is
+  deployed. No decision in time: the task fails, nothing is deployed. Both are recorded on the
+  version (`fmops.deploy_outcome`). `approval: auto` in the config approves on the spot and
+  says so on the version.
+- Local target: the first deployment creates the endpoint; later ones are blue/green as
+  `deployment.traffic` says (ALL_AT_ONCE, CANARY, LINEAR), green serving only once it answers
+  `/ping`, with a bake after each shift in which smoke traffic from the evaluation set runs and
+  the alarms (`deployment.alarms`: error rate, latency) read green's counters. A breach moves
+  all traffic back to blue at once, retires green, tags the version
+  `fmops.deployment=rolled_back` and fails the run with the alarm's reason.
+- `rollback` runs whatever happened (trigger rule ALL_DONE): a failed or killed deploy never
+  leaves the endpoint half-shifted.
 - On the sagemaker target `deploy` starts the blue/green update and waits for it in the
   triggerer (deferred: no worker slot held while traffic shifts and bakes); a rollback or a
   timeout fails the task without retries.
@@ -22,9 +33,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, PokeReturnValue, chain, dag, task
+from airflow.sdk import Asset, Param, TriggerRule, chain, dag, task
 
 from fmops.airflow import tasks
+from fmops.airflow.approval import AwaitApprovalOperator
 from fmops.airflow.operators import DeployEndpointOperator
 
 
@@ -50,6 +62,14 @@ from fmops.airflow.operators import DeployEndpointOperator
             description="Pipeline YAML; empty: the one named by the triggering registration.",
             examples=["include/configs/local.yaml"],
         ),
+        "model_name": Param(
+            None,
+            type=["null", "string"],
+            pattern="^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+            title="Registered model",
+            description="MLflow registered model to deploy from; empty: the registration's, "
+            "else the config's registry.model_name.",
+        ),
         "version": Param(
             None,
             type=["null", "string"],
@@ -69,19 +89,15 @@ from fmops.airflow.operators import DeployEndpointOperator
 )
 def fmops_deploy():
     _resolve_candidate = task(tasks.resolve_candidate)()
-
-    @task.sensor(
-        task_id="await_approval", poke_interval=30, timeout=7 * 24 * 3600, mode="reschedule"
-    )
-    def await_approval(candidate: dict) -> PokeReturnValue:
-        decision = tasks.check_approval(candidate)
-        return PokeReturnValue(is_done=decision == "approved", xcom_value=decision)
-
-    _await_approval = await_approval(_resolve_candidate)
+    _await_approval = AwaitApprovalOperator(task_id="await_approval", candidate=_resolve_candidate)
     _deploy = DeployEndpointOperator(task_id="deploy", candidate=_resolve_candidate)
     _smoke_test = task(tasks.smoke_test)(_resolve_candidate)
     _promote = task(tasks.promote)(_resolve_candidate)
     chain(_await_approval, _deploy, _smoke_test, _promote)
+    # Whatever happened (failed, killed, rejected): the endpoint is left on a stable routing. It
+    # is not the only leaf, so a failed deploy still fails the run.
+    _rollback = task(tasks.rollback, trigger_rule=TriggerRule.ALL_DONE)()
+    chain([_deploy, _smoke_test], _rollback)
 
 
 fmops_deploy()

@@ -6,7 +6,8 @@
     fmops jobs list|describe|logs|stop [NAME] [--follow] [--status S]
     fmops stack up|down|status
     fmops demo [--config FILE]
-    fmops endpoint status|invoke|delete NAME [TEXT ...]
+    fmops endpoint status|invoke|delete|start|rollback NAME [TEXT ...] [--variant COLOR]
+    fmops approve|reject MODEL VERSION --reviewer NAME [--comment TEXT] [--tracking-uri URI]
     fmops review approve|reject CONFIG VERSION --reviewer NAME [--comment TEXT]
 
 Exit status: 0 on success, 1 on a failure (a failed validation, an endpoint error), 2 on bad or
@@ -196,23 +197,34 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _endpoint(args: argparse.Namespace) -> int:
-    from fmops.deployment.local import LocalEndpoint
+    from fmops.deployment.local import EndpointError, LocalEndpoint
+    from fmops.deployment.rollout import rollback_to_stable
 
     endpoint = LocalEndpoint(args.name)
     if not endpoint.exists():
         print(f"no endpoint {args.name!r}; deploy a model with fmops_deploy first", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.action == "status":
-        print(json.dumps(endpoint.status(), indent=1))
-        return 0
-    if args.action == "delete":
-        endpoint.delete()
-        print(f"deleted endpoint {args.name}")
-        return 0
-    if not args.texts:
-        print("give at least one text to classify", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    status, body = endpoint.invoke({"inputs": args.texts})
+    try:
+        if args.action == "status":
+            print(json.dumps(endpoint.status(window=args.window), indent=1))
+            return 0
+        if args.action == "delete":
+            endpoint.delete()
+            print(f"deleted endpoint {args.name}")
+            return 0
+        if args.action == "start":
+            print(json.dumps(endpoint.start(), indent=1))
+            return 0
+        if args.action == "rollback":
+            print(json.dumps(rollback_to_stable(endpoint, note="fmops endpoint rollback")))
+            return 0
+        if not args.texts:
+            print("give at least one text to classify", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        status, body = endpoint.invoke({"inputs": args.texts}, target_variant=args.variant)
+    except (EndpointError, OSError) as err:
+        print(f"endpoint {args.name}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     print(json.dumps(body, indent=1))
     return 0 if status == 200 else EXIT_FAILURE
 
@@ -227,8 +239,40 @@ def _review(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
     decision = {"approve": "approved", "reject": "rejected"}[args.action]
-    registry.set_approval(config, args.version, decision, args.reviewer, args.comment)
+    try:
+        registry.set_approval(config, args.version, decision, args.reviewer, args.comment)
+    except registry.ApprovalError as err:
+        print(f"fmops review {args.action}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"{config.registry.model_name} version {args.version}: {decision} by {args.reviewer}")
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    """``fmops approve|reject MODEL VERSION``: the review decision, as tags on the version (what a
+    reviewer sets in the MLflow UI). Exit 2 when the version does not exist or the arguments
+    are unusable, 1 when MLflow cannot be reached."""
+    from mlflow.exceptions import MlflowException
+
+    from fmops import registry
+
+    decision = {"approve": registry.APPROVED, "reject": registry.REJECTED}[args.command]
+    uri = args.tracking_uri or registry.tracking_uri()
+    try:
+        mlflow_client = registry.client_for(uri)
+        registry.set_review(
+            mlflow_client, args.model, args.version, decision, args.reviewer, args.comment
+        )
+    except registry.ApprovalError as err:
+        print(f"fmops {args.command}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (MlflowException, OSError) as err:
+        print(f"fmops {args.command}: MLflow at {uri} failed: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"{args.model} version {args.version}: {decision} by {args.reviewer}; "
+        f"{registry.version_url(args.model, args.version, uri=uri)}"
+    )
     return 0
 
 
@@ -287,11 +331,35 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default="include/configs/local.yaml")
     demo.set_defaults(func=_demo)
 
-    endpoint = commands.add_parser("endpoint", help="inspect, call or delete a local endpoint")
-    endpoint.add_argument("action", choices=["status", "invoke", "delete"])
+    endpoint = commands.add_parser(
+        "endpoint",
+        help="a local endpoint: status (routing, versions, per-variant stats), invoke, delete, "
+        "start (after its processes stopped), rollback (to its last stable routing)",
+    )
+    endpoint.add_argument("action", choices=["status", "invoke", "delete", "start", "rollback"])
     endpoint.add_argument("name")
     endpoint.add_argument("texts", nargs="*", help="texts to classify (invoke)")
+    endpoint.add_argument("--variant", help="invoke: send to this variant (blue/green)")
+    endpoint.add_argument(
+        "--window", type=float, default=60, help="status: seconds of stats (default 60)"
+    )
     endpoint.set_defaults(func=_endpoint)
+
+    for action, verb in (("approve", "approved"), ("reject", "rejected")):
+        decide = commands.add_parser(
+            action,
+            help=f"record a model version as {verb} (the tag fmops.approval, with the reviewer "
+            "and the comment); fmops_deploy's await_approval goes on or stops",
+        )
+        decide.add_argument("model", help="registered model name")
+        decide.add_argument("version", help="model version number")
+        decide.add_argument("--reviewer", required=True, help="who decides")
+        decide.add_argument("--comment", default="", help="why (shown on the version)")
+        decide.add_argument(
+            "--tracking-uri",
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)",
+        )
+        decide.set_defaults(func=_decide)
 
     review = commands.add_parser("review", help="approve or reject a registered model version")
     review.add_argument("action", choices=["approve", "reject"])

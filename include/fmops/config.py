@@ -725,7 +725,25 @@ class DeploymentConfig(Strict):
     target's). Where the sagemaker target serves is ``sagemaker.endpoint``."""
 
     endpoint_name: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
-    approval: Literal["auto", "manual"] = "manual"
+    approval: Literal["auto", "manual"] = Field(
+        "manual",
+        description=(
+            "manual: await_approval waits for a reviewer's fmops.approval tag on the model "
+            "version; auto: the pipeline approves on the spot and says so on the version"
+        ),
+    )
+    approval_timeout_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        le=90 * 24 * 3600,
+        description=(
+            "how long await_approval waits for a review before the deploy run fails without "
+            "deploying (the version stays pending: approve it and trigger fmops_deploy by hand)"
+        ),
+    )
+    approval_poll_seconds: int = Field(
+        30, ge=1, le=3600, description="seconds between two looks at the version's review tags"
+    )
     port: int = Field(8090, ge=1024, le=65535)
     smoke_requests: int = Field(20, ge=1, le=10_000)
     health_timeout_seconds: int = Field(120, ge=1)

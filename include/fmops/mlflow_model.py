@@ -21,7 +21,9 @@ class TextClassifierModel(PythonModel):
         self._inference = inference
         self._model = inference.model_fn(context.artifacts["model_dir"])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
+    # model_input has no type hint on purpose: MLflow reads a hint as the input schema and
+    # warns about any it cannot use; the signature logged with the model is the schema.
+    def predict(self, context: Any, model_input, params: dict | None = None) -> Any:
         import pandas as pd
 
         texts = (

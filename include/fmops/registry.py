@@ -4,10 +4,18 @@ One experiment per pipeline. A parent run per DAG run holds the config, data dig
 summary and leaderboard; a nested child run per candidate (and the baseline) holds its
 hyperparameters, training curves, evaluation metrics and job log. The winner is logged as an
 MLflow pyfunc model (weights, tokenizer, label map, the serving handlers and an input example)
-and registered with the alias ``challenger``; a reviewer sets the version tag ``fmops.approval``.
+and registered with the alias ``challenger``; its description is the model card (``model_card``)
+and its tags carry the lineage (``fmops.pipeline``, ``fmops.dag_run``, ``fmops.data_digest``,
+``fmops.gate``, ...). A reviewer sets the version tag ``fmops.approval`` (``approved`` or
+``rejected``, with ``fmops.reviewer`` and ``fmops.review_comment``) in the MLflow UI or with
+``fmops approve|reject`` (``set_review``); fmops_deploy waits for it and records on the version
+how its run ended (``fmops.deploy_outcome``). After a good rollout ``promote`` moves
+``champion``, and the version it replaces keeps ``fmops.replaced_at``.
 
-Every step finds what an earlier attempt of the same task created (runs and versions are looked
-up by tags) before creating anything, so retries never duplicate runs or versions.
+Every step finds what an earlier attempt of the same task created (runs, the logged model and the
+version are looked up by tags) before creating anything, so a retry after an MLflow outage never
+duplicates runs or versions, and finishes a registration that an earlier attempt left halfway
+(a version without its alias, a model whose upload broke off).
 """
 
 from __future__ import annotations
@@ -29,6 +37,20 @@ log = logging.getLogger(__name__)
 
 APPROVAL_TAG = "fmops.approval"
 APPROVAL_VALUES = ("pending", "approved", "rejected")
+PENDING, APPROVED, REJECTED = APPROVAL_VALUES
+REVIEWER_TAG, COMMENT_TAG, REVIEWED_AT_TAG = (
+    "fmops.reviewer",
+    "fmops.review_comment",
+    "fmops.reviewed_at",
+)
+# What fmops_deploy records on a version: the run that handled it last and how that run ended.
+DEPLOY_RUN_TAG, DEPLOY_OUTCOME_TAG, DEPLOY_NOTE_TAG = (
+    "fmops.deploy_run",
+    "fmops.deploy_outcome",
+    "fmops.deploy_note",
+)
+REQUESTED_AT_TAG, DEADLINE_TAG = "fmops.approval_requested_at", "fmops.approval_deadline"
+MAX_TAG_VALUE = 5000  # MLflow's limit for a model version tag's value
 CHALLENGER, CHAMPION = "challenger", "champion"
 STEP_LINE = re.compile(r"step=(\d+)/\d+ .*?train_loss=([0-9.eE+-]+) learning_rate=([0-9.eE+-]+)")
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -50,19 +72,40 @@ def tracking_uri(config: PipelineConfig | None = None) -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
-def ui_url() -> str:
+def ui_url(config: PipelineConfig | None = None, *, uri: str | None = None) -> str:
+    """The MLflow UI that people's browsers reach: ``FMOPS_MLFLOW_UI`` when set (docker-compose:
+    the tracking server's name inside the network is not the browser's), else the tracking
+    server itself when it is one (``uri``, else the config's), else the local stack's
+    http://127.0.0.1:5000."""
     import os
 
-    return os.environ.get("FMOPS_MLFLOW_UI", "http://127.0.0.1:5000")
+    if os.environ.get("FMOPS_MLFLOW_UI"):
+        return os.environ["FMOPS_MLFLOW_UI"].rstrip("/")
+    uri = uri or tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return "http://127.0.0.1:5000"
+
+
+def run_url(experiment_id: str, run_id: str, config: PipelineConfig | None = None) -> str:
+    return f"{ui_url(config)}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def client(config: PipelineConfig | None = None) -> Any:
+    """A client of the config's tracking server and registry; also makes them mlflow's
+    current ones (``mlflow.pyfunc.log_model`` and ``download_artifacts`` use those)."""
     import mlflow
-    from mlflow import MlflowClient
 
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return client_for(uri)
+
+
+def client_for(uri: str) -> Any:
+    """A client of the tracking server and registry at ``uri``, changing no global state."""
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -71,7 +114,9 @@ def _experiment_id(mlflow_client: Any, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if not tracking_uri().startswith("http"):
+    # A tracking server puts artifacts under its own artifact root; only the server-less SQLite
+    # store needs a folder, next to it.
+    if not mlflow_client.tracking_uri.startswith(("http://", "https://")):
         location = (state_dir() / "mlflow" / "artifacts" / name).as_uri()
     return mlflow_client.create_experiment(name, artifact_location=location)
 
@@ -186,6 +231,9 @@ def record_runs(
         params: dict[str, Any] = {"evaluation_job": evaluation["job_name"]}
         training = trained_by_name.get(name)
         if training:
+            candidate = _candidate(config, name)
+            if candidate is not None:
+                params.update(base_model=candidate.base_model, method=candidate.method)
             params.update(training["hyperparameters"])
             params.update(
                 training_job=training["job_name"], model_artifacts=training["model_artifacts"]
@@ -203,14 +251,21 @@ def record_runs(
                 _log_training_curves(mlflow_client, child, text)
             if text:
                 mlflow_client.log_text(child, text, "training-job.log")
+        # A retried task logs only what its earlier attempt did not: no doubled metric points.
+        logged = mlflow_client.get_run(child).data.metrics
         mlflow_client.log_batch(
             child,
-            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if k not in logged],
             params=_params(params),
         )
         mlflow_client.set_terminated(child)
     mlflow_client.set_terminated(parent)
     return runs
+
+
+def _candidate(config: PipelineConfig, name: str) -> Any | None:
+    """The config's candidate of that name; None for the baseline and the champion."""
+    return next((c for c in config.candidates if c.name == name), None)
 
 
 def _params(values: dict[str, Any]) -> list[Any]:
@@ -287,6 +342,141 @@ CARD_HEADER = (
 )
 
 
+def _percent(confidence: float) -> str:
+    return f"{confidence * 100:g}%"
+
+
+def comparison_line(comparison: dict[str, Any] | None) -> str:
+    """One gate comparison (``GateDecision.champion``/``baseline`` as a dict) in a sentence:
+    the mean difference and its confidence interval, the margin, and the verdict."""
+    if not comparison:
+        return "not compared"
+    result = comparison.get("result")
+    if not result:
+        return comparison.get("reason", "not compared")
+    verdict = "clears" if comparison["cleared"] else "does not clear"
+    return (
+        f"{comparison['candidate']} - {comparison['against']} on `{comparison['metric']}`: "
+        f"mean {result['mean_difference']:+.4f}, {_percent(result['confidence'])} CI "
+        f"[{result['lower']:+.4f}, {result['upper']:+.4f}] (paired bootstrap, "
+        f"{result['resamples']} resamples, seed {result['seed']}, n={result['n']}); "
+        f"the lower end {verdict} the margin {comparison['margin']:g}"
+    )
+
+
+def gate_summary(decision: dict[str, Any]) -> str:
+    """The gate's decision in one line, for the ``fmops.gate`` tag: the verdict, the winner's
+    bounds, and the confidence intervals against the champion and the untuned baseline."""
+    gate = decision.get("gate") or {}
+    winner = decision["winner"]
+    verdict = "promote" if decision.get("promote", True) else "do not promote"
+    parts = [f"{verdict} {winner} ({decision['metric']}={decision['score']:.4f})"]
+    checks = (gate.get("checks") or {}).get(winner) or []
+    if checks:
+        parts.append(f"bounds passed {sum(c['passed'] for c in checks)}/{len(checks)}")
+    for role, label in (("champion", "vs champion"), ("baseline", "vs baseline")):
+        comparison = gate.get(role)
+        result = (comparison or {}).get("result")
+        if result:
+            cleared = "clears" if comparison["cleared"] else "does not clear"
+            parts.append(
+                f"{label}: {result['mean_difference']:+.4f}, {_percent(result['confidence'])} CI "
+                f"[{result['lower']:+.4f}, {result['upper']:+.4f}] {cleared} margin "
+                f"{comparison['margin']:g}"
+            )
+        elif role == "champion":
+            parts.append("no champion to beat" if comparison is None else f"{label}: not tested")
+    return "; ".join(parts)[:MAX_TAG_VALUE]
+
+
+def _hosting(config: PipelineConfig, decision: dict, winner: str) -> tuple[str, str | None]:
+    """The card's hosting paragraph and the recommended instance type (None if none fits)."""
+    cost = (decision.get("costs_per_1k") or {}).get(winner) or {}
+    instance = cost.get("instance_type")
+    if not instance:
+        return f"No hosting recommendation: {cost.get('estimate', 'no cost estimate')}.", None
+    price = cost.get("price_per_hour")
+    per_1k = cost.get("usd_per_1k_requests")
+    text = f"Recommended instance `{instance}`"
+    if price is not None:
+        text += f" at ${price}/h ({cost.get('price_source') or 'catalog price'})"
+    if per_1k is not None:
+        text += f", about ${per_1k:.6f} per 1,000 requests ({cost.get('estimate', 'estimate')})"
+    where = (
+        f"The sagemaker target serves on endpoint `{config.deployment.endpoint_name}`."
+        if config.target == "sagemaker"
+        else f"The local target serves on 127.0.0.1:{config.deployment.port} "
+        f"(endpoint `{config.deployment.endpoint_name}`); the recommendation is for SageMaker."
+    )
+    return f"{text}. {where}", instance
+
+
+def _training_lines(config: PipelineConfig, winner: dict) -> str:
+    candidate = _candidate(config, winner["candidate"])
+    if candidate is None:
+        method = "unknown (the candidate is not in this config)"
+        base = "unknown"
+    else:
+        base = candidate.base_model
+        method = candidate.method
+        if candidate.lora is not None:
+            method += f" ({json.dumps(candidate.lora.model_dump(mode='json', exclude_none=True))})"
+    cost = winner.get("cost") or {}
+    if cost.get("usd") is not None:
+        billed = f"${cost['usd']:.4f} ({cost.get('billed_seconds')} billed s on "
+        billed += f"{cost.get('instance_type')} at ${cost.get('usd_per_hour')}/h)"
+    elif winner.get("target") == "sagemaker":
+        billed = "no billed time reported"
+    else:
+        billed = "not billed (the local executor ran it on this machine)"
+    seconds = winner.get("training_seconds")
+    return "\n".join(
+        [
+            f"- base model `{base}`, method {method}",
+            f"- training job `{winner['job_name']}` on the {winner.get('target', config.target)} "
+            f"target, {'n/a' if seconds is None else f'{seconds} s'}{instance_line(winner)}",
+            f"- cost of the training job: {billed}",
+            f"- model artifacts `{winner['model_artifacts']}`",
+            f"- hyperparameters: `{json.dumps(winner['hyperparameters'], sort_keys=True)}`",
+        ]
+    )
+
+
+def _labels_source(config: PipelineConfig) -> str:
+    labels = config.data.labels
+    return f"`{labels}`" if isinstance(labels, str) else "the config"
+
+
+def _known_limits(config: PipelineConfig, staged: dict, decision: dict, winner: str) -> str:
+    row = next((r for r in decision["leaderboard"] if r["candidate"] == winner), {})
+    data = config.data
+    lines = [
+        f"- It predicts one of the {staged.get('labels', 'declared')} labels of "
+        f"{_labels_source(config)} for every input, also for inputs that belong to none of them "
+        "(no abstention): route out-of-scope traffic elsewhere.",
+        f"- Trained on {staged['train_rows']} rows sampled from `{data.train}`; it is only as "
+        "good as that data is like the traffic it will see.",
+    ]
+    hyperparameters = next((c.hyperparameters for c in config.candidates if c.name == winner), None)
+    if hyperparameters is not None:
+        lines.append(
+            f"- Texts are cut to {hyperparameters.max_length} tokens in training, and to "
+            "`FMOPS_MAX_LENGTH` tokens when served (inference.py: 128 unless the endpoint sets "
+            "it): the end of a longer text is not read."
+        )
+    if row.get("worst_drop") is not None or row.get("max_gap") is not None:
+        lines.append(
+            f"- Robustness and fairness on the evaluation set: the worst drop of the primary "
+            f"metric under perturbation is {row.get('worst_drop')}, the largest gap between "
+            f"groups {row.get('max_gap')} (see the report)."
+        )
+    lines.append(
+        "- The cost per 1,000 requests is an estimate from the evaluation machine's throughput, "
+        "not a measurement on the hosting instance."
+    )
+    return "\n".join(lines)
+
+
 def model_card(
     config: PipelineConfig,
     staged: dict,
@@ -295,7 +485,13 @@ def model_card(
     dag_id: str,
     run_id: str,
     failed: list[dict] | None = None,
+    links: dict[str, str] | None = None,
 ) -> str:
+    """The version's description, in Markdown: what a reviewer reads before approving.
+
+    ``links`` (optional): ``parent_run``, ``winner_run`` and ``validation_report`` addresses.
+    """
+    links = links or {}
     failures = (
         "\n".join(
             f"- {f['candidate']}: training job `{f['job_name']}` ended {f['status']}: "
@@ -322,22 +518,50 @@ def model_card(
         for r in decision["leaderboard"]
     )
     reasons = "\n".join(f"- {reason}" for reason in decision.get("reasons", []))
+    gate = decision.get("gate") or {}
+    bounds = "\n".join(
+        f"  - `{c['metric']}` {c['bound']}: {'passed' if c['passed'] else 'FAILED'} ({c['reason']})"
+        for c in (gate.get("checks") or {}).get(winner["candidate"], [])
+    )
+    hosting, _ = _hosting(config, decision, winner["candidate"])
+    validation = staged["validation"]
+    review = (
+        "`deployment.approval` is `auto` in this config: fmops_deploy approves this version "
+        "without a human review and records that on the version."
+        if config.deployment.approval == "auto"
+        else f"fmops_deploy waits up to {config.deployment.approval_timeout_seconds} s for a "
+        "decision."
+    )
+    lineage = [f"- pipeline `{config.pipeline}`, DAG run `{dag_id}` / `{run_id}`"]
+    for key, label in (("parent_run", "MLflow run of the DAG run"), ("winner_run", "winner's run")):
+        if links.get(key):
+            lineage.append(f"- {label}: {links[key]}")
+    validation_link = (
+        f"; report: {links['validation_report']}" if links.get("validation_report") else ""
+    )
+    lineage_text = "\n".join(lineage)
+    verdict = "promote" if decision.get("promote", True) else "do not promote"
+    champion = (
+        comparison_line(gate["champion"])
+        if gate.get("champion")
+        else "no champion is registered: the bounds alone decide"
+    )
     return f"""# {config.registry.model_name}: {winner["candidate"]}
 
-Pipeline `{config.pipeline}`, DAG run `{dag_id}` / `{run_id}`.
+{lineage_text}
 
 ## Data
 - training: `{config.data.train}` ({staged["train_rows"]} rows after sampling), validation:
   {staged["validation_rows"]} rows, evaluation: `{config.data.evaluation}`
-  ({staged["evaluation_rows"]} rows); staged data digest `{staged["digest"]}`
+  ({staged["evaluation_rows"]} rows), labels {_labels_source(config)}; staged data digest
+  `{staged["digest"]}`
 - dataset digests (sha256): train `{staged["train_data_digest"]}`,
   evaluation `{staged["evaluation_data_digest"]}`
-- validation: {staged["validation"]["expectations"]} expectations, {staged["validation"]["warned"]}
-  warning(s): {"; ".join(staged["validation"]["problems"]) or "none"}
+- validation: {validation["expectations"]} expectations, {validation["failed"]} failed,
+  {validation["warned"]} warning(s): {"; ".join(validation["problems"]) or "none"}{validation_link}
 
 ## Training
-- training job `{winner["job_name"]}`, {winner.get("training_seconds")} s{instance_line(winner)}
-- hyperparameters: `{json.dumps(winner["hyperparameters"])}`
+{_training_lines(config, winner)}
 
 ## Evaluation
 Primary metric `{decision["metric"]}`; the mean win rate is over every scenario metric
@@ -346,8 +570,15 @@ Primary metric `{decision["metric"]}`; the mean win rate is over every scenario 
 {CARD_HEADER}
 {rows}
 
-Selected by {decision["metric"]} = {decision["score"]:.4f}; gain over the untuned baseline:
-{decision.get("gain_over_baseline", "n/a")}. The gate's reasons:
+### Gate decision
+**{verdict} {winner["candidate"]}**: {decision["metric"]} = {decision["score"]:.4f}; gain over
+the untuned baseline: {decision.get("gain_over_baseline", "n/a")}.
+- bounds of the winner:
+{bounds or "  - none configured"}
+- against the champion: {champion}
+- against the untuned baseline: {comparison_line(gate.get("baseline"))}
+
+The gate's reasons:
 {reasons}
 
 Report: {decision.get("report_url", "n/a")}
@@ -355,11 +586,20 @@ Report: {decision.get("report_url", "n/a")}
 Candidates that failed and were not compared:
 {failures}
 
+## Hosting
+{hosting}
+
 ## Cost
 {cost_lines(decision.get("costs"))}
 
 ## Known limits
-English banking queries only; labels outside the declared set are never predicted.
+{_known_limits(config, staged, decision, winner["candidate"])}
+
+## Review
+Approve or reject by setting the version tag `{APPROVAL_TAG}` to `{APPROVED}` or `{REJECTED}`
+(with `{REVIEWER_TAG}` and `{COMMENT_TAG}`), or with
+`fmops approve|reject {config.registry.model_name} VERSION --reviewer NAME --comment TEXT`.
+{review}
 """
 
 
@@ -375,10 +615,11 @@ def register(
     job_logs: dict[str, str],
     failed: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """Record the runs and register the winner as a new version (once per DAG run)."""
-    import mlflow
-    import pandas as pd
+    """Record the runs and register the winner as a new version (once per DAG run).
 
+    Safe to run again for the same DAG run, after any failure: the runs, the logged model and
+    the version are found by their tags, a model whose upload broke off is logged again, and a
+    version that an earlier attempt created is finished (alias) rather than created twice."""
     mlflow_client = client(config)
     # The run's bill goes with the leaderboard (leaderboard.json) and onto the model card.
     decision = {**decision, "costs": run_costs(trained, evaluations)}
@@ -397,67 +638,176 @@ def register(
     name, dag_run = config.registry.model_name, f"{dag_id}/{run_id}"
     existing = find_version(mlflow_client, name, dag_run)
     if existing is not None:
-        log.info(
-            "version %s of %s was registered for this run already: reusing it",
-            existing.version,
-            name,
-        )
-        return _version_summary(config, existing.version, runs)
-    winner = next(t for t in trained if t and t["candidate"] == decision["winner"])
-    winner_run = runs[winner["candidate"]]
-    logged = mlflow.search_logged_models(
-        experiment_ids=[mlflow_client.get_run(winner_run).info.experiment_id],
-        filter_string=f"source_run_id = '{winner_run}' AND name = 'model'",
-        output_format="list",
-    )
-    if logged:  # an earlier attempt of this task logged it and failed before registering
-        model_uri = logged[0].model_uri
+        version = str(existing.version)
+        log.info("version %s of %s was registered for this run already: reusing it", version, name)
     else:
-        with tempfile.TemporaryDirectory(prefix="fmops-register-") as scratch:
-            model_dir = _unpack(
-                winner["model_artifacts"],
-                Path(scratch) / "model",
-                config.sagemaker.aws_conn_id if config.sagemaker else None,
-            )
-            example = pd.DataFrame({"text": ["I still have not received my new card"]})
-            with mlflow.start_run(run_id=winner_run):
-                model_uri = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(MODEL_CODE),
-                    artifacts={"model_dir": str(model_dir)},
-                    code_paths=[str(SCRIPTS_DIR / "inference.py")],
-                    input_example=example,
-                    pip_requirements=_serving_requirements(),
-                ).model_uri
-    _ensure_registered_model(mlflow_client, name, config.pipeline)
-    version = mlflow_client.create_model_version(
-        name,
-        model_uri,
-        run_id=winner_run,
-        tags={
-            "fmops.pipeline": config.pipeline,
-            "fmops.dag_run": dag_run,
-            "fmops.candidate": winner["candidate"],
-            "fmops.data_digest": staged["train_data_digest"],
-            "fmops.staged_data": staged["digest"],
-            "fmops.training_job": winner["job_name"],
-            "fmops.model_artifacts": winner["model_artifacts"],
-            "fmops.metric": f"{decision['metric']}={decision['score']:.4f}",
-            "fmops.evaluation_report": decision.get("report_url", ""),
-            APPROVAL_TAG: "pending",
-        },
-        description=model_card(config, staged, decision, winner, dag_id, run_id, failed),
-    )
-    _wait_ready(mlflow_client, name, version.version)
-    mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)
+        version = _create_version(
+            mlflow_client, config, staged, trained, decision, dag_id, run_id, runs, failed
+        )
+    _finish_registration(mlflow_client, name, version)
     log.info(
         "registered %s version %s (alias %s): %s",
         name,
-        version.version,
+        version,
         CHALLENGER,
-        version_url(name, version.version),
+        version_url(name, version, config),
     )
-    return _version_summary(config, version.version, runs)
+    experiment_id = mlflow_client.get_run(runs["parent"]).info.experiment_id
+    return {
+        **_version_summary(config, version, runs),
+        "parent_run_url": run_url(experiment_id, runs["parent"], config),
+    }
+
+
+def _create_version(
+    mlflow_client: Any,
+    config: PipelineConfig,
+    staged: dict,
+    trained: list[dict],
+    decision: dict,
+    dag_id: str,
+    run_id: str,
+    runs: dict[str, str],
+    failed: list[dict] | None,
+) -> str:
+    name, dag_run = config.registry.model_name, f"{dag_id}/{run_id}"
+    winner = next(t for t in trained if t and t["candidate"] == decision["winner"])
+    winner_run = runs[winner["candidate"]]
+    experiment_id = mlflow_client.get_run(winner_run).info.experiment_id
+    model = _logged_model(mlflow_client, experiment_id, winner_run)
+    if model is None:
+        model = _log_model(config, winner, winner_run)
+    _ensure_registered_model(mlflow_client, name, config.pipeline)
+    parent = runs["parent"]
+    links = {
+        "parent_run": run_url(experiment_id, parent, config),
+        "winner_run": run_url(experiment_id, winner_run, config),
+        "validation_report": (
+            f"{run_url(experiment_id, parent, config)}/artifacts/validation/data_docs/index.html"
+        ),
+    }
+    _, hosting = _hosting(config, decision, winner["candidate"])
+    candidate = _candidate(config, winner["candidate"])
+    tags = {
+        "fmops.pipeline": config.pipeline,
+        "fmops.target": config.target,
+        "fmops.dag_run": dag_run,
+        "fmops.dag_id": dag_id,
+        "fmops.run_id": run_id,
+        "fmops.mlflow_parent_run": parent,
+        "fmops.candidate": winner["candidate"],
+        "fmops.base_model": candidate.base_model if candidate else "",
+        "fmops.method": candidate.method if candidate else "",
+        "fmops.data_digest": staged["train_data_digest"],
+        "fmops.evaluation_data_digest": staged["evaluation_data_digest"],
+        "fmops.staged_data": staged["digest"],
+        "fmops.training_job": winner["job_name"],
+        "fmops.model_artifacts": winner["model_artifacts"],
+        "fmops.metric": f"{decision['metric']}={decision['score']:.4f}",
+        "fmops.gate": gate_summary(decision),
+        "fmops.evaluation_report": decision.get("report_url", ""),
+        "fmops.validation_report": links["validation_report"],
+        "fmops.hosting_instance": hosting or "none fits",
+        APPROVAL_TAG: PENDING,
+    }
+    if winner["model_artifacts"].startswith("s3://"):
+        # What a SageMaker model (CreateModel's ModelDataUrl) is made from.
+        tags["fmops.sagemaker.model_data_url"] = winner["model_artifacts"]
+    version = mlflow_client.create_model_version(
+        name,
+        model.model_uri,
+        run_id=winner_run,
+        tags={k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()},
+        description=model_card(
+            config, staged, decision, winner, dag_id, run_id, failed, links=links
+        ),
+        model_id=model.model_id,
+    )
+    return str(version.version)
+
+
+def _logged_model(mlflow_client: Any, experiment_id: str, run_id: str) -> Any | None:
+    """The model an earlier attempt logged on the winner's run, if its upload finished; one
+    that broke off (not READY) is deleted, so that it is logged again whole."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = mlflow_client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = 'model'",
+    )
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    for broken in (m for m in found if m.status != LoggedModelStatus.READY):
+        log.warning(
+            "model %s on run %s is %s (an earlier attempt broke off): deleting it, logging again",
+            broken.model_id,
+            run_id,
+            broken.status,
+        )
+        mlflow_client.delete_logged_model(broken.model_id)
+    if ready:
+        log.info("reusing model %s, logged by an earlier attempt", ready[0].model_id)
+    return ready[0] if ready else None
+
+
+def model_signature() -> Any:
+    """Input: a ``text`` column; output: the predicted ``label`` and its ``score``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+    )
+
+
+def _log_model(config: PipelineConfig, winner: dict, run_id: str) -> Any:
+    """Log the winner as a pyfunc model on its run: the job's model folder (safetensors weights,
+    tokenizer, label map), ``inference.py`` as code, an input example and the signature."""
+    import mlflow
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="fmops-register-") as scratch:
+        model_dir = _unpack(
+            winner["model_artifacts"],
+            Path(scratch) / "model",
+            config.sagemaker.aws_conn_id if config.sagemaker else None,
+        )
+        example = pd.DataFrame({"text": ["I still have not received my new card"]})
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts={"model_dir": str(model_dir)},
+                code_paths=[str(SCRIPTS_DIR / "inference.py")],
+                input_example=example,
+                signature=model_signature(),
+                pip_requirements=_serving_requirements(),
+            )
+    return info
+
+
+def _finish_registration(mlflow_client: Any, name: str, version: str) -> None:
+    """The steps after the version exists, safe to repeat: wait until it is READY, then point
+    ``challenger`` at it, unless a later DAG run has registered a newer version since."""
+    _wait_ready(mlflow_client, name, version)
+    current = _alias_version(mlflow_client, name, CHALLENGER)
+    if current is None or int(current.version) < int(version):
+        mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
+    elif current.version != version:
+        log.info("%s: alias %s stays on the newer version %s", name, CHALLENGER, current.version)
+
+
+def _alias_version(mlflow_client: Any, name: str, alias: str) -> Any | None:
+    """The version with ``alias``; None when no version has it. An unreachable server raises:
+    "no champion" must never be concluded from an outage."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def _ensure_registered_model(mlflow_client: Any, name: str, pipeline: str) -> None:
@@ -487,8 +837,10 @@ def _wait_ready(mlflow_client: Any, name: str, version: str, timeout: float = 60
         time.sleep(1)
 
 
-def version_url(name: str, version: str) -> str:
-    return f"{ui_url()}/#/models/{name}/versions/{version}"
+def version_url(
+    name: str, version: str, config: PipelineConfig | None = None, *, uri: str | None = None
+) -> str:
+    return f"{ui_url(config, uri=uri)}/#/models/{name}/versions/{version}"
 
 
 def _version_summary(config: PipelineConfig, version: str, runs: dict[str, str]) -> dict:
@@ -496,51 +848,121 @@ def _version_summary(config: PipelineConfig, version: str, runs: dict[str, str])
     return {
         "model_name": name,
         "version": str(version),
-        "url": version_url(name, version),
+        "url": version_url(name, version, config),
         "parent_run_id": runs["parent"],
     }
 
 
-def approval(config: PipelineConfig, version: str) -> str:
-    tags = client(config).get_model_version(config.registry.model_name, version).tags
-    return tags.get(APPROVAL_TAG, "pending")
+# -- review ---------------------------------------------------------------------------------
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def review_of(tags: dict[str, str]) -> dict[str, str]:
+    """The review recorded in a version's tags: decision (pending when unset or not one of the
+    allowed values, which the log says), reviewer, comment, when."""
+    decision = (tags.get(APPROVAL_TAG) or PENDING).strip().lower()
+    if decision not in APPROVAL_VALUES:
+        log.warning(
+            "%s=%r is not one of %s: treated as pending", APPROVAL_TAG, decision, APPROVAL_VALUES
+        )
+        decision = PENDING
+    return {
+        "decision": decision,
+        "reviewer": tags.get(REVIEWER_TAG, ""),
+        "comment": tags.get(COMMENT_TAG, ""),
+        "reviewed_at": tags.get(REVIEWED_AT_TAG, ""),
+    }
+
+
+def read_review(uri: str, name: str, version: str) -> dict[str, str]:
+    """The review of ``name`` version ``version`` in the registry at ``uri`` (for the approval
+    trigger, which has no config). Raises ApprovalError when the version does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client_for(uri).get_model_version(name, version)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ApprovalError(f"{name} has no version {version} in {uri}") from err
+        raise
+    return review_of(found.tags)
+
+
+def set_review(
+    mlflow_client: Any, name: str, version: str, decision: str, reviewer: str, comment: str = ""
+) -> dict[str, str]:
+    """Record a review decision on a version: ``fmops.approval``, ``fmops.reviewer``,
+    ``fmops.review_comment`` and ``fmops.reviewed_at``. Returns the tags it set.
+
+    Raises ApprovalError for a decision other than approved/rejected, an empty reviewer, or a
+    version that does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    if decision not in (APPROVED, REJECTED):
+        raise ApprovalError(f"decision {decision!r}; allowed: {APPROVED}, {REJECTED}")
+    if not reviewer.strip():
+        raise ApprovalError("a review needs a reviewer: name who decided (--reviewer NAME)")
+    try:
+        previous = review_of(mlflow_client.get_model_version(name, str(version)).tags)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ApprovalError(
+                f"{name} has no version {version} (or no such registered model); the MLflow "
+                "UI's Models page lists the versions"
+            ) from err
+        raise
+    tags = {
+        APPROVAL_TAG: decision,
+        REVIEWER_TAG: reviewer.strip(),
+        COMMENT_TAG: comment,
+        REVIEWED_AT_TAG: now_iso(),
+    }
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, str(version), key, value[:MAX_TAG_VALUE])
+    if previous["decision"] not in (PENDING, decision):
+        log.warning(
+            "%s version %s: %s replaces the earlier %s by %s",
+            name,
+            version,
+            decision,
+            previous["decision"],
+            previous["reviewer"] or "someone",
+        )
+    log.info("%s version %s: %s by %s", name, version, decision, reviewer)
+    return tags
 
 
 def set_approval(
     config: PipelineConfig, version: str, decision: str, reviewer: str, comment: str = ""
 ) -> None:
-    if decision not in APPROVAL_VALUES[1:]:
-        raise ApprovalError(f"decision {decision!r}; allowed: {APPROVAL_VALUES[1:]}")
+    set_review(client(config), config.registry.model_name, version, decision, reviewer, comment)
+
+
+def tag_version(config: PipelineConfig, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a version of the config's model (values cut to MLflow's limit)."""
     mlflow_client = client(config)
-    name = config.registry.model_name
-    for key, value in (
-        (APPROVAL_TAG, decision),
-        ("fmops.reviewer", reviewer),
-        ("fmops.review_comment", comment),
-    ):
-        mlflow_client.set_model_version_tag(name, version, key, value)
-    log.info("%s version %s: %s by %s", name, version, decision, reviewer)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(
+            config.registry.model_name, str(version), key, str(value)[:MAX_TAG_VALUE]
+        )
 
 
 def latest_alias(config: PipelineConfig, alias: str = CHALLENGER) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client(config).get_model_version_by_alias(config.registry.model_name, alias).version
-    except MlflowException:
-        return None
+    """The version with ``alias``, None when there is none (an unreachable MLflow raises)."""
+    found = _alias_version(client(config), config.registry.model_name, alias)
+    return None if found is None else str(found.version)
 
 
 def champion_artifacts(config: PipelineConfig) -> tuple[str, str] | None:
     """The champion version and its model artifacts (the training job's model.tar.gz), when a
     champion exists and its artifacts are where the version says; else None, with the reason
     in the log. The evaluation compares the new candidates with it on the same examples."""
-    from mlflow.exceptions import MlflowException
-
     name = config.registry.model_name
-    try:
-        version = client(config).get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    version = _alias_version(client(config), name, CHAMPION)
+    if version is None:
         log.info("no champion of %s is registered: the gate has no champion to beat", name)
         return None
     uri = version.tags.get("fmops.model_artifacts")
@@ -569,23 +991,31 @@ def champion_artifacts(config: PipelineConfig) -> tuple[str, str] | None:
     return str(version.version), uri
 
 
-def promote(config: PipelineConfig, version: str) -> str | None:
-    """Give ``version`` the alias champion; tag the one it replaces. Returns the replaced one."""
+def promote(config: PipelineConfig, version: str, deploy_run: str | None = None) -> str | None:
+    """Give ``version`` the alias champion after a good rollout; the version it replaces keeps
+    ``fmops.replaced_at`` / ``fmops.replaced_by``. Returns the replaced version (None if none,
+    or if ``version`` was the champion already). Safe to repeat: a retry after the alias moved
+    finds nothing left to replace and only refreshes the deployment tags."""
     mlflow_client = client(config)
     name = config.registry.model_name
     previous = latest_alias(config, CHAMPION)
-    if previous == str(version):
-        return None
-    if previous is not None:
-        mlflow_client.set_model_version_tag(
-            name, previous, "fmops.replaced_at", datetime.now(UTC).isoformat()
-        )
-        mlflow_client.set_model_version_tag(name, previous, "fmops.replaced_by", str(version))
-    mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
-    mlflow_client.set_model_version_tag(
-        name, str(version), "fmops.deployed_at", datetime.now(UTC).isoformat()
-    )
-    return previous
+    now = now_iso()
+    replaced = None
+    if previous is not None and previous != str(version):
+        tag_version(config, previous, {"fmops.replaced_at": now, "fmops.replaced_by": str(version)})
+        replaced = previous
+    if previous != str(version):
+        mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
+    tags = {
+        "fmops.deployed_at": now,
+        DEPLOY_OUTCOME_TAG: "deployed",
+        DEPLOY_NOTE_TAG: f"{CHAMPION} since {now}"
+        + (f", replacing version {replaced}" if replaced else ""),
+    }
+    if deploy_run:
+        tags[DEPLOY_RUN_TAG] = deploy_run
+    tag_version(config, version, tags)
+    return replaced
 
 
 def download_model(config: PipelineConfig, version: str, target: Path) -> Path:

@@ -91,7 +91,11 @@ def test_deploy_pipeline_shape(dagbag):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (
             f"fmops_deploy: {upstream} must feed {downstream}"
         )
-    assert dag.get_task("await_approval").mode == "reschedule"
+    rollback = dag.get_task("rollback")
+    assert rollback.trigger_rule == "all_done"
+    assert rollback.upstream_task_ids == {"deploy", "smoke_test"}
+    # A deferrable wait on the review tag: no worker slot is held while a person decides.
+    assert dag.get_task("await_approval").task_type == "AwaitApprovalOperator"
 
 
 def test_trigger_form_rejects_bad_values(dagbag):

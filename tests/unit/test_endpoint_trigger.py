@@ -420,7 +420,7 @@ def test_the_deploy_dag_defers_its_deploy_task(dagbag):
     deploy = dag.get_task("deploy")
     assert isinstance(deploy, DeployEndpointOperator)
     assert deploy.upstream_task_ids == {"resolve_candidate", "await_approval"}
-    assert deploy.downstream_task_ids == {"smoke_test"}
+    assert deploy.downstream_task_ids == {"smoke_test", "rollback"}
 
 
 def test_resuming_with_the_wait_in_the_event_only(aws, monkeypatch):

@@ -26,7 +26,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from fmops.config import ConfigError
     from fmops.data.loading import DataError
     from fmops.data.validation import DataValidationError
-    from fmops.deployment.flow import ApprovalRejectedError, SmokeTestError
+    from fmops.deployment.flow import SmokeTestError
     from fmops.deployment.local import EndpointError
     from fmops.evaluation.selection import SelectionError
     from fmops.jobs.specs import PlanError
@@ -41,7 +41,6 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
         JobFailedError,
         SelectionError,
         ParamValidationError,
-        ApprovalRejectedError,
         SmokeTestError,
         EndpointError,
         DeploymentFailedError,
@@ -202,6 +201,7 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     from airflow.sdk.exceptions import AirflowSkipException
 
     from fmops import registry
+    from fmops.airflow.links import MLFLOW_RUN, MODEL_VERSION, push_links
     from fmops.pipeline import backend_for, backend_settings
 
     if not decision.get("promote", True):
@@ -216,6 +216,8 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     for outcome in trained:
         backend = backend_for({"target": outcome["target"], "settings": backend_settings(config)})
         logs[outcome["job_name"]] = backend.read_log("training", outcome["job_name"], 0)[0]
+    # MLflow being unreachable is not in _deterministic_errors: the task retries with backoff,
+    # and registry.register finds what an earlier attempt created (runs, model, version).
     summary = registry.register(
         config,
         resolved,
@@ -228,6 +230,7 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
         logs,
         failed=list(failed),
     )
+    push_links(ti, {MODEL_VERSION: summary["url"], MLFLOW_RUN: summary.get("parent_run_url")})
     context = get_current_context()
     context["outlet_events"][Asset(REGISTERED_MODELS_URI)].extra = {
         "config_file": resolved["config_file"],
@@ -240,22 +243,58 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
 # -- fmops_deploy ---------------------------------------------------------------------------
 
 
-def _deploy_request(params: dict[str, Any]) -> tuple[str, str | None]:
-    """Config file and version: from the trigger form, else from the asset event."""
+def _deploy_request(params: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """Config file, model name and version: from the trigger form, else from the newest asset
+    event (the registration that scheduled this run)."""
     context = get_current_context()
     config_file, version = params.get("config_file"), params.get("version")
-    events = context.get("triggering_asset_events") or {}
-    for asset_events in events.values():
-        for event in asset_events:
-            extra = event.extra or {}
-            config_file = config_file or extra.get("config_file")
-            version = version or extra.get("version")
+    model_name = params.get("model_name")
+    events = [
+        event
+        for asset_events in (context.get("triggering_asset_events") or {}).values()
+        for event in asset_events
+    ]
+    if events:
+        newest = max(events, key=lambda e: (e.timestamp is not None, e.timestamp))
+        extra = newest.extra or {}
+        config_file = config_file or extra.get("config_file")
+        model_name = model_name or extra.get("model_name")
+        version = version or extra.get("version")
     if not config_file:
         raise AirflowFailException(
             "no config_file: trigger with one, or let fmops_finetune's "
             "registration trigger this DAG"
         )
-    return config_file, version
+    return config_file, model_name, version
+
+
+def _deploy_run() -> str:
+    dag_id, run_id = _run_ids()
+    return f"{dag_id}/{run_id}"
+
+
+def _push_candidate_links(candidate: dict) -> None:
+    """The links of fmops_deploy's tasks: the version page, the run it was logged from, and on
+    the sagemaker target the endpoint's console page."""
+    from fmops.airflow.links import (
+        MLFLOW_RUN,
+        MODEL_VERSION,
+        SAGEMAKER_ENDPOINT,
+        console_url,
+        push_links,
+    )
+
+    try:
+        ti = get_current_context()["ti"]
+    except RuntimeError:  # called outside a task (a script, a test): nothing to link from
+        return
+    links = {MODEL_VERSION: candidate.get("url"), MLFLOW_RUN: candidate.get("run_url")}
+    config = _config(candidate["resolved"])
+    if config.target == "sagemaker" and config.sagemaker is not None:
+        links[SAGEMAKER_ENDPOINT] = console_url(
+            "endpoint", config.deployment.endpoint_name, config.sagemaker.region
+        )
+    push_links(ti, links)
 
 
 @fail_fast
@@ -263,16 +302,85 @@ def resolve_candidate(params: dict[str, Any] | None = None) -> dict:
     from fmops.deployment.flow import resolve_candidate as resolve_version
     from fmops.pipeline import resolve
 
-    config_file, version = _deploy_request(params)
+    config_file, model_name, version = _deploy_request(params)
     resolved = resolve(config_file, target=params.get("target"))
-    return {"resolved": resolved, **resolve_version(_config(resolved), version)}
+    if model_name and model_name != resolved["config"]["registry"]["model_name"]:
+        log.info(
+            "model %s (asked for) instead of the config's %s",
+            model_name,
+            resolved["config"]["registry"]["model_name"],
+        )
+        resolved["config"]["registry"]["model_name"] = model_name
+    candidate = {"resolved": resolved, **resolve_version(_config(resolved), version)}
+    _push_candidate_links(candidate)
+    return candidate
 
 
 @fail_fast
-def check_approval(candidate: dict) -> str:
-    from fmops.deployment.flow import check_approval as check
+def start_approval(candidate: dict) -> dict:
+    """await_approval up to its wait (``AwaitApprovalOperator.execute``): ``{"result": the
+    review}`` when it is decided (approved; ``approval: auto`` approves here), else ``{"wait":
+    the ApprovalTrigger's arguments}`` after recording on the version that this run waits and
+    until when. A rejected version ends the run without deploying (``_rejected``)."""
+    from fmops import registry
+    from fmops.deployment import flow
 
-    return check(_config(candidate["resolved"]), candidate["version"])
+    _push_candidate_links(candidate)
+    config, version = _config(candidate["resolved"]), candidate["version"]
+    found = flow.review(config, version, candidate["resolved"]["config_file"])
+    if found["decision"] == registry.APPROVED:
+        return {"result": {**found, "version": version}}
+    if found["decision"] == registry.REJECTED:
+        _rejected(config, version, found)
+    deadline = flow.request_review(config, version, _deploy_run())
+    return {
+        "wait": {
+            "tracking_uri": registry.tracking_uri(config),
+            "model_name": config.registry.model_name,
+            "version": str(version),
+            "deadline": deadline,
+            "poll_interval": float(config.deployment.approval_poll_seconds),
+        }
+    }
+
+
+@fail_fast
+def finish_approval(candidate: dict, event: dict) -> dict:
+    """await_approval after ``ApprovalTrigger`` fired: the review when approved; a rejection
+    skips the rest of the run, a timeout fails it, both without deploying and recorded on the
+    version (``fmops.deploy_outcome``, ``fmops.deploy_note``)."""
+    from fmops import registry
+    from fmops.deployment import flow
+
+    config, version = _config(candidate["resolved"]), candidate["version"]
+    status = event["status"]
+    if status == registry.APPROVED:
+        review = event["review"]
+        log.info("%s version %s: approved by %s", event["model_name"], version, review["reviewer"])
+        return {**review, "version": version}
+    if status == registry.REJECTED:
+        _rejected(config, version, event["review"])
+    if status == "timed_out":
+        note = flow.timed_out_note(_deploy_run(), config.deployment.approval_timeout_seconds)
+        flow.record_deploy(config, version, _deploy_run(), "approval_timed_out", note)
+        raise AirflowFailException(note)
+    raise AirflowFailException(event.get("message") or f"approval wait ended {status}")
+
+
+def _rejected(config: Any, version: str, found: dict) -> None:
+    """A rejected version: recorded on it, and the run's remaining tasks are skipped.
+
+    Skipped, not failed: the review decided, the pipeline did not break. A failed run would
+    alert whoever is on call for a decision a person made on purpose, and would invite a retry
+    that cannot change it; the skipped deploy, smoke_test and promote say plainly that nothing
+    was deployed, and the version's tags say why."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from fmops.deployment import flow
+
+    note = flow.rejected_note(_deploy_run(), found)
+    flow.record_deploy(config, version, _deploy_run(), "rejected", note)
+    raise AirflowSkipException(note)
 
 
 @fail_fast
@@ -281,6 +389,7 @@ def start_deploy(candidate: dict) -> dict:
     SageMaker deployment to wait for."""
     from fmops.deployment.flow import start_deploy as start
 
+    _push_candidate_links(candidate)
     return start(_config(candidate["resolved"]), candidate["version"])
 
 
@@ -297,6 +406,7 @@ def finish_deploy(wait: dict, event: dict) -> dict:
 def smoke_test(candidate: dict) -> dict:
     from fmops.deployment.flow import smoke_test as smoke
 
+    _push_candidate_links(candidate)
     return smoke(_config(candidate["resolved"]), candidate["version"])
 
 
@@ -304,4 +414,22 @@ def smoke_test(candidate: dict) -> dict:
 def promote(candidate: dict) -> dict:
     from fmops.deployment.flow import promote as make_champion
 
-    return make_champion(_config(candidate["resolved"]), candidate["version"])
+    _push_candidate_links(candidate)
+    return make_champion(_config(candidate["resolved"]), candidate["version"], _deploy_run())
+
+
+@fail_fast
+def rollback(params: dict[str, Any] | None = None) -> dict:
+    """Runs whatever happened upstream (trigger rule ALL_DONE): a failed or killed deploy never
+    leaves the local endpoint half-shifted (``fmops.deployment.flow.rollback``)."""
+    from fmops.deployment.flow import rollback as restore
+    from fmops.pipeline import resolve
+
+    params = params or {}
+    config_file, model_name, _ = _deploy_request(params)
+    resolved = resolve(config_file, target=params.get("target"))
+    if model_name:
+        resolved["config"]["registry"]["model_name"] = model_name
+    result = restore(_config(resolved))
+    log.info("rollback: %s", result)
+    return result

@@ -1,11 +1,14 @@
 """The stages of ``fmops_deploy`` as plain functions (no Airflow imports).
 
-resolve_candidate -> await_approval -> deploy -> smoke_test -> promote. The deploy task runs
-``start_deploy`` and, for a SageMaker deployment, waits in the triggerer before ``finish_deploy``
-(again after each capacity fallback); ``deploy`` is the same stage in one blocking call. A
-SageMaker deployment records on the model version where it serves: the tags
+resolve_candidate -> await_approval -> deploy -> smoke_test -> promote. await_approval reads the
+version's review (``review``; ``approval: auto`` approves here), records that it waits
+(``request_review``) and waits in the triggerer (``fmops.airflow.approval``); a rejection or a
+timeout ends the run without deploying, recorded on the version (``record_deploy``). The deploy
+task runs ``start_deploy`` and, for a SageMaker deployment, waits in the triggerer before
+``finish_deploy`` (again after each capacity fallback); ``deploy`` is the same stage in one
+blocking call. A SageMaker deployment records on the model version where it serves: the tags
 ``fmops.endpoint.name``, ``fmops.endpoint.instance_type`` and ``fmops.endpoint.capacity_fallback``
-(``record_endpoint``).
+(``record_endpoint``). ``promote`` moves ``champion`` after a good rollout.
 """
 
 from __future__ import annotations
@@ -28,10 +31,6 @@ NO_FALLBACK = "none: the first instance type of the catalog ranking serves"
 MAX_TAG_VALUE = 5000  # MLflow's limit for a model version tag's value
 
 
-class ApprovalRejectedError(RuntimeError):
-    """The reviewer rejected the version: nothing is deployed."""
-
-
 class SmokeTestError(RuntimeError):
     """The endpoint answered the smoke traffic wrongly."""
 
@@ -48,63 +47,179 @@ def resolve_candidate(config: PipelineConfig, version: str | None) -> dict[str, 
                 f"{name} has no version with alias {registry.CHALLENGER}; run fmops_finetune "
                 "first or trigger with a version"
             )
-    mlflow_version = registry.client(config).get_model_version(name, str(version))
-    log.info("candidate: %s version %s (%s)", name, version, registry.version_url(name, version))
+    mlflow_client = registry.client(config)
+    mlflow_version = mlflow_client.get_model_version(name, str(version))
+    url = registry.version_url(name, version, config)
+    log.info("candidate: %s version %s (%s)", name, version, url)
+    run_url = None
+    if mlflow_version.run_id:
+        experiment = mlflow_client.get_run(mlflow_version.run_id).info.experiment_id
+        run_url = registry.run_url(experiment, mlflow_version.run_id, config)
     return {
         "model_name": name,
         "version": str(version),
         "candidate": mlflow_version.tags.get("fmops.candidate"),
-        "url": registry.version_url(name, version),
+        "url": url,
+        "run_url": run_url,
     }
 
 
-def check_approval(config: PipelineConfig, version: str) -> str:
-    """``approved`` / ``pending``; a rejection raises. ``approval: auto`` approves on the spot."""
+AUTO_REVIEWER = "fmops pipeline (deployment.approval: auto)"
+
+
+def review(config: PipelineConfig, version: str, config_file: str | None = None) -> dict[str, str]:
+    """The version's review (``registry.review_of``: decision, reviewer, comment, when).
+
+    With ``deployment.approval: auto`` a pending version is approved here, by the pipeline, and
+    the version says so: the reviewer is ``AUTO_REVIEWER`` and the comment names the config
+    setting and the gate's decision. A version a person rejected stays rejected."""
     from fmops import registry
 
-    decision = registry.approval(config, version)
-    if decision == "pending" and config.deployment.approval == "auto":
-        registry.set_approval(
-            config,
-            version,
-            "approved",
-            reviewer="fmops (approval: auto)",
-            comment="approved automatically by the pipeline config",
+    name = config.registry.model_name
+    mlflow_client = registry.client(config)
+    tags = mlflow_client.get_model_version(name, str(version)).tags
+    found = registry.review_of(tags)
+    if found["decision"] == registry.PENDING and config.deployment.approval == "auto":
+        why = (
+            f"approved without a human review: deployment.approval is auto in "
+            f"{config_file or 'the pipeline config'}"
         )
-        decision = "approved"
-    if decision == "rejected":
-        raise ApprovalRejectedError(
-            f"{config.registry.model_name} version {version} was rejected in review; "
-            "nothing is deployed"
+        if tags.get("fmops.gate"):
+            why += f"; the gate: {tags['fmops.gate']}"
+        written = registry.set_review(
+            mlflow_client, name, str(version), registry.APPROVED, AUTO_REVIEWER, why
         )
-    log.info("%s version %s: approval %s", config.registry.model_name, version, decision)
-    return decision
+        found = registry.review_of({**tags, **written})
+    log.info(
+        "%s version %s: %s%s",
+        name,
+        version,
+        found["decision"],
+        f" by {found['reviewer']}: {found['comment']}" if found["reviewer"] else "",
+    )
+    return found
+
+
+def request_review(
+    config: PipelineConfig, version: str, deploy_run: str, now: float | None = None
+) -> float:
+    """Record on the version that ``deploy_run`` waits for its review, and until when; returns
+    that deadline (epoch seconds). A retried task of the same run keeps the deadline it set."""
+    import time
+    from datetime import UTC, datetime
+
+    from fmops import registry
+
+    now = time.time() if now is None else now
+    tags = registry.client(config).get_model_version(config.registry.model_name, version).tags
+    if tags.get(registry.DEPLOY_RUN_TAG) == deploy_run and tags.get(registry.DEADLINE_TAG):
+        try:
+            return datetime.fromisoformat(tags[registry.DEADLINE_TAG]).timestamp()
+        except ValueError:
+            log.warning("unreadable %s tag: a new deadline", registry.DEADLINE_TAG)
+    deadline = now + config.deployment.approval_timeout_seconds
+    until = datetime.fromtimestamp(deadline, UTC).isoformat(timespec="seconds")
+    registry.tag_version(
+        config,
+        version,
+        {
+            registry.REQUESTED_AT_TAG: datetime.fromtimestamp(now, UTC).isoformat(
+                timespec="seconds"
+            ),
+            registry.DEADLINE_TAG: until,
+            registry.DEPLOY_RUN_TAG: deploy_run,
+            registry.DEPLOY_OUTCOME_TAG: "awaiting_approval",
+            registry.DEPLOY_NOTE_TAG: f"{deploy_run} waits for a review until {until}",
+        },
+    )
+    return deadline
+
+
+def record_deploy(
+    config: PipelineConfig, version: str, deploy_run: str, outcome: str, note: str
+) -> None:
+    """Record on the version how ``deploy_run`` ended for it (``rejected``,
+    ``approval_timed_out``; ``promote`` records ``deployed``)."""
+    from fmops import registry
+
+    registry.tag_version(
+        config,
+        version,
+        {
+            registry.DEPLOY_RUN_TAG: deploy_run,
+            registry.DEPLOY_OUTCOME_TAG: outcome,
+            registry.DEPLOY_NOTE_TAG: note,
+        },
+    )
+    log.warning("%s version %s: %s", config.registry.model_name, version, note)
+
+
+def rejected_note(deploy_run: str, found: dict[str, str]) -> str:
+    comment = f": {found['comment']}" if found.get("comment") else ""
+    return (
+        f"{deploy_run} ended without deploying: rejected by {found.get('reviewer') or 'a reviewer'}"
+        f"{comment}"
+    )
+
+
+def timed_out_note(deploy_run: str, timeout_seconds: float) -> str:
+    return (
+        f"{deploy_run} ended without deploying: no review within {timeout_seconds:.0f} s "
+        "(deployment.approval_timeout_seconds); the version is still pending: approve it and "
+        "trigger fmops_deploy by hand with this version"
+    )
 
 
 def deploy(config: PipelineConfig, version: str) -> dict[str, Any]:
-    """Serve the registered version (downloaded from the registry) on the local endpoint."""
+    """Serve the registered version (downloaded from the registry) on the local endpoint: the
+    first deployment creates it, later ones go blue/green as ``deployment.traffic`` says, with
+    bakes, smoke traffic and the alarms (``fmops.deployment.rollout``). A rolled back version is
+    tagged ``fmops.deployment=rolled_back`` with the reason, and the error goes on."""
     from fmops import registry
-    from fmops.deployment.local import LocalEndpoint
+    from fmops.deployment.rollout import RolloutFailedError, deploy_local
 
     if config.target == "sagemaker":
         return deploy_to_sagemaker(config, version)
     target = state_dir() / "models" / config.registry.model_name / str(version)
     model_dir = registry.download_model(config, version, target)
     handlers = target / "code" / "inference.py"  # the handlers registered with the model
+    try:
+        return deploy_local(config, str(version), model_dir, handlers)
+    except RolloutFailedError as err:
+        if err.result.outcome == "rolled_back":
+            registry.tag_version(
+                config,
+                version,
+                {"fmops.deployment": "rolled_back", "fmops.deployment_reason": err.reason},
+            )
+        raise
+
+
+def rollback(config: PipelineConfig) -> dict[str, Any]:
+    """Make sure the endpoint is not left half-shifted by a failed or killed deploy: restore its
+    last stable routing (idempotent; nothing to do after a success). The sagemaker target's
+    endpoint rolls back by itself (its blue/green update and the alarms)."""
+    from fmops import registry
+    from fmops.deployment.local import LocalEndpoint
+    from fmops.deployment.rollout import rollback_to_stable
+
+    if config.target == "sagemaker":
+        return {"action": "none", "why": "SageMaker rolls a failed blue/green update back"}
     endpoint = LocalEndpoint(config.deployment.endpoint_name)
-    status = endpoint.deploy(
-        model_dir,
-        handlers,
-        str(version),
-        config.deployment.port,
-        config.deployment.health_timeout_seconds,
-    )
-    return {
-        "endpoint": endpoint.name,
-        "url": endpoint.url(),
-        "version": str(version),
-        "status": status,
-    }
+    if not endpoint.exists():
+        return {"action": "none", "why": f"no endpoint {endpoint.name}"}
+    result = rollback_to_stable(endpoint, note="the deploy run ended without a stable rollout")
+    if result.get("action") == "restored" and result.get("version"):
+        registry.tag_version(
+            config,
+            result["version"],
+            {
+                "fmops.deployment": "rolled_back",
+                "fmops.deployment_reason": "the deploy run ended mid-rollout; the rollback "
+                "task restored the stable routing",
+            },
+        )
+    return result
 
 
 def serving_endpoint(config: PipelineConfig) -> Any:
@@ -339,10 +454,11 @@ def smoke_test(config: PipelineConfig, version: str) -> dict[str, Any]:
     return result
 
 
-def promote(config: PipelineConfig, version: str) -> dict[str, Any]:
+def promote(config: PipelineConfig, version: str, deploy_run: str | None = None) -> dict[str, Any]:
+    """After a good rollout: ``champion`` moves to the version (``registry.promote``)."""
     from fmops import registry
 
-    previous = registry.promote(config, version)
+    previous = registry.promote(config, version, deploy_run)
     log.info(
         "%s version %s is now %s (replaced: %s)",
         config.registry.model_name,

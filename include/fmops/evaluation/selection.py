@@ -169,7 +169,7 @@ def publish(
         mlflow_client.log_artifacts(run, scratch, REPORT_FOLDER)
         log.info("report with %d plots logged to MLflow run %s", len(report_plots(page)), run)
     return (
-        f"{registry.ui_url()}/#/experiments/{experiment_id}/runs/{run}/artifacts/"
+        f"{registry.ui_url(config)}/#/experiments/{experiment_id}/runs/{run}/artifacts/"
         f"{REPORT_FOLDER}/{REPORT_NAME}"
     )
 

@@ -1,0 +1,148 @@
+"""Operator extra links: from a task instance to what it recorded elsewhere.
+
+The buttons: "MLflow run", "MLflow model version", "SageMaker job" and "SageMaker endpoint"
+(the sagemaker target's console pages), beside the report links that validate_data and select
+declare themselves ("Validation report", "Evaluation report", in ``operators.py`` and
+``evaluation.py``).
+
+Airflow 3 computes links in two places, which is why there are two kinds:
+
+- links an operator declares (``operator_extra_links``) are computed by the task runner when the
+  task ends and stored in XCom; the API server only reads them back;
+- the plugin's global links (``GLOBAL_LINKS``, registered by ``plugins/fmops_plugin.py``) are
+  computed by the API server, for every task instance the UI shows. They read the XCom
+  ``LINKS_KEY`` (a ``{link name: url}`` dict) that fmops' tasks push as soon as they know the
+  addresses, so a link is there while a task still waits (a deferred ``await_approval``), and
+  for a job the handle its submit task returned. A task with nothing to link returns no URL,
+  and the UI shows no button.
+
+The API server reads XComs from the metadata database (``read_xcom``): in that process there is
+no task runner to ask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from airflow.sdk import BaseOperatorLink
+
+LINKS_KEY = "fmops_links"
+MLFLOW_RUN, MODEL_VERSION = "MLflow run", "MLflow model version"
+SAGEMAKER_JOB, SAGEMAKER_ENDPOINT = "SageMaker job", "SageMaker endpoint"
+CONSOLE_PATHS = {"training": "jobs", "processing": "processing-jobs", "endpoint": "endpoints"}
+
+
+def console_url(kind: str, name: str, region: str | None = None) -> str:
+    """The SageMaker console page of a training or processing job or an endpoint. Without a
+    region, the console opens the account's last region (the console's own default)."""
+    if kind not in CONSOLE_PATHS:
+        raise ValueError(f"kind {kind!r}; one of {sorted(CONSOLE_PATHS)}")
+    host = (
+        f"https://{region}.console.aws.amazon.com" if region else "https://console.aws.amazon.com"
+    )
+    query = f"?region={region}" if region else ""
+    return f"{host}/sagemaker/home{query}#/{CONSOLE_PATHS[kind]}/{quote(name, safe='')}"
+
+
+def job_console_url(handle: Any) -> str | None:
+    """The console page of a job handle (what submit_training/submit_evaluation return); None
+    for anything else, and for jobs of the local executor."""
+    if not isinstance(handle, dict) or handle.get("target") != "sagemaker":
+        return None
+    kind, name = handle.get("kind"), handle.get("name")
+    if kind not in ("training", "processing") or not name:
+        return None
+    return console_url(kind, name, (handle.get("settings") or {}).get("region_name"))
+
+
+def read_xcom(ti_key: Any, key: str, task_id: str | None = None) -> Any:
+    """An XCom of the task instance ``ti_key`` (or of ``task_id`` in the same DAG run and map
+    index), read from the metadata database, as the API server can. None when there is none."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    query = XComModel.get_many(
+        run_id=ti_key.run_id,
+        key=key,
+        task_ids=task_id or ti_key.task_id,
+        dag_ids=ti_key.dag_id,
+        map_indexes=ti_key.map_index,
+        limit=1,
+    )
+    with create_session() as session:
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+class FmopsLink(BaseOperatorLink):
+    """A global link whose URL a task pushed in its ``LINKS_KEY`` XCom, under the link's name."""
+
+    name = ""
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        links = read_xcom(ti_key, LINKS_KEY)
+        if isinstance(links, dict) and links.get(self.name):
+            return str(links[self.name])
+        return self.fallback(operator, ti_key) or ""
+
+    def fallback(self, operator: Any, ti_key: Any) -> str | None:
+        return None
+
+
+class MlflowRunLink(FmopsLink):
+    """'MLflow run': the run the task recorded into (register: the DAG run's parent run;
+    fmops_deploy's tasks: the run the version was logged from). validate_data and select link
+    the parent run that holds their report."""
+
+    name = MLFLOW_RUN
+
+    def fallback(self, operator: Any, ti_key: Any) -> str | None:
+        from fmops.airflow.tasks import EVALUATION_REPORT_KEY, REPORT_URL_KEY
+
+        for key in (REPORT_URL_KEY, EVALUATION_REPORT_KEY):
+            report = read_xcom(ti_key, key)
+            if isinstance(report, str) and "/artifacts/" in report:
+                return report.split("/artifacts/", 1)[0]
+        return None
+
+
+class ModelVersionLink(FmopsLink):
+    """'MLflow model version': the version page (card, tags, review) in the MLflow UI."""
+
+    name = MODEL_VERSION
+
+
+class SageMakerJobLink(FmopsLink):
+    """'SageMaker job': the console page of the task's training or processing job, from the
+    job handle the task returned or, for an await_* task, the one its submit task returned."""
+
+    name = SAGEMAKER_JOB
+
+    def fallback(self, operator: Any, ti_key: Any) -> str | None:
+        own = job_console_url(read_xcom(ti_key, "return_value"))
+        if own:
+            return own
+        for upstream in sorted(getattr(operator, "upstream_task_ids", ()) or ()):
+            url = job_console_url(read_xcom(ti_key, "return_value", task_id=upstream))
+            if url:
+                return url
+        return None
+
+
+class SageMakerEndpointLink(FmopsLink):
+    """'SageMaker endpoint': the console page of the endpoint fmops_deploy serves on."""
+
+    name = SAGEMAKER_ENDPOINT
+
+
+GLOBAL_LINKS = [MlflowRunLink(), ModelVersionLink(), SageMakerJobLink(), SageMakerEndpointLink()]
+
+
+def push_links(ti: Any, links: dict[str, str | None]) -> dict[str, str]:
+    """Push the task's link addresses (those known; None and "" are left out) for the global
+    links to read. Returns what it pushed."""
+    known = {name: url for name, url in links.items() if url}
+    if known:
+        ti.xcom_push(key=LINKS_KEY, value=known)
+    return known

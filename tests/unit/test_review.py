@@ -1,0 +1,566 @@
+"""Review in MLflow without Airflow's scheduler: `fmops approve|reject`, the approval wait
+(ApprovalTrigger and AwaitApprovalOperator), the gate line and the task instances' link URLs.
+
+The registry is a real MLflow store (SQLite in a temporary folder); fmops_deploy end to end,
+against a real `mlflow server`, is in tests/integration/test_mlflow_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
+from airflow.sdk.module_loading import import_string
+
+from fmops import cli, registry
+from fmops.airflow import approval, links, tasks
+from fmops.airflow.approval import ApprovalTrigger, AwaitApprovalOperator
+from fmops.config import CONFIGS_DIR, parse_config
+from fmops.deployment import flow
+
+MODEL = "review-classifier"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow_client = registry.client_for(uri)
+    mlflow_client.create_registered_model(MODEL)
+    return uri
+
+
+@pytest.fixture
+def version(store, tmp_path) -> str:
+    """A new pending version, as register leaves it."""
+    source = tmp_path / "model"
+    source.mkdir()
+    created = registry.client_for(store).create_model_version(
+        MODEL,
+        source.as_uri(),
+        tags={registry.APPROVAL_TAG: registry.PENDING, "fmops.gate": "promote x (a=0.9)"},
+    )
+    return str(created.version)
+
+
+def tags(store: str, version: str) -> dict[str, str]:
+    return registry.client_for(store).get_model_version(MODEL, version).tags
+
+
+def config(store: str, **deployment: Any):
+    raw = yaml.safe_load((CONFIGS_DIR / "local.yaml").read_text())
+    raw["registry"] = {"model_name": MODEL, "tracking_uri": store}
+    raw["deployment"] = {**raw["deployment"], "approval": "manual", **deployment}
+    return parse_config(copy.deepcopy(raw), "review.yaml")
+
+
+def candidate(store: str, version: str, **deployment: Any) -> dict[str, Any]:
+    return {
+        "resolved": {
+            "config_file": "review.yaml",
+            "config": config(store, **deployment).model_dump(mode="json"),
+        },
+        "model_name": MODEL,
+        "version": version,
+        "url": f"http://mlflow.example/#/models/{MODEL}/versions/{version}",
+        "run_url": "http://mlflow.example/#/experiments/1/runs/abc",
+    }
+
+
+class FakeTi:
+    def __init__(self):
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+@pytest.fixture
+def context(monkeypatch) -> SimpleNamespace:
+    """The task context the task functions read: the DAG run and an XCom-recording ti."""
+    ti = FakeTi()
+    made = {"dag": SimpleNamespace(dag_id="fmops_deploy"), "run_id": "manual__1", "ti": ti}
+    monkeypatch.setattr(tasks, "get_current_context", lambda: made)
+    return SimpleNamespace(ti=ti, deploy_run="fmops_deploy/manual__1")
+
+
+# -- fmops approve|reject -------------------------------------------------------------------------
+
+
+def test_approve_records_the_decision_reviewer_and_comment(store, version, capsys):
+    code = cli.main(
+        ["approve", MODEL, version, "--reviewer", "alice", "--comment", "LGTM", "--tracking-uri"]
+        + [store]
+    )
+    assert code == 0
+    found = tags(store, version)
+    assert found[registry.APPROVAL_TAG] == "approved"
+    assert found[registry.REVIEWER_TAG] == "alice"
+    assert found[registry.COMMENT_TAG] == "LGTM"
+    assert found[registry.REVIEWED_AT_TAG]  # ISO time
+    assert f"{MODEL} version {version}: approved by alice" in capsys.readouterr().out
+
+
+def test_reject_reads_the_tracking_uri_from_the_environment(store, version, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert cli.main(["reject", MODEL, version, "--reviewer", "bob", "--comment", "bias"]) == 0
+    assert tags(store, version)[registry.APPROVAL_TAG] == "rejected"
+    assert tags(store, version)[registry.COMMENT_TAG] == "bias"
+
+
+def test_a_missing_version_or_reviewer_is_bad_input(store, version, capsys):
+    assert cli.main(["approve", MODEL, "999", "--reviewer", "a", "--tracking-uri", store]) == 2
+    assert f"{MODEL} has no version 999" in capsys.readouterr().err
+    assert cli.main(["approve", MODEL, version, "--reviewer", " ", "--tracking-uri", store]) == 2
+    assert "needs a reviewer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse: --reviewer is required
+        cli.main(["reject", MODEL, version, "--tracking-uri", store])
+    assert info.value.code == 2
+    assert tags(store, version)[registry.APPROVAL_TAG] == "pending"
+
+
+def test_an_unreachable_mlflow_is_a_failure_not_bad_input(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    code = cli.main(["approve", MODEL, "1", "--reviewer", "a", "--tracking-uri"] + [_dead_url()])
+    assert code == 1
+    assert "failed" in capsys.readouterr().err
+
+
+def _dead_url() -> str:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_set_review_refuses_other_decisions(store, version):
+    with pytest.raises(registry.ApprovalError, match="allowed: approved, rejected"):
+        registry.set_review(registry.client_for(store), MODEL, version, "maybe", "alice")
+
+
+def test_an_unknown_tag_value_reads_as_pending():
+    assert registry.review_of({registry.APPROVAL_TAG: "LGTM"})["decision"] == "pending"
+    assert registry.review_of({registry.APPROVAL_TAG: " Approved "})["decision"] == "approved"
+    assert registry.review_of({})["decision"] == "pending"
+
+
+# -- the trigger ----------------------------------------------------------------------------------
+
+
+def run_trigger(trigger: ApprovalTrigger, during=None) -> dict[str, Any]:
+    """The trigger's single event; ``during`` runs in a thread once the trigger is polling."""
+
+    async def main() -> dict[str, Any]:
+        events = trigger.run()
+        if during is not None:
+            asyncio.get_running_loop().call_later(0.3, lambda: asyncio.create_task(later()))
+        event = await asyncio.wait_for(anext(events), timeout=30)
+        return event.payload
+
+    async def later() -> None:
+        await asyncio.to_thread(during)
+
+    return asyncio.run(main())
+
+
+def test_the_trigger_fires_when_a_reviewer_decides(store, version):
+    trigger = ApprovalTrigger(
+        tracking_uri=store,
+        model_name=MODEL,
+        version=version,
+        deadline=time.time() + 30,
+        poll_interval=0.2,
+    )
+    path, kwargs = trigger.serialize()
+    assert import_string(path)(**kwargs).serialize() == (path, kwargs)
+
+    def decide() -> None:
+        registry.set_review(registry.client_for(store), MODEL, version, "approved", "carol", "ok")
+
+    started = time.monotonic()
+    event = run_trigger(trigger, during=decide)
+    assert event["status"] == "approved"
+    assert event["review"]["reviewer"] == "carol" and event["review"]["comment"] == "ok"
+    assert (event["model_name"], event["version"]) == (MODEL, version)
+    assert time.monotonic() - started < 10
+
+
+def test_the_trigger_times_out_at_its_deadline(store, version):
+    deadline = time.time() + 0.5
+    event = run_trigger(
+        ApprovalTrigger(
+            tracking_uri=store,
+            model_name=MODEL,
+            version=version,
+            deadline=deadline,
+            poll_interval=5,
+        )
+    )
+    assert event["status"] == "timed_out"
+    assert time.time() - deadline < 2, "it sleeps no longer than the time left"
+
+
+def test_the_trigger_reports_a_missing_version(store):
+    event = run_trigger(
+        ApprovalTrigger(tracking_uri=store, model_name=MODEL, version="999", deadline=time.time())
+    )
+    assert event["status"] == "missing"
+    assert "no version 999" in event["message"]
+
+
+def test_the_trigger_waits_through_an_mlflow_outage(monkeypatch):
+    looks = iter(
+        [
+            {"state": "unreachable", "message": "ConnectionError: refused"},
+            {"state": "pending", "review": {"decision": "pending"}},
+            {"state": "decided", "review": {"decision": "rejected", "reviewer": "dan"}},
+        ]
+    )
+    monkeypatch.setattr(approval, "read_review", lambda *args: next(looks))
+    event = run_trigger(
+        ApprovalTrigger(
+            tracking_uri="http://x",
+            model_name=MODEL,
+            version="1",
+            deadline=time.time() + 30,
+            poll_interval=0.01,
+        )
+    )
+    assert event["status"] == "rejected" and event["review"]["reviewer"] == "dan"
+
+
+# -- the operator ---------------------------------------------------------------------------------
+
+
+def test_pending_defers_and_records_that_the_run_waits(store, version, context):
+    task = AwaitApprovalOperator(
+        task_id="await_approval",
+        candidate=candidate(store, version, approval_timeout_seconds=3600),
+    )
+    before = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute({})
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, ApprovalTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    assert (trigger.model_name, trigger.version, trigger.tracking_uri) == (MODEL, version, store)
+    assert before + 3600 <= trigger.deadline <= time.time() + 3600
+    assert trigger.poll_interval == 30
+    found = tags(store, version)
+    assert found[registry.DEPLOY_RUN_TAG] == context.deploy_run
+    assert found[registry.DEPLOY_OUTCOME_TAG] == "awaiting_approval"
+    assert found[registry.DEADLINE_TAG] and found[registry.REQUESTED_AT_TAG]
+    assert context.ti.pushed[links.LINKS_KEY] == {
+        links.MODEL_VERSION: f"http://mlflow.example/#/models/{MODEL}/versions/{version}",
+        links.MLFLOW_RUN: "http://mlflow.example/#/experiments/1/runs/abc",
+    }
+
+    # A retry of the same run keeps the deadline.
+    with pytest.raises(TaskDeferred) as again:
+        task.execute({})
+    assert again.value.trigger.deadline == pytest.approx(trigger.deadline, abs=1)
+
+
+def test_approved_in_the_trigger_goes_on(store, version, context):
+    task = AwaitApprovalOperator(task_id="await_approval", candidate=candidate(store, version))
+    review = {"decision": "approved", "reviewer": "erin", "comment": "", "reviewed_at": "t"}
+    event = {"status": "approved", "model_name": MODEL, "version": version, "review": review}
+    assert task.execute_complete({}, event=event) == {**review, "version": version}
+
+
+def test_a_rejection_skips_the_run_and_is_recorded(store, version, context):
+    registry.set_review(registry.client_for(store), MODEL, version, "rejected", "frank", "drift")
+    task = AwaitApprovalOperator(task_id="await_approval", candidate=candidate(store, version))
+    with pytest.raises(AirflowSkipException, match="rejected by frank: drift"):
+        task.execute({})
+    found = tags(store, version)
+    assert found[registry.DEPLOY_OUTCOME_TAG] == "rejected"
+    assert found[registry.DEPLOY_RUN_TAG] == context.deploy_run
+    assert "ended without deploying: rejected by frank: drift" in found[registry.DEPLOY_NOTE_TAG]
+
+
+def test_a_timeout_fails_the_task_without_retries_and_is_recorded(store, version, context):
+    task = AwaitApprovalOperator(
+        task_id="await_approval", candidate=candidate(store, version, approval_timeout_seconds=60)
+    )
+    event = {"status": "timed_out", "model_name": MODEL, "version": version, "waited_seconds": 60}
+    with pytest.raises(AirflowFailException, match="no review within 60 s"):
+        task.execute_complete({}, event=event)
+    found = tags(store, version)
+    assert found[registry.DEPLOY_OUTCOME_TAG] == "approval_timed_out"
+    assert found[registry.APPROVAL_TAG] == "pending", "a timeout is not a rejection"
+
+
+def test_auto_approval_says_who_approved_and_why(store, version, context):
+    task = AwaitApprovalOperator(
+        task_id="await_approval", candidate=candidate(store, version, approval="auto")
+    )
+    result = task.execute({})
+    assert result["decision"] == "approved" and result["version"] == version
+    found = tags(store, version)
+    assert found[registry.APPROVAL_TAG] == "approved"
+    assert found[registry.REVIEWER_TAG] == flow.AUTO_REVIEWER
+    comment = found[registry.COMMENT_TAG]
+    assert "deployment.approval is auto in review.yaml" in comment
+    assert "the gate: promote x (a=0.9)" in comment
+
+
+def test_auto_approval_does_not_overrule_a_person(store, version, context):
+    registry.set_review(registry.client_for(store), MODEL, version, "rejected", "gina", "no")
+    task = AwaitApprovalOperator(
+        task_id="await_approval", candidate=candidate(store, version, approval="auto")
+    )
+    with pytest.raises(AirflowSkipException):
+        task.execute({})
+    assert tags(store, version)[registry.REVIEWER_TAG] == "gina"
+
+
+def test_the_approval_settings_are_checked():
+    from fmops.config import ConfigError
+
+    with pytest.raises(ConfigError, match="approval_timeout_seconds"):
+        config("sqlite:///x.db", approval_timeout_seconds=0)
+    assert config("sqlite:///x.db").deployment.approval_timeout_seconds == 7 * 24 * 3600
+
+
+# -- the gate on the card and the tag -------------------------------------------------------------
+
+
+def comparison(against: str, lower: float, upper: float, cleared: bool) -> dict[str, Any]:
+    return {
+        "candidate": "a",
+        "against": against,
+        "metric": "s.accuracy.accuracy",
+        "margin": 0.0,
+        "cleared": cleared,
+        "reason": "...",
+        "result": {
+            "mean_difference": (lower + upper) / 2,
+            "lower": lower,
+            "upper": upper,
+            "confidence": 0.95,
+            "resamples": 2000,
+            "seed": 13,
+            "n": 300,
+        },
+    }
+
+
+def test_the_gate_tag_names_the_confidence_intervals():
+    decision = {
+        "winner": "a",
+        "promote": True,
+        "metric": "s.accuracy.accuracy",
+        "score": 0.91,
+        "gate": {
+            "checks": {"a": [{"passed": True}, {"passed": True}]},
+            "champion": comparison("champion", 0.01, 0.03, True),
+            "baseline": comparison("baseline", 0.2, 0.3, True),
+        },
+    }
+    line = registry.gate_summary(decision)
+    assert line.startswith("promote a (s.accuracy.accuracy=0.9100); bounds passed 2/2")
+    assert "vs champion: +0.0200, 95% CI [+0.0100, +0.0300] clears margin 0" in line
+    assert "vs baseline: +0.2500, 95% CI [+0.2000, +0.3000]" in line
+    decision["gate"]["champion"] = None
+    assert "no champion to beat" in registry.gate_summary(decision)
+    sentence = registry.comparison_line(comparison("champion", -0.01, 0.02, False))
+    assert "95% CI [-0.0100, +0.0200]" in sentence and "does not clear the margin 0" in sentence
+
+
+# -- links ----------------------------------------------------------------------------------------
+
+
+def test_console_urls():
+    assert links.console_url("training", "train-a-1", "eu-west-1") == (
+        "https://eu-west-1.console.aws.amazon.com/sagemaker/home?region=eu-west-1#/jobs/train-a-1"
+    )
+    assert links.console_url("processing", "eval-a", "us-east-1").endswith(
+        "?region=us-east-1#/processing-jobs/eval-a"
+    )
+    assert links.console_url("endpoint", "banking77") == (
+        "https://console.aws.amazon.com/sagemaker/home#/endpoints/banking77"
+    )
+    with pytest.raises(ValueError, match="kind 'model'"):
+        links.console_url("model", "x")
+
+
+class FakeXComs:
+    """``links.read_xcom`` over a dict keyed by (task_id, key)."""
+
+    def __init__(self, values: dict[tuple[str, str], Any]):
+        self.values = values
+
+    def __call__(self, ti_key: Any, key: str, task_id: str | None = None) -> Any:
+        return self.values.get((task_id or ti_key.task_id, key))
+
+
+def link(monkeypatch, name: str, task_id: str, values: dict, upstream: tuple[str, ...] = ()):
+    monkeypatch.setattr(links, "read_xcom", FakeXComs(values))
+    (found,) = [g for g in links.GLOBAL_LINKS if g.name == name]
+    operator = SimpleNamespace(upstream_task_ids=set(upstream))
+    ti_key = SimpleNamespace(dag_id="d", run_id="r", task_id=task_id, map_index=0)
+    return found.get_link(operator, ti_key=ti_key)
+
+
+def test_global_links_read_what_the_task_pushed(monkeypatch):
+    pushed = {
+        ("register", links.LINKS_KEY): {
+            links.MODEL_VERSION: "http://m/#/models/x/versions/3",
+            links.MLFLOW_RUN: "http://m/#/experiments/1/runs/p",
+        }
+    }
+    assert link(monkeypatch, links.MODEL_VERSION, "register", pushed).endswith("/versions/3")
+    assert link(monkeypatch, links.MLFLOW_RUN, "register", pushed).endswith("/runs/p")
+    assert link(monkeypatch, links.SAGEMAKER_ENDPOINT, "register", pushed) == ""
+    assert link(monkeypatch, links.MODEL_VERSION, "plan_jobs", pushed) == ""
+
+
+def test_the_run_link_of_a_report_task_is_the_reports_run(monkeypatch):
+    report = "http://m/#/experiments/2/runs/abc/artifacts/evaluation/report.html"
+    values = {("select", tasks.EVALUATION_REPORT_KEY): report}
+    assert link(monkeypatch, links.MLFLOW_RUN, "select", values) == (
+        "http://m/#/experiments/2/runs/abc"
+    )
+
+
+def test_the_job_link_comes_from_the_submit_tasks_handle(monkeypatch):
+    handle = {
+        "kind": "training",
+        "name": "train-a-6041a125df",
+        "target": "sagemaker",
+        "candidate": "a",
+        "settings": {"aws_conn_id": "aws_default", "region_name": "eu-west-1"},
+    }
+    values = {("submit_training", "return_value"): handle}
+    url = link(monkeypatch, links.SAGEMAKER_JOB, "await_training", values, ("submit_training",))
+    assert url.endswith("?region=eu-west-1#/jobs/train-a-6041a125df")
+    assert link(monkeypatch, links.SAGEMAKER_JOB, "submit_training", values).endswith(
+        "#/jobs/train-a-6041a125df"
+    )
+    local = {("submit_training", "return_value"): {**handle, "target": "local"}}
+    assert (
+        link(monkeypatch, links.SAGEMAKER_JOB, "await_training", local, ("submit_training",)) == ""
+    )
+
+
+def test_the_plugin_registers_the_links():
+    import importlib.util
+
+    plugin_file = Path(__file__).resolve().parents[2] / "plugins" / "fmops_plugin.py"
+    spec = importlib.util.spec_from_file_location("fmops_plugin_under_test", plugin_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    names = [g.name for g in module.FmopsPlugin.global_operator_extra_links]
+    assert names == ["MLflow run", "MLflow model version", "SageMaker job", "SageMaker endpoint"]
+
+
+def test_the_model_card_has_what_a_reviewer_needs(store):
+    cfg = config(store)
+    staged = {
+        "train_rows": 1540,
+        "validation_rows": 31,
+        "evaluation_rows": 3080,
+        "digest": "s" * 12,
+        "train_data_digest": "t" * 64,
+        "evaluation_data_digest": "e" * 64,
+        "labels": 77,
+        "validation": {"expectations": 12, "failed": 0, "warned": 1, "problems": ["w: x"]},
+    }
+    winner = cfg.candidates[0]
+    trained = {
+        "candidate": winner.name,
+        "job_name": f"train-{winner.name}-1",
+        "target": "local",
+        "training_seconds": 129,
+        "model_artifacts": "file:///jobs/model.tar.gz",
+        "hyperparameters": {"epochs": "2"},
+    }
+    row = {
+        "candidate": winner.name,
+        "role": "candidate",
+        "mean_win_rate": 1.0,
+        "primary": 0.81,
+        "ece": 0.05,
+        "worst_drop": 0.02,
+        "max_gap": 0.01,
+        "latency_p95_ms": 12.0,
+        "usd_per_1k_requests": 0.0002,
+    }
+    decision = {
+        "winner": winner.name,
+        "promote": True,
+        "metric": "banking77.accuracy.accuracy",
+        "score": 0.81,
+        "reasons": ["a passes every bound"],
+        "leaderboard": [row, {**row, "candidate": "champion", "role": "champion"}],
+        "report_url": "http://m/#/experiments/1/runs/p/artifacts/evaluation/report.html",
+        "gate": {
+            "checks": {winner.name: [{"metric": "m", "bound": ">= 0.3", "passed": True}]},
+            "champion": comparison("champion", 0.011, 0.032, True),
+            "baseline": comparison("baseline", 0.15, 0.22, True),
+        },
+        "costs_per_1k": {
+            winner.name: {
+                "instance_type": "ml.g4dn.xlarge",
+                "price_per_hour": 0.736,
+                "price_source": "catalog",
+                "usd_per_1k_requests": 0.0002,
+                "estimate": "estimate: ...",
+            }
+        },
+    }
+    decision["gate"]["checks"][winner.name][0]["reason"] = "m = 0.81 >= 0.3"
+    card = registry.model_card(
+        cfg,
+        staged,
+        decision,
+        trained,
+        "fmops_finetune",
+        "manual__1",
+        links={"parent_run": "http://m/#/experiments/1/runs/p", "validation_report": "http://v"},
+    )
+    assert card.startswith(f"# {MODEL}: {winner.name}\n")
+    assert "- MLflow run of the DAG run: http://m/#/experiments/1/runs/p" in card
+    assert "t" * 64 in card and "e" * 64 in card and "; report: http://v" in card
+    assert f"- base model `{winner.base_model}`, method {winner.method}" in card
+    assert "- cost of the training job: not billed" in card
+    assert "| champion (champion) |" in card
+    assert "against the champion: a - champion on `s.accuracy.accuracy`: mean +0.0215, " in card
+    assert "95% CI [+0.0110, +0.0320] (paired bootstrap, 2000 resamples, seed 13, n=300)" in card
+    assert "the lower end clears the margin 0" in card
+    assert "Recommended instance `ml.g4dn.xlarge` at $0.736/h (catalog)" in card
+    assert "no abstention" in card
+    assert "fmops approve|reject review-classifier VERSION" in card
+
+
+def test_fmops_deploy_takes_the_newest_registration_from_the_asset_events(monkeypatch):
+    from datetime import UTC, datetime
+
+    def event(version: str, minute: int) -> SimpleNamespace:
+        extra = {"config_file": "c.yaml", "model_name": "m", "version": version}
+        return SimpleNamespace(extra=extra, timestamp=datetime(2026, 1, 1, 0, minute, tzinfo=UTC))
+
+    made = {
+        "triggering_asset_events": {"fmops://registered-models": [event("4", 2), event("3", 1)]}
+    }
+    monkeypatch.setattr(tasks, "get_current_context", lambda: made)
+    assert tasks._deploy_request({}) == ("c.yaml", "m", "4")
+    # By hand: the form's values win.
+    assert tasks._deploy_request({"version": "2", "model_name": "other"}) == (
+        "c.yaml",
+        "other",
+        "2",
+    )
+    made["triggering_asset_events"] = {}
+    with pytest.raises(AirflowFailException, match="no config_file"):
+        tasks._deploy_request({"version": "2"})

@@ -72,12 +72,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--zero-shot", action="store_true")
     parser.add_argument("--text-column", default="text", help="without scenarios.json")
     parser.add_argument("--label-column", default="label", help="without scenarios.json")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive, default=64)
     parser.add_argument("--sample-size", type=int, default=0, help="0: every example")
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--perturbation-sample-size", type=int, default=500)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--perturbation-sample-size", type=positive, default=500)
+    parser.add_argument("--max-new-tokens", type=positive, default=32)
     return parser.parse_args(argv)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 # -- scenarios and examples ---------------------------------------------------------------------
@@ -160,6 +167,7 @@ def read_rows(folder: Path) -> list[dict[str, Any]]:
 
 def load_examples(scenario: Scenario) -> Examples:
     rows = read_rows(scenario.folder)
+    every_target = {str(r.get(scenario.target_column)) for r in rows}  # before sampling
     if scenario.sample_size and scenario.sample_size < len(rows):
         order = random.Random(scenario.seed).sample(range(len(rows)), scenario.sample_size)
         rows = [rows[i] for i in order]
@@ -171,7 +179,9 @@ def load_examples(scenario: Scenario) -> Examples:
         texts = [str(r[scenario.input_column]) for r in rows]
         truth = [str(r[scenario.target_column]) for r in rows]
         labels_file = scenario.folder / "labels.json"
-        labels = json.loads(labels_file.read_text()) if labels_file.exists() else sorted(set(truth))
+        labels = (
+            json.loads(labels_file.read_text()) if labels_file.exists() else sorted(every_target)
+        )
         return Examples(texts, truth, labels)
     import instruction
 
@@ -247,6 +257,8 @@ class Generator:
         self.format = json.loads((model_dir / "prompt_format.json").read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"  # generation continues from the right end
+        # A prompt longer than max_length loses its start, never the end it is answered after.
+        self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.sep_token
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -463,7 +475,7 @@ def mean(values: Sequence[float]) -> float:
 
 
 def confusion(labels: list[str], truth: list[str], predicted: list[str]) -> dict[str, Any]:
-    names = list(labels) + sorted(set(truth) | set(predicted) - set(labels))
+    names = list(labels) + sorted((set(truth) | set(predicted)) - set(labels))
     position = {name: i for i, name in enumerate(names)}
     matrix = [[0] * len(names) for _ in names]
     for t, p in zip(truth, predicted, strict=True):
@@ -472,8 +484,11 @@ def confusion(labels: list[str], truth: list[str], predicted: list[str]) -> dict
 
 
 def folder_bytes(path: Path) -> int:
+    """The model's size on disk, without its LoRA adapters (the merged weights hold them)."""
     return sum(
-        f.stat().st_size for f in path.rglob("*") if f.is_file() and "adapter" not in f.parts
+        f.stat().st_size
+        for f in path.rglob("*")
+        if f.is_file() and "adapter" not in f.relative_to(path).parts
     )
 
 

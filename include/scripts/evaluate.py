@@ -318,12 +318,17 @@ def run_batches(
     timing: Timing | None = None,
     label: str = "",
 ) -> list[tuple[str, float]]:
-    results: list[tuple[str, float]] = []
+    # Batches of similar length: each batch is padded to its longest input, so in file order
+    # most of a batch's tokens would be padding (3.5x the work on BANKING77). The answers go
+    # back to the inputs' order. Characters stand in for tokens: tokenizing every input one by
+    # one just to sort costs more than the padding the better order would save.
+    order = sorted(range(len(inputs)), key=lambda i: len(text_of(inputs[i])))
+    ordered: list[tuple[str, float]] = []
     started = time.perf_counter()
     for start in range(0, len(inputs), batch_size):
-        batch = list(inputs[start : start + batch_size])
+        batch = [inputs[i] for i in order[start : start + batch_size]]
         tick = time.perf_counter()
-        results += predict(batch)
+        ordered += predict(batch)
         if timing is not None:
             timing.seconds.append(time.perf_counter() - tick)
             timing.sizes.append(len(batch))
@@ -332,6 +337,9 @@ def run_batches(
             print(f"progress {label}={done}/{len(inputs)}", flush=True)
     if timing is not None:
         timing.total += time.perf_counter() - started
+    results: list[tuple[str, float]] = [("", 0.0)] * len(inputs)
+    for position, answer in zip(order, ordered, strict=True):
+        results[position] = answer
     return results
 
 

@@ -6,10 +6,13 @@ Imported by the scripts beside it (``python benchmarks/<name>.py`` puts this fol
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 
 def machine(packages: tuple[str, ...]) -> list[str]:
@@ -38,3 +41,15 @@ def machine(packages: tuple[str, ...]) -> list[str]:
         f"python:   {platform.python_version()} ({platform.platform()})",
         f"packages: {', '.join(versions)}",
     ]
+
+
+def finish(
+    began: float, machine_lines: list[str], results: dict[str, Any], quick: bool, json_path: Any
+) -> None:
+    """The last lines of a benchmark: its total time, and the figures as JSON when asked."""
+    total = time.perf_counter() - began
+    print(f"\ntotal benchmark time {total:.0f} s")
+    if json_path:
+        report = {"machine": machine_lines, "quick": quick, "parts": results, "seconds": total}
+        Path(json_path).write_text(json.dumps(report, indent=1, default=str))
+        print(f"figures written to {json_path}")

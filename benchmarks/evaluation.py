@@ -387,12 +387,7 @@ def main() -> None:
         print_job(results["job"])
     print()
     print_goals(results, args.quick)
-    total = time.perf_counter() - began
-    print(f"\ntotal benchmark time {total:.0f} s")
-    if args.json:
-        report = {"machine": lines, "quick": args.quick, "parts": results, "seconds": total}
-        args.json.write_text(json.dumps(report, indent=1, default=str))
-        print(f"figures written to {args.json}")
+    _common.finish(began, lines, results, args.quick, args.json)
 
 
 if __name__ == "__main__":

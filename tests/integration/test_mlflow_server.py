@@ -143,7 +143,13 @@ def environment(server):
         # of register must fail fast so that Airflow's retry (with backoff) is what is tested.
         patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # mlflow.set_tracking_uri (fmops.registry.client) exports MLFLOW_TRACKING_URI: set here,
+        # it is removed again after the module, so later tests do not talk to the stopped server.
+        patch.setenv("MLFLOW_TRACKING_URI", server.url)
         yield patch
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # MLflow's own default again (the process-wide setting)
 
 
 def write_config(folder: Path, server: MlflowServer, name: str, **deployment: Any) -> Path:

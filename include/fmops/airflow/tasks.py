@@ -168,7 +168,9 @@ def plan_evaluation(trained: list[dict]) -> list[dict]:
     ti = get_current_context()["ti"]
     resolved = ti.xcom_pull(task_ids="load_config")
     staged = ti.xcom_pull(task_ids="validate_data")
-    handles = [h for h in ti.xcom_pull(task_ids="submit_training") or [] if h]
+    pulled = ti.xcom_pull(task_ids="submit_training") or []
+    # One mapped instance comes back as the value itself, not as a list of one.
+    handles = [h for h in ([pulled] if isinstance(pulled, dict) else pulled) if h]
     trained = [t for t in trained if t]
     failed = training_failures(handles, trained)
     for failure in failed:

@@ -53,3 +53,14 @@ def finish(
         report = {"machine": machine_lines, "quick": quick, "parts": results, "seconds": total}
         Path(json_path).write_text(json.dumps(report, indent=1, default=str))
         print(f"figures written to {json_path}")
+
+
+def run_job_dirs(fmops_home: Path, run_id: str) -> list[Path]:
+    """The local executor's job folders of one DAG run (by the request's fmops:run_id tag)."""
+    folders = []
+    for request_path in sorted((Path(fmops_home) / "jobs").glob("*/request.json")):
+        request = json.loads(request_path.read_text())
+        tags = {t["Key"]: t["Value"] for t in request.get("Tags", [])}
+        if tags.get("fmops:run_id") == run_id:
+            folders.append(request_path.parent)
+    return folders

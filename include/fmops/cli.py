@@ -8,7 +8,6 @@
     fmops demo [--config FILE]
     fmops endpoint status|invoke|delete|start|rollback NAME [TEXT ...] [--variant COLOR]
     fmops approve|reject MODEL VERSION --reviewer NAME [--comment TEXT] [--tracking-uri URI]
-    fmops review approve|reject CONFIG VERSION --reviewer NAME [--comment TEXT]
 
 Exit status: 0 on success, 1 on a failure (a failed validation, an endpoint error), 2 on bad or
 unusable input (config, arguments, a missing or unreadable dataset).
@@ -229,25 +228,6 @@ def _endpoint(args: argparse.Namespace) -> int:
     return 0 if status == 200 else EXIT_FAILURE
 
 
-def _review(args: argparse.Namespace) -> int:
-    from fmops import registry
-    from fmops.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return EXIT_BAD_INPUT
-    decision = {"approve": "approved", "reject": "rejected"}[args.action]
-    try:
-        registry.set_approval(config, args.version, decision, args.reviewer, args.comment)
-    except registry.ApprovalError as err:
-        print(f"fmops review {args.action}: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"{config.registry.model_name} version {args.version}: {decision} by {args.reviewer}")
-    return 0
-
-
 def _decide(args: argparse.Namespace) -> int:
     """``fmops approve|reject MODEL VERSION``: the review decision, as tags on the version (what a
     reviewer sets in the MLflow UI). Exit 2 when the version does not exist or the arguments
@@ -361,13 +341,6 @@ def parser() -> argparse.ArgumentParser:
         )
         decide.set_defaults(func=_decide)
 
-    review = commands.add_parser("review", help="approve or reject a registered model version")
-    review.add_argument("action", choices=["approve", "reject"])
-    review.add_argument("config")
-    review.add_argument("version")
-    review.add_argument("--reviewer", required=True)
-    review.add_argument("--comment", default="")
-    review.set_defaults(func=_review)
     return root
 
 

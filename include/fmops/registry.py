@@ -935,12 +935,6 @@ def set_review(
     return tags
 
 
-def set_approval(
-    config: PipelineConfig, version: str, decision: str, reviewer: str, comment: str = ""
-) -> None:
-    set_review(client(config), config.registry.model_name, version, decision, reviewer, comment)
-
-
 def tag_version(config: PipelineConfig, version: str, tags: dict[str, str]) -> None:
     """Set tags on a version of the config's model (values cut to MLflow's limit)."""
     mlflow_client = client(config)

@@ -3,6 +3,7 @@ and stops; nothing is validated, staged, trained or registered."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,14 @@ def test_plan_only_plans_and_stops(dagbag):
     from fmops.jobs.backend import get_backend
 
     jobs_before = get_backend("local").list_training_jobs()["TrainingJobSummaries"]
-    run = dagbag.get_dag("fmops_finetune").test(
-        run_conf={"config_file": str(TINY), "plan_only": True}
-    )
+    dag = dagbag.get_dag("fmops_finetune")
+    # dag.test() writes run_conf into the DAG object's params, and the session's dagbag is
+    # shared: without the restore, every later dag.test() of this DAG would run "plan only".
+    params = copy.deepcopy(dag.params)
+    try:
+        run = dag.test(run_conf={"config_file": str(TINY), "plan_only": True})
+    finally:
+        dag.params = params
     with create_session() as session:
         states = {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
         load_config = (

@@ -75,7 +75,12 @@ def _run_dag(dagbag: Any, dag_id: str, config_file: Path, log_file: Path) -> tup
     with log_file.open("w") as handle:
         out, err = _Tee(handle, sys.stdout), _Tee(handle, sys.stderr)
         with redirect_stdout(out), redirect_stderr(err):
-            run = dagbag.get_dag(dag_id).test(run_conf={"config_file": str(config_file)})
+            # plan_only is explicit: a "Plan only" run earlier in the session (test_plan_only)
+            # must not carry over to this one through the shared DAG.
+            conf = {"config_file": str(config_file), "plan_only": False}
+            if dag_id != "fmops_finetune":
+                conf.pop("plan_only")
+            run = dagbag.get_dag(dag_id).test(run_conf=conf)
     return run, log_file.read_text()
 
 

@@ -6,7 +6,9 @@ import time of the conftest, before any test module imports Airflow.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,8 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _STATE = Path(tempfile.mkdtemp(prefix="fmops-tests-"))
+# A session leaves gigabytes there (jobs, models, MLflow artifacts): gone when pytest exits.
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 
 os.environ["FMOPS_HOME"] = str(_STATE / "fmops")
 os.environ["AIRFLOW_HOME"] = str(_STATE / "airflow")

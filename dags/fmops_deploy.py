@@ -1,5 +1,5 @@
 """
-### fmops_deploy
+### fmops_deploy: review, blue/green deployment, smoke test, promotion
 
 Ship a registered model version: wait for its review, deploy it blue/green to the endpoint,
 send smoke traffic through the live endpoint, and make it the `champion`.
@@ -7,42 +7,56 @@ send smoke traffic through the live endpoint, and make it the `champion`.
 `resolve_candidate -> await_approval -> deploy -> smoke_test -> promote`, and
 `[deploy, smoke_test] -> rollback` (all done)
 
-- Scheduled by the asset `fmops://registered-models` (each registration by `fmops_finetune`;
-  the model and version come from the asset event), or triggered by hand with a config file,
-  optionally a model name, and a version.
-- `await_approval` waits in the triggerer (deferred: no worker slot held) until a reviewer sets
-  the version's MLflow tag `fmops.approval` (MLflow UI, or `fmops approve|reject`), at most
-  `deployment.approval_timeout_seconds`. `rejected`: the rest of the run is skipped, nothing is
-  deployed. No decision in time: the task fails, nothing is deployed. Both are recorded on the
-  version (`fmops.deploy_outcome`). `approval: auto` in the config approves on the spot and
-  says so on the version.
+**When it runs.** On each update of the asset `fmops://registered-models`, that is each
+registration by `fmops_finetune` (the config, model and version come from the asset event), or
+by hand with **Trigger**: a config file, optionally a model name, and a version (empty: the
+version with alias `challenger`).
+
+**Review.** `await_approval` waits in the triggerer (deferred: no worker slot held) until a
+reviewer sets the version's MLflow tag `fmops.approval` (MLflow UI, or `fmops approve|reject
+MODEL VERSION`), at most `deployment.approval_timeout_seconds`.
+- `rejected`: the rest of the run is skipped, nothing is deployed.
+- No decision in time: the task fails, nothing is deployed.
+- Both are recorded on the version (`fmops.deploy_outcome`). `approval: auto` in the config, or
+  the trigger form's **Approval** (local target only), approves on the spot and says so on the
+  version.
+
+**Deployment.**
 - Local target: the first deployment creates the endpoint; later ones are blue/green as
   `deployment.traffic` says (ALL_AT_ONCE, CANARY, LINEAR), green serving only once it answers
-  `/ping`, with a bake after each shift in which smoke traffic from the evaluation set runs and
-  the alarms (`deployment.alarms`: error rate, latency) read green's counters. A breach moves
-  all traffic back to blue at once, retires green, tags the version
-  `fmops.deployment=rolled_back` and fails the run with the alarm's reason.
+  `/ping`, with a bake after each shift in which smoke traffic runs and the alarms
+  (`deployment.alarms`: error rate, latency) read green's counters. A breach moves all traffic
+  back to blue at once, retires green, tags the version `fmops.deployment=rolled_back` and
+  fails the run with the alarm's reason.
+- SageMaker target: `deploy` starts the blue/green update (CloudWatch alarms, automatic
+  rollback) and waits for it in the triggerer; a rollback or a timeout fails the task without
+  retries. The task links to the endpoint's console page.
 - `rollback` runs whatever happened (trigger rule ALL_DONE): a failed or killed deploy never
   leaves the endpoint half-shifted.
-- On the sagemaker target `deploy` starts the blue/green update and waits for it in the
-  triggerer (deferred: no worker slot held while traffic shifts and bakes); a rollback or a
-  timeout fails the task without retries.
+
+A failed task posts to the `fmops_alerts` webhook when that connection exists.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, TriggerRule, chain, dag, task
+from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from fmops.airflow import tasks
 from fmops.airflow.approval import AwaitApprovalOperator
+from fmops.airflow.notify import failure_notifier
 from fmops.airflow.operators import DeployEndpointOperator
+from fmops.airflow.schedule import REGISTERED_MODEL, config_file_choices
+
+WHAT, REVIEW = "What to deploy", "Review"
 
 
 @dag(
     dag_id="fmops_deploy",
-    schedule=[Asset(tasks.REGISTERED_MODELS_URI)],
+    dag_display_name="fmops: review and deploy",
+    description="Await review, deploy blue/green, smoke test, promote; roll back on failure",
+    schedule=[REGISTERED_MODEL],
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -53,6 +67,8 @@ from fmops.airflow.operators import DeployEndpointOperator
         "retries": 2,
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": True,
+        # A task that failed for good posts to the fmops_alerts webhook (else it is logged).
+        "on_failure_callback": failure_notifier,
     },
     params={
         "config_file": Param(
@@ -60,7 +76,9 @@ from fmops.airflow.operators import DeployEndpointOperator
             type=["null", "string"],
             title="Pipeline config",
             description="Pipeline YAML; empty: the one named by the triggering registration.",
-            examples=["include/configs/local.yaml"],
+            examples=config_file_choices(),
+            pattern=r"\.ya?ml$",
+            section=WHAT,
         ),
         "model_name": Param(
             None,
@@ -69,6 +87,7 @@ from fmops.airflow.operators import DeployEndpointOperator
             title="Registered model",
             description="MLflow registered model to deploy from; empty: the registration's, "
             "else the config's registry.model_name.",
+            section=WHAT,
         ),
         "version": Param(
             None,
@@ -77,6 +96,7 @@ from fmops.airflow.operators import DeployEndpointOperator
             title="Model version",
             description="Registered version to deploy; empty: the registration's version, "
             "else the version with alias challenger.",
+            section=WHAT,
         ),
         "target": Param(
             None,
@@ -84,19 +104,40 @@ from fmops.airflow.operators import DeployEndpointOperator
             enum=[None, "local", "sagemaker"],
             title="Target",
             description="Where to deploy; empty: the config's target.",
+            section=WHAT,
+        ),
+        "approval": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "manual", "auto"],
+            title="Approval",
+            description="Overrides deployment.approval. manual: wait for a reviewer in MLflow; "
+            "auto: approve without a review (local target only); empty: the registration's "
+            "override, else the config's.",
+            section=REVIEW,
         ),
     },
 )
 def fmops_deploy():
-    _resolve_candidate = task(tasks.resolve_candidate)()
-    _await_approval = AwaitApprovalOperator(task_id="await_approval", candidate=_resolve_candidate)
-    _deploy = DeployEndpointOperator(task_id="deploy", candidate=_resolve_candidate)
-    _smoke_test = task(tasks.smoke_test)(_resolve_candidate)
-    _promote = task(tasks.promote)(_resolve_candidate)
+    _resolve_candidate = task(tasks.resolve_candidate, task_display_name="Resolve the version")()
+    _await_approval = AwaitApprovalOperator(
+        task_id="await_approval",
+        task_display_name="Await approval (MLflow review)",
+        candidate=_resolve_candidate,
+    )
+    _deploy = DeployEndpointOperator(
+        task_id="deploy", task_display_name="Deploy blue/green", candidate=_resolve_candidate
+    )
+    _smoke_test = task(tasks.smoke_test, task_display_name="Smoke test")(_resolve_candidate)
+    _promote = task(tasks.promote, task_display_name="Promote to champion")(_resolve_candidate)
     chain(_await_approval, _deploy, _smoke_test, _promote)
     # Whatever happened (failed, killed, rejected): the endpoint is left on a stable routing. It
     # is not the only leaf, so a failed deploy still fails the run.
-    _rollback = task(tasks.rollback, trigger_rule=TriggerRule.ALL_DONE)()
+    _rollback = task(
+        tasks.rollback,
+        task_display_name="Roll back if needed",
+        trigger_rule=TriggerRule.ALL_DONE,
+    )()
     chain([_deploy, _smoke_test], _rollback)
 
 

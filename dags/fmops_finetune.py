@@ -1,44 +1,68 @@
 """
-### fmops_finetune
+### fmops_finetune: train the candidates, evaluate them, register the winner
 
 Validate the data, fine-tune every candidate model in parallel, evaluate each candidate and the
 untuned baseline and the registry's champion on the configured benchmark scenarios, let the gate
-select the winner, and register it in MLflow for review.
+select the winner, and register it in MLflow for review. The registration starts `fmops_deploy`.
 
 `load_config -> validate_data -> plan_jobs -> submit_training[] -> await_training[] ->
 plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> register`
 
-- Every job of a run is submitted before the first wait starts, so the jobs run concurrently;
-  the waits are deferrable (no worker slot is held while a job runs).
-- Job names are deterministic per (DAG run, candidate): a retried task reattaches to its job or
-  reuses a finished one, and never starts a second one.
-- Training is cached across runs: a job whose inputs (dataset digest, base model,
-  hyperparameters, scripts, image) match a finished one is reused (`force_rerun` overrides).
-- Bad config or bad data fails the run before any job starts, without retries.
-- `select` is the gate: per-metric bounds, and a paired bootstrap against the champion; its
-  "Evaluation report" link opens the HTML report (leaderboard, decision, plots) in MLflow.
-  A winner not shown to beat the champion is not registered (`register` is skipped).
-- `register` emits the asset `fmops://registered-models`, which schedules `fmops_deploy`.
+**When it runs.** On a cron schedule *and* whenever the training data's asset is updated
+(`include/configs/schedule.toml`, or the `FMOPS_FINETUNE_*` environment variables; see the
+README), and by hand with **Trigger**.
 
-Trigger form: the pipeline config file, an optional subset of candidates, an optional target.
+**Trigger form.**
+- *What to run*: the pipeline config (the shipped ones are suggested), a subset of its
+  candidates (empty: all), and the target (empty: the config's).
+- *Cache and dry run*: **Force re-run** trains even when a finished job has the same inputs;
+  **Plan only** writes every request the run would send, the instance choices and the costs to
+  the `load_config` log and starts nothing.
+- *Review*: **Approval** overrides `deployment.approval` for the deployment this run leads to;
+  `auto` (approve without a person) is accepted on the local target only.
+
+**What to look at.**
+- `validate_data`: the Great Expectations report (task link **Validation report**). Bad config
+  or bad data fails the run here, before any job starts, without retries.
+- `await_training[candidate]`: the job's own log lines, streamed into the task log. Every job
+  of a run is submitted before the first wait starts, so the jobs run concurrently; the waits
+  are deferred (no worker slot is held while a job runs). A failed candidate does not stop the
+  others.
+- `select`: the gate (per-metric bounds, a paired bootstrap against the champion) and the link
+  **Evaluation report** (leaderboard, decision, plots in MLflow). Its XCom is the leaderboard.
+  A winner not shown to beat the champion is not registered (`register` is skipped).
+- `register`: links **MLflow model version** and **MLflow run**; it emits the asset
+  `fmops://registered-models`, which schedules `fmops_deploy`.
+
+**Re-running is safe.** Job names are deterministic per (DAG run, candidate): a retried task
+reattaches to its job or reuses a finished one and never starts a second one; training whose
+inputs (dataset digest, base model, hyperparameters, scripts, image) match a finished job is
+reused. A failed task posts to the `fmops_alerts` webhook when that connection exists.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, TriggerRule, chain, dag, task
+from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from fmops.airflow import tasks
 from fmops.airflow.evaluation import SelectOperator
+from fmops.airflow.notify import failure_notifier
 from fmops.airflow.operators import AwaitJobOperator, ValidateDataOperator
+from fmops.airflow.schedule import REGISTERED_MODEL, config_file_choices, finetune_schedule
 
-CONFIG_FILES = ["include/configs/local.yaml"]
+SCHEDULE = finetune_schedule()
+RUN, CACHE, REVIEW = "What to run", "Cache and dry run", "Review"
+# Mapped tasks show their candidate's name in the UI instead of 0, 1, 2.
+BY_CANDIDATE = "{{ task.handle['candidate'] }}"
 
 
 @dag(
     dag_id="fmops_finetune",
-    schedule=None,
+    dag_display_name="fmops: fine-tune, evaluate, register",
+    description="Validate data, fine-tune candidates in parallel, evaluate, register the winner",
+    schedule=SCHEDULE.timetable(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -49,72 +73,116 @@ CONFIG_FILES = ["include/configs/local.yaml"]
         "retries": 2,
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": True,
+        # A task that failed for good posts to the fmops_alerts webhook (else it is logged).
+        "on_failure_callback": failure_notifier,
     },
     params={
         "config_file": Param(
-            CONFIG_FILES[0],
+            SCHEDULE.config_file,
             type="string",
             title="Pipeline config",
-            description="Pipeline YAML, relative to the project root (or absolute).",
-            examples=CONFIG_FILES,
+            description="Pipeline YAML, relative to the project root (or absolute); the shipped "
+            "configs are suggested.",
+            examples=config_file_choices(),
             minLength=1,
+            pattern=r"\.ya?ml$",
+            section=RUN,
         ),
         "models": Param(
             [],
             type="array",
-            items={"type": "string"},
+            items={"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"},
+            uniqueItems=True,
             title="Candidates",
-            description="Names of the candidates to train; empty: every candidate in the config.",
+            description="Names of the config's candidates to train, one per line; empty: "
+            "every candidate in the config.",
+            section=RUN,
         ),
         "target": Param(
             None,
             type=["null", "string"],
             enum=[None, "local", "sagemaker"],
             title="Target",
-            description="Where jobs run; empty: the config's target.",
+            description="Where the jobs run; empty: the config's target.",
+            section=RUN,
         ),
         "force_rerun": Param(
             False,
             type="boolean",
-            title="Force re-run",
+            title="Force re-run (ignore the cache)",
             description="Train every candidate even when a finished job has the same inputs.",
+            section=CACHE,
         ),
         "plan_only": Param(
             False,
             type="boolean",
-            title="Plan only",
+            title="Plan only (dry run)",
             description=(
                 "Write every request this run would send (jobs, endpoint, alarms), the instance "
                 "choices and the costs to the load_config log, and stop there: nothing is "
                 "validated, staged, trained, registered or billed."
             ),
+            section=CACHE,
+        ),
+        "approval": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "manual", "auto"],
+            title="Approval",
+            description="Overrides deployment.approval for the deployment this run leads to. "
+            "manual: a reviewer approves in MLflow; auto: approved without a review (local "
+            "target only); empty: the config's.",
+            section=REVIEW,
         ),
     },
 )
 def fmops_finetune():
-    _load_config = task(tasks.load_config)()
-    _validate_data = ValidateDataOperator(task_id="validate_data", resolved=_load_config).output
-    _plan_jobs = task(tasks.plan_jobs)(_load_config, _validate_data)
-    _submit_training = task(tasks.submit_job, task_id="submit_training").expand(plan=_plan_jobs)
-    _await_training = AwaitJobOperator.partial(task_id="await_training").expand(
-        handle=_submit_training
+    _load_config = task(tasks.load_config, task_display_name="Load config")()
+    _validate_data = ValidateDataOperator(
+        task_id="validate_data",
+        task_display_name="Validate data (Great Expectations)",
+        resolved=_load_config,
+    ).output
+    _plan_jobs = task(tasks.plan_jobs, task_display_name="Plan training jobs")(
+        _load_config, _validate_data
     )
+    _submit_training = task(
+        tasks.submit_job,
+        task_id="submit_training",
+        task_display_name="Submit training",
+        map_index_template="{{ fmops_candidate }}",
+    ).expand(plan=_plan_jobs)
+    _await_training = AwaitJobOperator.partial(
+        task_id="await_training",
+        task_display_name="Await training",
+        map_index_template=BY_CANDIDATE,
+    ).expand(handle=_submit_training)
     # One failed candidate does not stop the others: evaluation starts once any training is done.
     _plan_evaluation = task(
-        tasks.plan_evaluation, trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
+        tasks.plan_evaluation,
+        task_display_name="Plan evaluation",
+        trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
     )(_await_training.output)
-    _submit_evaluation = task(tasks.submit_job, task_id="submit_evaluation").expand(
-        plan=_plan_evaluation
-    )
-    _await_evaluation = AwaitJobOperator.partial(task_id="await_evaluation").expand(
-        handle=_submit_evaluation
-    )
+    _submit_evaluation = task(
+        tasks.submit_job,
+        task_id="submit_evaluation",
+        task_display_name="Submit evaluation",
+        map_index_template="{{ fmops_candidate }}",
+    ).expand(plan=_plan_evaluation)
+    _await_evaluation = AwaitJobOperator.partial(
+        task_id="await_evaluation",
+        task_display_name="Await evaluation",
+        map_index_template=BY_CANDIDATE,
+    ).expand(handle=_submit_evaluation)
     _select = SelectOperator(
-        task_id="select", resolved=_load_config, evaluations=_await_evaluation.output
+        task_id="select",
+        task_display_name="Select the winner (gate)",
+        resolved=_load_config,
+        evaluations=_await_evaluation.output,
     ).output
-    _register = task(tasks.register, outlets=[Asset(tasks.REGISTERED_MODELS_URI)])(
-        _load_config, _validate_data, _await_evaluation.output, _select
-    )
+    _register = task(
+        tasks.register, task_display_name="Register in MLflow", outlets=[REGISTERED_MODEL]
+    )(_load_config, _validate_data, _await_evaluation.output, _select)
     chain(_select, _register)
 
 

@@ -1089,12 +1089,25 @@ def load_config(
     *,
     models: list[str] | None = None,
     target: str | None = None,
+    approval: str | None = None,
 ) -> PipelineConfig:
-    """Load a pipeline YAML and apply the trigger-time overrides (candidate subset, target)."""
+    """Load a pipeline YAML and apply the trigger-time overrides (candidate subset, target,
+    approval)."""
     raw = read_yaml(path)
     if target:
         raw["target"] = target
+    if approval and isinstance(raw.get("deployment"), dict):
+        raw["deployment"] = {**raw["deployment"], "approval": approval}
     config = parse_config(raw, str(path))
+    if approval == "auto" and config.target != "local":
+        raise ConfigError(
+            str(path),
+            [
+                "approval: the trigger-time override 'auto' is for the local target only; on "
+                f"{config.target} a reviewer approves the version in MLflow (or set "
+                "deployment.approval in the reviewed config file)"
+            ],
+        )
     if models:
         known = [c.name for c in config.candidates]
         unknown = [m for m in models if m not in known]

@@ -35,8 +35,11 @@ def resolve(
     target: str | None = None,
     force_rerun: bool = False,
     plan_only: bool = False,
+    approval: str | None = None,
 ) -> dict:
-    config = load_config(config_file, models=models or None, target=target or None)
+    config = load_config(
+        config_file, models=models or None, target=target or None, approval=approval or None
+    )
     log.info(
         "config %s: pipeline %s, target %s, candidates %s",
         config_file,
@@ -49,6 +52,8 @@ def resolve(
         "config": config.model_dump(mode="json"),
         "force_rerun": bool(force_rerun),
         "plan_only": bool(plan_only),
+        # The trigger form's approval override, handed on to fmops_deploy with the registration.
+        "approval": approval or None,
     }
 
 

@@ -40,6 +40,11 @@ def test_dag_conventions(dagbag, dag_file):
     assert dag.doc_md and dag.doc_md.strip(), f"{dag.dag_id} ({dag_file.name}) has no doc_md"
     assert dag.catchup is False, f"{dag.dag_id} ({dag_file.name}) must not catch up"
     assert dag.default_args.get("retries", 0) >= 1, f"{dag.dag_id} ({dag_file.name}): no retries"
+    from fmops.airflow.notify import failure_notifier
+
+    assert dag.default_args.get("on_failure_callback") is failure_notifier, (
+        f"{dag.dag_id} ({dag_file.name}): failed tasks must notify (fmops.airflow.notify)"
+    )
     for name in dag.params:
         param = dag.params.get_param(name)
         assert param.schema.get("title") and param.description, (

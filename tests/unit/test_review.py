@@ -546,21 +546,21 @@ def test_the_model_card_has_what_a_reviewer_needs(store):
 def test_fmops_deploy_takes_the_newest_registration_from_the_asset_events(monkeypatch):
     from datetime import UTC, datetime
 
-    def event(version: str, minute: int) -> SimpleNamespace:
-        extra = {"config_file": "c.yaml", "model_name": "m", "version": version}
+    def event(version: str, minute: int, **more: str) -> SimpleNamespace:
+        extra = {"config_file": "c.yaml", "model_name": "m", "version": version, **more}
         return SimpleNamespace(extra=extra, timestamp=datetime(2026, 1, 1, 0, minute, tzinfo=UTC))
 
     made = {
-        "triggering_asset_events": {"fmops://registered-models": [event("4", 2), event("3", 1)]}
+        "triggering_asset_events": {
+            "fmops://registered-models": [event("4", 2, approval="auto"), event("3", 1)]
+        }
     }
     monkeypatch.setattr(tasks, "get_current_context", lambda: made)
-    assert tasks._deploy_request({}) == ("c.yaml", "m", "4")
+    assert tasks._deploy_request({}) == ("c.yaml", "m", "4", "auto")
     # By hand: the form's values win.
-    assert tasks._deploy_request({"version": "2", "model_name": "other"}) == (
-        "c.yaml",
-        "other",
-        "2",
-    )
+    assert tasks._deploy_request(
+        {"version": "2", "model_name": "other", "approval": "manual"}
+    ) == ("c.yaml", "other", "2", "manual")
     made["triggering_asset_events"] = {}
     with pytest.raises(AirflowFailException, match="no config_file"):
         tasks._deploy_request({"version": "2"})

@@ -7,6 +7,7 @@ connection reset, a locked database) keeps the task's retries with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -15,9 +16,11 @@ from typing import Any, TypeVar
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
+from fmops.airflow.schedule import REGISTERED_MODEL
+
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-REGISTERED_MODELS_URI = "fmops://registered-models"
+REGISTERED_MODELS_URI = REGISTERED_MODEL.uri
 
 
 def _deterministic_errors() -> tuple[type[BaseException], ...]:
@@ -85,6 +88,7 @@ def load_config(params: dict[str, Any] | None = None) -> dict:
         params.get("target"),
         bool(params.get("force_rerun")),
         bool(params.get("plan_only")),
+        params.get("approval"),
     )
     if resolved["plan_only"]:
         _log_plan(resolved)
@@ -151,6 +155,9 @@ def plan_jobs(resolved: dict, staged: dict) -> list[dict]:
 def submit_job(plan: dict) -> dict:
     from fmops.pipeline import submit
 
+    # The mapped task's name in the UI (map_index_template "{{ fmops_candidate }}").
+    with contextlib.suppress(RuntimeError):  # RuntimeError: called outside a task
+        get_current_context()["fmops_candidate"] = plan["candidate"]
     return submit(plan)
 
 
@@ -199,7 +206,6 @@ def select(resolved: dict, evaluations: list[dict]) -> dict:
 def register(resolved: dict, staged: dict, evaluations: list[dict], decision: dict) -> dict:
     """Record the runs, register the winner; the trained and failed candidates come from
     plan_evaluation (which ran past failed trainings), not from await_training."""
-    from airflow.sdk import Asset
     from airflow.sdk.exceptions import AirflowSkipException
 
     from fmops import registry
@@ -234,10 +240,11 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     )
     push_links(ti, {MODEL_VERSION: summary["url"], MLFLOW_RUN: summary.get("parent_run_url")})
     context = get_current_context()
-    context["outlet_events"][Asset(REGISTERED_MODELS_URI)].extra = {
+    context["outlet_events"][REGISTERED_MODEL].extra = {
         "config_file": resolved["config_file"],
         "model_name": summary["model_name"],
         "version": summary["version"],
+        **({"approval": resolved["approval"]} if resolved.get("approval") else {}),
     }
     return summary
 
@@ -245,12 +252,12 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
 # -- fmops_deploy ---------------------------------------------------------------------------
 
 
-def _deploy_request(params: dict[str, Any]) -> tuple[str, str | None, str | None]:
-    """Config file, model name and version: from the trigger form, else from the newest asset
-    event (the registration that scheduled this run)."""
+def _deploy_request(params: dict[str, Any]) -> tuple[str, str | None, str | None, str | None]:
+    """Config file, model name, version and approval override: from the trigger form, else from
+    the newest asset event (the registration that scheduled this run)."""
     context = get_current_context()
     config_file, version = params.get("config_file"), params.get("version")
-    model_name = params.get("model_name")
+    model_name, approval = params.get("model_name"), params.get("approval")
     events = [
         event
         for asset_events in (context.get("triggering_asset_events") or {}).values()
@@ -262,12 +269,13 @@ def _deploy_request(params: dict[str, Any]) -> tuple[str, str | None, str | None
         config_file = config_file or extra.get("config_file")
         model_name = model_name or extra.get("model_name")
         version = version or extra.get("version")
+        approval = approval or extra.get("approval")
     if not config_file:
         raise AirflowFailException(
             "no config_file: trigger with one, or let fmops_finetune's "
             "registration trigger this DAG"
         )
-    return config_file, model_name, version
+    return config_file, model_name, version, approval
 
 
 def _deploy_run() -> str:
@@ -304,8 +312,8 @@ def resolve_candidate(params: dict[str, Any] | None = None) -> dict:
     from fmops.deployment.flow import resolve_candidate as resolve_version
     from fmops.pipeline import resolve
 
-    config_file, model_name, version = _deploy_request(params)
-    resolved = resolve(config_file, target=params.get("target"))
+    config_file, model_name, version, approval = _deploy_request(params)
+    resolved = resolve(config_file, target=params.get("target"), approval=approval)
     if model_name and model_name != resolved["config"]["registry"]["model_name"]:
         log.info(
             "model %s (asked for) instead of the config's %s",
@@ -428,7 +436,7 @@ def rollback(params: dict[str, Any] | None = None) -> dict:
     from fmops.pipeline import resolve
 
     params = params or {}
-    config_file, model_name, _ = _deploy_request(params)
+    config_file, model_name, _, _ = _deploy_request(params)
     resolved = resolve(config_file, target=params.get("target"))
     if model_name:
         resolved["config"]["registry"]["model_name"] = model_name

@@ -246,17 +246,19 @@ def _cached_job(plan: dict) -> str | None:
     from fmops.jobs import cache
     from fmops.jobs.backend import is_not_found
 
+    work = "training" if plan["kind"] == "training" else "evaluating"
     entry = cache.lookup(plan["cache_key"])
     if entry is None:
-        changed = cache.differences(plan["pipeline"], plan["candidate"], plan["cache_fields"])
+        changed = cache.differences(plan["pipeline"], _cache_name(plan), plan["cache_fields"])
         if changed:
             log.info(
-                "%s: training again, changed since its last cached job: %s",
+                "%s: %s again, changed since its last cached job: %s",
                 plan["candidate"],
+                work,
                 "; ".join(changed),
             )
         else:
-            log.info("%s: no cached job with these inputs: training", plan["candidate"])
+            log.info("%s: no cached job with these inputs: %s", plan["candidate"], work)
         return None
     try:
         status = status_of(
@@ -268,21 +270,31 @@ def _cached_job(plan: dict) -> str | None:
         status = "gone"
     if status not in cache.REUSABLE:
         log.info(
-            "%s: the cached job %s is %s: training again",
+            "%s: the cached job %s is %s: %s again",
             plan["candidate"],
             entry["job_name"],
             status,
+            work,
         )
         return None
     log.info(
-        "%s: reusing training job %s (%s; same dataset, base model, hyperparameters, "
-        "scripts and image: cache key %s)",
+        "%s: reusing %s job %s (%s; same %s, scripts and image: cache key %s)",
         plan["candidate"],
+        plan["kind"],
         entry["job_name"],
         status,
+        "dataset, base model, hyperparameters"
+        if plan["kind"] == "training"
+        else "model, staged data and evaluation settings",
         plan["cache_key"][:12],
     )
     return entry["job_name"]
+
+
+def _cache_name(plan: dict) -> str:
+    """The name a plan's "what changed" entry is kept under: the candidate for training,
+    ``evaluation-<candidate>`` for its evaluation."""
+    return plan.get("cache_name", plan["candidate"])
 
 
 def submit(plan: dict) -> dict:
@@ -297,14 +309,18 @@ def submit(plan: dict) -> dict:
     if plan.get("cache_key") and not plan.get("force"):
         cached = _cached_job(plan)
     elif plan.get("force"):
-        log.info("%s: force_rerun is set: training regardless of the cache", plan["candidate"])
+        log.info(
+            "%s: force_rerun is set: running the %s job regardless of the cache",
+            plan["candidate"],
+            plan["kind"],
+        )
     if cached:
         name, action = cached, "cached"
     else:
         name, action, plan = _create_with_fallback(plan)
         if plan.get("cache_key"):
             cache.record(
-                plan["cache_key"], plan["cache_fields"], name, plan["pipeline"], plan["candidate"]
+                plan["cache_key"], plan["cache_fields"], name, plan["pipeline"], _cache_name(plan)
             )
     return {key: plan[key] for key in ("kind", "candidate", "target", "settings")} | {
         "name": name,
@@ -477,6 +493,8 @@ def plan_evaluation(
         entries.append((BASELINE, f"file://{base}", True))
     entries += champion_entry(config)
     plans = []
+    from fmops.jobs import cache
+
     for candidate, model_uri, zero_shot in entries:
         base_name = job_name(dag_id, run_id, candidate, "processing")
         output = f"file://{state_dir() / 'artifacts' / 'evaluation' / base_name}"
@@ -488,15 +506,21 @@ def plan_evaluation(
             zero_shot=zero_shot,
             output_uri=output,
         )
+        fields = cache.evaluation_components(request, staged["digest"])
         plans.append(
             {
                 "kind": "processing",
                 "candidate": candidate,
+                "pipeline": config.pipeline,
+                "cache_name": f"evaluation-{candidate}",
                 "base_name": base_name,
                 "target": config.target,
                 "settings": backend_settings(config),
                 "request": request,
                 "zero_shot": zero_shot,
+                "cache_key": cache.key_of(fields),
+                "cache_fields": fields,
+                "force": bool(resolved.get("force_rerun")),
             }
         )
     return plans

@@ -558,9 +558,12 @@ def test_fmops_deploy_takes_the_newest_registration_from_the_asset_events(monkey
     monkeypatch.setattr(tasks, "get_current_context", lambda: made)
     assert tasks._deploy_request({}) == ("c.yaml", "m", "4", "auto")
     # By hand: the form's values win.
-    assert tasks._deploy_request(
-        {"version": "2", "model_name": "other", "approval": "manual"}
-    ) == ("c.yaml", "other", "2", "manual")
+    assert tasks._deploy_request({"version": "2", "model_name": "other", "approval": "manual"}) == (
+        "c.yaml",
+        "other",
+        "2",
+        "manual",
+    )
     made["triggering_asset_events"] = {}
     with pytest.raises(AirflowFailException, match="no config_file"):
         tasks._deploy_request({"version": "2"})

@@ -1,4 +1,4 @@
-"""Training-job cache: never run again a job whose inputs did not change.
+"""Job cache: never run again a training or evaluation job whose inputs did not change.
 
 A training job's cache key hashes what determines its result: the staged dataset's digest (the
 content digests of the training and evaluation data and the sampling recipe), the base model,
@@ -9,6 +9,10 @@ the log names the fields that differ from the candidate's last cached job.
 
 The index lives under ``.fmops/cache/training/``: one file per key, and one per (pipeline,
 candidate) remembering the last key's fields for the "what changed" message.
+
+Evaluation jobs of the local target are cached the same way (``evaluation_components``): a
+re-run with unchanged inputs reuses the candidates', the baseline's and the champion's
+evaluations. The sagemaker target caches training only (its evaluation jobs always run).
 """
 
 from __future__ import annotations
@@ -48,6 +52,39 @@ def components(request: dict[str, Any], staged_digest: str, base_model: str) -> 
         "scripts": scripts_digest(),
         "image": request["AlgorithmSpecification"].get("TrainingImage"),
         "instance_type": request.get("ResourceConfig", {}).get("InstanceType"),
+    }
+
+
+def local_fingerprint(uri: str) -> Any:
+    """What identifies a model on this machine: a file:// path's files with their sizes and
+    modification times (cheap, and any rewrite changes it); any other URI is the URI itself (a
+    SageMaker job's output is immutable under its job name)."""
+    if not uri.startswith("file://"):
+        return uri
+    path = Path(uri.removeprefix("file://"))
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [uri] + [
+        [str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns]
+        for f in files
+    ]
+
+
+def evaluation_components(request: dict[str, Any], staged_digest: str) -> dict[str, Any]:
+    """The fields an evaluation job's result depends on, from its CreateProcessingJob request:
+    the model (by fingerprint: a candidate, the baseline and the champion share one when they
+    are the same model), the staged data (scenarios included), the evaluation arguments, the
+    scripts, the image and the instance type."""
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
+    app = request["AppSpecification"]
+    return {
+        "kind": "evaluation",
+        "dataset": staged_digest,
+        "model": local_fingerprint(inputs["model"]),
+        "arguments": app.get("ContainerArguments", []),
+        "environment": request.get("Environment", {}),
+        "scripts": scripts_digest(),
+        "image": app.get("ImageUri"),
+        "instance_type": request["ProcessingResources"]["ClusterConfig"]["InstanceType"],
     }
 
 

@@ -1,28 +1,106 @@
 """``make demo``: run both DAGs on the local stack through the real scheduler, and show the result.
 
-Starts the stack if needed, triggers ``fmops_finetune`` through Airflow's REST API, prints task
-state changes while it runs, follows the ``fmops_deploy`` run that the registration schedules,
-then prints the leaderboard, the registered version with its MLflow URL and a ``curl`` command
-against the live endpoint (after sending it one real request).
+Starts the stack if needed, triggers ``fmops_finetune`` through Airflow's REST API and follows
+it, follows the ``fmops_deploy`` run that the registration schedules, then prints the
+leaderboard, the registered version with its MLflow URL and a ``curl`` command against the live
+endpoint (after sending it one real request).
+
+While a run goes on it prints plain lines (readable in a terminal and in a CI log):
+
+- the stage in words whenever it changes, derived from the task instances' states
+  (:func:`current_stage`);
+- the task-state changes that matter (running, deferred, success, failed, retries);
+- for each training and evaluation job, at most every ``PROGRESS_SECONDS`` and only when it
+  changed, a progress line read from the job itself: the job handle in ``submit_*``'s XCom names
+  the job, the job backend's ``describe`` gives its status and times, and ``read_log`` its log
+  (the job folder's ``job.log`` locally, CloudWatch on SageMaker). ``train.py`` logs
+  ``step=S/N epoch=E train_loss=L ... eta_s=T`` lines and a validation line per epoch;
+  ``evaluate.py`` logs ``progress <scenario>=DONE/TOTAL`` (:class:`JobProgress`). A job reused
+  from the training cache says so instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import requests
+from botocore.exceptions import BotoCoreError, ClientError
 
 from fmops import stack
-from fmops.pipeline import config_of, resolve
+from fmops.pipeline import backend_for, config_of, resolve
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 5
+PROGRESS_SECONDS = 20  # the most often a job's progress line is printed
 RUN_TIMEOUT_SECONDS = 3 * 3600
 TERMINAL = {"success", "failed"}
+# Task-instance states (as the REST API spells them) of a task that has work ahead of it now.
+ACTIVE_STATES = {
+    "scheduled",
+    "queued",
+    "running",
+    "deferred",
+    "up_for_retry",
+    "up_for_reschedule",
+    "restarting",
+}
+# States not worth a line of their own: every task passes through them on its way to running.
+QUIET_STATES = {"none", "scheduled", "queued", "removed"}
+# The tasks whose XCom is a job handle (fmops.pipeline.submit), per DAG.
+SUBMIT_TASKS = {"fmops_finetune": ("submit_training", "submit_evaluation")}
+# Progress is informational: a job backend that cannot answer now is asked again next time.
+PROGRESS_ERRORS = (ClientError, BotoCoreError, OSError, ValueError)
+
+
+class Stage(NamedTuple):
+    """A stage of a DAG as the demo names it: the tasks that make it up, and its words.
+
+    ``words`` may hold ``{count}``: the number of mapped instances of ``counted``, with ``noun``.
+    """
+
+    task_ids: tuple[str, ...]
+    words: str
+    counted: str = ""
+    noun: str = ""
+
+
+STAGES: dict[str, tuple[Stage, ...]] = {
+    "fmops_finetune": (
+        Stage(("load_config",), "loading the pipeline config"),
+        Stage(("validate_data",), "validating data (Great Expectations)"),
+        Stage(("plan_jobs",), "planning the training jobs"),
+        Stage(
+            ("submit_training", "await_training"),
+            "training {count}",
+            "submit_training",
+            "candidate",
+        ),
+        Stage(("plan_evaluation",), "planning the evaluation"),
+        Stage(
+            ("submit_evaluation", "await_evaluation"),
+            "evaluating {count}",
+            "submit_evaluation",
+            "model",
+        ),
+        Stage(("select",), "gate / selecting the winner"),
+        Stage(("register",), "registering the winner in MLflow"),
+    ),
+    "fmops_deploy": (
+        Stage(("resolve_candidate",), "resolving the model version"),
+        Stage(("await_approval",), "awaiting approval"),
+        Stage(("deploy",), "deploying (blue/green)"),
+        Stage(("smoke_test",), "smoke test"),
+        Stage(("promote",), "promoting to champion"),
+        Stage(("rollback",), "checking the endpoint is left on a stable routing (rollback task)"),
+    ),
+}
 
 
 class DemoError(RuntimeError):
@@ -56,11 +134,11 @@ class AirflowApi:
         response.raise_for_status()
         return response.json() if response.content else None
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
         entry = self.call(
             "GET",
             f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
-            params={"deserialize": "true"},
+            params={"deserialize": "true", "map_index": map_index},
         )
         value = entry["value"]
         return json.loads(value) if isinstance(value, str) else value
@@ -84,29 +162,377 @@ def _wait_for_dags(api: AirflowApi, dag_ids: list[str], timeout: float = 300) ->
         raise DemoError(f"DAG import errors: {errors['import_errors']}")
 
 
+def _state(ti: dict[str, Any]) -> str:
+    return ti.get("state") or "none"
+
+
+def current_stage(dag_id: str, instances: Iterable[dict[str, Any]]) -> str | None:
+    """The stage of a run in words, from its task instances (the REST API's ``task_instances``).
+
+    The earliest stage (in the DAG's order) with a task that is running, deferred, queued or
+    about to retry; between two tasks, the earliest stage with a task still to run; None once
+    every task has ended, or for a DAG without a stage table.
+    """
+    stages = STAGES.get(dag_id)
+    if not stages:
+        return None
+    instances = list(instances)
+    states: dict[str, list[str]] = {}
+    for ti in instances:
+        states.setdefault(ti["task_id"], []).append(_state(ti))
+
+    def has(stage: Stage, wanted: Callable[[str], bool]) -> bool:
+        return any(wanted(s) for task_id in stage.task_ids for s in states.get(task_id, []))
+
+    chosen = next((s for s in stages if has(s, lambda state: state in ACTIVE_STATES)), None)
+    if chosen is None:
+        chosen = next((s for s in stages if has(s, lambda state: state == "none")), None)
+    if chosen is None:
+        return None
+    if "{count}" not in chosen.words:
+        return chosen.words
+    mapped = {
+        ti["map_index"]
+        for ti in instances
+        if ti["task_id"] == chosen.counted and ti.get("map_index", -1) >= 0
+    }
+    count = f"{len(mapped)} {chosen.noun}{'' if len(mapped) == 1 else 's'}"
+    return chosen.words.format(count=count if mapped else f"{chosen.noun}s")
+
+
+# evaluate.py: "progress <scenario>=<done>/<total>" every tenth batch of the clean pass, then
+# "scenario <name>: {accuracy metrics}" once the scenario (perturbed passes included) is scored.
+EVALUATION_PROGRESS = re.compile(r"^progress (\S+)=(\d+)/(\d+)\s*$")
+EVALUATION_SCORED = re.compile(r"^scenario (\S+): (\{.*\})\s*$")
+
+
+def _fields(line: str) -> dict[str, str] | None:
+    """A train.py log line (``key=value`` tokens, nothing else) as a dict; None for any other."""
+    tokens = line.split()
+    if not tokens or not all("=" in t and not t.startswith("=") for t in tokens):
+        return None
+    return dict(t.split("=", 1) for t in tokens)
+
+
+def _number(text: Any) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: float | None, default: int | None = None) -> int | None:
+    return int(value) if value is not None else default
+
+
+@dataclass
+class JobProgress:
+    """What a job's log says so far; ``feed`` it the log text as it grows.
+
+    train.py logs ``event=start ... total_steps=N``, then every ``log_every_steps`` optimizer
+    steps ``step=S/N epoch=E train_loss=L learning_rate=.. samples_per_sec=.. eta_s=T``, after
+    each epoch ``epoch=E validation_accuracy=.. validation_loss=..``, and at the end
+    ``event=best epoch=E validation_...``. evaluate.py logs the lines of ``EVALUATION_*``.
+    """
+
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: int | None = None
+    loss: float | None = None
+    eta_s: float | None = None
+    validation: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    scenarios: dict[str, tuple[int, int]] = field(default_factory=dict)
+    scored: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def feed(self, text: str) -> None:
+        for line in text.splitlines():
+            if match := EVALUATION_PROGRESS.match(line):
+                self.scenarios[match[1]] = (int(match[2]), int(match[3]))
+            elif match := EVALUATION_SCORED.match(line):
+                try:
+                    self.scored[match[1]] = json.loads(match[2])
+                except ValueError:
+                    continue
+            elif (values := _fields(line)) is not None:
+                self._train_line(values)
+
+    def _train_line(self, values: dict[str, str]) -> None:
+        event = values.get("event")
+        numbers = {k: _number(v) for k, v in values.items()}
+        done, _, total = values.get("step", "").partition("/")
+        if done.isdigit() and total.isdigit():
+            self.step, self.total_steps = int(done), int(total)
+            self.epoch = _int(numbers.get("epoch"), self.epoch)
+            self.loss = numbers.get("train_loss")
+            self.eta_s = numbers.get("eta_s")
+        elif event == "start":
+            self.total_steps = _int(numbers.get("total_steps"), self.total_steps)
+            self.step = self.step or 0
+            self.epoch = self.epoch or 1  # a resumed job says otherwise on its next line
+        elif event == "resumed":
+            self.step = _int(numbers.get("step"), self.step)
+            self.epoch = _int(numbers.get("epoch"), self.epoch)
+        elif event == "best":
+            self.best = _scores(numbers)
+        elif event is None and "epoch" in values:
+            self.validation = _scores(numbers)
+
+    def describe(self, epochs: int | None) -> str | None:
+        """The progress in a few words, e.g. ``epoch 1/2  step 20/88 (23%)  loss 3.912``, or
+        ``banking77 1280/3080 (42%)``; None while the log shows none yet."""
+        if self.scenarios or self.scored:
+            parts = []
+            for name in dict.fromkeys([*self.scenarios, *self.scored]):
+                if name in self.scored:
+                    accuracy = self.scored[name].get("accuracy")
+                    parts.append(
+                        f"{name} scored (accuracy {accuracy:.3f})"
+                        if isinstance(accuracy, int | float)
+                        else f"{name} scored"
+                    )
+                else:
+                    done, total = self.scenarios[name]
+                    parts.append(f"{name} {done}/{total} ({_percent(done, total)})")
+            return "  ".join(parts)
+        if self.total_steps is None:
+            return None
+        parts = []
+        if self.epoch is not None:
+            parts.append(f"epoch {self.epoch}/{epochs}" if epochs else f"epoch {self.epoch}")
+        step = self.step or 0
+        parts.append(f"step {step}/{self.total_steps} ({_percent(step, self.total_steps)})")
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.3f}")
+        if score := _score(self.validation):
+            parts.append(f"{score} (epoch {self.validation['epoch']:.0f})")
+        return "  ".join(parts)
+
+    def summary(self) -> str:
+        """What training ended with: the best epoch and its validation score, if logged."""
+        score = _score(self.best)
+        if score and "epoch" in self.best:
+            return f"best epoch {self.best['epoch']:.0f}: {score}"
+        return score
+
+
+def _scores(numbers: dict[str, float | None]) -> dict[str, float]:
+    return {
+        k: v
+        for k, v in numbers.items()
+        if v is not None and (k == "epoch" or k.startswith("validation_"))
+    }
+
+
+def _percent(done: int, total: int) -> str:
+    return f"{100 * done / total:.0f}%" if total else "?%"
+
+
+def _score(values: dict[str, float]) -> str:
+    if "validation_accuracy" in values:
+        return f"val_acc {values['validation_accuracy']:.3f}"
+    if "validation_loss" in values:
+        return f"val_loss {values['validation_loss']:.3f}"
+    return ""
+
+
+class JobLine(NamedTuple):
+    """A job's line: ``text`` (what changed is worth printing), ``clock`` (the time part, which
+    changes at every poll and so does not count as a change) and whether the job has ended."""
+
+    text: str
+    clock: str
+    ended: bool
+
+    def __str__(self) -> str:
+        return f"{self.text}  {self.clock}" if self.clock else self.text
+
+
+KIND_FIELDS = {
+    "training": ("TrainingJobName", "TrainingJobStatus", "TrainingStartTime", "TrainingEndTime"),
+    "processing": (
+        "ProcessingJobName",
+        "ProcessingJobStatus",
+        "ProcessingStartTime",
+        "ProcessingEndTime",
+    ),
+}
+ACTIVE_JOB = ("InProgress", "Stopping")
+
+
+def job_line(
+    handle: dict[str, Any],
+    description: dict[str, Any],
+    progress: JobProgress,
+    now: datetime | None = None,
+) -> JobLine:
+    """The line to show for a job from its handle, its ``describe`` answer and its log."""
+    kind = handle["kind"]
+    _, status_field, start_field, end_field = KIND_FIELDS[kind]
+    status = description[status_field]
+    start, end = description.get(start_field), description.get(end_field)
+    cached = ""
+    if handle.get("action") == "cached":
+        if status == "Completed":
+            return JobLine(f"reused from cache (job {handle['name']})", "", True)
+        cached = f"reused from cache (job {handle['name']}, still running for an earlier run); "
+    if status == "Completed":
+        seconds = description.get("TrainingTimeInSeconds")
+        if seconds is None and start and end:
+            seconds = (end - start).total_seconds()
+        summary = progress.summary() or progress.describe(None) or ""
+        took = f"done in {seconds:.0f} s" if seconds is not None else "done"
+        return JobLine(took + (f"; {summary}" if summary else ""), "", True)
+    if status not in ACTIVE_JOB:  # Failed, Stopped
+        reason = (description.get("FailureReason") or description.get("ExitMessage") or "").strip()
+        lines = [line.strip()[:160] for line in reason.splitlines() if line.strip()]
+        # The reason's first line, and the log's last line where the reason quotes the log.
+        said = " ... ".join(dict.fromkeys(lines[:1] + lines[-1:]))
+        return JobLine(status.lower() + (f": {said}" if said else ""), "", True)
+    secondary = description.get("SecondaryStatus")
+    if not start or secondary not in (None, "Training"):
+        transitions = description.get("SecondaryStatusTransitions") or [{}]
+        message = transitions[-1].get("StatusMessage")
+        what = (secondary or "waiting to start").lower() + (f": {message}" if message else "")
+        return JobLine(cached + what, "", False)
+    now = now or datetime.now(UTC)
+    elapsed = f"{(now - start).total_seconds():.0f} s"
+    epochs = _int(_number(description.get("HyperParameters", {}).get("epochs")))
+    text = progress.describe(epochs)
+    if text is None:
+        return JobLine(cached + "started, loading the model and data", elapsed, False)
+    left = ""
+    if progress.eta_s and progress.step is not None and progress.step < (progress.total_steps or 0):
+        left = f", ~{progress.eta_s:.0f} s left"
+    return JobLine(cached + text, elapsed + left, False)
+
+
+@dataclass
+class _Watched:
+    handle: dict[str, Any]
+    progress: JobProgress = field(default_factory=JobProgress)
+    offset: int = 0
+    shown: str | None = None
+    ended: bool = False
+
+
+class JobWatcher:
+    """Follows the jobs named by ``submit_*`` handles; ``poll`` says what to print."""
+
+    def __init__(
+        self,
+        interval: float = PROGRESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        backends: Callable[[dict[str, Any]], Any] | None = None,
+    ):
+        self.interval = interval
+        self.clock = clock
+        self.backends = backends or backend_for  # the handle's target and settings
+        self.jobs: dict[str, _Watched] = {}
+        self._backends: dict[str, Any] = {}
+        self._last = float("-inf")
+
+    def add(self, handle: dict[str, Any] | None) -> None:
+        if handle and handle.get("name") and handle["name"] not in self.jobs:
+            self.jobs[handle["name"]] = _Watched(handle)
+
+    def poll(self, force: bool = False) -> list[tuple[str, JobLine]]:
+        """``(candidate, line)`` for each job whose line changed (its clock aside). All jobs are
+        asked at most every ``interval`` seconds; a job never asked yet, or ``force``, at once."""
+        due = force or self.clock() - self._last >= self.interval
+        changed = []
+        for watched in self.jobs.values():
+            if watched.ended or not (due or watched.shown is None):
+                continue
+            line = self._refresh(watched)
+            if line is not None and line.text != watched.shown:
+                watched.shown, watched.ended = line.text, line.ended
+                changed.append((watched.handle["candidate"], line))
+        if due:
+            self._last = self.clock()
+        return changed
+
+    def _refresh(self, watched: _Watched) -> JobLine | None:
+        handle = watched.handle
+        kind, name = handle["kind"], handle["name"]
+        name_field, status_field, _, _ = KIND_FIELDS[kind]
+        try:
+            backend = self._backend(handle)
+            description = getattr(backend, f"describe_{kind}_job")(**{name_field: name})
+            if handle.get("action") != "cached" or description[status_field] in ACTIVE_JOB:
+                while True:  # SageMaker hands back a page of log events at a time
+                    text, offset = backend.read_log(kind, name, watched.offset)
+                    watched.progress.feed(text)
+                    if not text or offset == watched.offset:
+                        break
+                    watched.offset = offset
+        except PROGRESS_ERRORS as err:
+            log.debug("no progress for job %s this time: %s", name, err)
+            return None
+        return job_line(handle, description, watched.progress)
+
+    def _backend(self, handle: dict[str, Any]) -> Any:
+        key = json.dumps([handle["target"], handle.get("settings", {})], sort_keys=True)
+        if key not in self._backends:
+            self._backends[key] = self.backends(handle)
+        return self._backends[key]
+
+
+def _stamp(started: float) -> str:
+    return f"  {time.monotonic() - started:7.1f}s"
+
+
 def follow(api: AirflowApi, dag_id: str, run_id: str, started: float) -> dict[str, Any]:
-    """Print each task's state changes until the run ends; return the run."""
+    """Print the stage, task-state changes and job progress until the run ends; return the run."""
     seen: dict[str, str] = {}
+    fetched: set[tuple[str, int, int]] = set()
+    watcher = JobWatcher()
+    stage = None
     deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
     while True:
         run = api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
         instances = api.call(
             "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 500}
         )["task_instances"]
+        now_stage = current_stage(dag_id, instances)
+        if now_stage and now_stage != stage:
+            # The last lines of the stage that ends come before the next stage's name.
+            _print_progress(dag_id, watcher.poll(force=True), started)
+            stage = now_stage
+            print(f"{_stamp(started)}  {dag_id:15} Stage: {stage}", flush=True)
         for ti in sorted(instances, key=lambda t: (t["start_date"] or "~", t["task_id"])):
             key = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
-            state = ti["state"] or "none"
+            state = _state(ti)
             if seen.get(key) != state:
                 seen[key] = state
-                print(
-                    f"  {time.monotonic() - started:7.1f}s  {dag_id:15} {key:24} {state}",
-                    flush=True,
-                )
+                if state not in QUIET_STATES:
+                    print(f"{_stamp(started)}  {dag_id:15}   {key:24} {state}", flush=True)
+        for ti in instances:
+            handle_key = (ti["task_id"], ti["map_index"], ti.get("try_number") or 0)
+            if (
+                ti["task_id"] in SUBMIT_TASKS.get(dag_id, ())
+                and ti["state"] == "success"
+                and handle_key not in fetched
+            ):
+                try:
+                    watcher.add(api.xcom(dag_id, run_id, ti["task_id"], ti["map_index"]))
+                    fetched.add(handle_key)
+                except requests.RequestException as err:
+                    log.debug("job handle of %s not readable yet: %s", handle_key, err)
+        _print_progress(dag_id, watcher.poll(), started)
         if run["state"] in TERMINAL:
+            _print_progress(dag_id, watcher.poll(force=True), started)
+            print(f"{_stamp(started)}  {dag_id:15} Run {run['state']}", flush=True)
             return run
         if time.monotonic() > deadline:
             raise DemoError(f"{dag_id} run {run_id} did not finish in {RUN_TIMEOUT_SECONDS} s")
         time.sleep(POLL_SECONDS)
+
+
+def _print_progress(dag_id: str, lines: list[tuple[str, JobLine]], started: float) -> None:
+    width = max([16, *(len(name) for name, _ in lines)])
+    for name, line in lines:
+        print(f"{_stamp(started)}  {dag_id:15}   {name:{width}} {line}", flush=True)
 
 
 def stage_durations(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, float]:

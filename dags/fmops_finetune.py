@@ -22,8 +22,9 @@ README), and by hand with **Trigger**.
   `auto` (approve without a person) is accepted on the local target only.
 
 **What to look at.**
-- `validate_data`: the Great Expectations report (task link **Validation report**). Bad config
-  or bad data fails the run here, before any job starts, without retries.
+- `load_config` and `validate_data`: a bad config fails the first, bad data the second (its
+  task link **Validation report** opens the Great Expectations report); either way the run
+  fails before any job starts, without retries.
 - `await_training[candidate]`: the job's own log lines, streamed into the task log. Every job
   of a run is submitted before the first wait starts, so the jobs run concurrently; the waits
   are deferred (no worker slot is held while a job runs). A failed candidate does not stop the

@@ -1,6 +1,7 @@
 """The ``fmops`` command line: config checks, the local stack, the demo, endpoints and review.
 
     fmops config check FILE [--models a,b] [--target local]
+    fmops config reference [--write FILE | --check FILE]
     fmops plan --config FILE [--json] [--models a,b] [--target sagemaker] [--run-id ID]
     fmops data validate --config FILE [--train URI] [--eval URI] [--report-dir DIR]
     fmops jobs list|describe|logs|stop [NAME] [--follow] [--status S]
@@ -42,6 +43,30 @@ def _config_check(args: argparse.Namespace) -> int:
     print(f"# {args.file}: valid ({len(config.candidates)} candidates, {len(labels)} labels)")
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    """Print the configuration reference, or keep FILE's block between the markers current.
+    Exit 1: ``--check`` found it stale; 2: FILE is unreadable or has no markers."""
+    from fmops import config_reference
+
+    if not (args.write or args.check):
+        print(config_reference.render(), end="")
+        return 0
+    path = args.write or args.check
+    try:
+        if args.write:
+            changed = config_reference.update(path)
+            print(f"{path}: configuration reference {'updated' if changed else 'already current'}")
+            return 0
+        if config_reference.check(path):
+            return 0
+    except (config_reference.ReferenceMarkersError, OSError) as err:
+        print(f"fmops config reference: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    fix = config_reference.FIX.format(path=path)
+    print(f"{path}: the configuration reference is stale; {fix}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -260,13 +285,24 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fmops", description=__doc__.split("\n\n")[0])
     commands = root.add_subparsers(dest="command", required=True)
 
-    config = commands.add_parser("config", help="check a pipeline config")
+    config = commands.add_parser("config", help="check a pipeline config, or print the reference")
     config_actions = config.add_subparsers(dest="action", required=True)
     check = config_actions.add_parser("check", help="validate FILE and print the resolved config")
     check.add_argument("file")
     check.add_argument("--models", help="comma-separated subset of candidates")
     check.add_argument("--target", choices=["local", "sagemaker"])
     check.set_defaults(func=_config_check)
+    reference = config_actions.add_parser(
+        "reference", help="print the Markdown reference of every config key (the README's)"
+    )
+    reference_file = reference.add_mutually_exclusive_group()
+    reference_file.add_argument(
+        "--write", metavar="FILE", help="replace the reference between FILE's markers"
+    )
+    reference_file.add_argument(
+        "--check", metavar="FILE", help="exit 1 if the reference in FILE is stale"
+    )
+    reference.set_defaults(func=_config_reference)
 
     plan = commands.add_parser(
         "plan",

@@ -73,6 +73,10 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "3600",
         "FMOPS_HOME": str(state_dir()),
+        # No cron schedule on a developer's stack unless asked for: with catchup off, Airflow
+        # starts a run for the latest cron slot as soon as the DAG appears, which would train
+        # beside `make demo`. Asset updates and the trigger form still start runs.
+        "FMOPS_FINETUNE_CRON": os.environ.get("FMOPS_FINETUNE_CRON", ""),
         "FMOPS_MLFLOW_UI": mlflow_url(),
         "NO_PROXY": "127.0.0.1,localhost",
     }

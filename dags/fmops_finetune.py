@@ -15,7 +15,8 @@ README), and by hand with **Trigger**.
 **Trigger form.**
 - *What to run*: the pipeline config (the shipped ones are suggested), a subset of its
   candidates (empty: all), and the target (empty: the config's).
-- *Cache and dry run*: **Force re-run** trains even when a finished job has the same inputs;
+- *Cache and dry run*: **Force re-run** trains and evaluates even when a finished job has the
+  same inputs;
   **Plan only** writes every request the run would send, the instance choices and the costs to
   the `load_config` log and starts nothing.
 - *Review*: **Approval** overrides `deployment.approval` for the deployment this run leads to;
@@ -38,7 +39,8 @@ README), and by hand with **Trigger**.
 **Re-running is safe.** Job names are deterministic per (DAG run, candidate): a retried task
 reattaches to its job or reuses a finished one and never starts a second one; training whose
 inputs (dataset digest, base model, hyperparameters, scripts, image) match a finished job is
-reused. A failed task posts to the `fmops_alerts` webhook when that connection exists.
+reused, and so is a local evaluation of the same model on the same data and settings. A
+failed task posts to the `fmops_alerts` webhook when that connection exists.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ BY_CANDIDATE = "{{ task.handle['candidate'] }}"
             False,
             type="boolean",
             title="Force re-run (ignore the cache)",
-            description="Train every candidate even when a finished job has the same inputs.",
+            description="Train and evaluate every candidate even when a finished job has the "
+            "same inputs.",
             section=CACHE,
         ),
         "plan_only": Param(

@@ -50,6 +50,12 @@ from fmops.airflow.operators import DeployEndpointOperator
 from fmops.airflow.schedule import REGISTERED_MODEL, config_file_choices
 
 WHAT, REVIEW = "What to deploy", "Review"
+TARGETS = {"null": "the config's target", "local": "local", "sagemaker": "sagemaker (AWS)"}
+APPROVALS = {
+    "null": "the registration's, else the config's deployment.approval",
+    "manual": "manual: a reviewer approves in MLflow",
+    "auto": "auto: approve without review (local target only)",
+}
 
 
 @dag(
@@ -102,6 +108,7 @@ WHAT, REVIEW = "What to deploy", "Review"
             None,
             type=["null", "string"],
             enum=[None, "local", "sagemaker"],
+            values_display=TARGETS,
             title="Target",
             description="Where to deploy; empty: the config's target.",
             section=WHAT,
@@ -110,6 +117,7 @@ WHAT, REVIEW = "What to deploy", "Review"
             None,
             type=["null", "string"],
             enum=[None, "manual", "auto"],
+            values_display=APPROVALS,
             title="Approval",
             description="Overrides deployment.approval. manual: wait for a reviewer in MLflow; "
             "auto: approve without a review (local target only); empty: the registration's "

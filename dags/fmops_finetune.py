@@ -57,6 +57,13 @@ from fmops.airflow.schedule import REGISTERED_MODEL, config_file_choices, finetu
 
 SCHEDULE = finetune_schedule()
 RUN, CACHE, REVIEW = "What to run", "Cache and dry run", "Review"
+# How the form's drop-downs show the choices ("null" is the empty choice: the config's value).
+TARGETS = {"null": "the config's target", "local": "local", "sagemaker": "sagemaker (AWS)"}
+APPROVALS = {
+    "null": "the config's deployment.approval",
+    "manual": "manual: a reviewer approves in MLflow",
+    "auto": "auto: approve without review (local target only)",
+}
 # Mapped tasks show their candidate's name in the UI instead of 0, 1, 2.
 BY_CANDIDATE = "{{ task.handle['candidate'] }}"
 
@@ -92,8 +99,8 @@ BY_CANDIDATE = "{{ task.handle['candidate'] }}"
             section=RUN,
         ),
         "models": Param(
-            [],
-            type="array",
+            None,
+            type=["null", "array"],
             items={"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"},
             uniqueItems=True,
             title="Candidates",
@@ -105,6 +112,7 @@ BY_CANDIDATE = "{{ task.handle['candidate'] }}"
             None,
             type=["null", "string"],
             enum=[None, "local", "sagemaker"],
+            values_display=TARGETS,
             title="Target",
             description="Where the jobs run; empty: the config's target.",
             section=RUN,
@@ -132,6 +140,7 @@ BY_CANDIDATE = "{{ task.handle['candidate'] }}"
             None,
             type=["null", "string"],
             enum=[None, "manual", "auto"],
+            values_display=APPROVALS,
             title="Approval",
             description="Overrides deployment.approval for the deployment this run leads to. "
             "manual: a reviewer approves in MLflow; auto: approved without a review (local "

@@ -107,13 +107,36 @@ class DemoError(RuntimeError):
     """The demo could not finish; the message says where to look."""
 
 
+def retrying_session() -> requests.Session:
+    """A session for the local Airflow's REST API that retries what is transient.
+
+    The local stack keeps Airflow's metadata in SQLite: while the scheduler writes, the
+    api-server can answer "Database error" (HTTP 500, the database is locked) or drop a
+    connection. Idempotent calls (GET, PATCH, PUT, DELETE) are retried with backoff by urllib3's
+    Retry; POST (a trigger) is not, so a run is never created twice.
+    """
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(
+        total=6,
+        backoff_factor=0.5,
+        status_forcelist=(500, 502, 503, 504),
+        allowed_methods=frozenset({"GET", "PATCH", "PUT", "DELETE"}),
+        raise_on_status=False,  # the last answer goes back to the caller, who names it
+    )
+    session = requests.Session()
+    session.trust_env = False  # 127.0.0.1 only: never through a proxy
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
 class AirflowApi:
     """A small client of Airflow 3's REST API (v2) with the simple auth manager's admin user."""
 
     def __init__(self, base_url: str):
         self.base = base_url
-        self.session = requests.Session()
-        self.session.trust_env = False  # 127.0.0.1 only: never through a proxy
+        self.session = retrying_session()
 
     def login(self) -> None:
         passwords = json.loads(stack.password_file().read_text())

@@ -127,6 +127,20 @@ def test_the_registered_model_asset_links_finetune_to_deploy(dagbag):
 
 
 @pytest.mark.parametrize("dag_id", ["fmops_finetune", "fmops_deploy"])
+def test_drop_downs_name_every_choice_and_optional_fields_are_not_required(dagbag, dag_id):
+    params = dagbag.get_dag(dag_id).params
+    for name in params:
+        schema = params.get_param(name).schema
+        if "enum" in schema:
+            # The UI shows values_display[String(value)]; without it the empty choice reads "null".
+            shown = schema.get("values_display", {})
+            assert {str(v).replace("None", "null") for v in schema["enum"]} == set(shown), name
+        if params.get_param(name).value is None:
+            # A type without "null" makes the UI mark the field required and refuse it empty.
+            assert "null" in schema["type"], f"{dag_id}.{name} has no value but is required"
+
+
+@pytest.mark.parametrize("dag_id", ["fmops_finetune", "fmops_deploy"])
 def test_every_param_is_in_a_section_and_every_task_has_a_display_name(dagbag, dag_id):
     dag = dagbag.get_dag(dag_id)
     sections = {name: dag.params.get_param(name).schema.get("section") for name in dag.params}
@@ -174,6 +188,10 @@ def test_the_form_schema_refuses_bad_values(dagbag, dag_id, name, bad):
 def test_the_form_schema_accepts_good_values(dagbag):
     finetune = dagbag.get_dag("fmops_finetune").params
     assert finetune.get_param("models").resolve(["minilm-full", "minilm-lora"])
+    # Optional fields accept the form's empty value (null): "every candidate", "the config's".
+    for name in ("models", "target", "approval"):
+        assert finetune.get_param(name).resolve(None) is None
+    assert finetune.get_param("models").resolve([]) == []
     assert finetune.get_param("approval").resolve("auto") == "auto"
     assert finetune.get_param("approval").resolve(None) is None
     assert finetune.get_param("config_file").resolve("tests/configs/tiny.yaml")

@@ -685,3 +685,43 @@ def test_follow_prints_stages_task_changes_and_progress(monkeypatch, capsys):
     assert any("cand-b" in line and "reused from cache (job job-old" in line for line in progress)
     assert sorted(api.xcom_calls) == [("submit_training", 0), ("submit_training", 1)]
     assert out[-1].endswith("Run success")
+
+
+def test_the_rest_client_retries_transient_errors_of_idempotent_calls_only():
+    """SQLite's "Database error" (500) while the scheduler writes is retried for GET/PATCH; a
+    POST (a trigger) is not, so that a run is never created twice."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from fmops.demo import retrying_session
+
+    seen: list[str] = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(self.command)
+            failing = self.command == "POST" or seen.count(self.command) <= 2
+            self.send_response(500 if failing else 200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_PATCH = do_POST = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/api/v2/dags/x"
+        session = retrying_session()
+        session.adapters["http://"].max_retries.backoff_factor = 0  # no sleeping in the test
+        assert session.get(url, timeout=10).status_code == 200
+        assert session.patch(url, json={}, timeout=10).status_code == 200
+        assert session.post(url, json={}, timeout=10).status_code == 500
+        assert seen == ["GET"] * 3 + ["PATCH"] * 3 + ["POST"]
+    finally:
+        server.shutdown()
+        server.server_close()

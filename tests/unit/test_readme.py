@@ -78,11 +78,12 @@ REVIEW = "tests/unit/test_review.py"
 COMMANDS: dict[str, Where] = {
     # -- Quick start, the local stack, tests ----------------------------------------------------
     "make demo": Where(
-        "tests/unit/test_demo_progress.py::test_follow_prints_stages_task_changes_and_progress",
-        PARTIAL,
-        note="what `fmops demo` prints while it follows a run, against a stand-in REST API; no "
-        "test or CI step runs `make demo` end to end (benchmarks/demo.py does, by hand)",
+        f"{AIRFLOW_API}::test_make_demo_prints_stages_progress_and_the_live_endpoint",
+        note="`fmops demo` (the recipe) end to end on the test's stack, with the small config "
+        "(tests/configs/tiny.yaml under names of its own) instead of include/configs/local.yaml; "
+        "benchmarks/demo.py runs `make demo` itself with the shipped config",
         recipe="$(BIN)/fmops demo",
+        evidence='"demo", "--config"',
     ),
     "make test": Where(CI, recipe="$(BIN)/pytest"),
     "make test-quick": Where(

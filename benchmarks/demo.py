@@ -135,13 +135,13 @@ def task_spans(instances: list[dict]) -> dict[str, tuple[datetime, datetime]]:
     return spans
 
 
-def submit_actions(api: Any, run_id: str, count: int) -> list[str]:
+def submit_actions(api: Any, run_id: str, count: int, task_id: str = "submit_training") -> list:
+    """Each mapped submit's action: created, cached (reused from the cache) or attached."""
     actions = []
     for index in range(count):
         entry = api.call(
             "GET",
-            f"/dags/{FINETUNE}/dagRuns/{run_id}/taskInstances/submit_training/xcomEntries/"
-            "return_value",
+            f"/dags/{FINETUNE}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
             params={"map_index": index, "deserialize": "true"},
         )
         value = entry["value"]
@@ -217,6 +217,8 @@ def measure(
     evaluation = [j for j in jobs if j["kind"] == "processing"]
     count = sum(1 for ti in instances if ti["task_id"] == "submit_training")
     actions = submit_actions(api, run_id, count)
+    evaluations = sum(1 for ti in instances if ti["task_id"] == "submit_evaluation")
+    evaluation_actions = submit_actions(api, run_id, evaluations, "submit_evaluation")
     new_training = [j["name"] for j in training if j["name"] not in training_jobs_before]
     return {
         "run_id": run_id,
@@ -232,6 +234,7 @@ def measure(
         "jobs_critical_path_s": max((j["runtime_s"] or 0 for j in training), default=0)
         + max((j["runtime_s"] or 0 for j in evaluation), default=0),
         "submit_actions": actions,
+        "evaluation_actions": evaluation_actions,
         "new_training_jobs": new_training,
         "training_reused": bool(actions) and all(a == "cached" for a in actions),
     }
@@ -281,7 +284,8 @@ def print_report(first: dict, second: dict) -> None:
         print(
             f"{name}: {len(run['jobs'])} jobs ({sum(j['kind'] == 'training' for j in run['jobs'])} "
             f"training); submit_training actions {run['submit_actions']}; new training jobs "
-            f"{len(run['new_training_jobs'])}"
+            f"{len(run['new_training_jobs'])}; submit_evaluation actions "
+            f"{run['evaluation_actions']}"
         )
     print(
         "stages: from Airflow's REST API (task instances' start and end); wall: `make demo` as a "

@@ -186,8 +186,34 @@ def stack(schedule) -> Iterator[Stack]:
         _stop_stack(local)
 
 
+def _delete_endpoints(local: Stack) -> list[str]:
+    """Delete every local endpoint a run of this stack started (`fmops stack down` leaves
+    endpoints serving on purpose); returns their names."""
+    folder = local.home / "endpoints"
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    live = []
+    for name in names:
+        deleted = subprocess.run(
+            [str(BIN / "fmops"), "endpoint", "delete", name],
+            env=local.env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if f"no endpoint {name!r}" in deleted.stderr:
+            continue  # deleted already (its folder stays)
+        assert deleted.returncode == 0, f"endpoint {name}: {deleted.stdout}{deleted.stderr}"
+        live.append(name)
+    return live
+
+
 def _stop_stack(local: Stack) -> None:
-    """``fmops stack down``, then: no process of either server's session, both ports closed."""
+    """``fmops stack down``, then: no process of either server's session, both ports closed;
+    and no endpoint of the stack's runs left serving."""
+    endpoints = _delete_endpoints(local)
+    print(f"endpoints still serving at teardown, now deleted: {endpoints}", flush=True)
     sessions = {int(item["pid"]) for item in local.recorded().values()}
     down = local.fmops("down", timeout=180)
     deadline = time.monotonic() + 30

@@ -298,7 +298,7 @@ def print_goals(first: dict, second: dict) -> bool:
     reused = second["training_reused"] and not second["new_training_jobs"]
     print("\ngoals:")
     print(
-        f"  re-run wall time {second['wall_s']:.0f} s = {ratio:.0%} of the first run's "
+        f"  re-run wall time {second['wall_s']:.1f} s = {ratio:.1%} of the first run's "
         f"{first['wall_s']:.0f} s (goal < {GOAL_RERUN_RATIO:.0%}) -> "
         f"{'PASS' if ratio < GOAL_RERUN_RATIO else 'MISS'}"
     )

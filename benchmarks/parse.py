@@ -181,10 +181,15 @@ def variants(dag_file: Path, work: Path) -> dict[str, Path]:
     provider's asset-URI handlers: Airflow's cost, shown apart from fmops' own)."""
     source = baseline_source(dag_file)
     files = {"dag": (dag_file.stem, None), "base": (f"baseline_{dag_file.stem}", source)}
-    if "Asset(" in dag_file.read_text():
-        asset = source.replace("\n\n\n@dag", f"\n\nASSET = Asset({ASSET_URI!r})\n\n\n@dag", 1)
-        if "import Asset" not in asset and " Asset," not in asset:
-            asset = asset.replace("\n\n\n@dag", "\nfrom airflow.sdk import Asset\n\n\n@dag", 1)
+    text = dag_file.read_text()
+    # fmops' DAG files get their assets from fmops.airflow.schedule (the lineage asset, the
+    # training-data asset); any file that builds an Asset pays for Airflow's handlers.
+    if "Asset(" in text or "fmops.airflow.schedule" in text:
+        needs_import = "import Asset" not in source and " Asset," not in source
+        imported = "\nfrom airflow.sdk import Asset  # noqa: E402\n" if needs_import else ""
+        asset = source.replace(
+            "\n\n\n@dag", f"\n{imported}\nASSET = Asset({ASSET_URI!r})\n\n\n@dag", 1
+        )
         files["asset"] = (f"baseline_asset_{dag_file.stem}", asset)
     folders = {}
     for key, (name, text) in files.items():

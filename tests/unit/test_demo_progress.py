@@ -706,7 +706,14 @@ def test_the_rest_client_retries_transient_errors_of_idempotent_calls_only():
             self.end_headers()
             self.wfile.write(b"{}")
 
-        do_GET = do_PATCH = do_POST = _answer
+        def do_GET(self) -> None:  # noqa: N802 - http.server's method names
+            self._answer()
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._answer()
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer()
 
         def log_message(self, *args) -> None:
             pass

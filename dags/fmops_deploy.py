@@ -45,17 +45,12 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from fmops.airflow import tasks
 from fmops.airflow.approval import AwaitApprovalOperator
+from fmops.airflow.forms import approval_param, config_file_param, target_param
 from fmops.airflow.notify import failure_notifier
 from fmops.airflow.operators import DeployEndpointOperator
-from fmops.airflow.schedule import REGISTERED_MODEL, config_file_choices
+from fmops.airflow.schedule import REGISTERED_MODEL
 
 WHAT, REVIEW = "What to deploy", "Review"
-TARGETS = {"null": "the config's target", "local": "local", "sagemaker": "sagemaker (AWS)"}
-APPROVALS = {
-    "null": "the registration's, else the config's deployment.approval",
-    "manual": "manual: a reviewer approves in MLflow",
-    "auto": "auto: approve without review (local target only)",
-}
 
 
 @dag(
@@ -77,14 +72,8 @@ APPROVALS = {
         "on_failure_callback": failure_notifier,
     },
     params={
-        "config_file": Param(
-            None,
-            type=["null", "string"],
-            title="Pipeline config",
-            description="Pipeline YAML; empty: the one named by the triggering registration.",
-            examples=config_file_choices(),
-            pattern=r"\.ya?ml$",
-            section=WHAT,
+        "config_file": config_file_param(
+            None, "Pipeline YAML; empty: the one named by the triggering registration.", WHAT
         ),
         "model_name": Param(
             None,
@@ -104,25 +93,13 @@ APPROVALS = {
             "else the version with alias challenger.",
             section=WHAT,
         ),
-        "target": Param(
-            None,
-            type=["null", "string"],
-            enum=[None, "local", "sagemaker"],
-            values_display=TARGETS,
-            title="Target",
-            description="Where to deploy; empty: the config's target.",
-            section=WHAT,
-        ),
-        "approval": Param(
-            None,
-            type=["null", "string"],
-            enum=[None, "manual", "auto"],
-            values_display=APPROVALS,
-            title="Approval",
-            description="Overrides deployment.approval. manual: wait for a reviewer in MLflow; "
-            "auto: approve without a review (local target only); empty: the registration's "
-            "override, else the config's.",
-            section=REVIEW,
+        "target": target_param("Where to deploy; empty: the config's target.", WHAT),
+        "approval": approval_param(
+            "Overrides deployment.approval. manual: wait for a reviewer in MLflow; auto: approve "
+            "without a review (local target only); empty: the registration's override, else the "
+            "config's.",
+            "the registration's, else the config's deployment.approval",
+            REVIEW,
         ),
     },
 )

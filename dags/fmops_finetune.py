@@ -51,19 +51,13 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from fmops.airflow import tasks
 from fmops.airflow.evaluation import SelectOperator
+from fmops.airflow.forms import approval_param, config_file_param, target_param
 from fmops.airflow.notify import failure_notifier
 from fmops.airflow.operators import AwaitJobOperator, ValidateDataOperator
-from fmops.airflow.schedule import REGISTERED_MODEL, config_file_choices, finetune_schedule
+from fmops.airflow.schedule import REGISTERED_MODEL, finetune_schedule
 
 SCHEDULE = finetune_schedule()
 RUN, CACHE, REVIEW = "What to run", "Cache and dry run", "Review"
-# How the form's drop-downs show the choices ("null" is the empty choice: the config's value).
-TARGETS = {"null": "the config's target", "local": "local", "sagemaker": "sagemaker (AWS)"}
-APPROVALS = {
-    "null": "the config's deployment.approval",
-    "manual": "manual: a reviewer approves in MLflow",
-    "auto": "auto: approve without review (local target only)",
-}
 # Mapped tasks show their candidate's name in the UI instead of 0, 1, 2.
 BY_CANDIDATE = "{{ task.handle['candidate'] }}"
 
@@ -87,16 +81,11 @@ BY_CANDIDATE = "{{ task.handle['candidate'] }}"
         "on_failure_callback": failure_notifier,
     },
     params={
-        "config_file": Param(
+        "config_file": config_file_param(
             SCHEDULE.config_file,
-            type="string",
-            title="Pipeline config",
-            description="Pipeline YAML, relative to the project root (or absolute); the shipped "
-            "configs are suggested.",
-            examples=config_file_choices(),
-            minLength=1,
-            pattern=r"\.ya?ml$",
-            section=RUN,
+            "Pipeline YAML, relative to the project root (or absolute); the shipped configs are "
+            "suggested.",
+            RUN,
         ),
         "models": Param(
             None,
@@ -108,15 +97,7 @@ BY_CANDIDATE = "{{ task.handle['candidate'] }}"
             "every candidate in the config.",
             section=RUN,
         ),
-        "target": Param(
-            None,
-            type=["null", "string"],
-            enum=[None, "local", "sagemaker"],
-            values_display=TARGETS,
-            title="Target",
-            description="Where the jobs run; empty: the config's target.",
-            section=RUN,
-        ),
+        "target": target_param("Where the jobs run; empty: the config's target.", RUN),
         "force_rerun": Param(
             False,
             type="boolean",
@@ -136,16 +117,12 @@ BY_CANDIDATE = "{{ task.handle['candidate'] }}"
             ),
             section=CACHE,
         ),
-        "approval": Param(
-            None,
-            type=["null", "string"],
-            enum=[None, "manual", "auto"],
-            values_display=APPROVALS,
-            title="Approval",
-            description="Overrides deployment.approval for the deployment this run leads to. "
-            "manual: a reviewer approves in MLflow; auto: approved without a review (local "
-            "target only); empty: the config's.",
-            section=REVIEW,
+        "approval": approval_param(
+            "Overrides deployment.approval for the deployment this run leads to. manual: a "
+            "reviewer approves in MLflow; auto: approved without a review (local target only); "
+            "empty: the config's.",
+            "the config's deployment.approval",
+            REVIEW,
         ),
     },
 )

@@ -128,8 +128,13 @@ class Stack:
         return self.home / "airflow" / "simple_auth_manager_passwords.json.generated"
 
     def fmops(self, action: str, timeout: float) -> subprocess.CompletedProcess:
+        """`fmops stack ACTION` (what `make up` and `make down` run)."""
+        return self.cli("stack", action, timeout=timeout)
+
+    def cli(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        """The `fmops` command in this stack's environment."""
         return subprocess.run(
-            [str(BIN / "fmops"), "stack", action],
+            [str(BIN / "fmops"), *args],
             env=self.env,
             cwd=PROJECT_ROOT,
             capture_output=True,
@@ -193,15 +198,7 @@ def _delete_endpoints(local: Stack) -> list[str]:
     names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
     live = []
     for name in names:
-        deleted = subprocess.run(
-            [str(BIN / "fmops"), "endpoint", "delete", name],
-            env=local.env,
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        deleted = local.cli("endpoint", "delete", name, timeout=120)
         if f"no endpoint {name!r}" in deleted.stderr:
             continue  # deleted already (its folder stays)
         assert deleted.returncode == 0, f"endpoint {name}: {deleted.stdout}{deleted.stderr}"
@@ -762,17 +759,8 @@ def test_make_demo_prints_stages_progress_and_the_live_endpoint(
     cache; tiny-lora trains, tiny-broken fails on purpose."""
     raw = demo_config["raw"]
     endpoint = raw["deployment"]["endpoint_name"]
-    command = [str(BIN / "fmops"), "demo", "--config", str(demo_config["path"])]
     try:
-        demo = subprocess.run(
-            command,
-            env=stack.env,
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_SECONDS,
-            check=False,
-        )
+        demo = stack.cli("demo", "--config", str(demo_config["path"]), timeout=RUN_TIMEOUT_SECONDS)
         out = demo.stdout
         print(out[-6000:])
         assert demo.returncode == 0, f"fmops demo failed:\n{out[-4000:]}\n{demo.stderr[-3000:]}"
@@ -813,14 +801,6 @@ def test_make_demo_prints_stages_progress_and_the_live_endpoint(
         assert "live answer (HTTP 200)" in out and '"predictions"' in out
         assert "Stage durations (s):" in out and "Demo wall time:" in out
     finally:
-        deleted = subprocess.run(
-            [str(BIN / "fmops"), "endpoint", "delete", endpoint],
-            env=stack.env,
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        deleted = stack.cli("endpoint", "delete", endpoint, timeout=120)
         assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert not port_open(raw["deployment"]["port"]), "the demo's endpoint outlived its deletion"

@@ -202,6 +202,9 @@ def base_env(work: Path, airflow_home: Path, control: Path) -> dict[str, str]:
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(WORKER_LOG_PORT),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(TRIGGER_LOG_PORT),
             "FMOPS_HOME": str(work / "fmops"),
+            # Only the runs the benchmark triggers: no cron schedule, whose catch-up run (the
+            # latest past slot, started when the DAG appears) would train beside them.
+            "FMOPS_FINETUNE_CRON": "",
             "FMOPS_BENCH_NOOP": str(control),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")])),
         }

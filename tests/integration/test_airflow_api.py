@@ -209,10 +209,12 @@ def _delete_endpoints(local: Stack) -> list[str]:
 def _stop_stack(local: Stack) -> None:
     """``fmops stack down``, then: no process of either server's session, both ports closed;
     and no endpoint of the stack's runs left serving."""
-    endpoints = _delete_endpoints(local)
-    print(f"endpoints still serving at teardown, now deleted: {endpoints}", flush=True)
     sessions = {int(item["pid"]) for item in local.recorded().values()}
-    down = local.fmops("down", timeout=180)
+    try:
+        endpoints = _delete_endpoints(local)
+        print(f"endpoints still serving at teardown, now deleted: {endpoints}", flush=True)
+    finally:  # the stack goes down even when an endpoint cannot be deleted
+        down = local.fmops("down", timeout=180)
     deadline = time.monotonic() + 30
     while (left := session_members(sessions)) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -1119,8 +1119,3 @@ def load_config(
             update={"candidates": [c for c in config.candidates if c.name in models]}
         )
     return config
-
-
-def config_file_choices() -> list[str]:
-    """The shipped config files, as the trigger form offers them."""
-    return sorted(f"include/configs/{p.name}" for p in CONFIGS_DIR.glob("*.yaml"))

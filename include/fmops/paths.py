@@ -15,6 +15,12 @@ SCRIPTS_DIR = PROJECT_ROOT / "include" / "scripts"
 CONFIGS_DIR = PROJECT_ROOT / "include" / "configs"
 
 
+def config_file_choices() -> list[str]:
+    """The shipped pipeline configs, relative to the project root, as the trigger forms suggest
+    them (read when the DAG files are parsed: a directory listing, nothing more)."""
+    return sorted(f"include/configs/{p.name}" for p in CONFIGS_DIR.glob("*.yaml"))
+
+
 def state_dir() -> Path:
     return Path(os.environ.get("FMOPS_HOME", PROJECT_ROOT / ".fmops")).resolve()
 

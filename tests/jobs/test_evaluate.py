@@ -166,22 +166,10 @@ def zero_shot(tmp_path_factory, encoder, data) -> Path:
 def classifier(tmp_path_factory, encoder) -> Path:
     """An fmops classifier that train.py tuned for one epoch on 2 rows per intent, from a 2-layer
     BERT built from a config (no download) with the packaged model's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from tiny_models import save_tiny_bert
 
     root = tmp_path_factory.mktemp("classifier")
-    tokenizer = AutoTokenizer.from_pretrained(encoder)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(root / "base", safe_serialization=True)
-    tokenizer.save_pretrained(root / "base")
+    save_tiny_bert(root / "base", encoder)
     rows, seen = [], {}
     for row in read_csv(BANKING77 / "train.csv"):
         if seen.setdefault(row["category"], 0) < 2:

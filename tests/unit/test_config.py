@@ -17,11 +17,10 @@ from fmops.config import (
     PipelineConfig,
     ScalingSettings,
     TrafficSettings,
-    config_file_choices,
     load_config,
     parse_config,
 )
-from fmops.paths import CONFIGS_DIR, PROJECT_ROOT, resolve_path
+from fmops.paths import CONFIGS_DIR, PROJECT_ROOT, config_file_choices, resolve_path
 
 LOCAL_YAML = CONFIGS_DIR / "local.yaml"
 TINY_YAML = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"

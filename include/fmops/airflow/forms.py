@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from fmops.airflow.schedule import config_file_choices
+from fmops.paths import config_file_choices
 
 # How a drop-down shows its choices; "null" is the empty choice (the UI looks values up by
 # String(value)), which otherwise reads as the word "null".

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from airflow.sdk import Asset
 
-from fmops.paths import CONFIGS_DIR, PROJECT_ROOT
+from fmops.paths import CONFIGS_DIR
 
 SETTINGS_FILE = CONFIGS_DIR / "schedule.toml"
 # Each key of [fmops_finetune] and the environment variable that overrides it.
@@ -117,9 +117,3 @@ def finetune_schedule() -> FinetuneSchedule:
         )
     source = str(path) + (f" (overridden by {', '.join(sources)})" if sources else "")
     return FinetuneSchedule(**values, source=source)
-
-
-def config_file_choices() -> list[str]:
-    """The shipped pipeline configs, as the trigger form suggests them (relative paths)."""
-    shipped = sorted(CONFIGS_DIR.glob("*.yaml"))
-    return [str(p.relative_to(PROJECT_ROOT)) for p in shipped]

@@ -20,7 +20,6 @@ from fmops.airflow.schedule import REGISTERED_MODEL
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-REGISTERED_MODELS_URI = REGISTERED_MODEL.uri
 
 
 def _deterministic_errors() -> tuple[type[BaseException], ...]:

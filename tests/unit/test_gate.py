@@ -184,6 +184,26 @@ def test_many_examples_are_drawn_in_bounded_chunks_deterministically():
     assert 0 < first.lower < first.mean_difference < first.upper
 
 
+def test_the_interval_is_the_percentile_interval_of_paired_resamples():
+    # The procedure written out: the seeded generator draws n indices per replicate, the same
+    # indices for both models, and the interval is the replicates' means' quantiles.
+    rng = np.random.default_rng(8)
+    champion = rng.random(250)
+    candidate = champion + rng.normal(0.01, 0.05, size=250)
+    indices = np.random.default_rng(21).integers(0, 250, size=(600, 250))
+    means = (candidate[indices] - champion[indices]).mean(axis=1)
+    expected = np.quantile(means, [0.05, 0.95])
+
+    result = paired_bootstrap(candidate, champion, resamples=600, seed=21, confidence=0.9)
+
+    assert (result.lower, result.upper) == pytest.approx(tuple(expected), abs=1e-12)
+
+
+def test_one_example_gives_a_point_interval():
+    result = paired_bootstrap([0.75], [0.5], resamples=100)
+    assert (result.lower, result.mean_difference, result.upper, result.n) == (0.25, 0.25, 0.25, 1)
+
+
 @pytest.mark.parametrize(
     ("candidate", "champion", "expected"),
     [

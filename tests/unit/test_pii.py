@@ -167,3 +167,21 @@ def test_redact_leaves_invalid_numbers_alone() -> None:
     text = "card 4111 1111 1111 1112 and iban GB82 WEST 1234 5698 7654 33"
     assert "[CARD]" not in pii.redact(text)
     assert "[IBAN]" not in pii.redact(text)
+
+
+# IBAN-shaped codes whose mod-97 check digits are right, but that no IBAN has: a British one four
+# characters short, and countries without IBANs.
+NOT_IBANS = [
+    "GB04 WEST 1234 5698 7654",
+    "XY80 ABCD 1234 5678 9012 34",
+    "US67 1234 5678 9012 3456 7",
+]
+
+
+@pytest.mark.parametrize("code", NOT_IBANS)
+def test_an_iban_shaped_code_of_the_wrong_length_or_country_is_not_an_iban(code: str) -> None:
+    compact = code.replace(" ", "")
+    assert int("".join(str(int(c, 36)) for c in compact[4:] + compact[:4])) % 97 == 1
+    assert not pii.iban_valid(code)
+    flags = pii.detect(pd.Series([f"product code {code} is out of stock"]))
+    assert not flags.to_numpy().any(), flags.to_dict("records")

@@ -37,6 +37,17 @@ Importing this module is cheap (DAG files import it when they are parsed): ``req
 connection lookup are imported when a message is sent.
 """
 
+# Not the Slack provider's SlackWebhookNotifier (apache-airflow-providers-slack 9.11.1, on
+# slack_sdk 3.48), which breaks the promises above: slack_sdk retries a connection error once and
+# nothing else by default, and its opt-in handlers retry only HTTP 500/503, sleep a 429's whole
+# Retry-After (uncapped, no injectable sleep) and never retry a read timeout; the hook raises
+# AirflowException on any non-200 answer, with the answer's body (which may echo the secret path)
+# in the message; slack_sdk logs the full URL (at DEBUG per request, at INFO when it retries),
+# and Airflow masks only the connection's password, not a complete URL in host, which the hook
+# refuses anyway (it needs a password) while it reads the URI form's path as the URL's scheme;
+# a missing connection raises instead of logging the message; and its text is a Jinja template,
+# where the reason here is the exception's first line, masked and truncated.
+
 from __future__ import annotations
 
 import logging

@@ -1,9 +1,10 @@
 """Personal data in free text: e-mail addresses, phone numbers, payment cards, IBANs.
 
-Card numbers are checked with the Luhn checksum and IBANs with ISO 13616's mod-97 check, so
-that order numbers and amounts are not flagged. Detection and redaction are vectorised over a
-pandas Series (``str.contains`` prefilters; the checksums run only on the candidates).
-Hand-written because the well-kept detectors (presidio, scrubadub) pull in spaCy models that
+Card numbers are checked with the Luhn checksum and IBANs with ISO 13616's mod-97 check and
+their country's format (python-stdnum does both), so that order numbers, amounts and product
+codes are not flagged. Detection and redaction are vectorised over a pandas Series
+(``str.contains`` prefilters; the checksums run only on the candidates). The patterns are
+hand-written because the well-kept detectors (presidio, scrubadub) pull in spaCy models that
 would have to be downloaded at run time; these four patterns are what a fine-tuning set must
 not leak.
 """
@@ -20,6 +21,11 @@ EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # The written forms of phone numbers, not any run of digit groups (dates, amounts, IBAN digits):
 # +44 20 7946 0958, +1.555.123.4567 (international), (555) 123-4567, 555-123-4567 (North
 # American), 020 7946 0958 and 07700 900123 (national, leading 0).
+# Not the phonenumbers library: its matcher needs the caller's country to read a national number
+# (with region US it finds none of the UK forms above, and the texts have no country), its valid
+# check drops numbers from unallocated ranges (555-123-4567), which are still personal data
+# here, and it is 25 times slower (195 us a text against 7.8 us for this pattern and the digit
+# count; 24 us a parsed candidate against 1.2 us), on every cell of the tables scanned.
 PHONE = re.compile(
     r"""(?<![\w+])(?:
         \+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){2,4}
@@ -36,26 +42,20 @@ MASKS = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]", "iban": "[IBA
 
 
 def luhn_valid(number: str) -> bool:
-    digits = [int(c) for c in number if c.isdigit()]
-    if not 13 <= len(digits) <= 19:
-        return False
-    total = 0
-    for i, digit in enumerate(reversed(digits)):
-        if i % 2:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return total % 10 == 0
+    """A payment card's length (13 to 19 digits, separators ignored) and Luhn checksum."""
+    from stdnum import luhn  # here, not at import time: importing stdnum takes 60 ms
+
+    digits = "".join(c for c in number if c.isdigit())
+    return 13 <= len(digits) <= 19 and luhn.is_valid(digits)
 
 
 def iban_valid(text: str) -> bool:
-    compact = text.replace(" ", "").upper()
-    if not 15 <= len(compact) <= 34:
-        return False
-    rearranged = compact[4:] + compact[:4]
-    digits = "".join(str(int(c, 36)) for c in rearranged)
-    return int(digits) % 97 == 1
+    """The mod-97 check digits, and the length and format of the country's account numbers in
+    the SWIFT IBAN registry: an IBAN-shaped code of a country without IBANs is not one. The
+    registry is the one the pinned python-stdnum ships: upgrade it when SWIFT adds a country."""
+    from stdnum import iban
+
+    return iban.is_valid(text)
 
 
 def _phone_digits_ok(match: str) -> bool:

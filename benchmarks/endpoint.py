@@ -225,8 +225,8 @@ def overhead(endpoint, args, corpus: list[str]) -> list[dict[str, Any]]:
 
 
 def cutover(endpoint, args, corpus: list[str], model_dir: Path) -> dict[str, Any]:
-    from fmops.config import AlarmSettings, TrafficSettings
     from fmops.deployment.rollout import rollout
+    from fmops.deployment.settings import AlarmSettings, TrafficSettings
 
     port = endpoint.port
     steady_records, steady_seconds = block(port, args.cutover_clients, args.seconds, corpus)
@@ -399,9 +399,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fmops-bench-endpoint-") as tmp:
         work = Path(tmp)
         os.environ["FMOPS_HOME"] = str(work / "fmops-home")  # never touches .fmops/
-        from fmops.config import AlarmSettings, TrafficSettings
         from fmops.deployment.local import LocalEndpoint, free_port
         from fmops.deployment.rollout import rollout
+        from fmops.deployment.settings import AlarmSettings, TrafficSettings
 
         model_dir = build_model(work)
         endpoint = LocalEndpoint("bench")

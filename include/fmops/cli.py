@@ -76,16 +76,14 @@ def _plan(args: argparse.Namespace) -> int:
     from fmops.catalog import CatalogError
     from fmops.config import ConfigError, load_config
     from fmops.jobs.specs import PlanError
-    from fmops.pipeline import jsonable
-    from fmops.sagemaker import plan
+    from fmops.plan_text import render_text
+    from fmops.storage import jsonable
+    from fmops.targets import get_target
 
     models = [m for m in (args.models or "").split(",") if m]
     try:
         config = load_config(args.config, models=models or None, target=args.target)
-        if config.target == "sagemaker":
-            result = plan.plan_run(config, args.dag_id, args.run_id)
-        else:
-            result = plan.local_plan_run(config, args.dag_id, args.run_id)
+        result = get_target(config.target).plan_run(config, args.dag_id, args.run_id)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -95,7 +93,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(jsonable(result), indent=1))
     else:
-        print(plan.render_text(result, args.config), end="")
+        print(render_text(result, args.config), end="")
     return 0
 
 
@@ -126,7 +124,7 @@ def _jobs(args: argparse.Namespace) -> int:
     from botocore.exceptions import ClientError
 
     from fmops.jobs.backend import TERMINAL, describe, get_backend, is_not_found, status_of
-    from fmops.pipeline import jsonable
+    from fmops.storage import jsonable
 
     backend = get_backend(args.target)
     if args.action == "list":
@@ -259,16 +257,16 @@ def _decide(args: argparse.Namespace) -> int:
     are unusable, 1 when MLflow cannot be reached."""
     from mlflow.exceptions import MlflowException
 
-    from fmops import registry
+    from fmops.registry import review, tracking
 
-    decision = {"approve": registry.APPROVED, "reject": registry.REJECTED}[args.command]
-    uri = args.tracking_uri or registry.tracking_uri()
+    decision = {"approve": review.APPROVED, "reject": review.REJECTED}[args.command]
+    uri = args.tracking_uri or tracking.tracking_uri()
     try:
-        mlflow_client = registry.client_for(uri)
-        registry.set_review(
+        mlflow_client = tracking.client_for(uri)
+        review.set_review(
             mlflow_client, args.model, args.version, decision, args.reviewer, args.comment
         )
-    except registry.ApprovalError as err:
+    except review.ApprovalError as err:
         print(f"fmops {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (MlflowException, OSError) as err:
@@ -276,12 +274,15 @@ def _decide(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(
         f"{args.model} version {args.version}: {decision} by {args.reviewer}; "
-        f"{registry.version_url(args.model, args.version, uri=uri)}"
+        f"{tracking.version_url(args.model, args.version, uri=uri)}"
     )
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
+    from fmops.plan_text import DAG_ID, PLAN_RUN_ID
+    from fmops.targets import NAMES
+
     root = argparse.ArgumentParser(prog="fmops", description=__doc__.split("\n\n")[0])
     commands = root.add_subparsers(dest="command", required=True)
 
@@ -290,7 +291,7 @@ def parser() -> argparse.ArgumentParser:
     check = config_actions.add_parser("check", help="validate FILE and print the resolved config")
     check.add_argument("file")
     check.add_argument("--models", help="comma-separated subset of candidates")
-    check.add_argument("--target", choices=["local", "sagemaker"])
+    check.add_argument("--target", choices=NAMES)
     check.set_defaults(func=_config_check)
     reference = config_actions.add_parser(
         "reference", help="print the Markdown reference of every config key (the README's)"
@@ -312,10 +313,10 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", required=True, help="pipeline YAML")
     plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
     plan.add_argument("--models", help="comma-separated subset of candidates")
-    plan.add_argument("--target", choices=["local", "sagemaker"], help="default: the config's")
-    plan.add_argument("--dag-id", default="fmops_finetune", help="names and tags the jobs")
+    plan.add_argument("--target", choices=NAMES, help="default: the config's")
+    plan.add_argument("--dag-id", default=DAG_ID, help="names and tags the jobs")
     plan.add_argument(
-        "--run-id", default="manual__plan", help="the run the job names and tags are for"
+        "--run-id", default=PLAN_RUN_ID, help="the run the job names and tags are for"
     )
     plan.set_defaults(func=_plan)
 
@@ -331,7 +332,7 @@ def parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="training and evaluation jobs")
     jobs.add_argument("action", choices=["list", "describe", "logs", "stop"])
     jobs.add_argument("name", nargs="?", help="job name (all but list)")
-    jobs.add_argument("--target", default="local", choices=["local", "sagemaker"])
+    jobs.add_argument("--target", default="local", choices=NAMES)
     jobs.add_argument("--status", help="list: only jobs in this status (e.g. InProgress)")
     jobs.add_argument(
         "--limit", type=int, default=100, help="list: the newest N jobs of each kind (100)"

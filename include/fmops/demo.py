@@ -15,15 +15,14 @@ While a run goes on it prints plain lines (readable in a terminal and in a CI lo
   the job, the job backend's ``describe`` gives its status and times, and ``read_log`` its log
   (the job folder's ``job.log`` locally, CloudWatch on SageMaker). ``train.py`` logs
   ``step=S/N epoch=E train_loss=L ... eta_s=T`` lines and a validation line per epoch;
-  ``evaluate.py`` logs ``progress <scenario>=DONE/TOTAL`` (:class:`JobProgress`). A job reused
-  from the training cache says so instead.
+  ``evaluate.py`` logs ``progress <scenario>=DONE/TOTAL`` (their format: ``fmops.jobs.progress``;
+  read by :class:`JobProgress`). A job reused from the training cache says so instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +33,13 @@ import requests
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fmops import stack
+from fmops.jobs.progress import (
+    EVALUATION_PROGRESS,
+    EVALUATION_SCORED,
+    parse_line,
+    step_of,
+    to_number,
+)
 from fmops.pipeline import backend_for, config_of, resolve
 
 log = logging.getLogger(__name__)
@@ -223,20 +229,6 @@ def current_stage(dag_id: str, instances: Iterable[dict[str, Any]]) -> str | Non
     return chosen.words.format(count=count if mapped else f"{chosen.noun}s")
 
 
-# evaluate.py: "progress <scenario>=<done>/<total>" every tenth batch of the clean pass, then
-# "scenario <name>: {accuracy metrics}" once the scenario (perturbed passes included) is scored.
-EVALUATION_PROGRESS = re.compile(r"^progress (\S+)=(\d+)/(\d+)\s*$")
-EVALUATION_SCORED = re.compile(r"^scenario (\S+): (\{.*\})\s*$")
-
-
-def _fields(line: str) -> dict[str, str] | None:
-    """A train.py log line (``key=value`` tokens, nothing else) as a dict; None for any other."""
-    tokens = line.split()
-    if not tokens or not all("=" in t and not t.startswith("=") for t in tokens):
-        return None
-    return dict(t.split("=", 1) for t in tokens)
-
-
 def _number(text: Any) -> float | None:
     try:
         return float(text) if text is not None else None
@@ -252,10 +244,8 @@ def _int(value: float | None, default: int | None = None) -> int | None:
 class JobProgress:
     """What a job's log says so far; ``feed`` it the log text as it grows.
 
-    train.py logs ``event=start ... total_steps=N``, then every ``log_every_steps`` optimizer
-    steps ``step=S/N epoch=E train_loss=L learning_rate=.. samples_per_sec=.. eta_s=T``, after
-    each epoch ``epoch=E validation_accuracy=.. validation_loss=..``, and at the end
-    ``event=best epoch=E validation_...``. evaluate.py logs the lines of ``EVALUATION_*``.
+    The lines and their format are ``fmops.jobs.progress``'s: train.py's start, step, validation
+    and ``event=best`` lines, evaluate.py's ``progress`` and ``scenario`` lines.
     """
 
     step: int | None = None
@@ -277,18 +267,17 @@ class JobProgress:
                     self.scored[match[1]] = json.loads(match[2])
                 except ValueError:
                     continue
-            elif (values := _fields(line)) is not None:
+            elif (values := parse_line(line)) is not None:
                 self._train_line(values)
 
     def _train_line(self, values: dict[str, str]) -> None:
         event = values.get("event")
-        numbers = {k: _number(v) for k, v in values.items()}
-        done, _, total = values.get("step", "").partition("/")
-        if done.isdigit() and total.isdigit():
-            self.step, self.total_steps = int(done), int(total)
-            self.epoch = _int(numbers.get("epoch"), self.epoch)
-            self.loss = numbers.get("train_loss")
-            self.eta_s = numbers.get("eta_s")
+        numbers = {k: to_number(v) for k, v in values.items()}
+        if (step := step_of(values)) is not None:
+            self.step, self.total_steps = step.step, step.total_steps
+            self.epoch = _int(step.epoch, self.epoch)
+            self.loss = step.train_loss
+            self.eta_s = step.eta_s
         elif event == "start":
             self.total_steps = _int(numbers.get("total_steps"), self.total_steps)
             self.step = self.step or 0

@@ -1,28 +1,30 @@
 """The stages of ``fmops_finetune`` as plain functions: JSON-safe values in, JSON-safe values out.
 
 The DAG wraps each function in a task; nothing here imports Airflow, so every stage is testable
-(and runnable) on its own. Values that cross tasks are small: the resolved config, URIs, job
-names, metric dicts. Data stays in files named by URIs.
+(and runnable) on its own. What differs between targets (planning, staging, instance fallbacks)
+is asked of the config's target (``fmops.targets``). Values that cross tasks are small: the
+resolved config, URIs, job names, metric dicts (the job records of ``fmops.jobs.records``).
+Data stays in files named by URIs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig, load_config
+from fmops.jobs import records
 from fmops.jobs.backend import JobBackend, describe, ensure_job, get_backend, status_of
-from fmops.jobs.naming import job_name
-from fmops.jobs.specs import PlanError, evaluation_request, resolve_base_model, training_request
+from fmops.jobs.naming import CHAMPION
+from fmops.jobs.specs import resolve_base_model
 from fmops.paths import state_dir
 from fmops.storage import join, read_json
+from fmops.targets import get_target
 
 log = logging.getLogger(__name__)
-CHAMPION = "champion"  # the registry's champion, evaluated beside the candidates
-BASELINE = "baseline"
 
 
 class JobFailedError(RuntimeError):
@@ -62,11 +64,7 @@ def config_of(resolved: dict) -> PipelineConfig:
 
 
 def backend_settings(config: PipelineConfig) -> dict[str, Any]:
-    if config.target == "sagemaker":
-        from fmops.sagemaker import options, plan
-
-        return plan.backend_settings(options.settings_of(config))
-    return {"max_concurrent_jobs": config.training.max_concurrent_jobs}
+    return get_target(config.target).backend_settings(config)
 
 
 def backend_for(handle: dict[str, Any]) -> JobBackend:
@@ -159,11 +157,7 @@ def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
         scenarios.recipe(config),
         lambda folder: scenarios.write(config, folder),
     )
-    uploaded = {}
-    if config.target == "sagemaker":
-        from fmops.sagemaker import run
-
-        uploaded = run.upload_inputs(config, staged.to_dict())
+    uploaded = get_target(config.target).stage_inputs(config, staged.to_dict())
     return {
         **({"uploaded": uploaded} if uploaded else {}),
         **staged.to_dict(),
@@ -174,69 +168,12 @@ def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
     }
 
 
-def _tags(config: PipelineConfig, dag_id: str, run_id: str, candidate: str) -> dict[str, str]:
-    return {
-        "fmops:pipeline": config.pipeline,
-        "fmops:dag_id": dag_id,
-        "fmops:run_id": run_id[:256],
-        "fmops:candidate": candidate,
-    }
-
-
 def plan_training(resolved: dict, staged: dict, dag_id: str, run_id: str) -> list[dict]:
     """One CreateTrainingJob request per candidate, named deterministically for this run, with
     the cache key of its inputs."""
-    from fmops.jobs import cache
-
     config = config_of(resolved)
     force = bool(resolved.get("force_rerun"))
-    if config.data.task != "classification":
-        raise PlanError(
-            f"data.task={config.data.task!r}: the data was validated and staged, train.py "
-            "instruction-tunes causal LMs (task=instruction) and evaluate.py scores their "
-            "answers (generation scenarios), but this version cannot register or serve a "
-            "causal LM, so fmops_finetune would train candidates it cannot ship; run "
-            "include/scripts/train.py and evaluate.py as jobs on the staged channels (README, "
-            "'Instruction tuning'), or use task: classification"
-        )
-    if config.target == "sagemaker":
-        from fmops.sagemaker import plan, run
-
-        run.read_jumpstart_with_connection(config)
-        return plan.plan_training(config, staged, dag_id, run_id, force=force)
-    plans = []
-    for candidate in config.candidates:
-        base_name = job_name(dag_id, run_id, candidate.name, "training")
-        request = training_request(
-            config,
-            candidate,
-            staged,
-            _tags(config, dag_id, run_id, candidate.name),
-            checkpoints=f"file://{state_dir() / 'checkpoints' / base_name}",
-        )
-        fields = cache.components(request, staged["digest"], candidate.base_model)
-        plans.append(
-            {
-                "kind": "training",
-                "candidate": candidate.name,
-                "pipeline": config.pipeline,
-                "base_name": base_name,
-                "target": config.target,
-                "settings": backend_settings(config),
-                "request": request,
-                "cache_key": cache.key_of(fields),
-                "cache_fields": fields,
-                "force": force,
-            }
-        )
-        log.info(
-            "planned training job for %s: %s, %s, instance %s",
-            candidate.name,
-            candidate.method,
-            candidate.hyperparameters.model_dump(),
-            config.training.instance_type,
-        )
-    return plans
+    return get_target(config.target).plan_training(config, staged, dag_id, run_id, force=force)
 
 
 def _cached_job(plan: dict) -> str | None:
@@ -308,7 +245,7 @@ def submit(plan: dict) -> dict:
     cached = None
     if plan.get("cache_key") and not plan.get("force"):
         cached = _cached_job(plan)
-    elif plan.get("force"):
+    elif plan.get("force") and plan.get("cache_key"):
         log.info(
             "%s: force_rerun is set: running the %s job regardless of the cache",
             plan["candidate"],
@@ -322,23 +259,14 @@ def submit(plan: dict) -> dict:
             cache.record(
                 plan["cache_key"], plan["cache_fields"], name, plan["pipeline"], _cache_name(plan)
             )
-    return {key: plan[key] for key in ("kind", "candidate", "target", "settings")} | {
-        "name": name,
-        "action": action,
-        **({"zero_shot": True} if plan.get("zero_shot") else {}),
-        **({"price": _price(plan["cost"])} if plan.get("cost") else {}),
-        # What a capacity fallback needs to start the job again on the next instance type.
-        **({"plan": plan} if (plan.get("instance") or {}).get("fallbacks") else {}),
-        **({"instance": plan["instance"]} if plan.get("instance") else {}),
-    }
+    return records.job_handle(plan, name, action)
 
 
 def _create_with_fallback(plan: dict) -> tuple[str, str, dict]:
     """ensure_job, moving to the next instance type while the account's quota refuses one."""
     from botocore.exceptions import ClientError
 
-    from fmops.sagemaker import capacity
-
+    target = get_target(plan["target"])
     while True:
         try:
             name, action = ensure_job(
@@ -346,7 +274,7 @@ def _create_with_fallback(plan: dict) -> tuple[str, str, dict]:
             )
             return name, action, plan
         except ClientError as err:
-            moved = capacity.next_type(plan, str(err)) if capacity.is_quota_error(err) else None
+            moved = target.next_instance_after_quota(plan, err)
             if moved is None:
                 raise
             plan = moved
@@ -355,18 +283,10 @@ def _create_with_fallback(plan: dict) -> tuple[str, str, dict]:
 def capacity_fallback(handle: dict, description: dict) -> dict | None:
     """A failed training job that SageMaker could not provision, started again as a new attempt
     on the next instance type that fits; None when it failed otherwise or no type is left."""
-    from fmops.sagemaker import capacity
-
-    if "plan" not in handle or not capacity.is_capacity_failure(description):
-        return None
-    moved = capacity.next_type(handle["plan"], description.get("FailureReason", "")[:200])
+    moved = get_target(handle["target"]).next_instance_after_failure(handle, description)
     if moved is None:
         return None
     return submit({**moved, "force": True})  # the failed attempt is kept; ensure_job adds -aN
-
-
-def _price(cost: dict) -> dict:
-    return {k: cost.get(k) for k in ("instance_type", "usd_per_hour", "price_source", "instances")}
 
 
 def _seconds_between(start: Any, end: Any) -> float | None:
@@ -402,16 +322,6 @@ def job_cost(handle: dict, description: dict) -> dict | None:
     return record
 
 
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [jsonable(v) for v in value]
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return value
-
-
 def job_outcome(handle: dict, description: dict) -> dict:
     """The small result of a finished job; a Failed or Stopped job raises JobFailedError."""
     kind, name = handle["kind"], handle["name"]
@@ -422,37 +332,14 @@ def job_outcome(handle: dict, description: dict) -> dict:
         raise JobFailedError(
             f"{kind} job {name} for {handle['candidate']} ended {status} ({secondary}): {reason}"
         )
-    outcome: dict[str, Any] = {
-        "candidate": handle["candidate"],
-        "job_name": name,
-        "target": handle["target"],
-        "status": status,
-        "cost": job_cost(handle, description),
-        **({"instance": handle["instance"]} if handle.get("instance") else {}),
-    }
-    if kind == "training":
-        outcome.update(
-            model_artifacts=description["ModelArtifacts"]["S3ModelArtifacts"],
-            training_seconds=description.get("TrainingTimeInSeconds"),
-            final_metrics={
-                m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])
-            },
-            hyperparameters={
-                k: v
-                for k, v in description.get("HyperParameters", {}).items()
-                if not k.startswith("sagemaker_")
-            },
-        )
-    else:
-        output = description["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
-        outcome.update(
-            output_uri=output,
-            metrics=read_json(
-                join(output, "metrics.json"), handle.get("settings", {}).get("aws_conn_id")
-            ),
-            zero_shot=bool(handle.get("zero_shot")),
-        )
-    return outcome
+    metrics = None
+    if kind != "training":
+        output = records.evaluation_output(description)
+        connection = handle.get("settings", {}).get("aws_conn_id")
+        metrics = read_json(join(output, "metrics.json"), connection)
+    return records.job_outcome(
+        handle, description, cost=job_cost(handle, description), metrics=metrics
+    )
 
 
 def training_failures(handles: list[dict], trained: list[dict]) -> list[dict]:
@@ -483,47 +370,15 @@ def plan_evaluation(
 ) -> list[dict]:
     """A CreateProcessingJob request per trained candidate, plus the untuned baseline."""
     config = config_of(resolved)
-    if config.target == "sagemaker":
-        from fmops.sagemaker import plan
-
-        return plan.plan_evaluation(config, staged, trained, dag_id, run_id, champion=True)
-    entries = [(t["candidate"], t["model_artifacts"], False) for t in trained if t]
-    if config.evaluation.baseline:
-        base = resolve_base_model(config.candidates[0].base_model)
-        entries.append((BASELINE, f"file://{base}", True))
-    entries += champion_entry(config)
-    plans = []
-    from fmops.jobs import cache
-
-    for candidate, model_uri, zero_shot in entries:
-        base_name = job_name(dag_id, run_id, candidate, "processing")
-        output = f"file://{state_dir() / 'artifacts' / 'evaluation' / base_name}"
-        request = evaluation_request(
-            config,
-            model_uri,
-            staged,
-            _tags(config, dag_id, run_id, candidate),
-            zero_shot=zero_shot,
-            output_uri=output,
-        )
-        fields = cache.evaluation_components(request, staged["digest"])
-        plans.append(
-            {
-                "kind": "processing",
-                "candidate": candidate,
-                "pipeline": config.pipeline,
-                "cache_name": f"evaluation-{candidate}",
-                "base_name": base_name,
-                "target": config.target,
-                "settings": backend_settings(config),
-                "request": request,
-                "zero_shot": zero_shot,
-                "cache_key": cache.key_of(fields),
-                "cache_fields": fields,
-                "force": bool(resolved.get("force_rerun")),
-            }
-        )
-    return plans
+    return get_target(config.target).plan_evaluation(
+        config,
+        staged,
+        trained,
+        dag_id,
+        run_id,
+        force=bool(resolved.get("force_rerun")),
+        champion=champion_entry(config),
+    )
 
 
 def champion_entry(config: PipelineConfig) -> list[tuple[str, str, bool]]:
@@ -531,9 +386,9 @@ def champion_entry(config: PipelineConfig) -> list[tuple[str, str, bool]]:
     exists: it is evaluated on the same examples as the candidates, for the gate's test."""
     if not config.evaluation.champion:
         return []
-    from fmops import registry
+    from fmops.registry import review
 
-    found = registry.champion_artifacts(config)
+    found = review.champion_artifacts(config)
     if found is None:
         return []
     version, uri = found

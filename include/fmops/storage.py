@@ -7,6 +7,7 @@ through the amazon provider's ``S3Hook`` with the config's Airflow AWS connectio
 from __future__ import annotations
 
 import json
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,14 @@ def local_file(uri: str, folder: Path, aws_conn_id: str | None = None) -> Path:
 
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with its dates and datetimes (boto3's descriptions hold them) as ISO strings."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value

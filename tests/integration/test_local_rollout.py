@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
+from local_endpoints import deploy
 
 from fmops import processes
-from fmops.config import AlarmSettings, TrafficSettings
 from fmops.deployment.local import LocalEndpoint, free_port
 from fmops.deployment.rollout import (
     RolloutFailedError,
@@ -38,6 +38,7 @@ from fmops.deployment.rollout import (
     rollback_to_stable,
     rollout,
 )
+from fmops.deployment.settings import AlarmSettings, TrafficSettings
 from fmops.paths import PROJECT_ROOT, SCRIPTS_DIR
 
 HANDLERS = SCRIPTS_DIR / "inference.py"
@@ -292,20 +293,20 @@ def test_cli_status_and_invoke(endpoint, capsys):
     assert main(["endpoint", "status", "no-such-endpoint"]) == 2
 
 
-def test_deploy_keeps_the_signature_flow_calls(endpoint, created, model_dir):
-    """``LocalEndpoint.deploy`` (fmops_deploy's local path until it calls ``deploy_local``):
-    blue/green all at once, no bake, returns the status."""
+def test_an_all_at_once_deploy_returns_the_status(endpoint, created, model_dir):
+    """``deploy`` (the test helper: ``rollout`` with the default traffic and alarms): blue/green
+    all at once, no bake, returns the status."""
     _, port, _ = created
     blue, _ = serving(endpoint)
     new = str(next(versions))
-    status = endpoint.deploy(model_dir, HANDLERS, new, port, 60)
+    status = deploy(endpoint, model_dir, HANDLERS, new, port, 60)
     green = next(c for c in ("blue", "green") if c != blue)
     assert status["variants"].keys() == {green}
     assert status["variants"][green]["version"] == new
     assert status["variants"][green]["weight"] == 100
     assert status["last_deployment"]["outcome"] == "deployed"
     assert status["last_deployment"]["mode"] == "ALL_AT_ONCE"
-    assert endpoint.deploy(model_dir, HANDLERS, new, port, 60)["history"][0]["outcome"] == (
+    assert deploy(endpoint, model_dir, HANDLERS, new, port, 60)["history"][0]["outcome"] == (
         "unchanged"
     )
 

@@ -143,8 +143,9 @@ def environment(server):
         # of register must fail fast so that Airflow's retry (with backoff) is what is tested.
         patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        # mlflow.set_tracking_uri (fmops.registry.client) exports MLFLOW_TRACKING_URI: set here,
-        # it is removed again after the module, so later tests do not talk to the stopped server.
+        # mlflow.set_tracking_uri (fmops.registry.tracking.client) exports MLFLOW_TRACKING_URI: set
+        # here, it is removed again after the module, so later tests do not talk to the stopped
+        # server.
         patch.setenv("MLFLOW_TRACKING_URI", server.url)
         yield patch
     import mlflow
@@ -291,20 +292,20 @@ def xcom(run, task_id: str, key: str = "return_value"):
 
 @pytest.fixture(scope="module")
 def registered(finetune, config):
-    from fmops import registry
+    from fmops.registry import tracking
 
     run = finetune["run"]
     assert run.state == "success", f"task states: {states(run)}"
     (summary,) = xcom(run, "register")
-    version = registry.client(config).get_model_version(MODEL, summary["version"])
+    version = tracking.client(config).get_model_version(MODEL, summary["version"])
     return {"run": run, "summary": summary, "version": version}
 
 
 def counts(config, run_id: str) -> dict[str, int]:
     """Versions, runs and logged models of a DAG run in the registry."""
-    from fmops import registry
+    from fmops.registry import tracking
 
-    mlflow_client = registry.client(config)
+    mlflow_client = tracking.client(config)
     experiment = mlflow_client.get_experiment_by_name(PIPELINE)
     runs = mlflow_client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{run_id}'"
@@ -326,7 +327,7 @@ def counts(config, run_id: str) -> dict[str, int]:
 
 
 def test_register_retries_through_the_outage_and_registers_once(registered, finetune, config):
-    from fmops import registry
+    from fmops.registry import tracking
 
     run, outage = finetune["run"], finetune["outage"]
     print(f"fmops_finetune took {finetune['seconds']:.0f} s; register tries {outage.tries}")
@@ -342,7 +343,7 @@ def test_register_retries_through_the_outage_and_registers_once(registered, fine
         "ready_models": 1,
     }
     version = registered["version"]
-    challenger = registry.client(config).get_model_version_by_alias(MODEL, registry.CHALLENGER)
+    challenger = tracking.client(config).get_model_version_by_alias(MODEL, tracking.CHALLENGER)
     assert challenger.version == version.version, "the retry finished what the second began"
     # The model asset's event, which schedules fmops_deploy, names the version.
     (event,) = asset_events(run)
@@ -405,10 +406,10 @@ def test_the_version_carries_its_card_tags_and_lineage(registered, config, serve
 
 
 def test_the_runs_hold_curves_metrics_logs_and_reports(registered, config):
-    from fmops import registry
+    from fmops.registry import tracking
 
     run = registered["run"]
-    mlflow_client = registry.client(config)
+    mlflow_client = tracking.client(config)
     experiment = mlflow_client.get_experiment_by_name(PIPELINE)
     runs = mlflow_client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{run.run_id}'"
@@ -443,10 +444,10 @@ def test_the_version_is_deployable_from_the_registry_alone(registered, config, t
     import mlflow
     import pandas as pd
 
-    from fmops import registry
+    from fmops.registry import registration
 
     version = registered["version"].version
-    model_dir = registry.download_model(config, version, tmp_path / "download")
+    model_dir = registration.download_model(config, version, tmp_path / "download")
     files = {p.name for p in model_dir.iterdir()}
     assert {"label_map.json", "tokenizer.json"} <= files, files
     assert any(name.endswith(".safetensors") for name in files), files
@@ -538,17 +539,17 @@ def deploy(dags, config_file: Path, version: str, during=None):
 
 def when_waiting(config, version: str, then: Any, timeout: float = 60) -> Any:
     """A reviewer who acts once await_approval records that it waits for a review."""
-    from fmops import registry
+    from fmops.registry import review, tracking
 
     def act() -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             tags = (
-                registry.client_for(config.registry.tracking_uri)
+                tracking.client_for(config.registry.tracking_uri)
                 .get_model_version(MODEL, version)
                 .tags
             )
-            if tags.get(registry.DEPLOY_OUTCOME_TAG) == "awaiting_approval":
+            if tags.get(review.DEPLOY_OUTCOME_TAG) == "awaiting_approval":
                 then()
                 return
             time.sleep(0.2)
@@ -568,10 +569,10 @@ def endpoint(config):
 def test_no_review_in_time_fails_the_deploy_run_without_deploying(
     registered, dags, configs, server, config, endpoint
 ):
-    from fmops import registry
+    from fmops.registry import review, tracking
 
     version = registered["version"].version
-    server.set_version_tag(version, registry.APPROVAL_TAG, "pending")
+    server.set_version_tag(version, review.APPROVAL_TAG, "pending")
     run = deploy(dags, configs["short"], version)
 
     found = states(run)
@@ -580,26 +581,26 @@ def test_no_review_in_time_fails_the_deploy_run_without_deploying(
     assert task_instance(run, "await_approval").try_number == 1, "a timeout is not retried"
     for task_id in ("deploy", "smoke_test", "promote"):
         assert found[task_id] == ["upstream_failed"], found
-    tags = registry.client(config).get_model_version(MODEL, version).tags
-    assert tags[registry.DEPLOY_OUTCOME_TAG] == "approval_timed_out"
-    assert tags[registry.DEPLOY_RUN_TAG] == f"fmops_deploy/{run.run_id}"
-    assert "no review within 2 s" in tags[registry.DEPLOY_NOTE_TAG]
-    assert tags[registry.APPROVAL_TAG] == "pending"
+    tags = tracking.client(config).get_model_version(MODEL, version).tags
+    assert tags[review.DEPLOY_OUTCOME_TAG] == "approval_timed_out"
+    assert tags[review.DEPLOY_RUN_TAG] == f"fmops_deploy/{run.run_id}"
+    assert "no review within 2 s" in tags[review.DEPLOY_NOTE_TAG]
+    assert tags[review.APPROVAL_TAG] == "pending"
     assert not endpoint.exists()
 
 
 def test_a_rejection_through_the_rest_api_stops_the_deploy_run(
     registered, dags, configs, server, config, endpoint
 ):
-    from fmops import registry
+    from fmops.registry import review, tracking
 
     version = registered["version"].version
-    server.set_version_tag(version, registry.APPROVAL_TAG, "pending")
+    server.set_version_tag(version, review.APPROVAL_TAG, "pending")
 
     def reject() -> None:
-        server.set_version_tag(version, registry.REVIEWER_TAG, "rita")
-        server.set_version_tag(version, registry.COMMENT_TAG, "accuracy too low for launch")
-        server.set_version_tag(version, registry.APPROVAL_TAG, "rejected")
+        server.set_version_tag(version, review.REVIEWER_TAG, "rita")
+        server.set_version_tag(version, review.COMMENT_TAG, "accuracy too low for launch")
+        server.set_version_tag(version, review.APPROVAL_TAG, "rejected")
 
     run = deploy(dags, configs["review"], version, during=when_waiting(config, version, reject))
 
@@ -608,24 +609,25 @@ def test_a_rejection_through_the_rest_api_stops_the_deploy_run(
     assert found["await_approval"] == ["skipped"], found
     for task_id in ("deploy", "smoke_test", "promote"):
         assert found[task_id] == ["skipped"], found
-    tags = registry.client(config).get_model_version(MODEL, version).tags
-    assert tags[registry.DEPLOY_OUTCOME_TAG] == "rejected"
-    assert "rejected by rita: accuracy too low for launch" in tags[registry.DEPLOY_NOTE_TAG]
+    tags = tracking.client(config).get_model_version(MODEL, version).tags
+    assert tags[review.DEPLOY_OUTCOME_TAG] == "rejected"
+    assert "rejected by rita: accuracy too low for launch" in tags[review.DEPLOY_NOTE_TAG]
     assert not endpoint.exists()
-    assert registry.latest_alias(config, registry.CHAMPION) is None
+    assert tracking.latest_alias(config, tracking.CHAMPION) is None
 
 
 def test_an_approval_through_the_rest_api_lets_the_deploy_run_proceed(
     registered, dags, configs, server, config, endpoint
 ):
-    from fmops import registry
+    from fmops.registry import tracking
+    from fmops.registry.review import APPROVAL_TAG, DEPLOY_OUTCOME_TAG, DEPLOY_RUN_TAG, REVIEWER_TAG
 
     version = registered["version"].version
-    server.set_version_tag(version, registry.APPROVAL_TAG, "pending")  # review reopened
+    server.set_version_tag(version, APPROVAL_TAG, "pending")  # review reopened
 
     def approve() -> None:
-        server.set_version_tag(version, registry.REVIEWER_TAG, "alice")
-        server.set_version_tag(version, registry.APPROVAL_TAG, "approved")
+        server.set_version_tag(version, REVIEWER_TAG, "alice")
+        server.set_version_tag(version, APPROVAL_TAG, "approved")
 
     run = deploy(dags, configs["review"], version, during=when_waiting(config, version, approve))
 
@@ -635,11 +637,11 @@ def test_an_approval_through_the_rest_api_lets_the_deploy_run_proceed(
         assert found[task_id] == ["success"], found
     (review,) = xcom(run, "await_approval")
     assert (review["decision"], review["reviewer"]) == ("approved", "alice")
-    mlflow_client = registry.client(config)
-    champion = mlflow_client.get_model_version_by_alias(MODEL, registry.CHAMPION)
+    mlflow_client = tracking.client(config)
+    champion = mlflow_client.get_model_version_by_alias(MODEL, tracking.CHAMPION)
     assert champion.version == version
-    assert champion.tags[registry.DEPLOY_OUTCOME_TAG] == "deployed"
-    assert champion.tags[registry.DEPLOY_RUN_TAG] == f"fmops_deploy/{run.run_id}"
+    assert champion.tags[DEPLOY_OUTCOME_TAG] == "deployed"
+    assert champion.tags[DEPLOY_RUN_TAG] == f"fmops_deploy/{run.run_id}"
     status, body = endpoint.invoke({"inputs": ["How do I top up by card?"]})
     assert status == 200, body
 

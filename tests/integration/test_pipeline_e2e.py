@@ -62,7 +62,7 @@ def finetune_run(dagbag):
 
 
 def test_finetune_registers_the_winner(finetune_run, tiny_config):
-    from fmops import registry
+    from fmops.registry import tracking
 
     states = _states(finetune_run)
     assert finetune_run.state == "success", f"task states: {states}"
@@ -72,9 +72,9 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     assert len(states["await_evaluation"]) == 3  # two candidates and the untuned baseline
     assert states["register"] == ["success"]
 
-    client = registry.client(tiny_config)
+    client = tracking.client(tiny_config)
     name = tiny_config.registry.model_name
-    challenger = client.get_model_version_by_alias(name, registry.CHALLENGER)
+    challenger = client.get_model_version_by_alias(name, tracking.CHALLENGER)
     assert challenger.tags["fmops.dag_run"] == f"fmops_finetune/{finetune_run.run_id}"
     assert challenger.tags["fmops.candidate"] in {"tiny-full", "tiny-lora"}
     assert "| model | mean win rate | primary |" in challenger.description
@@ -144,16 +144,16 @@ def _xcom_key(run, task_id: str, key: str):
 
 def test_register_again_finds_the_same_version(finetune_run, tiny_config):
     """A retried register of the same DAG run reuses its runs and version: no duplicates."""
-    from fmops import registry
+    from fmops.registry import registration, tracking
 
-    client = registry.client(tiny_config)
+    client = tracking.client(tiny_config)
     name = tiny_config.registry.model_name
     versions_before = client.search_model_versions(f"name = '{name}'")
     experiment = client.get_experiment_by_name(tiny_config.pipeline)
     runs_before = client.search_runs([experiment.experiment_id])
     first = _xcom(finetune_run, "register")
 
-    again = registry.register(
+    again = registration.register(
         tiny_config,
         _xcom(finetune_run, "load_config"),
         _xcom(finetune_run, "validate_data"),
@@ -173,18 +173,18 @@ def test_register_again_finds_the_same_version(finetune_run, tiny_config):
 
 
 def test_deploy_serves_the_registered_version(finetune_run, dagbag, tiny_config, endpoint):
-    from fmops import registry
+    from fmops.registry import review, tracking
 
     assert finetune_run.state == "success"
     run = dagbag.get_dag("fmops_deploy").test(run_conf={"config_file": str(TINY)})
     assert run.state == "success", f"task states: {_states(run)}"
 
-    client = registry.client(tiny_config)
+    client = tracking.client(tiny_config)
     name = tiny_config.registry.model_name
-    champion = client.get_model_version_by_alias(name, registry.CHAMPION)
-    challenger = client.get_model_version_by_alias(name, registry.CHALLENGER)
+    champion = client.get_model_version_by_alias(name, tracking.CHAMPION)
+    challenger = client.get_model_version_by_alias(name, tracking.CHALLENGER)
     assert champion.version == challenger.version
-    assert champion.tags[registry.APPROVAL_TAG] == "approved"
+    assert champion.tags[review.APPROVAL_TAG] == "approved"
 
     labels = set(json.loads((PROJECT_ROOT / "include/data/banking77/categories.json").read_text()))
     status, body = endpoint.invoke(
@@ -223,11 +223,11 @@ def test_a_rerun_that_does_not_beat_the_champion_registers_nothing(
     """After the deploy, the champion exists: a second run on the same data reuses the cached
     training jobs, evaluates the champion beside them on the same examples, and the paired
     bootstrap finds no real difference: nothing is registered and fmops_deploy is not due."""
-    from fmops import registry
+    from fmops.registry import tracking
 
-    client = registry.client(tiny_config)
+    client = tracking.client(tiny_config)
     name = tiny_config.registry.model_name
-    champion = client.get_model_version_by_alias(name, registry.CHAMPION)
+    champion = client.get_model_version_by_alias(name, tracking.CHAMPION)
     versions_before = len(client.search_model_versions(f"name = '{name}'"))
 
     run = dagbag.get_dag("fmops_finetune").test(run_conf={"config_file": str(TINY)})
@@ -244,15 +244,15 @@ def test_a_rerun_that_does_not_beat_the_champion_registers_nothing(
     assert champion_check["against"] == "champion" and not champion_check["cleared"]
     assert any("does not clear the margin" in r for r in decision["reasons"])
     assert len(client.search_model_versions(f"name = '{name}'")) == versions_before
-    assert client.get_model_version_by_alias(name, registry.CHAMPION).version == champion.version
+    assert client.get_model_version_by_alias(name, tracking.CHAMPION).version == champion.version
 
 
 def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
     """Unknown labels and empty texts fail validate_data once, start no job, register nothing."""
     import pandas as pd
 
-    from fmops import registry
     from fmops.paths import state_dir
+    from fmops.registry import tracking
 
     frame = pd.read_csv(
         PROJECT_ROOT / "include/data/banking77/train.csv", dtype=str, keep_default_na=False
@@ -282,7 +282,7 @@ def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
         assert states[task_id] == ["upstream_failed"], states
     jobs_after = set(jobs_dir.iterdir()) if jobs_dir.exists() else set()
     assert jobs_after == jobs_before, "no job may start when the data is bad"
-    client = registry.client()
+    client = tracking.client()
     assert client.search_model_versions("name = 'fmops-e2e-bad-classifier'") == []
     # The readable report went to the run's MLflow parent run, and the task links to it.
     experiment = client.get_experiment_by_name("fmops-e2e-bad")

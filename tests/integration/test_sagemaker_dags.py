@@ -328,17 +328,17 @@ def test_evaluation_metrics_are_real_numbers_in_s3(finetune, aws_env_module):
 
 
 def test_the_winner_is_registered_in_mlflow(finetune, training_jobs, config):
-    from fmops import registry
+    from fmops.registry import review, tracking
 
     run, _ = finetune
-    client = registry.client(config)
-    challenger = client.get_model_version_by_alias(MODEL_NAME, registry.CHALLENGER)
+    client = tracking.client(config)
+    challenger = client.get_model_version_by_alias(MODEL_NAME, tracking.CHALLENGER)
     assert challenger.tags["fmops.dag_run"] == f"fmops_finetune/{run.run_id}"
     assert challenger.tags["fmops.candidate"] == "tiny-full"
     full = training_jobs["tiny-full"]
     assert challenger.tags["fmops.model_artifacts"] == full["ModelArtifacts"]["S3ModelArtifacts"]
     assert challenger.tags["fmops.training_job"] == full["TrainingJobName"]
-    assert challenger.tags[registry.APPROVAL_TAG] == "pending"
+    assert challenger.tags[review.APPROVAL_TAG] == "pending"
     assert "- tiny-broken: training job" in challenger.description
 
     experiment = client.get_experiment_by_name(PIPELINE)
@@ -410,17 +410,17 @@ def test_job_cost_is_the_billed_time_at_the_planned_price(finetune, training_job
 
 
 def test_deploy_serves_the_registered_version(deploy, finetune, config, containers, aws_env_module):
-    from fmops import registry
+    from fmops.registry import review, tracking
     from fmops.sagemaker.runtime import SageMakerEndpoint
 
     run, text = deploy
     assert run.state == "success", f"task states: {_states(run)}\n{text[-4000:]}"
 
-    client = registry.client(config)
-    champion = client.get_model_version_by_alias(MODEL_NAME, registry.CHAMPION)
-    challenger = client.get_model_version_by_alias(MODEL_NAME, registry.CHALLENGER)
+    client = tracking.client(config)
+    champion = client.get_model_version_by_alias(MODEL_NAME, tracking.CHAMPION)
+    challenger = client.get_model_version_by_alias(MODEL_NAME, tracking.CHALLENGER)
     assert champion.version == challenger.version
-    assert champion.tags[registry.APPROVAL_TAG] == "approved"
+    assert champion.tags[review.APPROVAL_TAG] == "approved"
 
     sagemaker = _client("sagemaker", aws_env_module)
     endpoint = sagemaker.describe_endpoint(EndpointName=ENDPOINT)

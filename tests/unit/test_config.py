@@ -9,18 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from fmops.config import (
-    AlarmSettings,
-    Candidate,
-    ConfigError,
-    EndpointSettings,
-    PipelineConfig,
-    ScalingSettings,
-    TrafficSettings,
-    load_config,
-    parse_config,
-)
+from fmops.config import Candidate, ConfigError, PipelineConfig, load_config, parse_config
+from fmops.deployment.settings import AlarmSettings, TrafficSettings
 from fmops.paths import CONFIGS_DIR, PROJECT_ROOT, config_file_choices, resolve_path
+from fmops.sagemaker.settings import EndpointSettings, ScalingSettings
 
 LOCAL_YAML = CONFIGS_DIR / "local.yaml"
 TINY_YAML = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"

@@ -11,8 +11,9 @@ import pytest
 from pydantic import BaseModel, Field
 from test_cli_config import run_fmops
 
-from fmops.config import DeploymentConfig, PipelineConfig
+from fmops.config import PipelineConfig
 from fmops.config_reference import BEGIN, END, FIX, ReferenceMarkersError, check, render, update
+from fmops.deployment.settings import DeploymentConfig
 from fmops.paths import PROJECT_ROOT
 
 STALE_FILE = f"# Title\n\nintro\n\n{BEGIN}\nan old reference\n{END}\n\n## After\n\noutro\n"

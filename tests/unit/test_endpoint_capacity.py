@@ -6,7 +6,7 @@ SageMaker is moto's (``tests/moto_server.py``) for models, endpoint configs and 
 endpoint, with ``CapacityLimited`` in front of it: the instance types it is told have no capacity
 end ``Failed`` (a new endpoint) or are rolled back (an update) with SageMaker's FailureReason,
 those without quota are refused with ``ResourceLimitExceeded``, and UpdateEndpoint (which moto
-lacks) is played. Every SageMaker request is checked with ``endpoints.validate``. CloudWatch and
+lacks) is played. Every SageMaker request is checked with ``service_model.validate``. CloudWatch and
 Application Auto Scaling are moto's.
 """
 
@@ -24,24 +24,17 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto_server import aws_env_fixture, moto_server_fixture  # noqa: F401
 
-from fmops import registry
 from fmops.airflow.operators import DeployEndpointOperator, EndpointTrigger
 from fmops.catalog import load_catalog
-from fmops.config import KmsSettings, SageMakerSettings, ScalingSettings
 from fmops.deployment import flow
-from fmops.sagemaker import capacity, endpoints
-from fmops.sagemaker.endpoints import (
-    DeploymentFailedError,
-    EndpointSettings,
-    NoCapacityError,
-    Verdict,
-    clients,
-    deploy,
-    next_instance,
-    plan_endpoint,
-    start_deployment,
-    validate,
-)
+from fmops.registry import tracking
+from fmops.sagemaker import capacity, endpoint_watch
+from fmops.sagemaker.endpoint_deploy import deploy, start_deployment
+from fmops.sagemaker.endpoint_plan import next_instance, plan_endpoint
+from fmops.sagemaker.endpoint_resources import EndpointSettings
+from fmops.sagemaker.endpoint_watch import DeploymentFailedError, NoCapacityError, Verdict, clients
+from fmops.sagemaker.service_model import validate
+from fmops.sagemaker.settings import KmsSettings, SageMakerSettings, ScalingSettings
 
 ACCOUNT = "123456789012"
 SETTINGS = SageMakerSettings(
@@ -106,7 +99,7 @@ class CapacityLimited:
     """moto's SageMaker, where ``failing`` instance types (type -> FailureReason) cannot be
     provisioned and ``no_quota`` ones are refused; ``reads`` in-progress DescribeEndpoint answers
     before a create, update or delete ends. Records every operation in ``calls`` and each request
-    in ``requests``, after checking it with ``endpoints.validate``."""
+    in ``requests``, after checking it with ``service_model.validate``."""
 
     GONE = object()
 
@@ -284,11 +277,15 @@ def test_which_failed_waits_are_capacity_failures():
     rolled_back = Verdict("failed", "rolled back", "InService", "ep-v2-0badc0de", rolled_back=True)
     timed_out = Verdict("timed_out", "too long", "Creating", "ep-v3-1")
     short = {"FailureReason": CAPACITY}
-    assert endpoints.capacity_failure(new, failed, short) == CAPACITY
-    assert endpoints.capacity_failure(update, rolled_back, short) == CAPACITY
-    assert endpoints.capacity_failure(new, timed_out, short) is None
-    assert endpoints.capacity_failure(new, failed, {"FailureReason": "ping check failed"}) is None
-    assert endpoints.capacity_failure(update, rolled_back, {}) is None  # an alarm rolled it back
+    assert endpoint_watch.capacity_failure(new, failed, short) == CAPACITY
+    assert endpoint_watch.capacity_failure(update, rolled_back, short) == CAPACITY
+    assert endpoint_watch.capacity_failure(new, timed_out, short) is None
+    assert (
+        endpoint_watch.capacity_failure(new, failed, {"FailureReason": "ping check failed"}) is None
+    )
+    assert (
+        endpoint_watch.capacity_failure(update, rolled_back, {}) is None
+    )  # an alarm rolled it back
 
 
 # -- the next plan ---------------------------------------------------------------------------------
@@ -305,7 +302,7 @@ def test_the_next_plan_is_the_next_type_of_the_ranking_with_a_new_config(catalog
     config = plan["requests"]["CreateEndpointConfig"]
     assert "KmsKeyId" not in config  # g4dn has local NVMe
 
-    with caplog.at_level(logging.WARNING, logger="fmops.sagemaker.endpoints"):
+    with caplog.at_level(logging.WARNING, logger="fmops.sagemaker.endpoint_plan"):
         moved = next_instance(plan, CAPACITY, catalog=catalog)
     note = (
         "no capacity for ml.g4dn.xlarge in us-east-1: falling back to ml.p3.2xlarge (next in the "
@@ -711,10 +708,10 @@ def test_the_deferred_wait_defers_again_with_the_next_plan(aws, catalog, monkeyp
     made = SimpleNamespace(
         sagemaker=sagemaker, cloudwatch=aws.cloudwatch, autoscaling=aws.autoscaling
     )
-    monkeypatch.setattr(endpoints, "clients", lambda *args, **kwargs: made)
-    monkeypatch.setattr(endpoints, "client", lambda *args, **kwargs: sagemaker)
+    monkeypatch.setattr(endpoint_watch, "clients", lambda *args, **kwargs: made)
+    monkeypatch.setattr(endpoint_watch, "client", lambda *args, **kwargs: sagemaker)
     mlflow = Registry()
-    monkeypatch.setattr(registry, "client", lambda config: mlflow)
+    monkeypatch.setattr(tracking, "client", lambda config: mlflow)
     handle = start_deployment(
         plan, sagemaker=sagemaker, cloudwatch=aws.cloudwatch, autoscaling=aws.autoscaling
     )
@@ -779,16 +776,19 @@ def test_the_deferred_wait_fails_without_retries_once_no_type_is_left(aws, catal
     made = SimpleNamespace(
         sagemaker=sagemaker, cloudwatch=aws.cloudwatch, autoscaling=aws.autoscaling
     )
-    monkeypatch.setattr(endpoints, "clients", lambda *args, **kwargs: made)
+    monkeypatch.setattr(endpoint_watch, "clients", lambda *args, **kwargs: made)
     handle = start_deployment(
         plan, sagemaker=sagemaker, cloudwatch=aws.cloudwatch, autoscaling=aws.autoscaling
     )
     assert "plan" not in handle  # pinned: nothing to fall back to
     failed = sagemaker.describe_endpoint(EndpointName=plan["endpoint_name"])
-    verdict = endpoints.DeploymentWatch(handle["endpoint_config_name"], timeout_seconds=60).see(
-        failed, 0
-    )
-    event = {"verdict": verdict.as_dict(), "description": endpoints.jsonable_description(failed)}
+    verdict = endpoint_watch.DeploymentWatch(
+        handle["endpoint_config_name"], timeout_seconds=60
+    ).see(failed, 0)
+    event = {
+        "verdict": verdict.as_dict(),
+        "description": endpoint_watch.jsonable_description(failed),
+    }
     wait = {"deployment": handle, "version": "3", "aws_conn_id": "a", "region_name": "us-east-1"}
     task = DeployEndpointOperator(task_id="deploy", candidate={})
     with pytest.raises(AirflowFailException, match="NoCapacityError: no capacity for ml.g4dn"):
@@ -802,7 +802,7 @@ def test_flow_records_where_the_version_serves(monkeypatch):
 
     config = load_config(CONFIGS_DIR / "sagemaker.example.yaml")
     mlflow = Registry()
-    monkeypatch.setattr(registry, "client", lambda config: mlflow)
+    monkeypatch.setattr(tracking, "client", lambda config: mlflow)
     deployed = {"endpoint": "banking77", "version": "4", "instance_type": "ml.g5.xlarge"}
     tags = flow.record_endpoint(config, {**deployed, "capacity_fallback": []})
     assert tags["fmops.endpoint.capacity_fallback"] == flow.NO_FALLBACK

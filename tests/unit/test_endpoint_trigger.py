@@ -17,12 +17,12 @@ from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow.sdk.module_loading import import_string
 from botocore.exceptions import ClientError
 
-from fmops import registry
 from fmops.airflow.operators import DeployEndpointOperator, EndpointTrigger
 from fmops.config import load_config
 from fmops.deployment import flow
 from fmops.paths import CONFIGS_DIR
-from fmops.sagemaker import endpoints
+from fmops.registry import tracking
+from fmops.sagemaker import endpoint_watch
 
 OLD, NEW = "banking77-v2-0badc0de", "banking77-v3-3a4e2b70"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -78,7 +78,7 @@ def sagemaker(monkeypatch):
             made.update(service=service, aws_conn_id=aws_conn_id, region_name=region_name)
             return fake
 
-        monkeypatch.setattr(endpoints, "client", client)
+        monkeypatch.setattr(endpoint_watch, "client", client)
         return fake
 
     install.made = made
@@ -318,16 +318,16 @@ def aws(monkeypatch):
             sagemaker=None, cloudwatch=fake.cloudwatch, autoscaling=fake.autoscaling
         )
 
-    monkeypatch.setattr(endpoints, "clients", clients)
+    monkeypatch.setattr(endpoint_watch, "clients", clients)
     fake.made = made
     return fake
 
 
-def resumed(wait: dict[str, Any], verdict: endpoints.Verdict, description: dict[str, Any]):
+def resumed(wait: dict[str, Any], verdict: endpoint_watch.Verdict, description: dict[str, Any]):
     task = DeployEndpointOperator(task_id="deploy", candidate=candidate("sagemaker.example.yaml"))
     event = {
         "verdict": verdict.as_dict(),
-        "description": endpoints.jsonable_description(description),
+        "description": endpoint_watch.jsonable_description(description),
     }
     return task.execute_complete({}, event=event, wait=wait)
 
@@ -367,8 +367,10 @@ def test_resuming_after_success_registers_auto_scaling(aws, monkeypatch):
     mlflow = SimpleNamespace(
         set_model_version_tag=lambda name, version, key, value: tags.update({key: value})
     )
-    monkeypatch.setattr(registry, "client", lambda config: mlflow)
-    verdict = endpoints.Verdict("succeeded", f"banking77 is InService on {NEW}", "InService", NEW)
+    monkeypatch.setattr(tracking, "client", lambda config: mlflow)
+    verdict = endpoint_watch.Verdict(
+        "succeeded", f"banking77 is InService on {NEW}", "InService", NEW
+    )
     result = resumed(a_wait(), verdict, described("InService", NEW))
     assert result == {
         "endpoint": "banking77",
@@ -393,7 +395,7 @@ def test_resuming_after_success_registers_auto_scaling(aws, monkeypatch):
 def test_a_rollback_fails_the_task_without_retries_and_names_the_alarm(aws):
     aws.firing = ALARMS
     message = f"banking77 is InService on {OLD}: SageMaker rolled the deployment back"
-    verdict = endpoints.Verdict("failed", message, "InService", OLD, rolled_back=True)
+    verdict = endpoint_watch.Verdict("failed", message, "InService", OLD, rolled_back=True)
     with pytest.raises(AirflowFailException) as info:
         resumed(a_wait(), verdict, described("InService", OLD))
     assert f"DeploymentFailedError: {message}" in str(info.value)
@@ -409,7 +411,7 @@ def test_a_rollback_fails_the_task_without_retries_and_names_the_alarm(aws):
 
 def test_a_timed_out_wait_fails_the_task(aws):
     message = "banking77 is Updating after 4300 s, longer than the wait of 4200 s"
-    verdict = endpoints.Verdict("timed_out", message, "Updating", OLD)
+    verdict = endpoint_watch.Verdict("timed_out", message, "Updating", OLD)
     with pytest.raises(AirflowFailException, match="is Updating after 4300 s"):
         resumed(a_wait(deregistered=True), verdict, updating())
     assert aws.calls == []  # still under way: nothing to explain, nothing to restore yet
@@ -426,12 +428,14 @@ def test_the_deploy_dag_defers_its_deploy_task(dagbag):
 def test_resuming_with_the_wait_in_the_event_only(aws, monkeypatch):
     """dag.test() resumes a deferred task with the trigger's event and no defer() kwargs."""
     mlflow = SimpleNamespace(set_model_version_tag=lambda name, version, key, value: None)
-    monkeypatch.setattr(registry, "client", lambda config: mlflow)
-    verdict = endpoints.Verdict("succeeded", f"banking77 is InService on {NEW}", "InService", NEW)
+    monkeypatch.setattr(tracking, "client", lambda config: mlflow)
+    verdict = endpoint_watch.Verdict(
+        "succeeded", f"banking77 is InService on {NEW}", "InService", NEW
+    )
     task = DeployEndpointOperator(task_id="deploy", candidate=candidate("sagemaker.example.yaml"))
     event = {
         "verdict": verdict.as_dict(),
-        "description": endpoints.jsonable_description(described("InService", NEW)),
+        "description": endpoint_watch.jsonable_description(described("InService", NEW)),
         "wait": a_wait(),
     }
     assert task.execute_complete({}, event=event) == resumed(

@@ -180,7 +180,7 @@ def pipeline(request) -> Any:
 
 
 def test_winner_without_a_champion_is_promoted_and_the_report_is_in_mlflow(pipeline, tmp_path):
-    from fmops import registry
+    from fmops.registry import runs
 
     full, baseline = pattern(0.85), pattern(0.62)
     evaluations = [
@@ -197,7 +197,7 @@ def test_winner_without_a_champion_is_promoted_and_the_report_is_in_mlflow(pipel
     roles = {r["candidate"]: r["role"] for r in decision["leaderboard"]}
     assert roles == {"full": "candidate", "lora": "candidate", "baseline": "baseline"}
     # the report: HTML and plots on the DAG run's parent run, and its address
-    client, _, run = registry.parent_run(pipeline, "fmops_finetune", "run-1")
+    client, _, run = runs.parent_run(pipeline, "fmops_finetune", "run-1")
     names = {a.path for a in client.list_artifacts(run, selection.REPORT_FOLDER)}
     assert f"{selection.REPORT_FOLDER}/{selection.REPORT_NAME}" in names
     assert any(n.endswith(".png") for n in names)
@@ -250,7 +250,9 @@ def test_cost_estimate_arithmetic(pipeline):
 
 
 def test_flat_metrics_names():
-    flat = selection.flat_metrics(metrics_json("m", 0.8))
+    from fmops.registry import runs
+
+    flat = runs.flat_metrics(metrics_json("m", 0.8))
     assert flat["banking77.accuracy.accuracy"] == 0.8
     assert flat["banking77.calibration.ece"] == 0.04
     assert flat["banking77.robustness.typos.drop"] == 0.03
@@ -263,20 +265,20 @@ def test_flat_metrics_names():
 
 
 def test_champion_entry_follows_the_alias(pipeline, tmp_path):
-    from fmops import registry
     from fmops.pipeline import champion_entry
+    from fmops.registry import runs, tracking
 
     assert champion_entry(pipeline) == []  # nothing registered
-    client = registry.client(pipeline)
+    client = tracking.client(pipeline)
     name = pipeline.registry.model_name
     client.create_registered_model(name)
     artifacts = tmp_path / "model.tar.gz"
     artifacts.write_bytes(b"x")
-    run = client.create_run(registry._experiment_id(client, pipeline.pipeline)).info.run_id
+    run = client.create_run(runs._experiment_id(client, pipeline.pipeline)).info.run_id
     version = client.create_model_version(
         name, f"runs:/{run}/model", run_id=run, tags={"fmops.model_artifacts": artifacts.as_uri()}
     )
-    client.set_registered_model_alias(name, registry.CHAMPION, version.version)
+    client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
     assert champion_entry(pipeline) == [("champion", artifacts.as_uri(), False)]
     no_champion = pipeline.model_copy(
         update={"evaluation": pipeline.evaluation.model_copy(update={"champion": False})}

@@ -1,7 +1,7 @@
 """The IAM policies in docs/iam/ against the code: what fmops calls is allowed, and nothing else.
 
 The Airflow role's actions are derived from the AWS calls in include/fmops and dags/ (read with
-``ast`` by ``fmops.sagemaker.aws_calls``); the execution role's from the request fields the
+``ast`` by ``tests/aws_calls.py``); the execution role's from the request fields the
 sagemaker target sets. Both ways are checked: a call whose action is missing fails, and so does an
 action no call needs. The policies are read as templates (``${Bucket}`` ...), never sent to AWS.
 """
@@ -13,13 +13,15 @@ import re
 import textwrap
 from pathlib import Path
 
+import aws_calls
 import pytest
+from aws_calls import ScanError, allowed_actions, covers, resources_for
 
+from fmops.deployment.settings import AlarmSettings
 from fmops.jobs.backend import KIND_FIELDS
 from fmops.jobs.naming import KINDS
 from fmops.jobs.sagemaker import LOG_GROUPS
-from fmops.sagemaker import aws_calls, images
-from fmops.sagemaker.aws_calls import ScanError, allowed_actions, covers, resources_for
+from fmops.sagemaker import images
 from fmops.sagemaker.staging import Layout
 
 ROOT = Path(__file__).resolve().parents[2]  # this checkout's sources, not the installed package's
@@ -83,7 +85,7 @@ HOW_TO_FIX_MISSING = (
 )
 HOW_TO_FIX_EXTRA = (
     "remove each from docs/iam/{policy}; if a call does need it and the scan cannot see that, "
-    "teach fmops/sagemaker/aws_calls.py (IMPLIED, HOOK_METHODS or FIELD_NEEDS) with the reason"
+    "teach tests/aws_calls.py (IMPLIED, HOOK_METHODS or FIELD_NEEDS) with the reason"
 )
 
 
@@ -251,11 +253,9 @@ def test_job_names_and_log_groups_are_the_ones_the_code_uses():
 
 
 def test_alarms_and_scaling_are_the_ones_the_endpoints_use():
-    from fmops.sagemaker import endpoints
+    from fmops.sagemaker import endpoint_resources
 
-    names = endpoints.alarm_names(
-        "e", "AllTraffic", endpoints.AlarmSettings(max_4xx_error_rate=0.5)
-    )
+    names = endpoint_resources.alarm_names("e", "AllTraffic", AlarmSettings(max_4xx_error_rate=0.5))
     alarms = resources_for(load(AIRFLOW), "cloudwatch:PutMetricAlarm")
     assert resources_for(load(AIRFLOW), "cloudwatch:DescribeAlarms") == alarms
     for name in names.values():
@@ -264,8 +264,8 @@ def test_alarms_and_scaling_are_the_ones_the_endpoints_use():
         )
     (scaling,) = [s for s in _statements(AIRFLOW) if s["Sid"] == "EndpointAutoScaling"]
     assert scaling["Condition"]["StringEquals"] == {
-        "application-autoscaling:service-namespace": endpoints.SCALING_NAMESPACE,
-        "application-autoscaling:scalable-dimension": endpoints.SCALABLE_DIMENSION,
+        "application-autoscaling:service-namespace": endpoint_resources.SCALING_NAMESPACE,
+        "application-autoscaling:scalable-dimension": endpoint_resources.SCALABLE_DIMENSION,
     }
 
 
@@ -351,7 +351,7 @@ def test_execution_role_reaches_the_job_inputs_and_outputs():
 
 
 def test_execution_role_pulls_exactly_the_images_the_jobs_use():
-    from fmops.config import EVALUATION_IMAGE, TRAINING_IMAGE
+    from fmops.sagemaker.settings import EVALUATION_IMAGE, TRAINING_IMAGE
 
     repositories = {
         images.find(TRAINING_IMAGE, "training")["repository"],

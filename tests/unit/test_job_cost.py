@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from fmops.pipeline import job_cost
-from fmops.registry import cost_lines, run_costs
+from fmops.registry.card import cost_lines
+from fmops.registry.runs import run_costs
 
 PRICE = {
     "instance_type": "ml.g5.xlarge",
@@ -75,7 +76,7 @@ def test_the_run_total_and_the_model_card_lines():
 
 
 def test_the_model_card_names_the_instance_and_the_fallbacks():
-    from fmops.registry import instance_line
+    from fmops.registry.card import instance_line
 
     assert instance_line({"job_name": "train-a"}) == ""
     line = instance_line(

@@ -23,10 +23,10 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = PROJECT_ROOT / "tests" / "golden"
 CONFIGS = ("local", "sagemaker.example")
-# A fixed state folder: the evaluation plans' cache fields hold the model URIs under it.
-STATE = Path("/tmp/fmops-golden-plan")
-# Keys a plan item may carry now that the golden file did not: none so far.
-ADDED_KEYS: frozenset[str] = frozenset()
+# Keys a plan item may carry now that the golden file did not: every job plan is one record
+# (fmops.jobs.records.JobPlan), so the sagemaker target's evaluation plans gained the pipeline's
+# name and the run's force flag that its training plans and the local target's plans had.
+ADDED_KEYS = frozenset({"pipeline", "force"})
 
 
 def _plan(config: str, fmt: str, state: Path) -> str:
@@ -70,12 +70,9 @@ def _without_cache_keys(plan: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def state():
-    import shutil
-
-    shutil.rmtree(STATE, ignore_errors=True)
-    yield STATE
-    shutil.rmtree(STATE, ignore_errors=True)
+def state(tmp_path_factory):
+    """A fresh state folder (no registry, so no champion to evaluate) of this test's own."""
+    return tmp_path_factory.mktemp("fmops-golden-plan")
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -104,15 +101,16 @@ def test_plan_text_matches_the_golden_file(config, state):
 
 def write() -> None:
     """Write the golden files from the code as it is now."""
-    import shutil
+    import tempfile
 
     GOLDEN.mkdir(exist_ok=True)
     for config in CONFIGS:
-        shutil.rmtree(STATE, ignore_errors=True)
-        raw = _plan(config, "json", STATE)
-        (GOLDEN / f"plan-{config}.json").write_text(normalized(raw, STATE))
-        (GOLDEN / f"plan-{config}.txt").write_text(normalized(_plan(config, "text", STATE), STATE))
-    shutil.rmtree(STATE, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="fmops-golden-plan-") as folder:
+            state = Path(folder)
+            raw = _plan(config, "json", state)
+            (GOLDEN / f"plan-{config}.json").write_text(normalized(raw, state))
+            text = _plan(config, "text", state)
+            (GOLDEN / f"plan-{config}.txt").write_text(normalized(text, state))
 
 
 if __name__ == "__main__":

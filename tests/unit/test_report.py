@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_gate import GATE, evaluation, metrics_json
 
-from fmops.evaluation.gate import BASELINE, CHAMPION, decide, leaderboard
+from fmops.evaluation.gate import decide, leaderboard
 from fmops.evaluation.report import (
     MAX_LABELS_WITH_COUNTS,
     PNG_SIGNATURE,
@@ -19,6 +19,7 @@ from fmops.evaluation.report import (
     write_report,
 )
 from fmops.evaluation.settings import GateSettings
+from fmops.jobs.naming import BASELINE, CHAMPION
 
 DATA_URI = "data:image/png;base64,"
 ODD_NAME = '<b>evil</b> & "co" $x$'

@@ -19,11 +19,14 @@ import yaml
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
 from airflow.sdk.module_loading import import_string
 
-from fmops import cli, registry
+from fmops import cli
 from fmops.airflow import approval, links, tasks
 from fmops.airflow.approval import ApprovalTrigger, AwaitApprovalOperator
 from fmops.config import CONFIGS_DIR, parse_config
 from fmops.deployment import flow
+from fmops.registry import review, tracking
+from fmops.registry.card import comparison_line, gate_summary, model_card
+from fmops.targets.sagemaker import console_url
 
 MODEL = "review-classifier"
 
@@ -32,7 +35,7 @@ MODEL = "review-classifier"
 def store(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow_client = registry.client_for(uri)
+    mlflow_client = tracking.client_for(uri)
     mlflow_client.create_registered_model(MODEL)
     return uri
 
@@ -42,16 +45,16 @@ def version(store, tmp_path) -> str:
     """A new pending version, as register leaves it."""
     source = tmp_path / "model"
     source.mkdir()
-    created = registry.client_for(store).create_model_version(
+    created = tracking.client_for(store).create_model_version(
         MODEL,
         source.as_uri(),
-        tags={registry.APPROVAL_TAG: registry.PENDING, "fmops.gate": "promote x (a=0.9)"},
+        tags={review.APPROVAL_TAG: review.PENDING, "fmops.gate": "promote x (a=0.9)"},
     )
     return str(created.version)
 
 
 def tags(store: str, version: str) -> dict[str, str]:
-    return registry.client_for(store).get_model_version(MODEL, version).tags
+    return tracking.client_for(store).get_model_version(MODEL, version).tags
 
 
 def config(store: str, **deployment: Any):
@@ -101,18 +104,18 @@ def test_approve_records_the_decision_reviewer_and_comment(store, version, capsy
     )
     assert code == 0
     found = tags(store, version)
-    assert found[registry.APPROVAL_TAG] == "approved"
-    assert found[registry.REVIEWER_TAG] == "alice"
-    assert found[registry.COMMENT_TAG] == "LGTM"
-    assert found[registry.REVIEWED_AT_TAG]  # ISO time
+    assert found[review.APPROVAL_TAG] == "approved"
+    assert found[review.REVIEWER_TAG] == "alice"
+    assert found[review.COMMENT_TAG] == "LGTM"
+    assert found[review.REVIEWED_AT_TAG]  # ISO time
     assert f"{MODEL} version {version}: approved by alice" in capsys.readouterr().out
 
 
 def test_reject_reads_the_tracking_uri_from_the_environment(store, version, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     assert cli.main(["reject", MODEL, version, "--reviewer", "bob", "--comment", "bias"]) == 0
-    assert tags(store, version)[registry.APPROVAL_TAG] == "rejected"
-    assert tags(store, version)[registry.COMMENT_TAG] == "bias"
+    assert tags(store, version)[review.APPROVAL_TAG] == "rejected"
+    assert tags(store, version)[review.COMMENT_TAG] == "bias"
 
 
 def test_a_missing_version_or_reviewer_is_bad_input(store, version, capsys):
@@ -123,7 +126,7 @@ def test_a_missing_version_or_reviewer_is_bad_input(store, version, capsys):
     with pytest.raises(SystemExit) as info:  # argparse: --reviewer is required
         cli.main(["reject", MODEL, version, "--tracking-uri", store])
     assert info.value.code == 2
-    assert tags(store, version)[registry.APPROVAL_TAG] == "pending"
+    assert tags(store, version)[review.APPROVAL_TAG] == "pending"
 
 
 def test_an_unreachable_mlflow_is_a_failure_not_bad_input(monkeypatch, capsys):
@@ -143,14 +146,14 @@ def _dead_url() -> str:
 
 
 def test_set_review_refuses_other_decisions(store, version):
-    with pytest.raises(registry.ApprovalError, match="allowed: approved, rejected"):
-        registry.set_review(registry.client_for(store), MODEL, version, "maybe", "alice")
+    with pytest.raises(review.ApprovalError, match="allowed: approved, rejected"):
+        review.set_review(tracking.client_for(store), MODEL, version, "maybe", "alice")
 
 
 def test_an_unknown_tag_value_reads_as_pending():
-    assert registry.review_of({registry.APPROVAL_TAG: "LGTM"})["decision"] == "pending"
-    assert registry.review_of({registry.APPROVAL_TAG: " Approved "})["decision"] == "approved"
-    assert registry.review_of({})["decision"] == "pending"
+    assert review.review_of({review.APPROVAL_TAG: "LGTM"})["decision"] == "pending"
+    assert review.review_of({review.APPROVAL_TAG: " Approved "})["decision"] == "approved"
+    assert review.review_of({})["decision"] == "pending"
 
 
 # -- the trigger ----------------------------------------------------------------------------------
@@ -184,7 +187,7 @@ def test_the_trigger_fires_when_a_reviewer_decides(store, version):
     assert import_string(path)(**kwargs).serialize() == (path, kwargs)
 
     def decide() -> None:
-        registry.set_review(registry.client_for(store), MODEL, version, "approved", "carol", "ok")
+        review.set_review(tracking.client_for(store), MODEL, version, "approved", "carol", "ok")
 
     started = time.monotonic()
     event = run_trigger(trigger, during=decide)
@@ -256,9 +259,9 @@ def test_pending_defers_and_records_that_the_run_waits(store, version, context):
     assert before + 3600 <= trigger.deadline <= time.time() + 3600
     assert trigger.poll_interval == 30
     found = tags(store, version)
-    assert found[registry.DEPLOY_RUN_TAG] == context.deploy_run
-    assert found[registry.DEPLOY_OUTCOME_TAG] == "awaiting_approval"
-    assert found[registry.DEADLINE_TAG] and found[registry.REQUESTED_AT_TAG]
+    assert found[review.DEPLOY_RUN_TAG] == context.deploy_run
+    assert found[review.DEPLOY_OUTCOME_TAG] == "awaiting_approval"
+    assert found[review.DEADLINE_TAG] and found[review.REQUESTED_AT_TAG]
     assert context.ti.pushed[links.LINKS_KEY] == {
         links.MODEL_VERSION: f"http://mlflow.example/#/models/{MODEL}/versions/{version}",
         links.MLFLOW_RUN: "http://mlflow.example/#/experiments/1/runs/abc",
@@ -278,14 +281,14 @@ def test_approved_in_the_trigger_goes_on(store, version, context):
 
 
 def test_a_rejection_skips_the_run_and_is_recorded(store, version, context):
-    registry.set_review(registry.client_for(store), MODEL, version, "rejected", "frank", "drift")
+    review.set_review(tracking.client_for(store), MODEL, version, "rejected", "frank", "drift")
     task = AwaitApprovalOperator(task_id="await_approval", candidate=candidate(store, version))
     with pytest.raises(AirflowSkipException, match="rejected by frank: drift"):
         task.execute({})
     found = tags(store, version)
-    assert found[registry.DEPLOY_OUTCOME_TAG] == "rejected"
-    assert found[registry.DEPLOY_RUN_TAG] == context.deploy_run
-    assert "ended without deploying: rejected by frank: drift" in found[registry.DEPLOY_NOTE_TAG]
+    assert found[review.DEPLOY_OUTCOME_TAG] == "rejected"
+    assert found[review.DEPLOY_RUN_TAG] == context.deploy_run
+    assert "ended without deploying: rejected by frank: drift" in found[review.DEPLOY_NOTE_TAG]
 
 
 def test_a_timeout_fails_the_task_without_retries_and_is_recorded(store, version, context):
@@ -296,8 +299,8 @@ def test_a_timeout_fails_the_task_without_retries_and_is_recorded(store, version
     with pytest.raises(AirflowFailException, match="no review within 60 s"):
         task.execute_complete({}, event=event)
     found = tags(store, version)
-    assert found[registry.DEPLOY_OUTCOME_TAG] == "approval_timed_out"
-    assert found[registry.APPROVAL_TAG] == "pending", "a timeout is not a rejection"
+    assert found[review.DEPLOY_OUTCOME_TAG] == "approval_timed_out"
+    assert found[review.APPROVAL_TAG] == "pending", "a timeout is not a rejection"
 
 
 def test_auto_approval_says_who_approved_and_why(store, version, context):
@@ -307,21 +310,21 @@ def test_auto_approval_says_who_approved_and_why(store, version, context):
     result = task.execute({})
     assert result["decision"] == "approved" and result["version"] == version
     found = tags(store, version)
-    assert found[registry.APPROVAL_TAG] == "approved"
-    assert found[registry.REVIEWER_TAG] == flow.AUTO_REVIEWER
-    comment = found[registry.COMMENT_TAG]
+    assert found[review.APPROVAL_TAG] == "approved"
+    assert found[review.REVIEWER_TAG] == flow.AUTO_REVIEWER
+    comment = found[review.COMMENT_TAG]
     assert "deployment.approval is auto in review.yaml" in comment
     assert "the gate: promote x (a=0.9)" in comment
 
 
 def test_auto_approval_does_not_overrule_a_person(store, version, context):
-    registry.set_review(registry.client_for(store), MODEL, version, "rejected", "gina", "no")
+    review.set_review(tracking.client_for(store), MODEL, version, "rejected", "gina", "no")
     task = AwaitApprovalOperator(
         task_id="await_approval", candidate=candidate(store, version, approval="auto")
     )
     with pytest.raises(AirflowSkipException):
         task.execute({})
-    assert tags(store, version)[registry.REVIEWER_TAG] == "gina"
+    assert tags(store, version)[review.REVIEWER_TAG] == "gina"
 
 
 def test_the_approval_settings_are_checked():
@@ -367,13 +370,13 @@ def test_the_gate_tag_names_the_confidence_intervals():
             "baseline": comparison("baseline", 0.2, 0.3, True),
         },
     }
-    line = registry.gate_summary(decision)
+    line = gate_summary(decision)
     assert line.startswith("promote a (s.accuracy.accuracy=0.9100); bounds passed 2/2")
     assert "vs champion: +0.0200, 95% CI [+0.0100, +0.0300] clears margin 0" in line
     assert "vs baseline: +0.2500, 95% CI [+0.2000, +0.3000]" in line
     decision["gate"]["champion"] = None
-    assert "no champion to beat" in registry.gate_summary(decision)
-    sentence = registry.comparison_line(comparison("champion", -0.01, 0.02, False))
+    assert "no champion to beat" in gate_summary(decision)
+    sentence = comparison_line(comparison("champion", -0.01, 0.02, False))
     assert "95% CI [-0.0100, +0.0200]" in sentence and "does not clear the margin 0" in sentence
 
 
@@ -381,17 +384,17 @@ def test_the_gate_tag_names_the_confidence_intervals():
 
 
 def test_console_urls():
-    assert links.console_url("training", "train-a-1", "eu-west-1") == (
+    assert console_url("training", "train-a-1", "eu-west-1") == (
         "https://eu-west-1.console.aws.amazon.com/sagemaker/home?region=eu-west-1#/jobs/train-a-1"
     )
-    assert links.console_url("processing", "eval-a", "us-east-1").endswith(
+    assert console_url("processing", "eval-a", "us-east-1").endswith(
         "?region=us-east-1#/processing-jobs/eval-a"
     )
-    assert links.console_url("endpoint", "banking77") == (
+    assert console_url("endpoint", "banking77") == (
         "https://console.aws.amazon.com/sagemaker/home#/endpoints/banking77"
     )
     with pytest.raises(ValueError, match="kind 'model'"):
-        links.console_url("model", "x")
+        console_url("model", "x")
 
 
 class FakeXComs:
@@ -427,7 +430,7 @@ def test_global_links_read_what_the_task_pushed(monkeypatch):
 
 def test_the_run_link_of_a_report_task_is_the_reports_run(monkeypatch):
     report = "http://m/#/experiments/2/runs/abc/artifacts/evaluation/report.html"
-    values = {("select", tasks.EVALUATION_REPORT_KEY): report}
+    values = {("select", links.EVALUATION_REPORT_KEY): report}
     assert link(monkeypatch, links.MLFLOW_RUN, "select", values) == (
         "http://m/#/experiments/2/runs/abc"
     )
@@ -520,7 +523,7 @@ def test_the_model_card_has_what_a_reviewer_needs(store):
         },
     }
     decision["gate"]["checks"][winner.name][0]["reason"] = "m = 0.81 >= 0.3"
-    card = registry.model_card(
+    card = model_card(
         cfg,
         staged,
         decision,

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from fmops.config import AlarmSettings, TrafficSettings
 from fmops.deployment import router as router_module
 from fmops.deployment.local import (
     EndpointError,
@@ -37,6 +36,7 @@ from fmops.deployment.rollout import (
     rollout,
 )
 from fmops.deployment.router import Record, Router, VariantStats, percentile
+from fmops.deployment.settings import AlarmSettings, TrafficSettings
 from fmops.deployment.variant import VariantServer, load_handlers
 from fmops.paths import SCRIPTS_DIR
 

@@ -19,11 +19,11 @@ import yaml
 from botocore.awsrequest import AWSResponse
 from moto_server import aws_env_fixture, moto_server_fixture  # noqa: F401
 
-from fmops import registry
 from fmops.config import load_config
 from fmops.deployment import flow
 from fmops.paths import CONFIGS_DIR
-from fmops.sagemaker import endpoints
+from fmops.registry import tracking
+from fmops.sagemaker import endpoint_watch
 
 BUCKET = "fmops-deploy-test"
 ARTIFACTS = f"s3://{BUCKET}/fmops/training/train-minilm-full-x/output/model.tar.gz"
@@ -61,7 +61,7 @@ def config(tmp_path, aws_env, monkeypatch):
         get_model_version=lambda name, number: version,
         set_model_version_tag=lambda name, number, key, value: tags.update({key: value}),
     )
-    monkeypatch.setattr(registry, "client", lambda config: mlflow)
+    monkeypatch.setattr(tracking, "client", lambda config: mlflow)
     return load_config(path), tags
 
 
@@ -132,7 +132,7 @@ def test_the_deploy_task_waits_for_the_endpoint_in_the_triggerer(config, aws_env
 
 
 def test_a_version_trained_elsewhere_or_without_handlers_is_refused(config, aws_env):
-    from fmops.sagemaker.endpoints import EndpointError
+    from fmops.sagemaker.endpoint_resources import EndpointError
 
     config, tags = config
     tags["fmops.model_artifacts"] = "file:///tmp/model.tar.gz"
@@ -160,7 +160,7 @@ def test_without_quota_for_the_first_type_the_version_serves_on_the_next(
     config = config.model_copy(
         update={"sagemaker": config.sagemaker.model_copy(update={"endpoint": endpoint})}
     )
-    made_clients = endpoints.clients
+    made_clients = endpoint_watch.clients
     refused: list[str] = []
 
     def clients(*args, **kwargs):
@@ -180,7 +180,7 @@ def test_without_quota_for_the_first_type_the_version_serves_on_the_next(
         made.sagemaker.meta.events.register("before-call.sagemaker.CreateEndpoint", no_quota)
         return made
 
-    monkeypatch.setattr(endpoints, "clients", clients)
+    monkeypatch.setattr(endpoint_watch, "clients", clients)
     result = flow.deploy(config, "6")
 
     assert len(refused) == 1

@@ -23,35 +23,46 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from botocore.validate import ParamValidator
+from endpoint_waits import await_deployment
 from moto_server import aws_env_fixture, moto_server_fixture  # noqa: F401
 from pydantic import ValidationError
 
 from fmops.catalog import HOSTING_PRECISIONS, load_catalog
-from fmops.config import KmsSettings, SageMakerSettings, VpcSettings
-from fmops.sagemaker import endpoints
-from fmops.sagemaker.endpoints import (
-    AlarmSettings,
-    DeploymentFailedError,
-    DeploymentWatch,
+from fmops.deployment.settings import (
+    CANARY_PERCENT,
+    EXECUTION_TIMEOUT_SECONDS,
+    LINEAR_PERCENT,
+    TERMINATION_WAIT_SECONDS,
+    WAIT_SECONDS,
+    total_wait_seconds,
+)
+from fmops.sagemaker import endpoint_deploy, endpoint_plan, endpoint_resources, endpoint_watch
+from fmops.sagemaker.endpoint_deploy import (
     EndpointBusyError,
+    deploy,
+    finish_deployment,
+    start_deployment,
+)
+from fmops.sagemaker.endpoint_plan import plan_endpoint, with_instance_count
+from fmops.sagemaker.endpoint_resources import (
+    AlarmSettings,
     EndpointError,
     EndpointSettings,
     ScalingSettings,
     TrafficSettings,
-    await_deployment,
-    clients,
-    deploy,
     deployment_config,
     deployment_config_problems,
-    deployment_outcome,
     endpoint_config_problems,
-    finish_deployment,
-    plan_endpoint,
-    start_deployment,
-    validate,
     version_prefix,
-    with_instance_count,
 )
+from fmops.sagemaker.endpoint_watch import (
+    DeploymentFailedError,
+    DeploymentWatch,
+    clients,
+    deployment_outcome,
+)
+from fmops.sagemaker.service_model import validate
+from fmops.sagemaker.settings import KmsSettings, SageMakerSettings, VpcSettings
 
 ACCOUNT = "123456789012"
 SETTINGS = SageMakerSettings(
@@ -218,7 +229,7 @@ def test_names_are_deterministic_versioned_and_within_limits(catalog):
         version="2026-11-25T10:00:00+00:00 with a very long label",
     )
     for name in (long["model_name"], long["endpoint_config_name"]):
-        assert len(name) <= 63 and endpoints.SAGEMAKER_NAME.match(name), name
+        assert len(name) <= 63 and endpoint_resources.SAGEMAKER_NAME.match(name), name
     with pytest.raises(EndpointError, match="at most 40 characters"):
         plan_of(catalog, name="x" * 41)
     with pytest.raises(EndpointError, match="letters, digits and inner hyphens"):
@@ -291,7 +302,7 @@ def test_traffic_bounds_accept_their_edges(values):
     assert validate("sagemaker", "UpdateEndpoint", {
         "EndpointName": "e", "EndpointConfigName": "c", "DeploymentConfig": config
     }) is None  # fmt: skip
-    assert traffic.timeout_seconds > endpoints.total_wait_seconds(
+    assert traffic.timeout_seconds > total_wait_seconds(
         traffic.mode, traffic.wait_seconds, traffic.termination_wait_seconds, traffic.step_percent
     )
 
@@ -338,14 +349,15 @@ def test_our_bounds_are_at_least_as_strict_as_the_service_model():
     def within(ours: tuple[int, int], metadata: dict[str, int]) -> bool:
         return metadata.get("min", ours[0]) <= ours[0] and ours[1] <= metadata.get("max", ours[1])
 
-    assert within(endpoints.WAIT_SECONDS, routing["WaitIntervalInSeconds"].metadata)
-    assert within(endpoints.TERMINATION_WAIT_SECONDS, policy["TerminationWaitInSeconds"].metadata)
+    assert within(WAIT_SECONDS, routing["WaitIntervalInSeconds"].metadata)
+    assert within(TERMINATION_WAIT_SECONDS, policy["TerminationWaitInSeconds"].metadata)
     assert within(
-        endpoints.EXECUTION_TIMEOUT_SECONDS, policy["MaximumExecutionTimeoutInSeconds"].metadata
+        EXECUTION_TIMEOUT_SECONDS,
+        policy["MaximumExecutionTimeoutInSeconds"].metadata,
     )
-    assert within(endpoints.CANARY_PERCENT, capacity)  # the model: min 1, no max; docs: <= 50%
-    assert within(endpoints.LINEAR_PERCENT, capacity)  # docs: 10-50%
-    assert within(endpoints.ALARMS, alarms)
+    assert within(CANARY_PERCENT, capacity)  # the model: min 1, no max; docs: <= 50%
+    assert within(LINEAR_PERCENT, capacity)  # docs: 10-50%
+    assert within(endpoint_resources.ALARMS, alarms)
     # The model's numbers are what the API reference says: a change in botocore shows up here.
     assert routing["WaitIntervalInSeconds"].metadata == {"min": 0, "max": 3600}
     assert policy["MaximumExecutionTimeoutInSeconds"].metadata == {"min": 600, "max": 28800}
@@ -398,11 +410,13 @@ def test_settings_that_contradict_each_other_are_refused():
 
 
 def test_settings_are_the_configs_and_default_to_all_at_once_without_a_bake(catalog):
-    from fmops import config
+    from fmops import deployment
+    from fmops.sagemaker import settings
 
-    for name in ("TrafficSettings", "AlarmSettings", "ScalingSettings", "EndpointSettings"):
-        assert getattr(endpoints, name) is getattr(config, name)  # re-exported, not copied
-    assert endpoints.CANARY_PERCENT is config.CANARY_PERCENT
+    for name in ("TrafficSettings", "AlarmSettings"):
+        assert getattr(endpoint_resources, name) is getattr(deployment.settings, name)  # the same
+    for name in ("ScalingSettings", "EndpointSettings"):
+        assert getattr(endpoint_resources, name) is getattr(settings, name)
     assert SETTINGS.endpoint == EndpointSettings()
 
     plan = plan_of(catalog)  # settings.endpoint, default traffic and alarms
@@ -414,10 +428,10 @@ def test_settings_are_the_configs_and_default_to_all_at_once_without_a_bake(cata
     }
     assert plan["traffic"]["mode"] == "all_at_once"
     assert plan["wait"]["timeout_seconds"] == 1800 + 1800
-    assert endpoints.NO_BAKE in plan["notes"]
+    assert endpoint_resources.NO_BAKE in plan["notes"]
 
     canary = plan_of(catalog, traffic=TrafficSettings(mode="canary", wait_seconds=600))
-    assert endpoints.NO_BAKE not in canary["notes"]
+    assert endpoint_resources.NO_BAKE not in canary["notes"]
     assert any("canary with one instance" in note for note in canary["notes"])
     assert (
         canary["traffic"] | {"total_wait_seconds": 1200, "baking_periods": 2} == canary["traffic"]
@@ -428,7 +442,7 @@ def test_plan_deployment_takes_every_setting_from_the_config(catalog):
     from fmops.config import load_config
 
     config = load_config("include/configs/sagemaker.example.yaml")
-    plan = endpoints.plan_deployment(
+    plan = endpoint_plan.plan_deployment(
         config,
         model_version="7",
         model_data_url=ARTIFACTS.replace("fmops-endpoint-tests", config.sagemaker.bucket),
@@ -456,8 +470,8 @@ def test_plan_deployment_takes_every_setting_from_the_config(catalog):
         scaling.max_instances,
     )
     without = config.model_copy(update={"sagemaker": None})
-    with pytest.raises(endpoints.options.PolicyError, match="needs a `sagemaker:` block"):
-        endpoints.plan_deployment(
+    with pytest.raises(endpoint_plan.options.PolicyError, match="needs a `sagemaker:` block"):
+        endpoint_plan.plan_deployment(
             without, model_version="7", model_data_url=ARTIFACTS, parameters=MINILM
         )
 
@@ -651,7 +665,7 @@ def test_a_stale_first_read_is_not_taken_for_a_rollback():
     final, _ = replay([described("InService", OLD), updating(), described("InService", NEW)])
     assert final["EndpointConfigName"] == NEW
     with pytest.raises(DeploymentFailedError, match="rolled the deployment back"):
-        replay([described("InService", OLD)] * endpoints.SETTLE_POLLS)
+        replay([described("InService", OLD)] * endpoint_watch.SETTLE_POLLS)
 
 
 def test_outcome_of_single_descriptions():
@@ -752,9 +766,9 @@ def test_new_endpoint_on_moto_then_a_retry_changes_nothing(aws, catalog):
     # duplicate silently; SageMaker refuses it).
     aws.calls.clear()
     requests = plan["requests"]
-    assert endpoints._ensure(aws.sagemaker, "model", requests["CreateModel"], "ModelName") == (
-        "reused"
-    )
+    assert endpoint_deploy._ensure(
+        aws.sagemaker, "model", requests["CreateModel"], "ModelName"
+    ) == ("reused")
     assert "CreateModel" not in aws.calls
 
 
@@ -1097,9 +1111,9 @@ def test_the_archive_must_carry_code_inference_py(aws_env):
         Body=model_archive({**weights, "./code/inference.py": b"def model_fn(d): ..."}),
     )
     s3.put_object(Bucket=bucket, Key="bad/model.tar.gz", Body=model_archive(weights))
-    endpoints.check_model_archive(s3, good)
+    endpoint_deploy.check_model_archive(s3, good)
     with pytest.raises(EndpointError, match="has no code/inference.py: the Hugging Face"):
-        endpoints.check_model_archive(s3, bad)
+        endpoint_deploy.check_model_archive(s3, bad)
     s3.put_object(Bucket=bucket, Key="junk/model.tar.gz", Body=b"not an archive")
     with pytest.raises(EndpointError, match="not a gzipped tar archive"):
-        endpoints.check_model_archive(s3, f"s3://{bucket}/junk/model.tar.gz")
+        endpoint_deploy.check_model_archive(s3, f"s3://{bucket}/junk/model.tar.gz")

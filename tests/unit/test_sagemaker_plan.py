@@ -32,11 +32,11 @@ from fmops.sagemaker.options import PolicyError, policy_problems, request_proble
 from fmops.sagemaker.plan import (
     VERSION_PLACEHOLDER,
     Planner,
-    local_plan_run,
     plan_evaluation,
     plan_run,
     plan_training,
 )
+from fmops.targets import get_target
 
 EXAMPLE = CONFIGS_DIR / "sagemaker.example.yaml"
 EXAMPLE_ARG = "include/configs/sagemaker.example.yaml"
@@ -815,7 +815,7 @@ def test_evaluation_plans_per_trained_candidate_and_baseline():
 
 
 def test_unknown_price_is_said_not_guessed(capsys):
-    from fmops.sagemaker.plan import render_text
+    from fmops.plan_text import render_text
 
     plan = plan_run(config_of(set_sagemaker(evaluation_instance_type="ml.r5.xlarge")))
     costs = [p["cost"] for p in plan["evaluation"]]
@@ -877,8 +877,8 @@ ENDPOINT_SERVICES = {
 
 def check_endpoint_requests(endpoint: dict[str, Any]) -> list[str]:
     """Every endpoint request passes botocore's service model; returns the operations."""
-    from fmops.sagemaker import endpoints
-    from fmops.sagemaker.plan import endpoint_requests
+    from fmops.plan_text import endpoint_requests
+    from fmops.sagemaker import service_model
 
     operations = []
     for operation, request in endpoint_requests(endpoint):
@@ -886,7 +886,7 @@ def check_endpoint_requests(endpoint: dict[str, Any]) -> list[str]:
         if service == "sagemaker":
             validate_request(operation, request)
         assert service_refusals(service, operation, request) is None, (operation, request)
-        endpoints.validate(service, operation, request)  # maximums, enums and patterns too
+        service_model.validate(service, operation, request)  # maximums, enums and patterns too
         operations.append(operation)
     return operations
 
@@ -948,7 +948,7 @@ def test_endpoint_plan_refusals_are_plan_errors():
 
 def test_local_target_plan_uses_the_pipeline_requests():
     config = load_config("include/configs/local.yaml")
-    plan = local_plan_run(config)
+    plan = get_target("local").plan_run(config)
     assert len(plan["training"]) == 3 and len(plan["evaluation"]) == 4
     request = plan["training"][0]["request"]
     assert request["AlgorithmSpecification"]["TrainingImage"] == "fmops-local-python"
@@ -959,7 +959,9 @@ def test_local_target_plan_uses_the_pipeline_requests():
     auto = config.model_copy(
         update={"training": config.training.model_copy(update={"instance_type": "auto"})}
     )
-    assert local_plan_run(auto)["training"][0]["request"]["ResourceConfig"]["InstanceType"]
+    assert get_target("local").plan_run(auto)["training"][0]["request"]["ResourceConfig"][
+        "InstanceType"
+    ]
     # The local endpoint: no request, the settings it takes, unchanged defaults.
     endpoint = plan["endpoint"]
     assert endpoint["target"] == "local" and "requests" not in endpoint
@@ -972,7 +974,7 @@ def test_local_target_plan_uses_the_pipeline_requests():
         "termination_wait_seconds": 0,
         "max_execution_timeout_seconds": None,
     }
-    from fmops.sagemaker.plan import render_text
+    from fmops.plan_text import render_text
 
     text = render_text(plan, "include/configs/local.yaml")
     assert "endpoint banking77 (fmops_deploy, local): http://127.0.0.1:8090" in text

@@ -47,11 +47,11 @@ def read_review(tracking_uri: str, model_name: str, version: str) -> dict[str, A
     "pending" | "missing" | "unreachable", "review": ..., "message": ...}``."""
     from mlflow.exceptions import MlflowException
 
-    from fmops import registry
+    import fmops.registry.review
 
     try:
-        review = registry.read_review(tracking_uri, model_name, version)
-    except registry.ApprovalError as err:
+        review = fmops.registry.review.read_review(tracking_uri, model_name, version)
+    except fmops.registry.review.ApprovalError as err:
         return {"state": "missing", "message": str(err)}
     except (MlflowException, OSError) as err:
         return {"state": "unreachable", "message": f"{type(err).__name__}: {err}"[:500]}

@@ -16,7 +16,7 @@ class EvaluationReportLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
-        from fmops.airflow.tasks import EVALUATION_REPORT_KEY
+        from fmops.airflow.links import EVALUATION_REPORT_KEY
 
         return XCom.get_value(key=EVALUATION_REPORT_KEY, ti_key=ti_key) or ""
 

@@ -18,42 +18,36 @@ Airflow 3 computes links in two places, which is why there are two kinds:
 
 The API server reads XComs from the metadata database (``read_xcom``): in that process there is
 no task runner to ask.
+
+The XCom keys that links read are defined here, and the tasks that push them import them from
+here: ``LINKS_KEY``, and the report addresses that validate_data and select push
+(``REPORT_URL_KEY``, ``EVALUATION_REPORT_KEY``), which their report links read and "MLflow run"
+falls back on.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
 
 LINKS_KEY = "fmops_links"
+# The report addresses that validate_data and select push: their operator links read them, and
+# "MLflow run" falls back to the run that holds the report.
+REPORT_URL_KEY = "validation_report_url"
+EVALUATION_REPORT_KEY = "evaluation_report_url"
 MLFLOW_RUN, MODEL_VERSION = "MLflow run", "MLflow model version"
 SAGEMAKER_JOB, SAGEMAKER_ENDPOINT = "SageMaker job", "SageMaker endpoint"
-CONSOLE_PATHS = {"training": "jobs", "processing": "processing-jobs", "endpoint": "endpoints"}
-
-
-def console_url(kind: str, name: str, region: str | None = None) -> str:
-    """The SageMaker console page of a training or processing job or an endpoint. Without a
-    region, the console opens the account's last region (the console's own default)."""
-    if kind not in CONSOLE_PATHS:
-        raise ValueError(f"kind {kind!r}; one of {sorted(CONSOLE_PATHS)}")
-    host = (
-        f"https://{region}.console.aws.amazon.com" if region else "https://console.aws.amazon.com"
-    )
-    query = f"?region={region}" if region else ""
-    return f"{host}/sagemaker/home{query}#/{CONSOLE_PATHS[kind]}/{quote(name, safe='')}"
 
 
 def job_console_url(handle: Any) -> str | None:
-    """The console page of a job handle (what submit_training/submit_evaluation return); None
-    for anything else, and for jobs of the local executor."""
-    if not isinstance(handle, dict) or handle.get("target") != "sagemaker":
+    """The console page of a job handle (what submit_training/submit_evaluation return), where
+    its target has one; None for anything else."""
+    from fmops.targets import TARGETS, get_target
+
+    if not isinstance(handle, dict) or handle.get("target") not in TARGETS:
         return None
-    kind, name = handle.get("kind"), handle.get("name")
-    if kind not in ("training", "processing") or not name:
-        return None
-    return console_url(kind, name, (handle.get("settings") or {}).get("region_name"))
+    return get_target(handle["target"]).job_console_url(handle)
 
 
 def read_xcom(ti_key: Any, key: str, task_id: str | None = None) -> Any:
@@ -98,8 +92,6 @@ class MlflowRunLink(FmopsLink):
     name = MLFLOW_RUN
 
     def fallback(self, operator: Any, ti_key: Any) -> str | None:
-        from fmops.airflow.tasks import EVALUATION_REPORT_KEY, REPORT_URL_KEY
-
         for key in (REPORT_URL_KEY, EVALUATION_REPORT_KEY):
             report = read_xcom(ti_key, key)
             if isinstance(report, str) and "/artifacts/" in report:

@@ -1,5 +1,5 @@
 """The few Airflow adapters that fmops' DAGs need: waiting on jobs and endpoint deployments
-without holding a worker slot.
+without holding a worker slot, and validate_data with its report link.
 
 ``AwaitJobOperator`` describes a submitted job; if it is still running it defers to
 ``JobTrigger``, which polls the job from the triggerer (and streams the job's new log lines into
@@ -13,6 +13,10 @@ hours of traffic shifting and baking, then resumes to conclude it (auto scaling,
 When SageMaker had no capacity for the instance type, it starts the next attempt on the next type
 of the catalog's ranking and defers again, with the new handle (as ``AwaitJobOperator`` does for
 a training job).
+
+``ValidateDataOperator`` is validate_data as an operator, so that the task carries the
+"Validation report" link (``ValidationReportLink``, which reads the address validate_data pushed
+under ``fmops.airflow.links.REPORT_URL_KEY``).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class JobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from fmops.jobs.backend import TERMINAL, describe, status_of
-        from fmops.pipeline import backend_for, jsonable
+        from fmops.pipeline import backend_for
+        from fmops.storage import jsonable
 
         backend = backend_for(self.handle)
         kind, name = self.handle["kind"], self.handle["name"]
@@ -94,7 +99,8 @@ class AwaitJobOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from fmops.jobs.backend import TERMINAL, describe, status_of
-        from fmops.pipeline import backend_for, jsonable
+        from fmops.pipeline import backend_for
+        from fmops.storage import jsonable
 
         backend = backend_for(self.handle)
         description = describe(backend, self.handle["kind"], self.handle["name"])
@@ -151,9 +157,9 @@ class AwaitJobOperator(BaseOperator):
 
 class EndpointTrigger(BaseTrigger):
     """Polls a SageMaker endpoint under deployment until the deployment is done; fires once with
-    ``{"verdict": endpoints.Verdict as a dict, "description": the last DescribeEndpoint}``.
+    ``{"verdict": endpoint_watch.Verdict as a dict, "description": the last DescribeEndpoint}``.
 
-    Each answer is judged by ``fmops.sagemaker.endpoints.DeploymentWatch``, as the blocking wait
+    Each answer is judged by ``endpoint_watch.DeploymentWatch``, as the blocking wait
     judges it: success only ``InService`` on ``endpoint_config_name``; ``InService`` on another
     config is a rollback (``failed``); past ``timeout_seconds`` after ``started_at`` (epoch
     seconds, so that a restarted triggerer keeps the deadline) the verdict is ``timed_out``.
@@ -161,7 +167,7 @@ class EndpointTrigger(BaseTrigger):
     With ``awaiting="deletion"`` it waits instead for a failed endpoint to be gone (a capacity
     fallback deletes it to create it again on the next instance type): ``succeeded`` once
     DescribeEndpoint no longer finds it (``description`` None), judged by
-    ``endpoints.deletion_verdict``.
+    ``endpoint_watch.deletion_verdict``.
     """
 
     def __init__(
@@ -227,38 +233,38 @@ class EndpointTrigger(BaseTrigger):
         )
 
     def _watch(self) -> tuple[Any, Any, Any]:
-        """The endpoints module, a SageMaker client and a fresh watch; blocking (imports, and
+        """The endpoint_watch module, a SageMaker client and a fresh watch; blocking (imports, and
         the connection lookup), so run in a thread."""
-        from fmops.sagemaker import endpoints
+        from fmops.sagemaker import endpoint_watch
 
-        client = endpoints.client("sagemaker", self.aws_conn_id, self.region_name)
-        watch = endpoints.DeploymentWatch(
+        client = endpoint_watch.client("sagemaker", self.aws_conn_id, self.region_name)
+        watch = endpoint_watch.DeploymentWatch(
             self.endpoint_config_name,
             previous_config_name=self.previous_endpoint_config_name,
             timeout_seconds=self.timeout_seconds,
         )
-        return endpoints, client, watch
+        return endpoint_watch, client, watch
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        endpoints, client, watch = await asyncio.to_thread(self._watch)
+        endpoint_watch, client, watch = await asyncio.to_thread(self._watch)
 
         def describe() -> dict[str, Any] | None:
             if self.awaiting == "deletion":
-                return endpoints.find_endpoint(client, self.endpoint_name)  # None once gone
+                return endpoint_watch.find_endpoint(client, self.endpoint_name)  # None once gone
             return client.describe_endpoint(EndpointName=self.endpoint_name)
 
         while True:
             description = await asyncio.to_thread(describe)
             elapsed = time.time() - self.started_at
             if self.awaiting == "deletion":
-                verdict = endpoints.deletion_verdict(
+                verdict = endpoint_watch.deletion_verdict(
                     description, self.endpoint_name, elapsed, self.timeout_seconds
                 )
             else:
                 verdict = watch.see(description, elapsed)
             if verdict.state != "waiting":
                 self.log.info("%s: %s", verdict.state, verdict.message)
-                last = endpoints.jsonable_description(description) if description else None
+                last = endpoint_watch.jsonable_description(description) if description else None
                 # The wait travels in the event too: a resumed task is not always given the
                 # defer() kwargs (dag.test() drops them).
                 yield TriggerEvent(
@@ -338,7 +344,7 @@ class ValidationReportLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
-        from fmops.airflow.tasks import REPORT_URL_KEY
+        from fmops.airflow.links import REPORT_URL_KEY
 
         return XCom.get_value(key=REPORT_URL_KEY, ti_key=ti_key) or ""
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
+from fmops.airflow.links import EVALUATION_REPORT_KEY, REPORT_URL_KEY
 from fmops.airflow.schedule import REGISTERED_MODEL
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from fmops.evaluation.selection import SelectionError
     from fmops.jobs.specs import PlanError
     from fmops.pipeline import JobFailedError
-    from fmops.sagemaker.endpoints import DeploymentFailedError
+    from fmops.sagemaker.endpoint_watch import DeploymentFailedError
 
     return (
         ConfigError,
@@ -99,32 +100,23 @@ PLAN_KEY = "plan"
 
 def _log_plan(resolved: dict) -> None:
     """The "Plan only" trigger: what `fmops plan` prints, in this task's log and its XCom."""
-    from fmops.pipeline import jsonable
-    from fmops.sagemaker import plan
+    from fmops.plan_text import render_text
+    from fmops.storage import jsonable
+    from fmops.targets import get_target
 
     config = _config(resolved)
     dag_id, run_id = _run_ids()
-    if config.target == "sagemaker":
-        from fmops.sagemaker import run
-
-        run.read_jumpstart_with_connection(config)
-        result = plan.plan_run(config, dag_id, run_id)
-    else:
-        result = plan.local_plan_run(config, dag_id, run_id)
-    for line in plan.render_text(result, resolved["config_file"]).splitlines():
+    result = get_target(config.target).plan_run(config, dag_id, run_id, with_connection=True)
+    for line in render_text(result, resolved["config_file"]).splitlines():
         log.info("%s", line)
     get_current_context()["ti"].xcom_push(key=PLAN_KEY, value=jsonable(result))
-
-
-REPORT_URL_KEY = "validation_report_url"
-EVALUATION_REPORT_KEY = "evaluation_report_url"
 
 
 @fail_fast
 def validate_data(resolved: dict) -> dict:
     """Validate and stage; the report goes to the DAG run's MLflow parent run, pass or fail."""
-    from fmops import registry
     from fmops.pipeline import validate_and_stage, validation_dir
+    from fmops.registry import runs
 
     if resolved.get("plan_only"):
         from airflow.sdk.exceptions import AirflowSkipException
@@ -138,7 +130,7 @@ def validate_data(resolved: dict) -> dict:
     finally:
         folder = validation_dir(config) / key
         if folder.exists():
-            url = registry.log_validation_report(config, dag_id, run_id, folder)
+            url = runs.log_validation_report(config, dag_id, run_id, folder)
             get_current_context()["ti"].xcom_push(key=REPORT_URL_KEY, value=url)
             log.info("validation report: %s", url)
 
@@ -207,9 +199,9 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     plan_evaluation (which ran past failed trainings), not from await_training."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from fmops import registry
     from fmops.airflow.links import MLFLOW_RUN, MODEL_VERSION, push_links
     from fmops.pipeline import backend_for, backend_settings
+    from fmops.registry import registration
 
     if not decision.get("promote", True):
         reason = next((r for r in reversed(decision["reasons"]) if "do not promote" in r), "")
@@ -224,8 +216,8 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
         backend = backend_for({"target": outcome["target"], "settings": backend_settings(config)})
         logs[outcome["job_name"]] = backend.read_log("training", outcome["job_name"], 0)[0]
     # MLflow being unreachable is not in _deterministic_errors: the task retries with backoff,
-    # and registry.register finds what an earlier attempt created (runs, model, version).
-    summary = registry.register(
+    # and registration.register finds what an earlier attempt created (runs, model, version).
+    summary = registration.register(
         config,
         resolved,
         staged,
@@ -283,15 +275,10 @@ def _deploy_run() -> str:
 
 
 def _push_candidate_links(candidate: dict) -> None:
-    """The links of fmops_deploy's tasks: the version page, the run it was logged from, and on
-    the sagemaker target the endpoint's console page."""
-    from fmops.airflow.links import (
-        MLFLOW_RUN,
-        MODEL_VERSION,
-        SAGEMAKER_ENDPOINT,
-        console_url,
-        push_links,
-    )
+    """The links of fmops_deploy's tasks: the version page, the run it was logged from, and the
+    endpoint's console page where the target has one."""
+    from fmops.airflow.links import MLFLOW_RUN, MODEL_VERSION, SAGEMAKER_ENDPOINT, push_links
+    from fmops.targets import get_target
 
     try:
         ti = get_current_context()["ti"]
@@ -299,10 +286,9 @@ def _push_candidate_links(candidate: dict) -> None:
         return
     links = {MODEL_VERSION: candidate.get("url"), MLFLOW_RUN: candidate.get("run_url")}
     config = _config(candidate["resolved"])
-    if config.target == "sagemaker" and config.sagemaker is not None:
-        links[SAGEMAKER_ENDPOINT] = console_url(
-            "endpoint", config.deployment.endpoint_name, config.sagemaker.region
-        )
+    endpoint_page = get_target(config.target).endpoint_console_url(config)
+    if endpoint_page:
+        links[SAGEMAKER_ENDPOINT] = endpoint_page
     push_links(ti, links)
 
 
@@ -331,20 +317,21 @@ def start_approval(candidate: dict) -> dict:
     review}`` when it is decided (approved; ``approval: auto`` approves here), else ``{"wait":
     the ApprovalTrigger's arguments}`` after recording on the version that this run waits and
     until when. A rejected version ends the run without deploying (``_rejected``)."""
-    from fmops import registry
     from fmops.deployment import flow
+    from fmops.registry import tracking
+    from fmops.registry.review import APPROVED, REJECTED
 
     _push_candidate_links(candidate)
     config, version = _config(candidate["resolved"]), candidate["version"]
     found = flow.review(config, version, candidate["resolved"]["config_file"])
-    if found["decision"] == registry.APPROVED:
+    if found["decision"] == APPROVED:
         return {"result": {**found, "version": version}}
-    if found["decision"] == registry.REJECTED:
+    if found["decision"] == REJECTED:
         _rejected(config, version, found)
     deadline = flow.request_review(config, version, _deploy_run())
     return {
         "wait": {
-            "tracking_uri": registry.tracking_uri(config),
+            "tracking_uri": tracking.tracking_uri(config),
             "model_name": config.registry.model_name,
             "version": str(version),
             "deadline": deadline,
@@ -358,16 +345,16 @@ def finish_approval(candidate: dict, event: dict) -> dict:
     """await_approval after ``ApprovalTrigger`` fired: the review when approved; a rejection
     skips the rest of the run, a timeout fails it, both without deploying and recorded on the
     version (``fmops.deploy_outcome``, ``fmops.deploy_note``)."""
-    from fmops import registry
     from fmops.deployment import flow
+    from fmops.registry.review import APPROVED, REJECTED
 
     config, version = _config(candidate["resolved"]), candidate["version"]
     status = event["status"]
-    if status == registry.APPROVED:
+    if status == APPROVED:
         review = event["review"]
         log.info("%s version %s: approved by %s", event["model_name"], version, review["reviewer"])
         return {**review, "version": version}
-    if status == registry.REJECTED:
+    if status == REJECTED:
         _rejected(config, version, event["review"])
     if status == "timed_out":
         note = flow.timed_out_note(_deploy_run(), config.deployment.approval_timeout_seconds)

@@ -13,7 +13,8 @@ variants that carry traffic) back with the persisted routing.
 This module is the endpoint's mechanics: start a variant and gate it on ``/ping``, write a
 routing and wait until the router applies it, drain a variant, read the router's per-variant
 statistics. How a new version takes the traffic (canary, linear, bakes, alarms, rollback) is
-``fmops.deployment.rollout``'s.
+``fmops.deployment.rollout``'s: the rollout drives a ``LocalEndpoint`` through these methods,
+and this module does not know the rollout.
 """
 
 from __future__ import annotations
@@ -462,27 +463,6 @@ class LocalEndpoint:
         return False
 
     # -- operations ---------------------------------------------------------------------------
-
-    def deploy(
-        self, model_dir: Path, handlers: Path, version: str, port: int, health_timeout: float = 120
-    ) -> dict[str, Any]:
-        """Serve ``version``: the endpoint is created, or updated blue/green all at once
-        (``fmops.deployment.rollout.rollout`` with ALL_AT_ONCE, no bake, no termination wait).
-        Returns ``status()``; raises ``EndpointError`` (``RolledBackError``) if it was refused."""
-        from fmops.config import AlarmSettings, TrafficSettings
-        from fmops.deployment.rollout import rollout
-
-        rollout(
-            self,
-            version,
-            model_dir,
-            handlers,
-            port=port,
-            traffic=TrafficSettings(),
-            alarms=AlarmSettings(),
-            health_timeout=health_timeout,
-        )
-        return self.status()
 
     def status(self, window: float = 60) -> dict[str, Any]:
         state = self.state()

@@ -20,7 +20,8 @@
   drained and retired; green becomes the only variant and the new stable routing.
 - The whole deployment must finish within ``traffic.timeout_seconds``
   (MaximumExecutionTimeoutInSeconds); past it, it is rolled back.
-- Traffic bounds are checked (``fmops.config.traffic_problems``) before anything starts.
+- Traffic bounds are checked (``fmops.deployment.settings.traffic_problems``) before anything
+  starts.
 
 Every step is persisted in the endpoint's state before it takes effect (the ``deployment`` in
 progress with its owner process, the ``stable`` routing), so ``rollback_to_stable`` can undo a
@@ -33,6 +34,11 @@ Alarms, locally: CloudWatch's ``period_seconds``, ``evaluation_periods`` and
 ``poll_seconds`` over the window since the shift (at most ``period_seconds x
 evaluation_periods``), and the first breach counts: a local bake is seconds to minutes long. The
 rollout logs this once.
+
+``deploy_local`` is ``rollout`` with a config's ``deployment`` settings and smoke texts from its
+evaluation set (``evaluation_texts``): fmops_deploy's local path. The endpoint's mechanics
+(processes, routing, router statistics) are ``fmops.deployment.local``'s, which this module
+drives.
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from fmops import processes
-from fmops.config import AlarmSettings, TrafficSettings, traffic_problems
 from fmops.deployment.local import COLORS, EndpointError, LocalEndpoint, now_iso
+from fmops.deployment.settings import AlarmSettings, TrafficSettings, traffic_problems
 
 if TYPE_CHECKING:
     from fmops.config import PipelineConfig

@@ -29,10 +29,10 @@ from fmops.evaluation.settings import (
     direction,
     parse_metric_path,
 )
+from fmops.jobs.naming import BASELINE, CHAMPION
 
 log = logging.getLogger(__name__)
 
-BASELINE, CHAMPION = "baseline", "champion"
 CANDIDATE = "candidate"
 # The replicates are drawn in batches of at most this many indices (32 MB of int64), so that
 # memory stays bounded whatever the number of examples.

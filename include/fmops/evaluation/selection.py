@@ -38,7 +38,7 @@ class SelectionError(RuntimeError):
 def cost_estimate(config: PipelineConfig, efficiency: dict[str, Any]) -> dict[str, Any]:
     """The cost family: USD per 1,000 requests on the hosting type the catalog picks."""
     from fmops.catalog import CatalogError, hosting_memory, load_catalog
-    from fmops.config import EndpointSettings
+    from fmops.sagemaker.settings import EndpointSettings
 
     settings = config.sagemaker.endpoint if config.sagemaker else EndpointSettings()
     region = config.sagemaker.region if config.sagemaker else "us-east-1"
@@ -154,7 +154,7 @@ def publish(
     run_id: str,
 ) -> str:
     """Write the report and log it (HTML and PNGs) to the DAG run's MLflow parent run."""
-    from fmops import registry
+    from fmops.registry import runs, tracking
 
     with tempfile.TemporaryDirectory(prefix="fmops-report-") as scratch:
         page = write_report(
@@ -165,11 +165,11 @@ def publish(
             title=f"{config.pipeline}: evaluation",
             subtitle=f"DAG run {dag_id} / {run_id}",
         )
-        mlflow_client, experiment_id, run = registry.parent_run(config, dag_id, run_id)
+        mlflow_client, experiment_id, run = runs.parent_run(config, dag_id, run_id)
         mlflow_client.log_artifacts(run, scratch, REPORT_FOLDER)
         log.info("report with %d plots logged to MLflow run %s", len(report_plots(page)), run)
     return (
-        f"{registry.ui_url(config)}/#/experiments/{experiment_id}/runs/{run}/artifacts/"
+        f"{tracking.ui_url(config)}/#/experiments/{experiment_id}/runs/{run}/artifacts/"
         f"{REPORT_FOLDER}/{REPORT_NAME}"
     )
 
@@ -224,31 +224,6 @@ def select(
     if baseline is not None and gate.metric_value(baseline, primary) is not None:
         result["gain_over_baseline"] = round(score - gate.metric_value(baseline, primary), 6)
     return result
-
-
-def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """A model's headline numbers as MLflow metric names: ``<scenario>.<family>.<name>``
-    (per-perturbation drops and per-family gaps included), ``efficiency.*`` and the cost."""
-    flat: dict[str, float] = {}
-
-    def put(key: str, value: Any) -> None:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            flat[key] = float(value)
-
-    for scenario, result in metrics.get("scenarios", {}).items():
-        put(f"{scenario}.examples", result.get("examples"))
-        for name, value in result.get("accuracy", {}).items():
-            put(f"{scenario}.accuracy.{name}", value)
-        put(f"{scenario}.calibration.ece", result.get("calibration", {}).get("ece"))
-        for family, leaf in (("robustness", "drop"), ("fairness", "gap")):
-            for name, value in result.get(family, {}).items():
-                put(f"{scenario}.{family}.{name}", value)
-                if isinstance(value, dict):
-                    put(f"{scenario}.{family}.{name}.{leaf}", value.get(leaf))
-    for name, value in metrics.get("efficiency", {}).items():
-        put(f"efficiency.{name}", value)
-    put("cost.usd_per_1k_requests", metrics.get("cost", {}).get("usd_per_1k_requests"))
-    return flat
 
 
 def _fmt(value: Any) -> str:

@@ -30,7 +30,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from botocore.exceptions import ClientError
 from fmops import processes
 from fmops.jobs.naming import JOB_NAME_RE
 from fmops.jobs.runner import STOP_REQUEST, now, read_json, write_json
+from fmops.jobs.specs import JOB_ENV, validate_request
 from fmops.paths import state_dir
 
 log = logging.getLogger(__name__)
@@ -55,39 +55,6 @@ IGNORED_TRAINING_FIELDS = {
     "EnableInterContainerTrafficEncryption": "inter-container encryption",
     "RetryStrategy": "SageMaker's automatic retries",
 }
-
-# Jobs never reach a model hub, and progress bars would flood the job log that Airflow shows.
-JOB_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TQDM_DISABLE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-}
-
-_service_model_lock = threading.Lock()
-_service_model: Any = None
-
-
-def _sagemaker_model() -> Any:
-    global _service_model
-    with _service_model_lock:
-        if _service_model is None:
-            import botocore.session
-
-            _service_model = botocore.session.get_session().get_service_model("sagemaker")
-    return _service_model
-
-
-def validate_request(operation: str, request: dict[str, Any]) -> None:
-    """Refuse a request that SageMaker itself would refuse as malformed (botocore's model)."""
-    from botocore.exceptions import ParamValidationError
-    from botocore.validate import ParamValidator
-
-    shape = _sagemaker_model().operation_model(operation).input_shape
-    report = ParamValidator().validate(request, shape)
-    if report.has_errors():
-        raise ParamValidationError(report=report.generate_report())
-
 
 # Optional in the API, but SageMaker cannot run a job without them (it answers with a
 # ValidationException), and neither can the local executor.

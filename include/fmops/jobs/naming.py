@@ -1,4 +1,4 @@
-"""Deterministic job names.
+"""Deterministic job names, the reserved evaluation entries and the tags of a run's jobs.
 
 A job's name is a pure function of (dag_id, run_id, candidate, kind): a retried or re-run task
 computes the same name, finds the job it started before, and never launches a second billed job.
@@ -37,3 +37,20 @@ def attempt_name(base: str, attempt: int) -> str:
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1, got {attempt}")
     return base if attempt == 1 else f"{base}-a{attempt}"
+
+
+# The evaluation entries beside the candidates: the untuned base model, and the registry's
+# champion. Candidates may not take these names (the config refuses them).
+BASELINE = "baseline"
+CHAMPION = "champion"
+RESERVED_NAMES = (BASELINE, CHAMPION)
+
+
+def job_tags(pipeline: str, dag_id: str, run_id: str, candidate: str) -> dict[str, str]:
+    """The tags every job of a DAG run carries, on both targets."""
+    return {
+        "fmops:pipeline": pipeline,
+        "fmops:dag_id": dag_id,
+        "fmops:run_id": run_id[:256],
+        "fmops:candidate": candidate,
+    }

@@ -1,34 +1,78 @@
 """Job specs in SageMaker's own request shapes: CreateTrainingJob and CreateProcessingJob.
 
 The same dicts go to the local executor and (as-is) to SageMaker; only the URIs differ by target.
+Both targets check every request against botocore's SageMaker service model
+(``validate_request``) and give the job the same environment (``JOB_ENV``).
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 from pathlib import Path
 from typing import Any
 
-from fmops.config import PACKAGED_MODELS, Candidate, PipelineConfig
+from fmops.base_models import PACKAGED_MODELS
+from fmops.config import Candidate, PipelineConfig
+from fmops.jobs import progress
 from fmops.paths import SCRIPTS_DIR, resolve_path, state_dir
 
 # Training progress lines printed by include/scripts/train.py, matched as SageMaker metrics.
-TRAINING_METRICS = [
-    {"Name": "train:loss", "Regex": r"train_loss=([0-9.eE+-]+)"},
-    {"Name": "train:learning_rate", "Regex": r"learning_rate=([0-9.eE+-]+)"},
-    {"Name": "train:samples_per_sec", "Regex": r"samples_per_sec=([0-9.eE+-]+)"},
-    {"Name": "validation:accuracy", "Regex": r"validation_accuracy=([0-9.eE+-]+)"},
-    {"Name": "validation:loss", "Regex": r"validation_loss=([0-9.eE+-]+)"},
-    {"Name": "validation:perplexity", "Regex": r"validation_perplexity=([0-9.eE+-]+)"},
-]
+TRAINING_METRICS = progress.METRIC_DEFINITIONS
 # The local target has no AWS account; requests still carry a well-formed role ARN.
 LOCAL_ROLE_ARN = "arn:aws:iam::000000000000:role/fmops-local"
 LOCAL_IMAGE = "fmops-local-python"
 PROCESSING = "/opt/ml/processing"
 
 
+# Jobs never reach a model hub, and progress bars would flood the job log that Airflow shows.
+JOB_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+
+_service_model_lock = threading.Lock()
+_service_model: Any = None
+
+
+def _sagemaker_model() -> Any:
+    global _service_model
+    with _service_model_lock:
+        if _service_model is None:
+            import botocore.session
+
+            _service_model = botocore.session.get_session().get_service_model("sagemaker")
+    return _service_model
+
+
+def validate_request(operation: str, request: dict[str, Any]) -> None:
+    """Refuse a request that SageMaker itself would refuse as malformed (botocore's model)."""
+    from botocore.exceptions import ParamValidationError
+    from botocore.validate import ParamValidator
+
+    shape = _sagemaker_model().operation_model(operation).input_shape
+    report = ParamValidator().validate(request, shape)
+    if report.has_errors():
+        raise ParamValidationError(report=report.generate_report())
+
+
 class PlanError(ValueError):
     """A job cannot be planned from the config; the message says why and how to fix it."""
+
+
+def classification_only(config: PipelineConfig) -> None:
+    """Refuse to plan a run that would train candidates fmops cannot ship yet."""
+    if config.data.task != "classification":
+        raise PlanError(
+            f"data.task={config.data.task!r}: the data was validated and staged, train.py "
+            "instruction-tunes causal LMs (task=instruction) and evaluate.py scores their "
+            "answers (generation scenarios), but this version cannot register or serve a "
+            "causal LM, so fmops_finetune plans classification runs only: run "
+            "include/scripts/train.py and evaluate.py as jobs on the staged channels (README, "
+            "'Instruction tuning'), or use task: classification"
+        )
 
 
 def resolve_base_model(name: str) -> Path:

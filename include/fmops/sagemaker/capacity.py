@@ -11,7 +11,7 @@ Training jobs move to the next type on two signals:
 - the job ended ``Failed`` with a ``FailureReason`` starting ``CapacityError`` (SageMaker could
   not provision the instances), which a new attempt (``-aN``) on the next type answers.
 
-Endpoints (``fmops.sagemaker.endpoints``: ``next_instance``, ``fall_back``) on these:
+Endpoints (``endpoint_plan.next_instance``, ``endpoint_deploy.fall_back``) on these:
 
 - CreateEndpoint or UpdateEndpoint refused with ``ResourceLimitExceeded`` naming the instance
   type (``is_type_quota_error``; a limit on something else, such as the number of endpoints, is

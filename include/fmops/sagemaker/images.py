@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fmops.catalog import CatalogError, sdk_gpu_info_path
 
 if TYPE_CHECKING:
-    from fmops.config import ImageSettings, SageMakerSettings
+    from fmops.sagemaker.settings import ImageSettings, SageMakerSettings
 
 Scope = Literal["training", "inference"]
 FRAMEWORK = "huggingface"

@@ -24,42 +24,20 @@ with fmops' staged CSV files; each JumpStart script documents the data format it
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from fmops.base_models import ANY_VERSION, JUMPSTART_PREFIX, parse_jumpstart
 from fmops.jobs.specs import PlanError
 
 log = logging.getLogger(__name__)
 
-PREFIX = "jumpstart:"
-ANY_VERSION = "*"
 # JumpStart's channel names (JumpStartEstimator.fit): the data, and with network isolation the
 # pretrained weights and the script archive.
 TRAINING_CHANNEL = "training"
 VALIDATION_CHANNEL = "validation"
 MODEL_CHANNEL = "model"
 CODE_CHANNEL = "code"
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_VERSION = re.compile(r"^(\*|[0-9]+(\.[0-9*]+)*)$")
-
-
-def is_jumpstart(base_model: str) -> bool:
-    return base_model.startswith(PREFIX)
-
-
-def parse(base_model: str) -> tuple[str, str]:
-    """``jumpstart:<model id>[@<version>]`` as (model id, version); the version defaults to *."""
-    if not is_jumpstart(base_model):
-        raise ValueError(f"{base_model!r} is not a JumpStart model: it must start with {PREFIX!r}")
-    model_id, _, version = base_model[len(PREFIX) :].partition("@")
-    version = version or ANY_VERSION
-    if not _MODEL_ID.match(model_id) or not _VERSION.match(version):
-        raise ValueError(
-            f"base_model {base_model!r}: write jumpstart:<model id> or "
-            "jumpstart:<model id>@<version>, e.g. jumpstart:huggingface-tc-bert-base-uncased@2.1.0"
-        )
-    return model_id, version
 
 
 @dataclass(frozen=True)
@@ -98,8 +76,8 @@ class JumpStartModel:
         if self.requested_version == ANY_VERSION:
             notes.append(
                 f"version * resolved to {self.version}: pin it (base_model: "
-                f"{PREFIX}{self.model_id}@{self.version}) so a new JumpStart release cannot "
-                "change the run"
+                f"{JUMPSTART_PREFIX}{self.model_id}@{self.version}) so a new JumpStart release "
+                "cannot change the run"
             )
         return notes
 
@@ -152,7 +130,7 @@ def resolve(base_model: str, region: str) -> JumpStartModel:
     )
     from sagemaker.core.jumpstart import accessors
 
-    model_id, requested = parse(base_model)
+    model_id, requested = parse_jumpstart(base_model)
     session = _session_kwargs(region)
     where = {"region": region, "model_id": model_id, "model_version": requested, **session}
     try:

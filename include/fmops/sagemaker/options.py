@@ -17,7 +17,8 @@ Rules (SageMaker's own, checked before anything is sent; each refusal says why a
   types with local NVMe storage (the catalog's ``nvme`` flag): SageMaker rejects
   ``VolumeKmsKeyId`` there, and the instance store is encrypted by the hardware.
 
-``policy_problems`` checks a config (``fmops config check`` and every load run it);
+``policy_problems`` checks a config (``fmops.targets.sagemaker`` runs it, with the image check of
+``fmops.sagemaker.images``, whenever a config loads);
 ``request_problems`` checks a built request, so a request edited or built elsewhere meets the
 same rules. Both are pure functions.
 """
@@ -31,7 +32,8 @@ from fmops.jobs.specs import PlanError
 
 if TYPE_CHECKING:
     from fmops.catalog import Catalog
-    from fmops.config import PipelineConfig, SageMakerSettings
+    from fmops.config import PipelineConfig
+    from fmops.sagemaker.settings import SageMakerSettings
 
 MAX_KEEP_ALIVE_SECONDS = 3600
 MAX_RETRY_ATTEMPTS = 30
@@ -70,8 +72,8 @@ def max_wait_seconds(settings: SageMakerSettings, max_runtime_seconds: int) -> i
 def policy_problems(config: PipelineConfig) -> list[str]:
     """Every way the config's sagemaker options contradict each other, one line each."""
     settings = config.sagemaker
-    if settings is None:
-        return [f"sagemaker: {NO_SAGEMAKER_BLOCK}"] if config.target == "sagemaker" else []
+    if settings is None:  # whether the target needs one is the target's (fmops.targets.sagemaker)
+        return []
     problems = []
     runtime = config.training.max_runtime_seconds
     if settings.spot:
@@ -113,9 +115,6 @@ def policy_problems(config: PipelineConfig) -> list[str]:
             f"sagemaker.allowed_instance_types {allowed}: pin one of those, add {pinned} to the "
             "list, or set instance_type: auto"
         )
-    from fmops.sagemaker.images import image_problems
-
-    problems += image_problems(settings)
     return problems
 
 

@@ -11,11 +11,11 @@ Costs are upper bounds: the on-demand price per hour x the job's MaxRuntimeInSec
 warm pool's keep-alive) x its instance count. A job bills only the time it runs, spot bills
 less, and the shipped prices are approximate us-east-1 figures (see ``fmops.catalog``).
 
-``plan_training`` and ``plan_evaluation`` return plans in the shape of ``fmops.pipeline``'s (kind,
-candidate, base_name, target, settings, request, ...) plus ``instance``, ``cost`` and ``notes``,
-so that the sagemaker backend can submit them as the local ones are.
+``plan_training`` and ``plan_evaluation`` return job plans (``fmops.jobs.records``) with the
+target's ``instance``, ``cost`` and ``notes``, which ``fmops.pipeline.submit`` submits as it does
+the local target's; ``fmops.targets.sagemaker`` offers them through the ``Target`` contract.
 
-``plan_endpoint`` adds what fmops_deploy would send for the winner (``fmops.sagemaker.endpoints``):
+``plan_endpoint`` adds what fmops_deploy would send for the winner (``endpoint_plan``):
 CreateModel, CreateEndpointConfig, CreateEndpoint (a new endpoint) or UpdateEndpoint (a later
 version, blue/green as ``deployment.traffic`` says), the rollback alarms and auto scaling. The
 winner is not known before a run: the plan takes the first candidate's model artifacts, and the
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmops.base_models import is_jumpstart
 from fmops.catalog import (
     PRICE_REGION,
     Catalog,
@@ -38,17 +39,31 @@ from fmops.catalog import (
     load_catalog,
     training_memory,
 )
-from fmops.config import Candidate, PipelineConfig, SageMakerSettings
-from fmops.jobs.naming import job_name
-from fmops.jobs.specs import PlanError, base_model_parameters, resolve_base_model
-from fmops.sagemaker import endpoints, jumpstart, options
+from fmops.config import Candidate, PipelineConfig
+from fmops.jobs import records
+from fmops.jobs.naming import BASELINE, job_name, job_tags
+from fmops.jobs.specs import (
+    PlanError,
+    base_model_parameters,
+    classification_only,
+    resolve_base_model,
+    validate_request,
+)
+from fmops.plan_text import (
+    DAG_ID,
+    PLACEHOLDER_NOTE,
+    PLAN_RUN_ID,
+    STAGED_DIGEST_PLACEHOLDER,
+    traffic_line,
+)
+from fmops.sagemaker import endpoint_plan, endpoint_resources, jumpstart, options
 from fmops.sagemaker.requests import (
     evaluation_request,
     jumpstart_training_request,
     training_request,
 )
+from fmops.sagemaker.settings import SageMakerSettings
 from fmops.sagemaker.staging import (
-    STAGED_DIGEST_PLACEHOLDER,
     Layout,
     SourceBundle,
     model_name,
@@ -57,9 +72,7 @@ from fmops.sagemaker.staging import (
 
 log = logging.getLogger(__name__)
 
-DAG_ID = "fmops_finetune"
-PLAN_RUN_ID = "manual__plan"
-BASELINE = "baseline"  # as fmops.pipeline names the untuned model's evaluation
+TARGET = "sagemaker"  # the target whose plans these are (fmops.targets.sagemaker)
 TRAINING_PRECISION = "fp32"  # what include/scripts/train.py trains in
 VERSION_PLACEHOLDER = "<version>"  # the registered model version, known once a run registers it
 ENDPOINT_NOTE = (
@@ -70,10 +83,6 @@ ENDPOINT_NOTE = (
 HOURLY = (
     "an endpoint bills per instance-hour while InService, until it is deleted: a rate, not in "
     "the run's total"
-)
-PLACEHOLDER_NOTE = (
-    f"dataset digests are known only after validate_data: dataset URIs show "
-    f"{STAGED_DIGEST_PLACEHOLDER}, and job names and tags are for run id {{run_id}}"
 )
 UPPER_BOUND = (
     "upper bound: on-demand price x MaxRuntimeInSeconds (+ warm-pool keep-alive) x instances; "
@@ -138,9 +147,7 @@ class Planner:
         )
 
     def tags(self, candidate: str) -> dict[str, str]:
-        from fmops.pipeline import _tags
-
-        return _tags(self.config, self.dag_id, self.run_id, candidate)
+        return job_tags(self.config.pipeline, self.dag_id, self.run_id, candidate)
 
     def base_model(self, name: str) -> tuple[Path, str]:
         folder = resolve_base_model(name)
@@ -153,7 +160,7 @@ class Planner:
 
     def base_model_uri(self, name: str) -> str:
         """Where a base model's weights are in S3: fmops' upload, or JumpStart's archive."""
-        if jumpstart.is_jumpstart(name):
+        if is_jumpstart(name):
             return self.jumpstart(name).model_uri
         return self.base_model(name)[1]
 
@@ -265,21 +272,11 @@ def cost(
 def _validate(operation: str, name_field: str, name: str, request: dict, catalog: Catalog) -> None:
     from botocore.exceptions import ParamValidationError
 
-    from fmops.jobs.local import validate_request
-
     options.check_request(operation, request, catalog)
     try:
         validate_request(operation, {**request, name_field: name})
     except ParamValidationError as err:
         raise PlanError(f"{operation} {name}: botocore's service model refuses it: {err}") from None
-
-
-def _classification_only(config: PipelineConfig) -> None:
-    if config.data.task != "classification":
-        raise PlanError(
-            f"data.task={config.data.task!r}: fmops_finetune cannot yet register or serve a "
-            "causal LM, so it plans classification runs only (as the local target does)"
-        )
 
 
 def plan_training(
@@ -292,9 +289,7 @@ def plan_training(
     force: bool = False,
 ) -> list[dict[str, Any]]:
     """One CreateTrainingJob plan per candidate, validated against the policy and botocore."""
-    from fmops.jobs import cache
-
-    _classification_only(config)
+    classification_only(config)
     planner = planner or Planner.of(config, staged, dag_id, run_id)
     settings = planner.settings
     plans = []
@@ -327,7 +322,6 @@ def plan_training(
                 catalog=planner.catalog,
             )
         _validate("CreateTrainingJob", "TrainingJobName", base_name, request, planner.catalog)
-        fields = cache.components(request, planner.staged["digest"], candidate.base_model)
         inst = choice.instance
         log.info(
             "planned sagemaker training job %s for %s: %s x %d; %s",
@@ -338,19 +332,17 @@ def plan_training(
             "; ".join(notes) or "no option notes",
         )
         plans.append(
-            {
-                "kind": "training",
-                "candidate": candidate.name,
-                "pipeline": config.pipeline,
-                "base_name": base_name,
-                "target": "sagemaker",
-                "settings": backend_settings(settings),
-                "request": request,
-                "cache_key": cache.key_of(fields),
-                "cache_fields": fields,
-                "force": force,
-                "instance": {**choice.as_record(), "explain": choice.explain()},
-                "cost": cost(
+            records.training_plan(
+                config,
+                candidate,
+                target=TARGET,
+                base_name=base_name,
+                settings=backend_settings(settings),
+                request=request,
+                staged_digest=planner.staged["digest"],
+                force=force,
+                instance={**choice.as_record(), "explain": choice.explain()},
+                cost=cost(
                     inst.name,
                     inst.price_per_hour,
                     inst.price_source,
@@ -358,9 +350,9 @@ def plan_training(
                     settings.instance_count,
                     settings.keep_alive_seconds,
                 ),
-                "notes": notes,
-                "model_artifacts": planner.layout.model_artifacts(base_name),
-            }
+                notes=notes,
+                model_artifacts=planner.layout.model_artifacts(base_name),
+            )
         )
     return plans
 
@@ -373,11 +365,13 @@ def plan_evaluation(
     run_id: str = PLAN_RUN_ID,
     *,
     planner: Planner | None = None,
-    champion: bool = False,
+    force: bool = False,
+    champion: list[tuple[str, str, bool]] = (),
 ) -> list[dict[str, Any]]:
     """A CreateProcessingJob plan per trained candidate (``candidate``, ``model_artifacts``),
-    plus the untuned baseline when the config asks for it, and with ``champion`` the registry's
-    champion (the offline plan leaves it out: it reads no registry)."""
+    plus the untuned baseline when the config asks for it, and the ``champion`` entry the
+    pipeline found in the registry (the offline plan reads no registry). SageMaker evaluations
+    are not cached."""
     planner = planner or Planner.of(config, staged, dag_id, run_id)
     settings = planner.settings
     instance = settings.evaluation_instance_type
@@ -386,10 +380,7 @@ def plan_evaluation(
     baseline = baseline_model(config)
     if baseline:
         entries.append((BASELINE, planner.base_model_uri(baseline), True))
-    if champion:
-        from fmops.pipeline import champion_entry
-
-        entries += champion_entry(config)
+    entries += champion
     plans = []
     for candidate, model_uri, zero_shot in entries:
         base_name = job_name(planner.dag_id, planner.run_id, candidate, "processing")
@@ -407,18 +398,20 @@ def plan_evaluation(
         )
         _validate("CreateProcessingJob", "ProcessingJobName", base_name, request, planner.catalog)
         plans.append(
-            {
-                "kind": "processing",
-                "candidate": candidate,
-                "base_name": base_name,
-                "target": "sagemaker",
-                "settings": backend_settings(settings),
-                "request": request,
-                "zero_shot": zero_shot,
-                "instance": {"instance_type": instance, "price_per_hour": price},
-                "cost": cost(instance, price, source, config.evaluation.max_runtime_seconds),
-                "notes": notes,
-            }
+            records.evaluation_plan(
+                config,
+                candidate,
+                target=TARGET,
+                base_name=base_name,
+                settings=backend_settings(settings),
+                request=request,
+                zero_shot=zero_shot,
+                force=force,
+                staged_digest=None,
+                instance={"instance_type": instance, "price_per_hour": price},
+                cost=cost(instance, price, source, config.evaluation.max_runtime_seconds),
+                notes=notes,
+            )
         )
     return plans
 
@@ -463,12 +456,12 @@ def hourly_cost(instance: dict[str, Any], count: int, max_count: int) -> dict[st
 def plan_endpoint(
     config: PipelineConfig, training: list[dict[str, Any]], *, planner: Planner
 ) -> dict[str, Any]:
-    """fmops_deploy's requests for the first candidate's model (``endpoints.plan_deployment``),
+    """fmops_deploy's requests for the first candidate's model (``endpoint_plan.plan_deployment``),
     with the hosting instance, its hourly cost, and what stands in for the winner."""
     first = config.candidates[0]
     job = next(p for p in training if p["candidate"] == first.name)
     parameters = planner.parameters(first)
-    plan = endpoints.plan_deployment(
+    plan = endpoint_plan.plan_deployment(
         config,
         model_version=VERSION_PLACEHOLDER,
         model_data_url=planner.layout.model_artifacts(job["base_name"]),
@@ -495,7 +488,9 @@ def plan_endpoint(
             "note": ENDPOINT_NOTE.format(
                 candidate=first.name,
                 version=VERSION_PLACEHOLDER,
-                prefix=endpoints.version_prefix(plan["endpoint_name"], VERSION_PLACEHOLDER),
+                prefix=endpoint_resources.version_prefix(
+                    plan["endpoint_name"], VERSION_PLACEHOLDER
+                ),
             ),
         },
         "cost": hourly_cost(plan["instance"], plan["instance_count"], max_count),
@@ -530,7 +525,7 @@ def plan_run(
     base_models = sorted({c.base_model for c in config.candidates})
     return {
         "pipeline": config.pipeline,
-        "target": "sagemaker",
+        "target": TARGET,
         "region": settings.region,
         "dag_id": dag_id,
         "run_id": run_id,
@@ -549,14 +544,12 @@ def plan_run(
             },
             "datasets": {k: v for k, v in planner.staged.items() if k.endswith("_uri")},
             "base_models": {
-                name: planner.base_model_uri(name)
-                for name in base_models
-                if not jumpstart.is_jumpstart(name)
+                name: planner.base_model_uri(name) for name in base_models if not is_jumpstart(name)
             },
             "jumpstart_models": {
                 name: planner.jumpstart(name).as_record()
                 for name in base_models
-                if jumpstart.is_jumpstart(name)
+                if is_jumpstart(name)
             },
             "note": "uploaded at run time (fmops.sagemaker.staging); the plan sends nothing",
         },
@@ -575,187 +568,7 @@ def plan_run(
     }
 
 
-# -- the local target ----------------------------------------------------------------------------
-
-
-def local_plan_run(
-    config: PipelineConfig, dag_id: str = DAG_ID, run_id: str = PLAN_RUN_ID
-) -> dict[str, Any]:
-    """The local target's requests for a run, from ``fmops.pipeline``'s own planning."""
-    from fmops import pipeline
-    from fmops.jobs.local import validate_request
-    from fmops.paths import state_dir
-
-    resolved = {"config": config.model_dump(mode="json"), "force_rerun": False}
-    root = state_dir() / "datasets" / STAGED_DIGEST_PLACEHOLDER
-    staged = {"digest": STAGED_DIGEST_PLACEHOLDER} | {
-        f"{c}_uri": f"file://{root / c}" for c in ("train", "validation", "evaluation")
-    }
-    training = pipeline.plan_training(resolved, staged, dag_id, run_id)
-    trained = []
-    for plan in training:
-        validate_request(
-            "CreateTrainingJob", {**plan["request"], "TrainingJobName": plan["base_name"]}
-        )
-        output = plan["request"]["OutputDataConfig"]["S3OutputPath"]
-        trained.append(
-            {
-                "candidate": plan["candidate"],
-                "model_artifacts": f"{output}/{plan['base_name']}/output/model.tar.gz",
-            }
-        )
-    evaluation = pipeline.plan_evaluation(resolved, staged, trained, dag_id, run_id)
-    for plan in evaluation:
-        validate_request(
-            "CreateProcessingJob", {**plan["request"], "ProcessingJobName": plan["base_name"]}
-        )
-    for plan in training + evaluation:
-        plan["cost"] = {"upper_bound_usd": 0.0, "explain": "runs on this machine: no AWS cost"}
-        plan["instance"] = {
-            "instance_type": "local process",
-            "explain": "the local executor runs the job script on this machine's CPUs",
-        }
-    return {
-        "pipeline": config.pipeline,
-        "target": "local",
-        "dag_id": dag_id,
-        "run_id": run_id,
-        "placeholders": {
-            "staged_digest": STAGED_DIGEST_PLACEHOLDER,
-            "note": PLACEHOLDER_NOTE.format(run_id=run_id),
-        },
-        "training": training,
-        "evaluation": evaluation,
-        "cost": {"upper_bound_usd": 0.0, "explain": "the local target runs on this machine"},
-        "endpoint": local_endpoint(config),
-    }
-
-
-def local_endpoint(config: PipelineConfig) -> dict[str, Any]:
-    """What fmops_deploy does on the local target: no request to plan, the settings it takes."""
-    deployment = config.deployment
-    return {
-        "target": "local",
-        "endpoint_name": deployment.endpoint_name,
-        "url": f"http://127.0.0.1:{deployment.port}",
-        "traffic": deployment.traffic.model_dump(),
-        "cost": {"usd_per_hour_all_instances": 0.0, "explain": "runs on this machine: no cost"},
-        "explain": (
-            "fmops_deploy serves the winner on this machine (fmops.deployment.local), blue/green "
-            f"behind a router on 127.0.0.1:{deployment.port}: no AWS request and no cost "
-            "(deployment.alarms are CloudWatch alarms, the sagemaker target's)"
-        ),
-    }
-
-
-# -- text --------------------------------------------------------------------------------------
-
-
-def render_text(plan: dict[str, Any], source: str) -> str:
-    """The plan as people read it: a summary, then every request as JSON."""
-    import json
-
-    from fmops.pipeline import jsonable
-
-    lines = [
-        f"# fmops plan {source}: pipeline {plan['pipeline']}, target {plan['target']}"
-        + (f", region {plan['region']}" if plan.get("region") else ""),
-        "# computed offline: nothing was sent to AWS and no credentials were used",
-        f"# {plan['placeholders']['note']}",
-    ]
-    if plan.get("uploads", {}).get("jumpstart_models"):
-        lines[1] = (
-            "# computed offline except JumpStart's model specs, read from its S3 bucket; "
-            "nothing was sent to SageMaker"
-        )
-    if plan.get("uploads"):
-        code = plan["uploads"]["sourcedir"]
-        lines += [
-            "",
-            f"code: {code['uri']} ({len(code['files'])} scripts, {code['bytes']} bytes, "
-            f"sha256 {code['sha256'][:12]}...)",
-            *(f"base model {k}: {v}" for k, v in plan["uploads"]["base_models"].items()),
-            *(
-                f"base model {k}: JumpStart {v['model_id']} {v['version']}, "
-                f"weights {v['model_uri']}"
-                for k, v in plan["uploads"].get("jumpstart_models", {}).items()
-            ),
-            *(f"{k.removesuffix('_uri')}: {v}" for k, v in plan["uploads"]["datasets"].items()),
-        ]
-    for kind, operation in (
-        ("training", "CreateTrainingJob"),
-        ("evaluation", "CreateProcessingJob"),
-    ):
-        plans = plan[kind]
-        lines += ["", f"{kind} jobs ({len(plans)}, {operation}):"]
-        for item in plans:
-            lines.append(
-                f"  {item['candidate']:20} {item['base_name']:40} "
-                f"{item['instance']['instance_type']:16} {item['cost']['explain']}"
-            )
-            if kind == "training" and item["instance"].get("reason"):
-                lines.append(f"    instance: {item['instance']['explain']}")
-            lines += [f"    note: {note}" for note in item.get("notes", [])]
-    total = plan["cost"]
-    unpriced = [
-        name
-        for part in ("training", "evaluation")
-        for name in total.get(part, {}).get("jobs_without_price", [])
-    ]
-    lines += [
-        "",
-        f"total: at most ${total['upper_bound_usd']:.2f} ({total['explain']})"
-        + (f"; plus {len(unpriced)} jobs without a known price" if unpriced else ""),
-        "",
-        *endpoint_lines(plan["endpoint"]),
-    ]
-    for kind, name_field in (("training", "TrainingJobName"), ("evaluation", "ProcessingJobName")):
-        for item in plan[kind]:
-            request = {name_field: item["base_name"], **item["request"]}
-            lines += ["", f"## {item['base_name']} ({item['candidate']})"]
-            lines.append(json.dumps(jsonable(request), indent=1))
-    endpoint = plan["endpoint"]["endpoint_name"]
-    for operation, request in endpoint_requests(plan["endpoint"]):
-        lines += ["", f"## {operation} (fmops_deploy, endpoint {endpoint})"]
-        lines.append(json.dumps(jsonable(request), indent=1))
-    return "\n".join(lines) + "\n"
-
-
-def endpoint_requests(endpoint: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The endpoint's requests in the order fmops_deploy sends them (none on the local target)."""
-    requests = endpoint.get("requests") or {}
-    ordered = [
-        (op, requests[op]) for op in ("CreateModel", "CreateEndpointConfig") if op in requests
-    ]
-    ordered += [("PutMetricAlarm", alarm) for alarm in requests.get("PutMetricAlarm", [])]
-    ordered += [(op, requests[op]) for op in ("CreateEndpoint", "UpdateEndpoint") if op in requests]
-    ordered += [
-        (op, requests[op])
-        for op in ("RegisterScalableTarget", "PutScalingPolicy")
-        if requests.get(op)
-    ]
-    return ordered
-
-
-def _traffic_line(traffic: dict[str, Any]) -> str:
-    mode = traffic["mode"]
-    shift = {
-        "all_at_once": "all at once",
-        "canary": f"canary {traffic['canary_percent']}% then the rest",
-        "linear": f"linear steps of {traffic['linear_step_percent']}%",
-    }[mode]
-    text = (
-        f"traffic: blue/green, {shift}; a baking period of {traffic['wait_seconds']} s after each "
-        f"shift, the old fleet kept {traffic['termination_wait_seconds']} s"
-    )
-    if "execution_timeout_seconds" in traffic:
-        text += (
-            f"; {traffic['baking_periods']} bake(s) + termination = "
-            f"{traffic['total_wait_seconds']} s of waits; SageMaker rolls back a deployment "
-            f"still running after {traffic['execution_timeout_seconds']} s "
-            "(MaximumExecutionTimeoutInSeconds)"
-        )
-    return text
+# -- the plan's text ------------------------------------------------------------------------------
 
 
 def _alarm_rule(alarm: dict[str, Any]) -> str:
@@ -769,14 +582,9 @@ def _alarm_rule(alarm: dict[str, Any]) -> str:
 
 
 def endpoint_lines(endpoint: dict[str, Any]) -> list[str]:
-    """The endpoint part of the summary: instance, hourly cost, traffic, alarms, scaling."""
+    """The endpoint part of ``fmops plan``'s summary (``fmops.plan_text``): instance, hourly
+    cost, traffic, alarms, scaling."""
     name = endpoint["endpoint_name"]
-    if endpoint.get("target") == "local":
-        return [
-            f"endpoint {name} (fmops_deploy, local): {endpoint['url']}",
-            f"  {endpoint['explain']}",
-            f"  {_traffic_line(endpoint['traffic'])}",
-        ]
     requests = endpoint["requests"]
     instance, cost = endpoint["instance"], endpoint["cost"]
     alarms = requests["PutMetricAlarm"]
@@ -786,7 +594,7 @@ def endpoint_lines(endpoint: dict[str, Any]) -> list[str]:
         f"  model data: {endpoint['model_data_url']}",
         f"  instance ({endpoint['instance_count']} to start with): {instance['explain']}",
         f"  cost: {cost['explain']}",
-        f"  {_traffic_line(endpoint['traffic'])}",
+        f"  {traffic_line(endpoint['traffic'])}",
         f"  CreateModel {endpoint['model_name']}; CreateEndpointConfig "
         f"{endpoint['endpoint_config_name']} (variant {endpoint['variant_name']})",
         f"  CreateEndpoint {name} if it does not exist, else UpdateEndpoint {name} to the new "

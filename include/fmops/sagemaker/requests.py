@@ -20,8 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fmops.jobs import specs
-from fmops.jobs.local import JOB_ENV
-from fmops.jobs.specs import PlanError
+from fmops.jobs.specs import JOB_ENV, PlanError
 from fmops.sagemaker import jumpstart, options
 from fmops.sagemaker.images import image_uri
 from fmops.sagemaker.staging import SOURCEDIR, Layout, SourceBundle

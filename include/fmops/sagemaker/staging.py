@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmops.config import PACKAGED_MODELS
+from fmops.base_models import PACKAGED_MODELS
 from fmops.paths import SCRIPTS_DIR
+from fmops.plan_text import STAGED_DIGEST_PLACEHOLDER
 
 if TYPE_CHECKING:
-    from fmops.config import SageMakerSettings
+    from fmops.sagemaker.settings import SageMakerSettings
 
 SOURCEDIR = "sourcedir.tar.gz"
-STAGED_DIGEST_PLACEHOLDER = "<staged-digest>"
 CHANNELS = ("train", "validation", "evaluation")
 # 1980-01-01T00:00:00Z, the zip epoch: tools that distrust 1970 timestamps accept it.
 FIXED_MTIME = 315_532_800

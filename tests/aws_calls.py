@@ -58,20 +58,20 @@ CONTAINER_SOURCES = ("include/scripts",)
 # The request builders whose fields decide what the execution role needs.
 REQUEST_SOURCES = ("include/fmops/sagemaker", "include/fmops/jobs/specs.py")
 
-SELF = "include/fmops/sagemaker/aws_calls.py"
+SELF = "tests/aws_calls.py"
 
 # f-string placeholders and the values they take where an f-string names an operation:
 # (module, placeholder) -> values; module "*" is the default. Every expansion must be an operation.
 EXPANSIONS = {
     # fmops.jobs.backend.KIND_FIELDS: describe/create/stop_{kind}_job.
     ("*", "kind"): ("training", "processing"),
-    # fmops.sagemaker.endpoints._ensure: describe/create_{kind}.
-    ("include/fmops/sagemaker/endpoints.py", "kind"): ("model", "endpoint_config"),
+    # fmops.sagemaker.endpoint_deploy._ensure: describe/create_{kind}.
+    ("include/fmops/sagemaker/endpoint_deploy.py", "kind"): ("model", "endpoint_config"),
 }
 
 # A method name in the same place as the key means a non-AWS call; "*" is any module.
 NOT_AWS = {
-    ("include/fmops/registry.py", "create_experiment"): (
+    ("include/fmops/registry/runs.py", "create_experiment"): (
         "MlflowClient.create_experiment (MLflow), not sagemaker:CreateExperiment"
     ),
     ("*", "search"): "re.search / Pattern.search; fmops never calls sagemaker:Search",
@@ -322,7 +322,7 @@ def _fstring_names(node: ast.JoinedStr, module: str) -> list[str]:
     if letters < 4 or not any(re.fullmatch(pattern, m) for m in _methods()):
         return []  # a message or a path, not an operation's name
     fix = (
-        f"set EXPANSIONS[({module!r}, <placeholder>)] in fmops/sagemaker/aws_calls.py to the "
+        f"set EXPANSIONS[({module!r}, <placeholder>)] in tests/aws_calls.py to the "
         "values the placeholder takes there"
     )
     if unknown:
@@ -386,7 +386,7 @@ class _Scanner(ast.NodeVisitor):
                     f"{self._where(node)}: {method} is an operation of "
                     f"{', '.join(o.service for o in operations)}; add "
                     f"({self.module!r}, {method!r}): <service> to AMBIGUOUS in "
-                    "fmops/sagemaker/aws_calls.py"
+                    "tests/aws_calls.py"
                 )
             operations = tuple(o for o in operations if o.service == service)
         for operation in operations:
@@ -425,7 +425,7 @@ class _Scanner(ast.NodeVisitor):
             elif func.attr == "resource" and ast.unparse(func.value) == "boto3":
                 raise ScanError(
                     f"{self._where(node)}: boto3.resource(...); the IAM scan reads client calls "
-                    "only: use a boto3 client, or teach fmops/sagemaker/aws_calls.py its calls"
+                    "only: use a boto3 client, or teach tests/aws_calls.py its calls"
                 )
             self._method(func.attr, node)
         elif isinstance(func, ast.Name) and func.id == "getattr" and len(node.args) >= 2:

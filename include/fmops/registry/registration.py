@@ -1,0 +1,301 @@
+"""Registering the winner of a pipeline run as a new model version, and reading a version back.
+
+``register`` records the runs (``fmops.registry.runs``), logs the winner as an MLflow pyfunc
+model (weights, tokenizer, label map, the serving handlers and an input example) on its child
+run, and registers it with the alias ``challenger``; the version's description is the model card
+(``fmops.registry.card``) and its tags carry the lineage (``fmops.pipeline``, ``fmops.dag_run``,
+``fmops.data_digest``, ``fmops.gate``, ...) and ``fmops.approval`` pending.
+
+Every step finds what an earlier attempt of the same task created (runs, the logged model and the
+version are looked up by tags) before creating anything, so a retry after an MLflow outage never
+duplicates runs or versions, and finishes a registration that an earlier attempt left halfway
+(a version without its alias, a model whose upload broke off).
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fmops.config import PipelineConfig
+from fmops.paths import SCRIPTS_DIR
+from fmops.registry import tracking
+from fmops.registry.card import gate_summary, hosting_recommendation, model_card
+from fmops.registry.review import APPROVAL_TAG, PENDING
+from fmops.registry.runs import candidate_of, record_runs, run_costs
+
+log = logging.getLogger(__name__)
+# The pyfunc model's code: fmops/mlflow_model.py, next to this package.
+MODEL_CODE = Path(__file__).parents[1] / "mlflow_model.py"
+
+
+def register(
+    config: PipelineConfig,
+    resolved: dict,
+    staged: dict,
+    trained: list[dict],
+    evaluations: list[dict],
+    decision: dict,
+    dag_id: str,
+    run_id: str,
+    job_logs: dict[str, str],
+    failed: list[dict] | None = None,
+) -> dict[str, Any]:
+    """Record the runs and register the winner as a new version (once per DAG run).
+
+    Safe to run again for the same DAG run, after any failure: the runs, the logged model and
+    the version are found by their tags, a model whose upload broke off is logged again, and a
+    version that an earlier attempt created is finished (alias) rather than created twice."""
+    mlflow_client = tracking.client(config)
+    # The run's bill goes with the leaderboard (leaderboard.json) and onto the model card.
+    decision = {**decision, "costs": run_costs(trained, evaluations)}
+    runs = record_runs(
+        config,
+        resolved,
+        staged,
+        trained,
+        evaluations,
+        decision,
+        dag_id,
+        run_id,
+        job_logs,
+        failed,
+    )
+    name, dag_run = config.registry.model_name, f"{dag_id}/{run_id}"
+    existing = find_version(mlflow_client, name, dag_run)
+    if existing is not None:
+        version = str(existing.version)
+        log.info("version %s of %s was registered for this run already: reusing it", version, name)
+    else:
+        version = _create_version(
+            mlflow_client, config, staged, trained, decision, dag_id, run_id, runs, failed
+        )
+    _finish_registration(mlflow_client, name, version)
+    log.info(
+        "registered %s version %s (alias %s): %s",
+        name,
+        version,
+        tracking.CHALLENGER,
+        tracking.version_url(name, version, config),
+    )
+    experiment_id = mlflow_client.get_run(runs["parent"]).info.experiment_id
+    return {
+        **_version_summary(config, version, runs),
+        "parent_run_url": tracking.run_url(experiment_id, runs["parent"], config),
+    }
+
+
+def _create_version(
+    mlflow_client: Any,
+    config: PipelineConfig,
+    staged: dict,
+    trained: list[dict],
+    decision: dict,
+    dag_id: str,
+    run_id: str,
+    runs: dict[str, str],
+    failed: list[dict] | None,
+) -> str:
+    name, dag_run = config.registry.model_name, f"{dag_id}/{run_id}"
+    winner = next(t for t in trained if t and t["candidate"] == decision["winner"])
+    winner_run = runs[winner["candidate"]]
+    experiment_id = mlflow_client.get_run(winner_run).info.experiment_id
+    model = _logged_model(mlflow_client, experiment_id, winner_run)
+    if model is None:
+        model = _log_model(config, winner, winner_run)
+    _ensure_registered_model(mlflow_client, name, config.pipeline)
+    parent = runs["parent"]
+    links = {
+        "parent_run": tracking.run_url(experiment_id, parent, config),
+        "winner_run": tracking.run_url(experiment_id, winner_run, config),
+        "validation_report": (
+            f"{tracking.run_url(experiment_id, parent, config)}"
+            "/artifacts/validation/data_docs/index.html"
+        ),
+    }
+    _, hosting = hosting_recommendation(config, decision, winner["candidate"])
+    candidate = candidate_of(config, winner["candidate"])
+    tags = {
+        "fmops.pipeline": config.pipeline,
+        "fmops.target": config.target,
+        "fmops.dag_run": dag_run,
+        "fmops.dag_id": dag_id,
+        "fmops.run_id": run_id,
+        "fmops.mlflow_parent_run": parent,
+        "fmops.candidate": winner["candidate"],
+        "fmops.base_model": candidate.base_model if candidate else "",
+        "fmops.method": candidate.method if candidate else "",
+        "fmops.data_digest": staged["train_data_digest"],
+        "fmops.evaluation_data_digest": staged["evaluation_data_digest"],
+        "fmops.staged_data": staged["digest"],
+        "fmops.training_job": winner["job_name"],
+        "fmops.model_artifacts": winner["model_artifacts"],
+        "fmops.metric": f"{decision['metric']}={decision['score']:.4f}",
+        "fmops.gate": gate_summary(decision),
+        "fmops.evaluation_report": decision.get("report_url", ""),
+        "fmops.validation_report": links["validation_report"],
+        "fmops.hosting_instance": hosting or "none fits",
+        APPROVAL_TAG: PENDING,
+    }
+    if winner["model_artifacts"].startswith("s3://"):
+        # What a SageMaker model (CreateModel's ModelDataUrl) is made from.
+        tags["fmops.sagemaker.model_data_url"] = winner["model_artifacts"]
+    version = mlflow_client.create_model_version(
+        name,
+        model.model_uri,
+        run_id=winner_run,
+        tags={k: str(v)[: tracking.MAX_TAG_VALUE] for k, v in tags.items()},
+        description=model_card(
+            config, staged, decision, winner, dag_id, run_id, failed, links=links
+        ),
+        model_id=model.model_id,
+    )
+    return str(version.version)
+
+
+def find_version(mlflow_client: Any, model_name: str, dag_run: str) -> Any | None:
+    query = f"name = '{model_name}' and tags.`fmops.dag_run` = '{dag_run}'"
+    found = mlflow_client.search_model_versions(query)
+    return found[0] if found else None
+
+
+def _unpack(model_artifacts: str, target: Path, aws_conn_id: str | None = None) -> Path:
+    from fmops import storage
+
+    archive = storage.local_file(model_artifacts, target.parent / "archive", aws_conn_id)
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def _logged_model(mlflow_client: Any, experiment_id: str, run_id: str) -> Any | None:
+    """The model an earlier attempt logged on the winner's run, if its upload finished; one
+    that broke off (not READY) is deleted, so that it is logged again whole."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = mlflow_client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = 'model'",
+    )
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    for broken in (m for m in found if m.status != LoggedModelStatus.READY):
+        log.warning(
+            "model %s on run %s is %s (an earlier attempt broke off): deleting it, logging again",
+            broken.model_id,
+            run_id,
+            broken.status,
+        )
+        mlflow_client.delete_logged_model(broken.model_id)
+    if ready:
+        log.info("reusing model %s, logged by an earlier attempt", ready[0].model_id)
+    return ready[0] if ready else None
+
+
+def model_signature() -> Any:
+    """Input: a ``text`` column; output: the predicted ``label`` and its ``score``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+    )
+
+
+def _log_model(config: PipelineConfig, winner: dict, run_id: str) -> Any:
+    """Log the winner as a pyfunc model on its run: the job's model folder (safetensors weights,
+    tokenizer, label map), ``inference.py`` as code, an input example and the signature."""
+    import mlflow
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="fmops-register-") as scratch:
+        model_dir = _unpack(
+            winner["model_artifacts"],
+            Path(scratch) / "model",
+            config.sagemaker.aws_conn_id if config.sagemaker else None,
+        )
+        example = pd.DataFrame({"text": ["I still have not received my new card"]})
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts={"model_dir": str(model_dir)},
+                code_paths=[str(SCRIPTS_DIR / "inference.py")],
+                input_example=example,
+                signature=model_signature(),
+                pip_requirements=_serving_requirements(),
+            )
+    return info
+
+
+def _finish_registration(mlflow_client: Any, name: str, version: str) -> None:
+    """The steps after the version exists, safe to repeat: wait until it is READY, then point
+    ``challenger`` at it, unless a later DAG run has registered a newer version since."""
+    _wait_ready(mlflow_client, name, version)
+    current = tracking.alias_version(mlflow_client, name, tracking.CHALLENGER)
+    if current is None or int(current.version) < int(version):
+        mlflow_client.set_registered_model_alias(name, tracking.CHALLENGER, version)
+    elif current.version != version:
+        log.info(
+            "%s: alias %s stays on the newer version %s", name, tracking.CHALLENGER, current.version
+        )
+
+
+def _ensure_registered_model(mlflow_client: Any, name: str, pipeline: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        mlflow_client.create_registered_model(name, tags={"fmops.pipeline": pipeline})
+
+
+def _serving_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "pandas")]
+
+
+def _wait_ready(mlflow_client: Any, name: str, version: str, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while mlflow_client.get_model_version(name, version).status == "PENDING_REGISTRATION":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} version {version} still pending after {timeout} s")
+        time.sleep(1)
+
+
+def _version_summary(config: PipelineConfig, version: str, runs: dict[str, str]) -> dict:
+    name = config.registry.model_name
+    return {
+        "model_name": name,
+        "version": str(version),
+        "url": tracking.version_url(name, version, config),
+        "parent_run_id": runs["parent"],
+    }
+
+
+def download_model(config: PipelineConfig, version: str, target: Path) -> Path:
+    """The registered version's weights folder, downloaded from the registry."""
+    import mlflow
+
+    tracking.client(config)
+    uri = f"models:/{config.registry.model_name}/{version}"
+    import yaml
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    entry = flavor.get("artifacts", {}).get("model_dir")
+    model_dir = local / entry["path"] if entry else None
+    if model_dir is None or not (model_dir / "label_map.json").exists():
+        raise LookupError(
+            f"{uri} is not an fmops classifier (no model_dir artifact with "
+            "label_map.json); register it with fmops_finetune"
+        )
+    return model_dir

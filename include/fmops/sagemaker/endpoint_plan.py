@@ -1,0 +1,492 @@
+"""SageMaker real-time endpoints, the plan: every request of one deployment, named and
+validated, offline; and the plan's moves at run time, capacity fallback among them.
+
+``plan_endpoint`` (or ``plan_deployment``, from a pipeline config: no AWS call, no credentials)
+chooses the instance type (``hosting_instance``: the pinned one if it holds the model, else the
+catalog's cheapest type offered for endpoints that fits), builds the requests
+(``fmops.sagemaker.endpoint_resources``), names them and checks each against botocore's service
+models (``fmops.sagemaker.service_model``) and fmops' rules, so that ``fmops plan`` can show them.
+``fmops.sagemaker.endpoint_deploy`` runs the plan.
+
+At run time the plan moves: ``with_instance_count`` starts the new fleet as large as auto scaling
+grew the old one, and ``next_instance`` is the capacity fallback (``fmops.sagemaker.capacity``):
+when SageMaker has no capacity or no quota for the instance type, the plan moves to the next type
+of the catalog's ranking that fits the model, within ``sagemaker.endpoint.allowed_instance_types``
+and the price ceiling: a new endpoint config (a new name), the same model. Each move is logged
+("no capacity for ml.X in <region>: falling back to ml.Y (...)") and kept in the plan's
+``instance.tried`` and ``capacity_fallback``, which reach the deployment's result. A pinned type
+does not fall back, and a ranking tried to its end stops with ``no_capacity_error``'s
+``NoCapacityError``, naming every type tried.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from fmops.catalog import Catalog, CatalogError, Choice, MemoryEstimate, hosting_memory
+from fmops.deployment.settings import (
+    AlarmSettings,
+    TrafficSettings,
+    baking_periods,
+    total_wait_seconds,
+)
+from fmops.sagemaker import options
+from fmops.sagemaker.endpoint_resources import (
+    NO_BAKE,
+    EndpointError,
+    alarm_names,
+    alarm_requests,
+    check_endpoint_name,
+    deployment_config,
+    deployment_config_problems,
+    endpoint_config_problems,
+    endpoint_config_request,
+    model_request,
+    request_digest,
+    scaling_requests,
+    set_endpoint_key,
+    versioned_name,
+)
+from fmops.sagemaker.endpoint_watch import NoCapacityError
+from fmops.sagemaker.service_model import validate
+from fmops.sagemaker.settings import EndpointSettings
+
+if TYPE_CHECKING:
+    from fmops.config import PipelineConfig
+    from fmops.sagemaker.settings import SageMakerSettings
+
+log = logging.getLogger(__name__)
+
+# -- the plan --------------------------------------------------------------------------------------
+
+
+class EndpointPlan(TypedDict):
+    """One deployment of a model version, as ``plan_endpoint`` builds it: the requests in the
+    order they are sent, the instance choice and its reason, the waits, and what a capacity
+    fallback needs. It crosses tasks as JSON (the deploy task's wait) and moves at run time
+    (``with_instance_count``, ``next_instance``); ``fmops plan`` adds its cost and placeholders."""
+
+    endpoint_name: str
+    model_version: str
+    variant_name: str
+    model_name: str
+    endpoint_config_name: str
+    model_data_url: str
+    region: str
+    instance: dict[str, Any]  # the catalog's choice, its explanation and the types tried
+    instance_count: int
+    alarm_names: list[str]
+    traffic: dict[str, Any]  # the traffic settings with the waits they add up to
+    requests: dict[str, Any]  # operation -> request (PutMetricAlarm: a list)
+    wait: dict[str, int]  # fmops' own wait: timeout_seconds, poll_seconds
+    scaling: dict[str, Any]
+    notes: list[str]
+    sizing: dict[str, Any]  # parameters and serving precision, to size the next type
+    kms_key_id: str | None
+    capacity_fallback: list[str]  # one line per instance type that had no capacity
+
+
+def hosting_instance(
+    catalog: Catalog, endpoint: EndpointSettings, parameters: int, model: str
+) -> Choice:
+    """The instance type for the endpoint: the pinned one if it holds the model, else the
+    catalog's cheapest type that is offered for endpoints and fits."""
+    label = f"endpoint of {model}"
+    try:
+        need = hosting_memory(parameters, endpoint.serving_precision)
+        if endpoint.pinned_instance_type:
+            choice = catalog.check_pinned(endpoint.pinned_instance_type, need, model=label)
+            price, ceiling = choice.instance.price_per_hour, endpoint.max_price_per_hour
+            if ceiling is not None and price is not None and price > ceiling:
+                raise EndpointError(
+                    f"sagemaker.endpoint.instance_type: the pinned {choice.name} costs "
+                    f"{choice.instance.price}, above sagemaker.endpoint.max_price_per_hour "
+                    f"({ceiling}): raise the ceiling, pin a cheaper type, or set instance_type: "
+                    "auto"
+                )
+            return choice
+        return catalog.choose(
+            need,
+            allowed=endpoint.allowed_instance_types or None,
+            max_price=endpoint.max_price_per_hour,
+            model=label,
+        )
+    except CatalogError as err:
+        raise EndpointError(f"sagemaker.endpoint.instance_type for {model}: {err}") from None
+
+
+def _check(requests: dict[str, Any], instance_count: int, catalog: Catalog | None) -> None:
+    validate("sagemaker", "CreateModel", requests["CreateModel"])
+    validate("sagemaker", "CreateEndpointConfig", requests["CreateEndpointConfig"])
+    validate("sagemaker", "CreateEndpoint", requests["CreateEndpoint"])
+    validate("sagemaker", "UpdateEndpoint", requests["UpdateEndpoint"])
+    for alarm in requests["PutMetricAlarm"]:
+        validate("cloudwatch", "PutMetricAlarm", alarm)
+    if requests.get("RegisterScalableTarget"):
+        validate(
+            "application-autoscaling", "RegisterScalableTarget", requests["RegisterScalableTarget"]
+        )
+        validate("application-autoscaling", "PutScalingPolicy", requests["PutScalingPolicy"])
+    problems = endpoint_config_problems(requests["CreateEndpointConfig"], catalog)
+    problems += deployment_config_problems(
+        requests["UpdateEndpoint"]["DeploymentConfig"], instance_count
+    )
+    if problems:
+        raise EndpointError("endpoint requests refused: " + "; ".join(problems))
+
+
+def _named(
+    endpoint_name: str,
+    model_version: str,
+    model: dict[str, Any],
+    config: dict[str, Any],
+    deployment: dict[str, Any],
+) -> dict[str, Any]:
+    """The named requests: the config names the model, the endpoint requests name the config."""
+    model_name = versioned_name(endpoint_name, model_version, request_digest(model, "ModelName"))
+    model = {"ModelName": model_name, **model}
+    config = copy.deepcopy(config)
+    for variant in config["ProductionVariants"]:
+        variant["ModelName"] = model_name
+    config_name = versioned_name(
+        endpoint_name, model_version, request_digest(config, "EndpointConfigName")
+    )
+    tags = config.get("Tags", [])
+    return {
+        "CreateModel": model,
+        "CreateEndpointConfig": {"EndpointConfigName": config_name, **config},
+        "CreateEndpoint": {
+            "EndpointName": endpoint_name,
+            "EndpointConfigName": config_name,
+            "Tags": tags,
+        },
+        "UpdateEndpoint": {
+            "EndpointName": endpoint_name,
+            "EndpointConfigName": config_name,
+            "DeploymentConfig": deployment,
+            # the new config's instance count and weight, not the old fleet's
+            "RetainAllVariantProperties": False,
+        },
+    }
+
+
+def plan_endpoint(
+    settings: SageMakerSettings,
+    endpoint: EndpointSettings | None = None,
+    *,
+    traffic: TrafficSettings | None = None,
+    alarms: AlarmSettings | None = None,
+    endpoint_name: str,
+    model_version: str,
+    model_data_url: str,
+    parameters: int,
+    tags: dict[str, str] | None = None,
+    catalog: Catalog | None = None,
+    model: str | None = None,
+) -> EndpointPlan:
+    """Every request of one deployment, named and validated, offline; JSON-able.
+
+    ``endpoint`` defaults to ``settings.endpoint`` (the config's ``sagemaker.endpoint``),
+    ``traffic`` and ``alarms`` to their defaults (the config's are ``deployment.traffic`` and
+    ``deployment.alarms``: ``plan_deployment`` takes all of them from a config).
+    ``parameters`` is the model's parameter count (``fmops.catalog.count_parameters`` on the
+    base model's safetensors), which sizes the instance with ``hosting_memory`` at
+    ``endpoint.serving_precision``; ``model_data_url`` is the training job's ``model.tar.gz``.
+    """
+    from fmops.catalog import load_catalog
+    from fmops.sagemaker.images import image_uri
+
+    endpoint = endpoint or settings.endpoint
+    traffic = traffic or TrafficSettings()
+    alarms = alarms or AlarmSettings()
+    check_endpoint_name(endpoint_name)
+    if catalog is None:
+        try:
+            catalog = load_catalog(settings.region)
+        except CatalogError as err:
+            raise EndpointError(f"sagemaker.region: {err}") from None
+    label = model or f"{endpoint_name} version {model_version}"
+    choice = hosting_instance(catalog, endpoint, parameters, label)
+    notes: list[str] = []
+    resource_tags = {
+        **(tags or {}),
+        "fmops:endpoint": endpoint_name,
+        "fmops:model-version": str(model_version),
+    }
+    variant = endpoint.variant_name
+    names = alarm_names(endpoint_name, variant, alarms)
+    model_part = model_request(
+        settings,
+        image=image_uri("inference", settings, choice.name),
+        model_data_url=model_data_url,
+        tags=resource_tags,
+    )
+    config_part = endpoint_config_request(
+        settings,
+        endpoint,
+        model_name="",  # named by _named, from the model request's hash
+        instance_type=choice.name,
+        instance_count=endpoint.instance_count,
+        tags=resource_tags,
+        catalog=catalog,
+        notes=notes,
+    )
+    requests = _named(
+        endpoint_name,
+        str(model_version),
+        model_part,
+        config_part,
+        deployment_config(traffic, list(names.values())),
+    )
+    # The alarms outlive a version (CloudWatch also ignores Tags when it updates an alarm).
+    alarm_tags = {k: v for k, v in resource_tags.items() if k != "fmops:model-version"}
+    requests["PutMetricAlarm"] = alarm_requests(endpoint_name, variant, alarms, alarm_tags)
+    if endpoint.scaling.enabled:
+        register, policy = scaling_requests(endpoint_name, variant, endpoint.scaling)
+        requests["RegisterScalableTarget"], requests["PutScalingPolicy"] = register, policy
+    else:
+        requests["RegisterScalableTarget"] = requests["PutScalingPolicy"] = None
+    _check(requests, endpoint.instance_count, catalog)
+    if traffic.mode != "all_at_once" and endpoint.instance_count == 1:
+        notes.append(
+            f"{traffic.mode} with one instance: a traffic step cannot be smaller than an "
+            "instance, so the first step takes the whole new fleet; give "
+            "sagemaker.endpoint.instance_count >= 2 for a real canary or linear shift"
+        )
+    if traffic.wait_seconds == 0:
+        notes.append(NO_BAKE)
+    if not settings.network_isolation:
+        notes.append("network isolation is off: the serving container can reach the internet")
+    log.info(
+        "planned endpoint %s version %s: %s x %d, %s traffic shift; %s",
+        endpoint_name,
+        model_version,
+        choice.name,
+        endpoint.instance_count,
+        traffic.mode,
+        "; ".join(notes) or "no notes",
+    )
+    return EndpointPlan(
+        {
+            "endpoint_name": endpoint_name,
+            "model_version": str(model_version),
+            "variant_name": variant,
+            "model_name": requests["CreateModel"]["ModelName"],
+            "endpoint_config_name": requests["CreateEndpointConfig"]["EndpointConfigName"],
+            "model_data_url": model_data_url,
+            "region": settings.region,
+            "instance": {**choice.as_record(), "explain": choice.explain(), "tried": []},
+            "instance_count": endpoint.instance_count,
+            "alarm_names": list(names.values()),
+            "traffic": {
+                **traffic.model_dump(),
+                "baking_periods": baking_periods(traffic.mode, traffic.step_percent),
+                "total_wait_seconds": total_wait_seconds(
+                    traffic.mode,
+                    traffic.wait_seconds,
+                    traffic.termination_wait_seconds,
+                    traffic.step_percent,
+                ),
+                "execution_timeout_seconds": traffic.timeout_seconds,
+            },
+            "requests": requests,
+            "wait": {
+                "timeout_seconds": endpoint.deployment_wait_seconds(traffic),
+                "poll_seconds": endpoint.poll_seconds,
+            },
+            "scaling": endpoint.scaling.model_dump(),
+            "notes": notes,
+            # What a capacity fallback needs to size and key the next instance type (next_instance).
+            "sizing": {"parameters": parameters, "serving_precision": endpoint.serving_precision},
+            "kms_key_id": settings.kms.endpoint_key_id,
+            "capacity_fallback": [],
+        }
+    )
+
+
+def plan_deployment(
+    config: PipelineConfig,
+    *,
+    model_version: str,
+    model_data_url: str,
+    parameters: int,
+    tags: dict[str, str] | None = None,
+    catalog: Catalog | None = None,
+    model: str | None = None,
+) -> EndpointPlan:
+    """``plan_endpoint`` with everything the config says: ``sagemaker`` and its ``endpoint``,
+    ``deployment.endpoint_name``, ``deployment.traffic`` and ``deployment.alarms``."""
+    settings = options.settings_of(config)
+    return plan_endpoint(
+        settings,
+        settings.endpoint,
+        traffic=config.deployment.traffic,
+        alarms=config.deployment.alarms,
+        endpoint_name=config.deployment.endpoint_name,
+        model_version=model_version,
+        model_data_url=model_data_url,
+        parameters=parameters,
+        tags=tags,
+        catalog=catalog,
+        model=model,
+    )
+
+
+def with_instance_count(plan: dict[str, Any], count: int) -> dict[str, Any]:
+    """The plan with the new fleet started at ``count`` instances (a new config name)."""
+    plan = copy.deepcopy(plan)
+    requests = plan["requests"]
+    config = requests["CreateEndpointConfig"]
+    for variant in config["ProductionVariants"]:
+        variant["InitialInstanceCount"] = count
+    _rename_config(plan)
+    plan["instance_count"] = count
+    return plan
+
+
+# -- capacity fallback ---------------------------------------------------------------------------
+
+
+def _gib(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    lines = (text or "").strip().splitlines()
+    return (lines[0] if lines else "no reason given")[:limit]
+
+
+def _rename_config(plan: dict[str, Any]) -> None:
+    """Name the plan's endpoint config after its request (and the endpoint requests after it)."""
+    requests = plan["requests"]
+    config = requests["CreateEndpointConfig"]
+    name = versioned_name(
+        plan["endpoint_name"],
+        plan["model_version"],
+        request_digest(config, "EndpointConfigName"),
+    )
+    config["EndpointConfigName"] = name
+    requests["CreateEndpoint"]["EndpointConfigName"] = name
+    requests["UpdateEndpoint"]["EndpointConfigName"] = name
+    plan["endpoint_config_name"] = name
+
+
+def next_instance(
+    plan: dict[str, Any], why: str, *, failed: str | None = None, catalog: Catalog | None = None
+) -> dict[str, Any] | None:
+    """The plan moved to the next instance type of its ranking, after SageMaker had no capacity
+    (or no quota) for ``failed`` (default: the plan's type) because ``why``; None when the type
+    is pinned or no type is left (``no_capacity_error`` says so).
+
+    The ranking is the catalog's, made when the plan was (``hosting_instance``): the types that
+    fit the model at its serving precision, cheapest first, within
+    ``sagemaker.endpoint.allowed_instance_types`` and ``max_price_per_hour``. The new plan has a
+    new endpoint config (the name is hashed over the request, so it differs), the endpoint key
+    set by the NVMe rule for the new type, the old type in ``instance.tried`` and a note in
+    ``capacity_fallback``; the model is the same (the inference image is the GPU one for every
+    type of the catalog, which holds GPU types only).
+    """
+    from fmops.catalog import load_catalog
+
+    instance = plan["instance"]
+    current = instance["instance_type"]
+    failed = failed or current
+    fallbacks = list(instance.get("fallbacks") or [])
+    if failed in fallbacks:  # a retry found a fallback's endpoint failed: go on after it
+        fallbacks = fallbacks[fallbacks.index(failed) + 1 :]
+    if instance.get("pinned") or not fallbacks:
+        return None
+    region = plan["region"]
+    try:
+        catalog = catalog or load_catalog(region)
+    except CatalogError as err:
+        raise EndpointError(f"sagemaker.region: {err}") from None
+    sizing = plan["sizing"]
+    need = hosting_memory(sizing["parameters"], sizing["serving_precision"])
+    # The catalog may have changed since the plan was made: skip a type that no longer fits.
+    fitting = [t for t in fallbacks if t in catalog and catalog.fit(t, need)[0]]
+    if not fitting:
+        return None
+    following = fitting[0]
+    _, reason = catalog.fit(following, need)
+    choice = Choice(catalog.get(following), need, reason, tuple(fitting[1:]))
+    note = (
+        f"no capacity for {failed} in {region}: falling back to {following} (next in the "
+        f"catalog ranking that fits {_gib(need.gib)} GiB, {choice.instance.price})"
+    )
+    moved = copy.deepcopy(plan)
+    config = moved["requests"]["CreateEndpointConfig"]
+    for variant in config["ProductionVariants"]:
+        variant["InstanceType"] = following
+    notes = [n for n in plan["notes"] if not n.startswith(f"KmsKeyId left out on {current}")]
+    set_endpoint_key(config, plan.get("kms_key_id"), following, catalog, notes)
+    _rename_config(moved)
+    validate("sagemaker", "CreateEndpointConfig", config)
+    validate("sagemaker", "CreateEndpoint", moved["requests"]["CreateEndpoint"])
+    validate("sagemaker", "UpdateEndpoint", moved["requests"]["UpdateEndpoint"])
+    problems = endpoint_config_problems(config, catalog)
+    if problems:
+        raise EndpointError("endpoint requests refused: " + "; ".join(problems))
+    moved["instance"] = {
+        **choice.as_record(),
+        "explain": _fallback_explain(choice, need, failed),
+        "tried": [*instance.get("tried", []), {"instance_type": failed, "why": why}],
+    }
+    moved["capacity_fallback"] = [*plan.get("capacity_fallback", []), note]
+    moved["notes"] = [*notes, note]
+    log.warning("%s: %s; SageMaker said: %s", plan["endpoint_name"], note, first_line(why))
+    return moved
+
+
+def _fallback_explain(choice: Choice, need: MemoryEstimate, failed: str) -> str:
+    text = (
+        f"{choice.name}, the next in the catalog ranking after {failed} had no capacity: "
+        f"{choice.reason}. Need: {need.explain()}"
+    )
+    if choice.fallbacks:
+        text += f". Fallbacks if it has no capacity: {', '.join(choice.fallbacks)}"
+    return text
+
+
+def no_capacity_error(
+    instance: dict[str, Any],
+    *,
+    endpoint_name: str,
+    region: str,
+    failed: str,
+    why: str,
+    status: str | None,
+    config_name: str | None,
+    deleted: bool = False,
+) -> NoCapacityError:
+    """The error of a deployment SageMaker had no capacity for, with no type left to try:
+    ``instance`` is the plan's (or handle's) instance record, ``failed`` the last type tried."""
+    tried = [*instance.get("tried", []), {"instance_type": failed, "why": why}]
+    gone = (
+        f" The failed endpoint {endpoint_name} is being deleted (it never served), so that a "
+        "later run can create it again."
+        if deleted
+        else ""
+    )
+    if instance.get("pinned"):
+        message = (
+            f"no capacity for {failed} in {region} for endpoint {endpoint_name}: "
+            f"{first_line(why)}. sagemaker.endpoint.instance_type pins {failed}, so fmops does "
+            "not fall back to another type: retry later, ask AWS for capacity or a quota "
+            f"increase for {failed}, or set sagemaker.endpoint.instance_type: auto to let fmops "
+            "fall back along the catalog ranking."
+        )
+    else:
+        listing = "; ".join(f"{t['instance_type']} ({first_line(t['why'])})" for t in tried)
+        message = (
+            f"no capacity in {region} for endpoint {endpoint_name} on any instance type of the "
+            "catalog ranking that fits the model within sagemaker.endpoint."
+            f"allowed_instance_types and max_price_per_hour; tried {len(tried)}: {listing}. "
+            "Retry later, ask AWS for a quota increase for one of them, or widen "
+            "sagemaker.endpoint.allowed_instance_types or max_price_per_hour."
+        )
+    return NoCapacityError(
+        message + gone, endpoint_name=endpoint_name, status=status, config_name=config_name
+    )

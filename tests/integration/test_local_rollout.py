@@ -527,7 +527,7 @@ def test_a_killed_deploy_is_rolled_back_to_the_stable_routing(model_dir, tmp_pat
     script = f"""
 import sys
 from pathlib import Path
-from fmops.config import AlarmSettings, TrafficSettings
+from fmops.deployment.settings import AlarmSettings, TrafficSettings
 from fmops.deployment.local import LocalEndpoint
 from fmops.deployment.rollout import rollout
 rollout(LocalEndpoint("killed-deploy"), "2", Path({str(model_dir)!r}), Path({str(HANDLERS)!r}),

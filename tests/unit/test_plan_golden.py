@@ -62,10 +62,18 @@ def _items(plan: dict) -> list[dict]:
 
 
 def _without_cache_keys(plan: dict) -> dict:
-    """The plan less each item's cache key: the key hashes the cache fields, whose model URIs
-    name this machine's paths (the fields themselves are compared, normalized)."""
+    """The plan less each item's cache key, and less the modification times in a local model's
+    fingerprint: the key hashes the cache fields, whose model URIs name this machine's paths
+    and whose fingerprints the times its files were installed (the rest of the fields is
+    compared, normalized)."""
     for item in _items(plan):
         item.pop("cache_key", None)
+        model = item.get("cache_fields", {}).get("model")
+        if isinstance(model, list):
+            item["cache_fields"]["model"] = [
+                [*entry[:2], "<mtime>"] if isinstance(entry, list) and len(entry) == 3 else entry
+                for entry in model
+            ]
     return plan
 
 

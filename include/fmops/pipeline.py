@@ -18,9 +18,9 @@ from typing import Any
 from fmops.config import PipelineConfig, load_config
 from fmops.jobs import records
 from fmops.jobs.backend import JobBackend, describe, ensure_job, get_backend, status_of
-from fmops.jobs.naming import CHAMPION
 from fmops.jobs.specs import resolve_base_model
 from fmops.paths import state_dir
+from fmops.registry import review
 from fmops.storage import join, read_json
 from fmops.targets import get_target
 
@@ -377,20 +377,5 @@ def plan_evaluation(
         dag_id,
         run_id,
         force=bool(resolved.get("force_rerun")),
-        champion=champion_entry(config),
+        champion=review.champion_entry(config),
     )
-
-
-def champion_entry(config: PipelineConfig) -> list[tuple[str, str, bool]]:
-    """The registry's champion as an evaluation entry, when the config asks for it and one
-    exists: it is evaluated on the same examples as the candidates, for the gate's test."""
-    if not config.evaluation.champion:
-        return []
-    from fmops.registry import review
-
-    found = review.champion_artifacts(config)
-    if found is None:
-        return []
-    version, uri = found
-    log.info("evaluating the champion, version %s (%s), beside the candidates", version, uri)
-    return [(CHAMPION, uri, False)]

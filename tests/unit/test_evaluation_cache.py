@@ -135,13 +135,14 @@ def test_plan_evaluation_gives_every_entry_a_key_and_the_champion_shares_its_can
     monkeypatch, tmp_path
 ):
     from fmops import pipeline
+    from fmops.registry import review
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     resolved = pipeline.resolve(str(tiny), force_rerun=True)
     model = tmp_path / "model.tar.gz"
     model.write_bytes(b"weights")
     monkeypatch.setattr(
-        pipeline, "champion_entry", lambda config: [("champion", f"file://{model}", False)]
+        review, "champion_entry", lambda config: [("champion", f"file://{model}", False)]
     )
     staged = {"digest": "d1", "evaluation_uri": f"file://{tmp_path}"}
     trained = [{"candidate": "tiny-full", "model_artifacts": f"file://{model}"}]

@@ -265,8 +265,8 @@ def test_flat_metrics_names():
 
 
 def test_champion_entry_follows_the_alias(pipeline, tmp_path):
-    from fmops.pipeline import champion_entry
     from fmops.registry import runs, tracking
+    from fmops.registry.review import champion_entry
 
     assert champion_entry(pipeline) == []  # nothing registered
     client = tracking.client(pipeline)

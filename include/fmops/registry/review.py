@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig
+from fmops.jobs.naming import CHAMPION
 from fmops.registry import tracking
 from fmops.targets import get_target
 
@@ -157,6 +158,20 @@ def champion_artifacts(config: PipelineConfig) -> tuple[str, str] | None:
         )
         return None
     return str(version.version), uri
+
+
+def champion_entry(config: PipelineConfig) -> list[tuple[str, str, bool]]:
+    """The registry's champion as an evaluation entry (name, model URI, zero-shot), when the
+    config asks for it and one exists: it is evaluated on the same examples as the candidates,
+    for the gate's test."""
+    if not config.evaluation.champion:
+        return []
+    found = champion_artifacts(config)
+    if found is None:
+        return []
+    version, uri = found
+    log.info("evaluating the champion, version %s (%s), beside the candidates", version, uri)
+    return [(CHAMPION, uri, False)]
 
 
 def promote(config: PipelineConfig, version: str, deploy_run: str | None = None) -> str | None:

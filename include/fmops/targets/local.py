@@ -152,7 +152,7 @@ class LocalTarget(Target):
     ) -> dict[str, Any]:
         """The requests of a run on this machine, planned as a run plans them (the champion
         included, when the registry has one), each checked against botocore's service model."""
-        from fmops.pipeline import champion_entry
+        from fmops.registry.review import champion_entry
 
         root = state_dir() / "datasets" / STAGED_DIGEST_PLACEHOLDER
         staged = {"digest": STAGED_DIGEST_PLACEHOLDER} | {
@@ -235,9 +235,6 @@ class LocalTarget(Target):
 class LocalDeployer(Deployer):
     """The router on 127.0.0.1 with blue and green variant servers; a deployment finishes within
     the call (the new variant is healthy, or refused, within deployment.health_timeout_seconds)."""
-
-    def start(self, version: str) -> dict[str, Any]:
-        return {"result": self.deploy(version)}
 
     def deploy(self, version: str) -> dict[str, Any]:
         """Serve the registered version (downloaded from the registry): the first deployment

@@ -178,7 +178,37 @@ class SageMakerDeployer(Deployer):
     def finish(
         self, wait: dict[str, Any], verdict: dict[str, Any], description: dict[str, Any] | None
     ) -> dict[str, Any]:
-        return finish(wait, verdict, description)
+        """Conclude a wait that ``start`` (or an earlier ``finish``) began, given how it ended
+        (``endpoint_watch.Verdict`` as a dict, and the last DescribeEndpoint, None once a deleted
+        endpoint is gone). Returns ``{"result": ...}`` or ``{"wait": ...}``: the next attempt of a
+        capacity fallback, to wait for in turn. Raises ``DeploymentFailedError`` for a deployment
+        that failed otherwise, was rolled back or timed out, ``NoCapacityError`` when no instance
+        type had capacity."""
+        from fmops.sagemaker import endpoint_deploy, endpoint_watch
+
+        handle = wait["deployment"]
+        made = endpoint_watch.clients(wait["aws_conn_id"], wait["region_name"])
+        aws = {
+            "sagemaker": made.sagemaker,
+            "cloudwatch": made.cloudwatch,
+            "autoscaling": made.autoscaling,
+        }
+        ended = endpoint_watch.Verdict.from_dict(verdict)
+        if handle["action"] == "deleting":  # a failed endpoint, deleted to create it again
+            if ended.state != "succeeded":
+                raise ended.error(handle["endpoint_name"])
+            log.info("%s", ended.message)
+            return _started(
+                wait, endpoint_deploy.start_deployment(handle["plan"], **aws), made.autoscaling
+            )
+        if ended.state != "succeeded":  # the next instance type where SageMaker had no capacity
+            following = endpoint_deploy.fall_back(handle, ended, description, **aws)
+            return _started(wait, following, made.autoscaling)
+        log.info("%s", ended.message)
+        result = endpoint_deploy.finish_deployment(
+            handle, description, autoscaling=made.autoscaling
+        )
+        return {"result": _concluded(wait, result)}
 
     def deploy(self, version: str) -> dict[str, Any]:
         """Create the endpoint, or update it blue/green to this version, and wait until it
@@ -204,40 +234,6 @@ class SageMakerDeployer(Deployer):
         return SageMakerEndpoint(
             self.config.deployment.endpoint_name, settings.aws_conn_id, settings.region
         )
-
-
-def finish(
-    wait: dict[str, Any], verdict: dict[str, Any], description: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Conclude a wait that ``start`` (or an earlier ``finish``) began, given how it ended
-    (``endpoint_watch.Verdict`` as a dict, and the last DescribeEndpoint, None once a deleted
-    endpoint is gone). Returns ``{"result": ...}`` or ``{"wait": ...}``: the next attempt of a
-    capacity fallback, to wait for in turn. Raises ``DeploymentFailedError`` for a deployment
-    that failed otherwise, was rolled back or timed out, ``NoCapacityError`` when no instance
-    type had capacity."""
-    from fmops.sagemaker import endpoint_deploy, endpoint_watch
-
-    handle = wait["deployment"]
-    made = endpoint_watch.clients(wait["aws_conn_id"], wait["region_name"])
-    aws = {
-        "sagemaker": made.sagemaker,
-        "cloudwatch": made.cloudwatch,
-        "autoscaling": made.autoscaling,
-    }
-    ended = endpoint_watch.Verdict.from_dict(verdict)
-    if handle["action"] == "deleting":  # a failed endpoint, deleted to create it again
-        if ended.state != "succeeded":
-            raise ended.error(handle["endpoint_name"])
-        log.info("%s", ended.message)
-        return _started(
-            wait, endpoint_deploy.start_deployment(handle["plan"], **aws), made.autoscaling
-        )
-    if ended.state != "succeeded":  # the next instance type where SageMaker had no capacity
-        following = endpoint_deploy.fall_back(handle, ended, description, **aws)
-        return _started(wait, following, made.autoscaling)
-    log.info("%s", ended.message)
-    result = endpoint_deploy.finish_deployment(handle, description, autoscaling=made.autoscaling)
-    return {"result": _concluded(wait, result)}
 
 
 def _started(wait: dict[str, Any], handle: dict[str, Any], autoscaling: Any) -> dict[str, Any]:

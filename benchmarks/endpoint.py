@@ -254,7 +254,7 @@ def cutover(endpoint, args, corpus: list[str], model_dir: Path) -> dict[str, Any
         port=port,
         traffic=traffic,
         alarms=AlarmSettings(max_latency_ms=60_000),  # measured here, not alarmed on
-        smoke_texts=corpus[:20],
+        smoke_payloads=[{"inputs": [t]} for t in corpus[:20]],
         smoke_requests=10,
     )
     ended = time.monotonic()

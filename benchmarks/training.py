@@ -666,11 +666,12 @@ def print_concurrency(result: dict) -> None:
 
 def part_full(args: argparse.Namespace, work: Path, code: Path, base: Path) -> dict:
     from fmops.config import load_config
+    from fmops.kinds import kind_of
 
     config = load_config(CONFIG)
     candidate = config.candidate(FULL_CANDIDATE)
     hps: dict[str, Any] = candidate.job_hyperparameters(
-        config.data.text_column, config.data.label_column
+        kind_of(config).train_hyperparameters(config.data)
     )
     hps.update(epochs=args.epochs, early_stopping_patience=1, log_every_steps=50)
     rows = sample(read_rows("train.csv"), 0)

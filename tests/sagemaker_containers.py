@@ -27,7 +27,15 @@ moto server that runs in this process (``ThreadedMotoServer``, tests/moto_server
   served with the archive's ``code/<SAGEMAKER_PROGRAM>`` handlers (``model_fn`` / ``input_fn`` /
   ``predict_fn`` / ``output_fn``, the Hugging Face inference toolkit's contract). A handler's
   exception is the toolkit's HTTP 400, which SageMaker returns as a ``ModelError`` with the
-  container's status and body (``OriginalStatusCode``, ``OriginalMessage``).
+  container's status and body (``OriginalStatusCode``, ``OriginalMessage``);
+- a model whose image is the Hugging Face LLM image (TGI: ``huggingface-pytorch-tgi-inference``)
+  is served as TGI serves ``HF_MODEL_ID``: the unpacked folder itself (``config.json`` and
+  ``*.safetensors`` at its root, no ``code/``), by fmops' local stand-in for TGI's contract,
+  ``include/scripts/serve_generation.py``, imported and loaded with the container's
+  ``Environment`` as its process environment (``MAX_INPUT_TOKENS``, ``MAX_TOTAL_TOKENS``). Its
+  answers carry TGI's statuses: 400 for a body that is not JSON, 422 and ``{"error",
+  "error_type": "validation"}`` for a request TGI validates away (``BadRequestError``), 500 for a
+  failed generation.
 
 What it does NOT do: the request's image is never run (there is no Docker here); the job script
 runs with this virtualenv's Python, as the local target runs it. The image, instance type and
@@ -37,7 +45,9 @@ synced to S3 once, when the job ends (SageMaker syncs them while it runs). Proce
 uploaded at the end of the job whatever their ``S3UploadMode``. Only File input mode and
 ``S3Prefix`` data are emulated: anything else fails the job with a reason saying so. A job cannot
 be stopped (moto's StopTrainingJob answers HTTP 500). Endpoints have no instances: every variant
-is served in this process by the first variant's model, with no latency metrics.
+is served in this process by the first variant's model, with no latency metrics. TGI's own
+server (batching, sharding over ``SM_NUM_GPUS``, ``DTYPE``, streaming) is not run: the stand-in
+answers one request at a time on the CPU at the folder's precision.
 
 moto changes fixed on the way: a second CreateTrainingJob or CreateProcessingJob with a name in
 use is refused with ``ResourceInUse`` (moto accepts it silently), moto's canned
@@ -57,6 +67,7 @@ import importlib.util
 import io
 import json
 import logging
+import sys
 import tarfile
 import threading
 import time
@@ -74,6 +85,10 @@ log = logging.getLogger(__name__)
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TGI_REPOSITORY = "huggingface-pytorch-tgi-inference"  # the Hugging Face LLM image's
+TGI_HANDLERS = PROJECT_ROOT / "include" / "scripts" / "serve_generation.py"
+TGI_STATUS = {"json": 400, "validation": 422, "generation": 500}
 LOG_GROUPS = {
     "training": "/aws/sagemaker/TrainingJobs",
     "processing": "/aws/sagemaker/ProcessingJobs",
@@ -102,6 +117,16 @@ def _split(uri: str) -> tuple[str, str]:
 
 class JobFailedError(Exception):
     """A job cannot run as requested; the message is its FailureReason."""
+
+
+@dataclass
+class Served:
+    """A model an endpoint serves: its handlers, the loaded model, and whose contract (the
+    inference toolkit's or TGI's) its answers follow."""
+
+    handlers: Any
+    model: Any
+    tgi: bool
 
 
 @dataclass
@@ -139,7 +164,7 @@ class SageMakerContainers:
 
         self.local = LocalJobBackend(max_concurrent_jobs, root=self.root / "local-jobs")
         self.jobs: dict[str, Job] = {}
-        self._models: dict[str, tuple[Any, Any]] = {}
+        self._models: dict[str, Served] = {}
         self._model_lock = threading.Lock()
         self._predict_lock = threading.Lock()
         self.invocations: list[tuple[str, int]] = []  # (endpoint, HTTP status of the container)
@@ -552,31 +577,40 @@ class SageMakerContainers:
             EndpointConfigName=endpoint["EndpointConfigName"]
         )
         variant = config["ProductionVariants"][0]
-        handlers, model = self._model(variant["ModelName"])
+        served = self._model(variant["ModelName"])
+        handlers = served.handlers
         try:
             with self._predict_lock:
                 data = handlers.input_fn(response.body, content_type)
-                prediction = handlers.predict_fn(data, model)
+                prediction = handlers.predict_fn(data, served.model)
                 body = handlers.output_fn(prediction, accept)
-        except Exception as err:  # noqa: BLE001 - the toolkit answers any handler error with 400
-            self.invocations.append((name, TOOLKIT_ERROR_STATUS))
-            endpoint_group = f"/aws/sagemaker/Endpoints/{name}"
-            message = json.dumps(
-                {
-                    "code": TOOLKIT_ERROR_STATUS,
-                    "type": "InternalServerException",
-                    "message": str(err),
-                }
+        except Exception as err:  # noqa: BLE001 - the container answers any handler error
+            status, message = (
+                self._tgi_error(err, response.body)
+                if served.tgi
+                else (
+                    TOOLKIT_ERROR_STATUS,
+                    json.dumps(
+                        {
+                            "code": TOOLKIT_ERROR_STATUS,
+                            "type": "InternalServerException",
+                            "message": str(err),
+                        }
+                    ),
+                )
             )
+            self.invocations.append((name, status))
+            endpoint_group = f"/aws/sagemaker/Endpoints/{name}"
+            kind = "client" if status < 500 else "server"
             # SageMaker's answer when the container answers 4xx/5xx: HTTP 424 ModelError.
             error = {
                 "message": (
-                    f"Received client error ({TOOLKIT_ERROR_STATUS}) from primary with message "
+                    f"Received {kind} error ({status}) from primary with message "
                     f'"{message}". See https://us-east-1.console.aws.amazon.com/cloudwatch/home'
                     f"?region=us-east-1#logEventViewer:group={endpoint_group} in account "
                     f"{ACCOUNT} for more information."
                 ),
-                "OriginalStatusCode": TOOLKIT_ERROR_STATUS,
+                "OriginalStatusCode": status,
                 "OriginalMessage": message,
                 "LogStreamArn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{endpoint_group}",
             }
@@ -593,24 +627,66 @@ class SageMakerContainers:
         }
         return 200, headers, body
 
-    def _model(self, model_name: str) -> tuple[Any, Any]:
+    @staticmethod
+    def _tgi_error(err: Exception, body: bytes) -> tuple[int, str]:
+        """TGI's status and body for a request it refuses or fails: 400 when the body is not
+        JSON (axum's JSON extractor), 422 for a request its validation refuses, else 500."""
+        try:
+            json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            kind = "json"
+        else:
+            kind = "validation" if type(err).__name__ == "BadRequestError" else "generation"
+        return TGI_STATUS[kind], json.dumps({"error": str(err), "error_type": kind})
+
+    def _model(self, model_name: str) -> Served:
         """The handlers and the loaded model of a SageMaker model, cached per ModelDataUrl."""
         container = self.sagemaker.describe_model(ModelName=model_name)["PrimaryContainer"]
         url = container["ModelDataUrl"]
         with self._model_lock:
             if url not in self._models:
                 folder = self.root / "models" / f"m{len(self._models)}"
-                folder.mkdir(parents=True)
+                folder.mkdir(parents=True, exist_ok=True)  # a failed load may have left it
                 bucket, key = _split(url)
                 archive = folder.with_suffix(".tar.gz")
                 self.s3.download_file(bucket, key, str(archive))
                 with tarfile.open(archive) as tar:
                     tar.extractall(folder, filter="data")
-                program = container.get("Environment", {}).get("SAGEMAKER_PROGRAM", "inference.py")
-                spec = importlib.util.spec_from_file_location(
-                    f"sagemaker_container_{folder.name}", folder / "code" / program
-                )
-                handlers = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(handlers)
-                self._models[url] = (handlers, handlers.model_fn(str(folder)))
+                environment = container.get("Environment", {})
+                if TGI_REPOSITORY in container["Image"]:
+                    self._models[url] = self._tgi(folder, environment)
+                else:
+                    program = environment.get("SAGEMAKER_PROGRAM", "inference.py")
+                    handlers = self._load(folder / "code" / program, f"m_{folder.name}")
+                    self._models[url] = Served(handlers, handlers.model_fn(str(folder)), tgi=False)
             return self._models[url]
+
+    @staticmethod
+    def _load(path: Path, name: str) -> Any:
+        """The handlers module at ``path``, registered while it runs (its dataclasses look
+        their module up in ``sys.modules``)."""
+        name = f"sagemaker_container_{name}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        handlers = importlib.util.module_from_spec(spec)
+        sys.modules[name] = handlers
+        try:
+            spec.loader.exec_module(handlers)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return handlers
+
+    def _tgi(self, folder: Path, environment: dict[str, str]) -> Served:
+        """TGI serving the unpacked folder (``HF_MODEL_ID``): the folder must be a model folder,
+        as TGI needs it; the stand-in handlers read their bounds from the container's
+        environment, which is theirs while they load."""
+        if environment.get("HF_MODEL_ID") != "/opt/ml/model":
+            raise AssertionError(f"TGI is not pointed at /opt/ml/model: {environment}")
+        names = {p.name for p in folder.iterdir() if p.is_file()}
+        if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
+            raise AssertionError(f"TGI would not start: no config.json and weights in {names}")
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in environment.items():
+                patch.setenv(key, value)
+            handlers = self._load(TGI_HANDLERS, f"tgi_{folder.name}")
+            return Served(handlers, handlers.model_fn(str(folder)), tgi=True)

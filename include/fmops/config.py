@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -148,6 +149,13 @@ class DataConfig(Strict):
     prompt_column: str = "prompt"
     completion_column: str = "completion"
     messages_column: str = Field("messages", description="chat records: a list of role/content")
+    prompt_template: Literal["auto", "chat", "plain"] = Field(
+        "auto",
+        description=(
+            "instruction: how chats are rendered for the model: chat (the tokenizer's chat "
+            "template), plain (### Instruction / ### Response), auto (chat when it has one)"
+        ),
+    )
     samples_per_label: int | None = Field(None, ge=1, description="cap on training rows per label")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     evaluation_sample_size: int | None = Field(None, ge=1)
@@ -247,12 +255,12 @@ class Candidate(Strict):
     def jumpstart(self) -> bool:
         return is_jumpstart(self.base_model)
 
-    def job_hyperparameters(self, text_column: str, label_column: str) -> dict[str, str]:
-        """The hyperparameters of the training job, as strings (SageMaker's wire format)."""
+    def job_hyperparameters(self, task_fields: Mapping[str, Any]) -> dict[str, str]:
+        """The hyperparameters of the training job, as strings (SageMaker's wire format).
+        ``task_fields``: the model kind's (``fmops.kinds``): the task and the data's columns."""
         values: dict[str, Any] = {
             "method": self.method,
-            "text_column": text_column,
-            "label_column": label_column,
+            **task_fields,
             **self.hyperparameters.model_dump(),
         }
         if self.method == "lora":
@@ -302,12 +310,19 @@ class ScenarioConfig(Strict):
             "Parquet): path, file://, s3://"
         ),
     )
-    task: Literal["classification", "generation"] | None = Field(
-        None, description="default: what the pipeline's models do (data.task)"
+    task: Literal["classification", "generation", "multiple_choice", "perplexity"] | None = Field(
+        None,
+        description=(
+            "default: what the pipeline's models do (data.task); multiple_choice and perplexity "
+            "score a generative model's log-likelihoods"
+        ),
     )
     input_column: str | None = Field(None, description="default: the data block's column")
     target_column: str | None = Field(None, description="default: the data block's column")
     messages_column: str | None = Field(None, description="generation: chat records")
+    choices_column: str = Field(
+        "choices", description="multiple_choice: the options, a list (or JSON text of one)"
+    )
     labels: str | list[str] | None = Field(
         None, description="classification: the label set; default: data.labels"
     )
@@ -315,7 +330,10 @@ class ScenarioConfig(Strict):
     seed: int = 13
     families: list[ScenarioFamily] = Field(
         default_factory=lambda: list(SCENARIO_FAMILIES),
-        description="calibration applies to classification only",
+        description=(
+            "what the scenario measures; a family its task cannot measure is left out "
+            "(perplexity: accuracy only)"
+        ),
     )
 
     @model_validator(mode="after")

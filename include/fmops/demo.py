@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -636,13 +637,14 @@ def run_demo(config_file: str = "include/configs/local.yaml") -> int:
         f"{smoke['requests']} requests, {smoke['errors']} errors"
     )
     from fmops.deployment.local import LocalEndpoint
+    from fmops.kinds import kind_of
 
-    example = {"inputs": ["I still have not received my new card", "How do I top up by card?"]}
+    example = kind_of(config).example_payload(config)
     status, answer = LocalEndpoint(config.deployment.endpoint_name).invoke(example)
     print(f"  live answer (HTTP {status}): {json.dumps(answer)}")
     print(
         f"  try it: curl -s -X POST {deployed['url']}/invocations "
-        f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'"
+        f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(example))}"
     )
     _print_durations(api, [("fmops_finetune", run_id), ("fmops_deploy", deploy_run["dag_run_id"])])
     print(

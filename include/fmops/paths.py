@@ -2,7 +2,9 @@
 
 The state folder holds the local target's moving parts: job folders, staged datasets, the MLflow
 store, endpoint state and the local Airflow home. ``FMOPS_HOME`` moves it (tests point it at a
-temporary folder so that they never touch a developer's runs).
+temporary folder so that they never touch a developer's runs). Base models converted from a
+packaged GGUF are cached under ``<state>/base-models/``; ``FMOPS_BASE_MODELS_DIR`` moves that
+cache alone (e.g. onto a volume that several state folders share).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ def config_file_choices() -> list[str]:
 
 def state_dir() -> Path:
     return Path(os.environ.get("FMOPS_HOME", PROJECT_ROOT / ".fmops")).resolve()
+
+
+def base_models_dir() -> Path:
+    """The cache of base-model folders that fmops converts once (``fmops.base_models``)."""
+    override = os.environ.get("FMOPS_BASE_MODELS_DIR")
+    return Path(override).resolve() if override else state_dir() / "base-models"
 
 
 def resolve_path(value: str | os.PathLike[str]) -> Path:

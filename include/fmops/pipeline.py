@@ -142,7 +142,7 @@ def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
         (log.info if report.success else log.error)("%s", line)
     if not report.success:
         raise DataValidationError(report.summary(), report)
-    if config.data.task == "classification":
+    if "_label" in train_x.columns:  # labelled data: the next run's label-drift reference
         reference = {
             "digest": report.digests["train"],
             "labels": features.label_distribution(train_x["_label"]),

@@ -8,34 +8,54 @@ Runs as the entry point of a SageMaker processing job and under the fmops local 
 
 ``--model`` holds a ``model.tar.gz`` from a training job (unpacked here) or a model folder: an
 fmops text classifier (``label_map.json``), or with ``--zero-shot`` an untuned sentence encoder
-(each text gets the label whose name has the nearest embedding), or a causal LM that
-``train.py task=instruction`` tuned (``prompt_format.json``).
+(each text gets the label whose name has the nearest embedding), or a causal LM: one that
+``train.py task=instruction`` tuned (``prompt_format.json`` says how it was prompted) or an
+untuned base model (a ``*ForCausalLM`` config), prompted with ``--prompt-template auto|chat|plain``
+as train.py would render its training chats. So the untuned base model, every candidate and the
+champion answer the same examples in the same prompt format. ``metrics.json`` says which:
+``mode`` is ``zero-shot`` (``--zero-shot``), ``base`` (an untuned causal LM) or ``fine-tuned``.
 
 ``--data`` holds ``scenarios.json``, a list of scenarios, each ``{"name", "task":
-"classification"|"generation", "folder" (relative to --data), "input_column",
-"target_column", "messages_column", "sample_size", "seed", "families"}``; without it the folder
-itself is one classification scenario (``*.csv`` and optionally ``labels.json``). A scenario
-whose task the model cannot do (a classifier on a generation scenario) is recorded as skipped.
+"classification"|"generation"|"multiple_choice"|"perplexity", "folder" (relative to --data),
+"input_column", "target_column", "messages_column", "choices_column" (multiple_choice),
+"sample_size", "seed", "families"}``; without it the folder itself is one classification scenario
+(``*.csv`` and optionally ``labels.json``). A scenario whose task the model cannot do (a
+classifier on the three generative tasks, a causal LM on classification) is recorded as skipped.
 
-Per scenario (the same examples for every model: the sample is seeded):
+Per scenario (the same examples for every model: the sample is seeded) and task:
 
-- accuracy: accuracy and macro-F1 (classification); exact match, token F1 and ROUGE-L of the
-  greedy answer (generation);
-- calibration (classification): expected calibration error over 10 equal-width bins of the top
-  label's probability, with the bins for a reliability diagram, and the confusion matrix;
-- robustness: the scenario's main score (accuracy; token F1 for generation) under each seeded
-  perturbation of ``perturb.ROBUSTNESS``, with its drop from the clean score on the same examples;
-- fairness: the main score per group of each ``perturb.FAIRNESS`` family (American/British
-  spelling and vocabulary; first names by group), and the largest gap between groups.
+- classification: accuracy and macro-F1; calibration: the expected calibration error over 10
+  equal-width bins of the top label's probability, with the bins for a reliability diagram, and
+  the confusion matrix;
+- generation (records are chats, or prompt/completion pairs, ending with the reference answer):
+  exact match, token F1 and ROUGE-L of the greedy answer, generated in batches (``generation.py``);
+  calibration: the ECE of the answer's sequence probability (the product of its tokens'
+  probabilities) against exact match;
+- multiple_choice (a question in the input column, or a chat in the messages column; its options
+  in the choices column, a list or its JSON text; the correct option's text or 0-based index in
+  the target column): the model picks the option with the highest log-likelihood per token after
+  the prompted question (as HELM and MMLU score options); accuracy, and calibration of the
+  softmax over the options' per-token log-likelihoods;
+- perplexity (chats or prompt/completion pairs): the reference answers scored by teacher forcing,
+  perplexity = exp(total NLL / answer tokens) and the mean over examples of each answer's NLL per
+  token, which is also the per-example score (lower is better: the scenario lists such metrics
+  in ``lower_is_better``). The accuracy family only: there is no answer to calibrate or perturb.
 
-Perturbations run on a seeded subset of at most ``--perturbation-sample-size`` examples; an input
-that a perturbation leaves unchanged keeps its clean prediction (inference is deterministic), so
-only changed inputs run through the model again.
+Every scenario records its ``main_score`` (``MAIN_SCORE``): robustness reports it under each
+seeded perturbation of ``perturb.ROBUSTNESS``, with its drop from the clean score on the same
+examples; fairness reports it per group of each ``perturb.FAIRNESS`` family (American/British
+spelling and vocabulary; first names by group) and the largest gap between groups. Perturbations
+edit the text (the last user message of a chat, the question of a multiple-choice record) on a
+seeded subset of at most ``--perturbation-sample-size`` examples; an input that a perturbation
+leaves unchanged keeps its clean prediction (inference is deterministic), so only changed inputs
+run through the model again.
 
 Efficiency: latency percentiles of the clean pass's batch calls, throughput, model size and
-parameters. Writes ``metrics.json`` and ``per_example.json`` (each example's scores, for the
-paired bootstrap against the champion) and ``predictions-<scenario>.jsonl``. Imports torch,
-transformers, numpy, rouge_score (generation only) and the sibling scripts.
+parameters; with generation scenarios also the median time to the first token of a batch,
+generated tokens per second and the tokens generated. Writes ``metrics.json`` and
+``per_example.json`` (each example's scores, for the paired bootstrap against the champion) and
+``predictions-<scenario>.jsonl``. Imports torch, transformers, numpy, rouge_score (generation
+only) and the sibling scripts.
 """
 
 from __future__ import annotations
@@ -43,6 +63,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import random
 import sys
 import tarfile
@@ -59,8 +80,22 @@ import perturb  # noqa: E402
 
 FAMILIES = ("accuracy", "calibration", "robustness", "fairness")
 GENERATION_METRICS = ("exact_match", "token_f1", "rouge_l")
-# The score that robustness and fairness report, per task.
-MAIN_SCORE = {"classification": "accuracy", "generation": "token_f1"}
+# The score that robustness and fairness report (and the paired bootstrap compares), per task.
+MAIN_SCORE = {
+    "classification": "accuracy",
+    "generation": "token_f1",
+    "multiple_choice": "accuracy",
+    "perplexity": "nll_per_token",
+}
+# What each kind of model can be evaluated on.
+MODEL_TASKS = {
+    "classification": ("classification",),
+    "generation": ("generation", "multiple_choice", "perplexity"),
+}
+# The families a task can measure: perplexity scores reference answers, there is no answer of
+# the model's own to calibrate or to perturb.
+TASK_FAMILIES = {task: FAMILIES for task in MAIN_SCORE} | {"perplexity": ("accuracy",)}
+LOWER_IS_BETTER = {"perplexity": ["perplexity", "nll_per_token"]}
 CALIBRATION_BINS = 10
 
 
@@ -77,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--perturbation-sample-size", type=positive, default=500)
     parser.add_argument("--max-new-tokens", type=positive, default=32)
+    parser.add_argument(
+        "--prompt-template",
+        choices=("auto", "chat", "plain"),
+        default="auto",
+        help="how an untuned causal LM is prompted (a tuned one keeps its prompt_format.json)",
+    )
     return parser.parse_args(argv)
 
 
@@ -101,12 +142,15 @@ class Scenario:
     sample_size: int = 0
     seed: int = 13
     families: tuple[str, ...] = FAMILIES
+    choices_column: str = "choices"
 
 
 @dataclass
 class Examples:
-    inputs: list[Any]  # texts (classification) or chats without their answer (generation)
-    targets: list[str]
+    # Texts (classification); chats without their answer (generation); chats with their answer
+    # (perplexity); {"chat", "choices"} (multiple_choice).
+    inputs: list[Any]
+    targets: list[str]  # the label, the reference answer, or the correct option's text
     labels: list[str] = field(default_factory=list)
 
 
@@ -131,7 +175,7 @@ def scenarios_of(args: argparse.Namespace) -> list[Scenario]:
         if unknown or item.get("task") not in MAIN_SCORE:
             raise SystemExit(
                 f"ERROR scenarios.json: scenario {item.get('name')!r} has task "
-                f"{item.get('task')!r} (classification|generation) and families {sorted(unknown)}"
+                f"{item.get('task')!r} ({'|'.join(MAIN_SCORE)}) and families {sorted(unknown)}"
                 f" outside {list(FAMILIES)}"
             )
         scenarios.append(
@@ -145,6 +189,7 @@ def scenarios_of(args: argparse.Namespace) -> list[Scenario]:
                 sample_size=int(item.get("sample_size") or 0),
                 seed=int(item.get("seed", args.seed)),
                 families=tuple(item.get("families", FAMILIES)),
+                choices_column=item.get("choices_column", "choices"),
             )
         )
     return scenarios
@@ -183,19 +228,77 @@ def load_examples(scenario: Scenario) -> Examples:
             json.loads(labels_file.read_text()) if labels_file.exists() else sorted(every_target)
         )
         return Examples(texts, truth, labels)
+    if scenario.task == "multiple_choice":
+        questions = [question_of(scenario, row, i) for i, row in enumerate(rows, 1)]
+        return Examples([q for q, _ in questions], [t for _, t in questions])
     import instruction
 
-    chats = [
-        instruction.as_chat(
-            row,
-            f"scenario {scenario.name} record {i}",
-            scenario.messages_column,
-            scenario.input_column,
-            scenario.target_column,
-        )
-        for i, row in enumerate(rows, 1)
-    ]
+    try:
+        chats = [
+            instruction.as_chat(
+                row,
+                f"scenario {scenario.name} record {i}",
+                scenario.messages_column,
+                scenario.input_column,
+                scenario.target_column,
+            )
+            for i, row in enumerate(rows, 1)
+        ]
+    except instruction.RecordError as err:
+        raise SystemExit(f"ERROR {err}") from None
+    if scenario.task == "perplexity":
+        return Examples(chats, [c[-1]["content"] for c in chats])
     return Examples([c[:-1] for c in chats], [c[-1]["content"] for c in chats])
+
+
+def question_of(scenario: Scenario, row: dict[str, Any], number: int) -> tuple[dict, str]:
+    """A multiple-choice record as ``({"chat", "choices"}, the correct option's text)``.
+
+    The question is the input column's text as a user turn, or the messages column's chat (an
+    answer at its end is dropped, and is the target when the record has no target column). The
+    target is the correct option's text, or its 0-based index (a JSON integer, or digits that
+    are not themselves one of the options)."""
+    where = f"scenario {scenario.name} record {number}"
+    choices = row.get(scenario.choices_column)
+    if isinstance(choices, str):
+        try:
+            choices = json.loads(choices)
+        except json.JSONDecodeError:
+            choices = None
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise SystemExit(
+            f"ERROR {where}: {scenario.choices_column!r} must be a list of at least two options "
+            f"(or its JSON text), got {row.get(scenario.choices_column)!r:.80}; set "
+            "choices_column to the column that holds the options"
+        )
+    choices = [str(c) for c in choices]
+    messages = row.get(scenario.messages_column)
+    if isinstance(messages, str) and messages.strip():
+        messages = json.loads(messages)
+    target = row.get(scenario.target_column)
+    if isinstance(messages, list) and messages:
+        chat = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        if chat[-1]["role"] == "assistant":
+            answer = chat.pop()["content"]
+            target = answer if target is None else target
+    elif isinstance(row.get(scenario.input_column), str):
+        chat = [{"role": "user", "content": row[scenario.input_column]}]
+    else:
+        raise SystemExit(
+            f"ERROR {where} has neither a {scenario.input_column!r} question nor a "
+            f"{scenario.messages_column!r} chat; set input_column to the question's column"
+        )
+    if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(choices):
+        return {"chat": chat, "choices": choices}, choices[target]
+    text = "" if target is None else str(target)
+    if text in choices:
+        return {"chat": chat, "choices": choices}, text
+    if text.strip().isdigit() and int(text) < len(choices):
+        return {"chat": chat, "choices": choices}, choices[int(text)]
+    raise SystemExit(
+        f"ERROR {where}: the target {target!r:.60} ({scenario.target_column!r}) is neither one "
+        f"of the options {choices!r:.200} nor an index below {len(choices)}"
+    )
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -215,12 +318,23 @@ def model_folder(model_path: Path, scratch: Path) -> Path:
 def model_kind(model_dir: Path, zero_shot: bool) -> str:
     if zero_shot or (model_dir / "label_map.json").exists():
         return "classification"
-    if (model_dir / "prompt_format.json").exists():
+    import generation
+
+    if generation.is_causal_lm(model_dir):
         return "generation"
     raise SystemExit(
         f"ERROR {model_dir} is neither an fmops classifier (label_map.json) nor a causal LM "
-        "tuned by train.py (prompt_format.json); pass --zero-shot for an untuned encoder"
+        "(a *ForCausalLM config.json, or prompt_format.json from train.py); pass --zero-shot "
+        "for an untuned encoder"
     )
+
+
+def evaluation_mode(model_dir: Path, kind: str, zero_shot: bool) -> str:
+    if zero_shot:
+        return "zero-shot"
+    if kind == "generation" and not (model_dir / "prompt_format.json").exists():
+        return "base"
+    return "fine-tuned"
 
 
 class Classifier:
@@ -248,57 +362,64 @@ class Classifier:
 
 
 class Generator:
-    """Greedy answers of a causal LM, prompted as train.py rendered its training chats."""
+    """Greedy answers of a causal LM to chats, a batch per ``generate`` call: (answer, sequence
+    probability of the answer). With the plain template, an answer also ends at the next turn's
+    header (an untuned model goes on writing the dialogue)."""
 
-    def __init__(self, model_dir: Path, max_new_tokens: int) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.format = json.loads((model_dir / "prompt_format.json").read_text())
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.tokenizer.padding_side = "left"  # generation continues from the right end
-        # A prompt longer than max_length loses its start, never the end it is answered after.
-        self.tokenizer.truncation_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.sep_token
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
-        self.model.to(self.device).eval()
-        self.max_new_tokens = max_new_tokens
-        self.max_length = int(self.format.get("max_length") or 512)
-        torch.set_grad_enabled(False)
-
-    def prompt(self, chat: list[dict[str, str]]) -> str:
+    def __init__(self, lm: Any, max_new_tokens: int) -> None:
         import instruction
 
-        placeholder = [*chat, {"role": "assistant", "content": "\x00"}]
-        pieces = instruction.segments(placeholder, self.tokenizer, self.format["template"])
-        text = "".join(piece for piece, _ in pieces)
-        return text[: text.rindex("\x00")]
+        self.lm = lm
+        self.max_new_tokens = max_new_tokens
+        headers = instruction.PLAIN_HEADERS.values()
+        self.stop = tuple(h.strip() for h in headers) if lm.template == "plain" else ()
 
     def __call__(self, chats: list[list[dict[str, str]]]) -> list[tuple[str, float]]:
-        prompts = [self.prompt(chat) for chat in chats]
-        encoded = self.tokenizer(
-            prompts,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            add_special_tokens=False,
-        ).to(self.device)
-        output = self.model.generate(
-            **encoded,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        answers = self.tokenizer.batch_decode(
-            output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-        return [(answer.strip(), 1.0) for answer in answers]
+        prompts = [self.lm.prompt(chat) for chat in chats]
+        answers = self.lm.generate(prompts, self.max_new_tokens, stop=self.stop)
+        return [(a.text, min(1.0, math.exp(a.logprob))) for a in answers]
 
-    def parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+    @property
+    def last_timing(self) -> dict[str, float | int]:
+        return self.lm.last_timing
+
+
+class MultipleChoice:
+    """The option with the highest log-likelihood per token after the prompted question, and its
+    probability under the softmax over the options' per-token log-likelihoods."""
+
+    def __init__(self, lm: Any, batch_size: int) -> None:
+        self.lm = lm
+        self.batch_size = batch_size  # continuations scored per forward pass
+
+    def __call__(self, questions: list[dict[str, Any]]) -> list[tuple[str, float]]:
+        pairs = [(self.lm.prompt(q["chat"]), option) for q in questions for option in q["choices"]]
+        scored: list[tuple[float, int]] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            scored += self.lm.continuation_logprobs([p for p, _ in chunk], [c for _, c in chunk])
+        answers, position = [], 0
+        for question in questions:
+            options = scored[position : position + len(question["choices"])]
+            position += len(options)
+            normalised = [total / max(count, 1) for total, count in options]
+            best = max(range(len(options)), key=normalised.__getitem__)
+            top = max(normalised)
+            weights = [math.exp(value - top) for value in normalised]
+            answers.append((question["choices"][best], weights[best] / sum(weights)))
+        return answers
+
+
+class Perplexity:
+    """Each chat's reference answer scored after its prompt: (answer tokens, summed log-prob)."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+
+    def __call__(self, chats: list[list[dict[str, str]]]) -> list[tuple[int, float]]:
+        prompts = [self.lm.prompt(chat[:-1]) for chat in chats]
+        scored = self.lm.continuation_logprobs(prompts, [chat[-1]["content"] for chat in chats])
+        return [(count, total) for total, count in scored]
 
 
 # -- one scenario -------------------------------------------------------------------------------
@@ -309,21 +430,25 @@ class Timing:
     seconds: list[float] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     total: float = 0.0
+    # Generation batches only: seconds to the first token, seconds in generate, tokens.
+    first_token: list[float] = field(default_factory=list)
+    generation_seconds: float = 0.0
+    generated_tokens: int = 0
 
 
 def run_batches(
-    predict: Callable[[list[Any]], list[tuple[str, float]]],
+    predict: Callable[[list[Any]], list[tuple[Any, float]]],
     inputs: Sequence[Any],
     batch_size: int,
     timing: Timing | None = None,
     label: str = "",
-) -> list[tuple[str, float]]:
+) -> list[tuple[Any, float]]:
     # Batches of similar length: each batch is padded to its longest input, so in file order
     # most of a batch's tokens would be padding (3.5x the work on BANKING77). The answers go
     # back to the inputs' order. Characters stand in for tokens: tokenizing every input one by
     # one just to sort costs more than the padding the better order would save.
     order = sorted(range(len(inputs)), key=lambda i: len(text_of(inputs[i])))
-    ordered: list[tuple[str, float]] = []
+    ordered: list[tuple[Any, float]] = []
     started = time.perf_counter()
     for start in range(0, len(inputs), batch_size):
         batch = [inputs[i] for i in order[start : start + batch_size]]
@@ -332,27 +457,37 @@ def run_batches(
         if timing is not None:
             timing.seconds.append(time.perf_counter() - tick)
             timing.sizes.append(len(batch))
+            generated = getattr(predict, "last_timing", None)
+            if generated:
+                timing.first_token.append(generated["first_token_seconds"])
+                timing.generation_seconds += generated["seconds"]
+                timing.generated_tokens += generated["generated_tokens"]
         done = start + len(batch)
         if label and ((start // batch_size) % 10 == 0 or done == len(inputs)):
             print(f"progress {label}={done}/{len(inputs)}", flush=True)
     if timing is not None:
         timing.total += time.perf_counter() - started
-    results: list[tuple[str, float]] = [("", 0.0)] * len(inputs)
+    results: list[tuple[Any, float]] = [("", 0.0)] * len(inputs)
     for position, answer in zip(order, ordered, strict=True):
         results[position] = answer
     return results
 
 
 def text_of(item: Any) -> str:
-    """The text a perturbation edits: the input text, or the chat's last user message."""
+    """The text a perturbation edits: the input text, the chat's last user message, or the
+    multiple-choice question's."""
     if isinstance(item, str):
         return item
+    if isinstance(item, dict):
+        return text_of(item["chat"])
     return next(m["content"] for m in reversed(item) if m["role"] == "user")
 
 
 def with_text(item: Any, text: str) -> Any:
     if isinstance(item, str):
         return text
+    if isinstance(item, dict):
+        return {**item, "chat": with_text(item["chat"], text)}
     chat = [dict(m) for m in item]
     last = max(i for i, m in enumerate(chat) if m["role"] == "user")
     chat[last]["content"] = text
@@ -368,7 +503,7 @@ class Scorer:
 
     def scores(self, predicted: list[str], index: Sequence[int]) -> list[float]:
         targets = [self.targets[i] for i in index]
-        if self.task == "classification":
+        if self.task in ("classification", "multiple_choice"):
             return [float(x) for x in metrics.correctness(targets, predicted)]
         return metrics.generation_scores(predicted, targets, ("token_f1",))["token_f1"]
 
@@ -398,31 +533,39 @@ def rerun_changed(
 def evaluate_scenario(
     scenario: Scenario,
     examples: Examples,
-    predict: Callable[[list[Any]], list[tuple[str, float]]],
+    predict: Callable[[list[Any]], list[tuple[Any, float]]],
     args: argparse.Namespace,
     timing: Timing,
 ) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, Any]]]:
     clean_pairs = run_batches(
         predict, examples.inputs, args.batch_size, timing, label=scenario.name
     )
+    if scenario.task == "perplexity":
+        return perplexity_result(scenario, examples, clean_pairs)
     predicted = [label for label, _ in clean_pairs]
     confidence = [score for _, score in clean_pairs]
-    result: dict[str, Any] = {"task": scenario.task, "examples": len(predicted)}
+    result: dict[str, Any] = {
+        "task": scenario.task,
+        "examples": len(predicted),
+        "main_score": MAIN_SCORE[scenario.task],
+    }
     per_example: dict[str, list[float]]
-    if scenario.task == "classification":
-        correct = metrics.correctness(examples.targets, predicted)
-        per_example = {"accuracy": [float(c) for c in correct]}
-        result["accuracy"] = {
-            "accuracy": round(metrics.accuracy(examples.targets, predicted), 6),
-            "macro_f1": round(metrics.macro_f1(examples.targets, predicted, examples.labels), 6),
-        }
-        if "calibration" in scenario.families:
-            ece, bins = metrics.expected_calibration_error(confidence, correct, CALIBRATION_BINS)
-            result["calibration"] = {"ece": round(ece, 6), "bins": bins}
-            result["confusion"] = confusion(examples.labels, examples.targets, predicted)
-    else:
+    if scenario.task == "generation":
         per_example = metrics.generation_scores(predicted, examples.targets, GENERATION_METRICS)
         result["accuracy"] = {k: round(v, 6) for k, v in metrics.mean_scores(per_example).items()}
+        correct = [int(x) for x in per_example["exact_match"]]
+    else:
+        correct = metrics.correctness(examples.targets, predicted)
+        per_example = {"accuracy": [float(c) for c in correct]}
+        result["accuracy"] = {"accuracy": round(metrics.accuracy(examples.targets, predicted), 6)}
+        if scenario.task == "classification":
+            macro = metrics.macro_f1(examples.targets, predicted, examples.labels)
+            result["accuracy"]["macro_f1"] = round(macro, 6)
+    if "calibration" in scenario.families:
+        ece, bins = metrics.expected_calibration_error(confidence, correct, CALIBRATION_BINS)
+        result["calibration"] = {"ece": round(ece, 6), "bins": bins}
+        if scenario.task == "classification":
+            result["confusion"] = confusion(examples.labels, examples.targets, predicted)
 
     scorer = Scorer(scenario.task, examples.targets)
     order = random.Random(f"{scenario.seed}:perturbations").sample(
@@ -478,6 +621,45 @@ def evaluate_scenario(
     return result, per_example, records
 
 
+def perplexity_result(
+    scenario: Scenario, examples: Examples, scored: list[tuple[Any, float]]
+) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, Any]]]:
+    """Perplexity of the reference answers: exp(total NLL / total answer tokens), and the mean
+    over examples of each answer's NLL per token (the per-example score)."""
+    empty = [i for i, (count, _) in enumerate(scored) if count == 0]
+    if empty:
+        raise SystemExit(
+            f"ERROR scenario {scenario.name}: the reference answers of examples {empty[:5]} "
+            "have no tokens; a perplexity scenario needs non-empty answers"
+        )
+    tokens = sum(count for count, _ in scored)
+    total = -sum(logprob for _, logprob in scored)
+    per_token = [-logprob / count for count, logprob in scored]
+    result: dict[str, Any] = {
+        "task": scenario.task,
+        "examples": len(scored),
+        "main_score": MAIN_SCORE[scenario.task],
+        "answer_tokens": tokens,
+        "lower_is_better": LOWER_IS_BETTER[scenario.task],
+        "accuracy": {
+            "perplexity": round(math.exp(min(total / tokens, 700.0)), 6),
+            "nll_per_token": round(mean(per_token), 6),
+        },
+    }
+    records = [
+        {
+            "input": text_of(chat),
+            "target": target,
+            "answer_tokens": count,
+            "nll_per_token": value,
+        }
+        for chat, target, (count, _), value in zip(
+            examples.inputs, examples.targets, scored, per_token, strict=True
+        )
+    ]
+    return result, {"nll_per_token": per_token}, records
+
+
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -500,6 +682,65 @@ def folder_bytes(path: Path) -> int:
     )
 
 
+# -- the job ------------------------------------------------------------------------------------
+
+
+class Models:
+    """The model, loaded once on first use, and its predictor for each scenario task."""
+
+    def __init__(self, model_dir: Path, kind: str, args: argparse.Namespace) -> None:
+        self.model_dir, self.kind, self.args = model_dir, kind, args
+        self.loaded: Any = None
+
+    def predictor(self, task: str, examples: Examples) -> Callable[[list[Any]], list]:
+        if self.kind == "classification":
+            if self.loaded is None:
+                zero_shot = examples.labels if self.args.zero_shot else None
+                self.loaded = Classifier(self.model_dir, zero_shot)
+            return self.loaded
+        if self.loaded is None:
+            import generation
+            import instruction
+
+            try:
+                self.loaded = generation.CausalLM(self.model_dir, self.args.prompt_template)
+            except instruction.RecordError as err:  # e.g. --prompt-template chat, no template
+                raise SystemExit(f"ERROR {self.model_dir}: {err}") from None
+        if task == "multiple_choice":
+            return MultipleChoice(self.loaded, self.args.batch_size)
+        if task == "perplexity":
+            return Perplexity(self.loaded)
+        return Generator(self.loaded, self.args.max_new_tokens)
+
+    def parameters(self) -> int:
+        return self.loaded.parameters()
+
+
+def efficiency(args: argparse.Namespace, timing: Timing, model_dir: Path, models: Models) -> dict:
+    import torch
+
+    latency = metrics.summarize_latencies(timing.seconds, timing.sizes, timing.total)
+    report: dict[str, Any] = {
+        "batch_size": args.batch_size,
+        "latency_p50_ms": round(latency["batch_latency_ms_p50"], 2),
+        "latency_p95_ms": round(latency["batch_latency_ms_p95"], 2),
+        "example_latency_p50_ms": round(latency["example_latency_ms_p50"], 3),
+        "throughput_per_s": round(latency["throughput_per_sec"], 2),
+        "model_size_mb": round(folder_bytes(model_dir) / 2**20, 2),
+        "parameters": models.parameters(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    if timing.first_token:  # a generation scenario ran: the generation batches' figures
+        report["time_to_first_token_ms_p50"] = round(
+            metrics.percentile(timing.first_token, 50) * 1000, 2
+        )
+        report["tokens_per_second"] = round(
+            timing.generated_tokens / max(timing.generation_seconds, 1e-9), 2
+        )
+        report["generated_tokens"] = timing.generated_tokens
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -513,44 +754,35 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     per_example: dict[str, dict[str, list[float]]] = {}
     timing = Timing()
-    model: Classifier | Generator | None = None
+    models = Models(model_dir, kind, args)
     for scenario in scenarios:
-        if scenario.task != kind:
+        if scenario.task not in MODEL_TASKS[kind]:
             why = f"a {kind} model cannot be evaluated on a {scenario.task} scenario"
             print(f"scenario {scenario.name}: skipped, {why}", flush=True)
             results[scenario.name] = {"task": scenario.task, "skipped": why}
             continue
-        examples = load_examples(scenario)
-        if model is None:
-            zero_shot = examples.labels if args.zero_shot else None
-            model = (
-                Classifier(model_dir, zero_shot)
-                if kind == "classification"
-                else Generator(model_dir, args.max_new_tokens)
+        ignored = [f for f in scenario.families if f not in TASK_FAMILIES[scenario.task]]
+        if ignored:
+            print(
+                f"scenario {scenario.name}: families {ignored} do not apply to a "
+                f"{scenario.task} scenario and are not reported",
+                flush=True,
             )
-        result, scores, records = evaluate_scenario(scenario, examples, model, args, timing)
+        examples = load_examples(scenario)
+        predict = models.predictor(scenario.task, examples)
+        result, scores, records = evaluate_scenario(scenario, examples, predict, args, timing)
         results[scenario.name] = result
         per_example[scenario.name] = scores
         with (output / f"predictions-{scenario.name}.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         print(f"scenario {scenario.name}: {json.dumps(result['accuracy'])}", flush=True)
-    if model is None:
+    if models.loaded is None:
         raise SystemExit(f"ERROR no scenario suits a {kind} model: nothing was evaluated")
-    latency = metrics.summarize_latencies(timing.seconds, timing.sizes, timing.total)
     document = {
-        "mode": "zero-shot" if args.zero_shot else "fine-tuned",
+        "mode": evaluation_mode(model_dir, kind, args.zero_shot),
         "model_kind": kind,
         "scenarios": results,
-        "efficiency": {
-            "batch_size": args.batch_size,
-            "latency_p50_ms": round(latency["batch_latency_ms_p50"], 2),
-            "latency_p95_ms": round(latency["batch_latency_ms_p95"], 2),
-            "example_latency_p50_ms": round(latency["example_latency_ms_p50"], 3),
-            "throughput_per_s": round(latency["throughput_per_sec"], 2),
-            "model_size_mb": round(folder_bytes(model_dir) / 2**20, 2),
-            "parameters": model.parameters(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
-        },
+        "efficiency": efficiency(args, timing, model_dir, models),
         "seed": args.seed,
     }
     (output / "metrics.json").write_text(json.dumps(document, indent=1))

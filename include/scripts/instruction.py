@@ -184,6 +184,18 @@ def segments(chat: list[dict[str, str]], tokenizer: Any, template: str) -> list[
     return [p for p in pieces if p[0]]
 
 
+def render_prompt(chat: list[dict[str, str]], tokenizer: Any, template: str) -> str:
+    """``chat`` without its answer, rendered as :func:`segments` renders training chats, up to
+    where the assistant's answer starts: what a tuned model is asked to continue.
+
+    ``chat`` ends with a user (or system) turn; an assistant turn with a placeholder answer is
+    rendered after it and the text is cut at the placeholder, so the prompt ends exactly as the
+    training text did before the answer (a chat template's assistant header included)."""
+    placeholder = [*chat, {"role": "assistant", "content": "\x00"}]
+    text = "".join(piece for piece, _ in segments(placeholder, tokenizer, template))
+    return text[: text.rindex("\x00")]
+
+
 def encode(
     chat: list[dict[str, str]], tokenizer: Any, template: str, max_length: int
 ) -> tuple[list[int], list[int]]:

@@ -8,8 +8,9 @@ Families:
 
 - classification: :func:`accuracy`, :func:`macro_f1` (with :func:`f1_by_label`) and the
   per-example :func:`correctness` vector that calibration needs;
-- generation: SQuAD answer normalisation, :func:`exact_match`, :func:`token_f1`, :func:`rouge_l`
-  and :func:`generation_scores` / :func:`mean_scores` for per-example lists and their means;
+- generation: SQuAD answer normalisation (keeping ``_``), :func:`exact_match`, :func:`token_f1`,
+  :func:`rouge_l` and :func:`generation_scores` / :func:`mean_scores` for per-example lists and
+  their means;
 - calibration: :func:`expected_calibration_error` with the per-bin table of a reliability diagram;
 - efficiency: :func:`percentile` and :func:`summarize_latencies`.
 
@@ -99,12 +100,17 @@ def macro_f1(
 # --- generation -------------------------------------------------------------------------------
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
+# ASCII punctuation but the underscore: answers here are often identifiers (intent names such as
+# card_arrival), and dropping "_" would make card_arrival equal cardarrival.
+_PUNCTUATION = set(string.punctuation) - {"_"}
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD v1.1 normalisation: lowercase, drop ASCII punctuation and the articles a/an/the,
-    collapse whitespace (the order of the official ``evaluate-v1.1.py``)."""
+    """SQuAD v1.1 normalisation: lowercase, drop ASCII punctuation (but ``_``) and the articles
+    a/an/the, collapse whitespace (the order of the official ``evaluate-v1.1.py``).
+
+    Unlike SQuAD's, the underscore stays: ``card_arrival`` normalises to itself, so an answer
+    ``card arrival`` or ``cardarrival`` is not an exact match for it."""
     text = text.lower()
     text = "".join(ch for ch in text if ch not in _PUNCTUATION)
     text = _ARTICLES.sub(" ", text)

@@ -806,3 +806,71 @@ def test_make_demo_prints_stages_progress_and_the_live_endpoint(
         deleted = stack.cli("endpoint", "delete", endpoint, timeout=120)
         assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert not port_open(raw["deployment"]["port"]), "the demo's endpoint outlived its deletion"
+
+
+# -- make demo-llm ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_llm_config(stack: Stack, tmp_path_factory) -> dict[str, Any]:
+    """include/configs/local-llm.yaml (what `make demo-llm` runs) cut to minutes: its first
+    candidate, 48 training chats, 24 evaluation chats, one epoch; names and a port of its own."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("demo-llm")
+    raw = yaml.safe_load((PROJECT_ROOT / "include/configs/local-llm.yaml").read_text())
+    train = (PROJECT_ROOT / raw["data"]["train"]).read_text().splitlines()[:48]
+    (folder / "train.jsonl").write_text("\n".join(train) + "\n")
+    raw["pipeline"] = "fmops-demo-llm-test"
+    raw["data"].update(
+        train=str(folder / "train.jsonl"),
+        evaluation=str(PROJECT_ROOT / raw["data"]["evaluation"]),
+        evaluation_sample_size=24,
+        checks={"size": {"min_rows": 20}},
+    )
+    raw["candidates"] = raw["candidates"][:1]  # one of the two: the other trains the same way
+    raw["candidates"][0]["hyperparameters"].update(epochs=1, batch_size=8)
+    raw["evaluation"]["perturbation_sample_size"] = 12
+    raw["evaluation"]["gate"]["bounds"] = [
+        {"metric": raw["evaluation"]["gate"]["primary"], "min": 0.0}
+    ]
+    raw["registry"]["model_name"] = "fmops-demo-llm-test"
+    port = free_port()
+    while port in (stack.airflow_port, stack.mlflow_port):
+        port = free_port()
+    raw["deployment"].update(endpoint_name="fmops-demo-llm-test", port=port, smoke_requests=3)
+    path = folder / "demo-llm.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return {"path": path, "raw": raw}
+
+
+def test_make_demo_llm_tunes_registers_and_serves_a_generative_lm(stack, api, demo_llm_config):
+    """`make demo-llm` runs `fmops demo --config include/configs/local-llm.yaml`: here with that
+    config cut to minutes, against this stack, so that the real scheduler runs both DAGs for
+    SmolLM2 and the demo ends with a live chat completion."""
+    raw = demo_llm_config["raw"]
+    endpoint = raw["deployment"]["endpoint_name"]
+    try:
+        demo = stack.cli(
+            "demo", "--config", str(demo_llm_config["path"]), timeout=RUN_TIMEOUT_SECONDS
+        )
+        out = demo.stdout
+        print(out[-6000:])
+        assert demo.returncode == 0, f"fmops demo failed:\n{out[-4000:]}\n{demo.stderr[-3000:]}"
+        lines = out.splitlines()
+        assert re.search(r"Stage: training 1 candidate", out), "no training stage"
+        assert re.search(r"Stage: evaluating (\d+ )?models", out), "no evaluation stage"
+        assert "fmops_deploy    Stage: " in out, "the deploy run's stages are not followed"
+        assert any("smollm2-lora-r8" in line and "done in" in line for line in lines)
+        assert "Leaderboard (banking77-chat.accuracy.token_f1" in out
+        assert any(line.strip().startswith("baseline ") for line in lines), "no baseline row"
+        assert "Winner: smollm2-lora-" in out
+        assert f"Registered: {raw['registry']['model_name']} version 1" in out
+        assert f"Endpoint: http://127.0.0.1:{raw['deployment']['port']}" in out
+        live = next(line for line in lines if "live answer (HTTP" in line)
+        assert "live answer (HTTP 200)" in live and '"chat.completion"' in live, live
+        assert "Demo wall time:" in out
+    finally:
+        deleted = stack.cli("endpoint", "delete", endpoint, timeout=120)
+        assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert not port_open(raw["deployment"]["port"]), "the demo's endpoint outlived its deletion"

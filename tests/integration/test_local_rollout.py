@@ -342,7 +342,7 @@ def test_cut_over_under_load_drops_no_request(endpoint, created, model_dir, traf
             port=port,
             traffic=traffic,
             alarms=LENIENT_ALARMS,
-            smoke_texts=TEXTS,
+            smoke_payloads=[{"inputs": [t]} for t in TEXTS],
             smoke_requests=4,
         )
         time.sleep(0.5)
@@ -474,7 +474,7 @@ def test_a_router_killed_during_a_bake_comes_back_with_its_routing(endpoint, cre
                 port=port,
                 traffic=TrafficSettings(mode="canary", canary_percent=25, wait_seconds=15),
                 alarms=LENIENT_ALARMS,
-                smoke_texts=TEXTS,
+                smoke_payloads=[{"inputs": [t]} for t in TEXTS],
                 smoke_requests=6,
             )
         except Exception as err:  # noqa: BLE001 - reported by the assertion below
@@ -614,7 +614,7 @@ def test_the_max_execution_time_rolls_back(endpoint, created, model_dir):
             port=port,
             traffic=traffic,
             alarms=LENIENT_ALARMS,
-            smoke_texts=TEXTS,
+            smoke_payloads=[{"inputs": [t]} for t in TEXTS],
             smoke_requests=5,
             clock=FastClock(60),
             poll_seconds=15,
@@ -623,3 +623,66 @@ def test_the_max_execution_time_rolls_back(endpoint, created, model_dir):
     assert reason.startswith("max execution time: the deployment ran longer than 700 s")
     assert info.value.result.outcome == "rolled_back"
     assert endpoint.weights() == {blue: 100} and serving(endpoint) == (blue, old)
+
+
+# -- a generative model -------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_generative_green_over_the_per_token_latency_is_rolled_back(tmp_path):
+    """A tiny causal LM served with serve_generation.py on an endpoint of its own: the chat
+    payload through the router, the latency per generated token in the router's stats, and a
+    green whose latency per token breaks ``latency_per_token_ms`` rolled back in its bake (the
+    bound is far below what any CPU does; the whole-request latency alarm is out of the way)."""
+    from tiny_models import TINY_CHAT_TEMPLATE, save_tiny_causal_lm
+
+    model = save_tiny_causal_lm(tmp_path / "tiny-lm", TINY_CHAT_TEMPLATE)
+    handlers = SCRIPTS_DIR / "serve_generation.py"
+    chat = {"messages": [{"role": "user", "content": "where is my card"}], "max_tokens": 4}
+    endpoint = LocalEndpoint("generation-test")
+    port = free_port()
+    stop = threading.Event()
+
+    def chat_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                endpoint.invoke({**chat, "temperature": 0})
+            except OSError:
+                time.sleep(0.1)
+
+    try:
+        deploy(endpoint, model, handlers, "1", port)
+        status, answer = endpoint.invoke({**chat, "temperature": 0})
+        assert status == 200 and answer["object"] == "chat.completion", answer
+        assert answer["usage"]["completion_tokens"] == 4
+        blue = endpoint.stats()["stats"]["blue"]
+        assert blue["token_requests"] == 1 and blue["latency_per_token_ms"]["average"] > 0
+        status, answer = endpoint.invoke({"inputs": "where is", "parameters": {"top_k": 2}})
+        assert status == 400 and "unknown parameter(s) 'top_k'" in answer["error"]
+        sender = threading.Thread(target=chat_until_stopped, daemon=True)
+        sender.start()
+        with pytest.raises(RolloutFailedError) as info:
+            rollout(
+                endpoint,
+                "2",
+                model,
+                handlers,
+                port=port,
+                traffic=TrafficSettings(wait_seconds=60),
+                alarms=AlarmSettings(max_latency_ms=60_000, latency_per_token_ms=0.01),
+            )
+        stop.set()
+        sender.join(timeout=60)
+        reason = info.value.reason
+        assert reason.startswith(
+            "latency per token alarm: green (version 2)'s Average latency per generated token over "
+        ), reason
+        assert reason.endswith("> latency_per_token_ms 0.01 ms")
+        assert info.value.result.outcome == "rolled_back"
+        assert not any(e["event"] == "baked" for e in info.value.result.timeline)
+        assert endpoint.weights() == {"blue": 100}
+        assert endpoint.invoke({**chat, "temperature": 0})[0] == 200
+    finally:
+        stop.set()
+        endpoint.delete()

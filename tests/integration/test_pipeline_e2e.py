@@ -11,31 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dag_runs import task_states, try_numbers, xcom, xcom_key
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
 PRIMARY = "banking77.accuracy.accuracy"
 
 pytestmark = pytest.mark.e2e
-
-
-def _states(run) -> dict[str, list[str]]:
-    from airflow.utils.session import create_session
-
-    states: dict[str, list[str]] = {}
-    with create_session() as session:
-        for ti in run.get_task_instances(session=session):
-            states.setdefault(ti.task_id, []).append(str(ti.state))
-    return states
-
-
-def _try_numbers(run, task_id: str) -> list[int]:
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return [
-            ti.try_number for ti in run.get_task_instances(session=session) if ti.task_id == task_id
-        ]
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +46,11 @@ def finetune_run(dagbag):
 def test_finetune_registers_the_winner(finetune_run, tiny_config):
     from fmops.registry import tracking
 
-    states = _states(finetune_run)
+    states = task_states(finetune_run)
     assert finetune_run.state == "success", f"task states: {states}"
     # tiny-broken fails on purpose: its own mapped task is red, the others go on.
     assert sorted(states["await_training"]) == ["failed", "success", "success"]
-    assert _try_numbers(finetune_run, "await_training") == [1, 1, 1], "a job failure is final"
+    assert try_numbers(finetune_run, "await_training") == [1, 1, 1], "a job failure is final"
     assert len(states["await_evaluation"]) == 3  # two candidates and the untuned baseline
     assert states["register"] == ["success"]
 
@@ -118,30 +100,6 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     assert "- tiny-broken: training job" in challenger.description
 
 
-def _xcom(run, task_id: str):
-    """The return values of a task of ``run`` (a list for a mapped task, by map index)."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    query = XComModel.get_many(
-        run_id=run.run_id, key="return_value", task_ids=task_id, dag_ids=run.dag_id
-    )
-    with create_session() as session:
-        rows = session.scalars(query).all()
-        values = {row.map_index: XComModel.deserialize_value(row) for row in rows}
-    return values[-1] if list(values) == [-1] else [values[i] for i in sorted(values)]
-
-
-def _xcom_key(run, task_id: str, key: str):
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    query = XComModel.get_many(run_id=run.run_id, key=key, task_ids=task_id, dag_ids=run.dag_id)
-    with create_session() as session:
-        (row,) = session.scalars(query).all()
-        return XComModel.deserialize_value(row)
-
-
 def test_register_again_finds_the_same_version(finetune_run, tiny_config):
     """A retried register of the same DAG run reuses its runs and version: no duplicates."""
     from fmops.registry import registration, tracking
@@ -151,19 +109,19 @@ def test_register_again_finds_the_same_version(finetune_run, tiny_config):
     versions_before = client.search_model_versions(f"name = '{name}'")
     experiment = client.get_experiment_by_name(tiny_config.pipeline)
     runs_before = client.search_runs([experiment.experiment_id])
-    first = _xcom(finetune_run, "register")
+    first = xcom(finetune_run, "register")
 
     again = registration.register(
         tiny_config,
-        _xcom(finetune_run, "load_config"),
-        _xcom(finetune_run, "validate_data"),
-        _xcom_key(finetune_run, "plan_evaluation", "trained"),
-        _xcom(finetune_run, "await_evaluation"),
-        _xcom(finetune_run, "select"),
+        xcom(finetune_run, "load_config"),
+        xcom(finetune_run, "validate_data"),
+        xcom_key(finetune_run, "plan_evaluation", "trained"),
+        xcom(finetune_run, "await_evaluation"),
+        xcom(finetune_run, "select"),
         "fmops_finetune",
         finetune_run.run_id,
         {},
-        failed=_xcom_key(finetune_run, "plan_evaluation", "failed"),
+        failed=xcom_key(finetune_run, "plan_evaluation", "failed"),
     )
 
     assert again["version"] == first["version"]
@@ -177,7 +135,7 @@ def test_deploy_serves_the_registered_version(finetune_run, dagbag, tiny_config,
 
     assert finetune_run.state == "success"
     run = dagbag.get_dag("fmops_deploy").test(run_conf={"config_file": str(TINY)})
-    assert run.state == "success", f"task states: {_states(run)}"
+    assert run.state == "success", f"task states: {task_states(run)}"
 
     client = tracking.client(tiny_config)
     name = tiny_config.registry.model_name
@@ -232,11 +190,11 @@ def test_a_rerun_that_does_not_beat_the_champion_registers_nothing(
 
     run = dagbag.get_dag("fmops_finetune").test(run_conf={"config_file": str(TINY)})
 
-    states = _states(run)
+    states = task_states(run)
     assert run.state == "success", f"task states: {states}"
     assert states["register"] == ["skipped"]
     assert len(states["await_evaluation"]) == 4  # two candidates, the baseline, the champion
-    decision = _xcom(run, "select")
+    decision = xcom(run, "select")
     assert decision["promote"] is False
     roles = {r["candidate"]: r["role"] for r in decision["leaderboard"]}
     assert roles["champion"] == "champion"
@@ -273,10 +231,10 @@ def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
 
     run = dagbag.get_dag("fmops_finetune").test(run_conf={"config_file": str(config_file)})
 
-    states = _states(run)
+    states = task_states(run)
     assert run.state == "failed"
     assert states["validate_data"] == ["failed"]
-    assert _try_numbers(run, "validate_data") == [1], "a data failure must not be retried"
+    assert try_numbers(run, "validate_data") == [1], "a data failure must not be retried"
     assert states["load_config"] == ["success"]
     for task_id in ("plan_jobs", "register"):
         assert states[task_id] == ["upstream_failed"], states
@@ -296,5 +254,5 @@ def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
     assert "train/completeness: expect_column_values_to_not_match_regex(text)" in text
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "validation")}
     assert {"validation/validation.json", "validation/data_docs"} <= artifacts
-    url = _xcom_key(run, "validate_data", "validation_report_url")
+    url = xcom_key(run, "validate_data", "validation_report_url")
     assert url.endswith(f"runs/{parent.info.run_id}/artifacts/validation/data_docs/index.html")

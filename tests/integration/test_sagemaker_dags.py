@@ -470,3 +470,197 @@ def test_the_deploy_task_resumes_from_its_trigger_at_the_first_try(deploy):
     assert _states(run)["deploy"] == ["success"], text[-3000:]
     assert _try_numbers(run, "deploy") == [1]
     assert _xcom(run, "deploy")["action"] == "created"
+
+
+# -- a generative LM: train.py, evaluate.py, and an endpoint served by TGI ----------------------
+
+LLM_PIPELINE = "fmops-sagemaker-llm-e2e"
+LLM_MODEL_NAME = "fmops-sagemaker-llm-e2e-chat"
+LLM_ENDPOINT = "fmops-sm-llm-e2e"
+LLM_CANDIDATE = "tiny-lm-lora"
+LLM_SCENARIO = "chat"
+CHAT = PROJECT_ROOT / "include" / "data" / "banking77-chat"
+TGI_REPOSITORY = "huggingface-pytorch-tgi-inference"
+
+
+@pytest.fixture(scope="module")
+def llm_config_file(aws_env_module: str, workdir: Path) -> Path:
+    """A tiny causal LM with a chat template (tests/tiny_models.py) tuned with LoRA on a cut of
+    the shipped chats; the endpoint on ml.g4dn.xlarge (moto refuses ml.g5.*) at fp16."""
+    from tiny_models import TINY_CHAT_TEMPLATE, save_tiny_causal_lm
+
+    folder = workdir / "llm"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = save_tiny_causal_lm(folder / "tiny-lm", chat_template=TINY_CHAT_TEMPLATE)
+    for name, rows in (("train", 48), ("test", 16)):
+        lines = (CHAT / f"{name}.jsonl").read_text().splitlines()[:rows]
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    primary = f"{LLM_SCENARIO}.accuracy.token_f1"
+    raw = {
+        "pipeline": LLM_PIPELINE,
+        "target": "sagemaker",
+        "data": {
+            "task": "instruction",
+            "train": str(folder / "train.jsonl"),
+            "evaluation": str(folder / "test.jsonl"),
+            "messages_column": "messages",
+            "prompt_template": "auto",
+            "validation_fraction": 0.1,
+            "seed": 7,
+            "checks": {"size": {"min_rows": 10}},
+        },
+        "candidates": [
+            {
+                "name": LLM_CANDIDATE,
+                "base_model": str(model),
+                "method": "lora",
+                "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                "hyperparameters": {
+                    "epochs": 1,
+                    "learning_rate": 1.0e-3,
+                    "batch_size": 16,
+                    "max_length": 128,
+                },
+            }
+        ],
+        "training": {"max_concurrent_jobs": 1, "max_runtime_seconds": 900},
+        "evaluation": {
+            "scenarios": [{"name": LLM_SCENARIO, "data": "heldout", "families": ["accuracy"]}],
+            "gate": {"primary": primary, "bounds": [{"metric": primary, "min": 0.0}]},
+            "baseline": True,
+            "batch_size": 8,
+            "max_new_tokens": 4,
+            "perturbation_sample_size": 8,
+        },
+        "registry": {"model_name": LLM_MODEL_NAME},
+        "deployment": {
+            "endpoint_name": LLM_ENDPOINT,
+            "approval": "auto",
+            "port": 18093,
+            "smoke_requests": 3,
+        },
+        "sagemaker": {
+            "region": REGION,
+            "role_arn": ROLE_ARN,
+            "bucket": BUCKET,
+            "prefix": "fmops-llm-e2e",
+            "endpoint": {
+                "instance_type": "ml.g4dn.xlarge",  # moto refuses ml.g5.* endpoint configs
+                "instance_count": 1,
+                "serving_precision": "fp16",  # a T4 has no bf16
+                "poll_seconds": 1,
+                "scaling": {"enabled": True, "min_instances": 1, "max_instances": 2},
+                "llm": {"max_input_tokens": 96, "max_total_tokens": 128},
+            },
+        },
+    }
+    s3 = _client("s3", aws_env_module)
+    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=BUCKET)
+    path = folder / "sagemaker-llm-e2e.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def llm_config(llm_config_file: Path) -> Any:
+    from fmops.config import load_config
+
+    return load_config(llm_config_file)
+
+
+@pytest.fixture(scope="module")
+def llm_finetune(dagbag, llm_config_file, containers, workdir) -> tuple[Any, str]:
+    return _run_dag(dagbag, "fmops_finetune", llm_config_file, workdir / "llm_finetune.log")
+
+
+@pytest.fixture(scope="module")
+def llm_deploy(llm_finetune, dagbag, llm_config_file, containers, workdir) -> tuple[Any, str]:
+    return _run_dag(dagbag, "fmops_deploy", llm_config_file, workdir / "llm_deploy.log")
+
+
+def test_llm_finetune_trains_with_train_py_and_registers(llm_finetune, llm_config, aws_env_module):
+    from fmops.registry import tracking
+
+    run, text = llm_finetune
+    assert run.state == "success", f"task states: {_states(run)}\n{text[-4000:]}"
+    sagemaker = _client("sagemaker", aws_env_module)
+    (handle,) = _xcom(run, "submit_training")
+    job = sagemaker.describe_training_job(TrainingJobName=handle["name"])
+    assert job["TrainingJobStatus"] == "Completed"
+    hps = job["HyperParameters"]
+    assert hps["sagemaker_program"] == "train.py" and hps["task"] == "instruction"
+    assert hps["messages_column"] == "messages" and hps["method"] == "lora"
+    # The archive is a model folder TGI reads as it is: no code/, the merged weights at the top.
+    uri = job["ModelArtifacts"]["S3ModelArtifacts"]
+    with tarfile.open(fileobj=io.BytesIO(_read_s3(aws_env_module, uri))) as tar:
+        names = {n.removeprefix("./") for n in tar.getnames()}
+    assert {"config.json", "model.safetensors", "prompt_format.json"} <= names
+    assert "tokenizer_config.json" in names and not any(n.startswith("code/") for n in names)
+
+    outcomes = {o["candidate"]: o for o in _xcom(run, "await_evaluation")}
+    assert set(outcomes) == {LLM_CANDIDATE, "baseline"}
+    baseline = sagemaker.describe_processing_job(ProcessingJobName=outcomes["baseline"]["job_name"])
+    arguments = baseline["AppSpecification"]["ContainerArguments"]
+    assert arguments[-2:] == ["--prompt-template", "auto"] and "--zero-shot" not in arguments
+    for outcome in outcomes.values():
+        f1 = outcome["metrics"]["scenarios"][LLM_SCENARIO]["accuracy"]["token_f1"]
+        assert 0 <= f1 <= 1, outcome["metrics"]
+
+    challenger = tracking.client(llm_config).get_model_version_by_alias(
+        LLM_MODEL_NAME, tracking.CHALLENGER
+    )
+    assert challenger.tags["fmops.model_artifacts"] == uri
+
+
+def test_llm_deploy_serves_the_version_through_tgi(
+    llm_deploy, llm_finetune, llm_config, containers, aws_env_module
+):
+    from fmops.registry import tracking
+    from fmops.sagemaker.runtime import SageMakerEndpoint
+
+    run, text = llm_deploy
+    assert run.state == "success", f"task states: {_states(run)}\n{text[-4000:]}"
+    assert _xcom(run, "deploy")["action"] == "created"
+    sagemaker = _client("sagemaker", aws_env_module)
+    endpoint = sagemaker.describe_endpoint(EndpointName=LLM_ENDPOINT)
+    assert endpoint["EndpointStatus"] == "InService"
+    endpoint_config = sagemaker.describe_endpoint_config(
+        EndpointConfigName=endpoint["EndpointConfigName"]
+    )
+    (variant,) = endpoint_config["ProductionVariants"]
+    assert variant["InstanceType"] == "ml.g4dn.xlarge"
+    # sized from the weights (under 1 GiB: the 300 s base, a whole minute up)
+    assert variant["ModelDataDownloadTimeoutInSeconds"] == 360
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 360
+    model = sagemaker.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]
+    assert TGI_REPOSITORY in model["Image"] and ":2.7.0-tgi3.3.6-gpu-" in model["Image"]
+    champion = tracking.client(llm_config).get_model_version_by_alias(
+        LLM_MODEL_NAME, tracking.CHAMPION
+    )
+    assert model["ModelDataUrl"] == champion.tags["fmops.model_artifacts"]
+    environment = model["Environment"]
+    assert environment["HF_MODEL_ID"] == "/opt/ml/model"
+    assert environment["SM_NUM_GPUS"] == "1"  # ml.g4dn.xlarge: one T4
+    assert (environment["MAX_INPUT_TOKENS"], environment["MAX_TOTAL_TOKENS"]) == ("96", "128")
+    assert environment["DTYPE"] == "float16" and "SAGEMAKER_PROGRAM" not in environment
+
+    # The smoke test's chats were answered through InvokeEndpoint, and its bad body got 400.
+    smoke = _xcom(run, "smoke_test")
+    assert smoke["errors"] == 0 and smoke["requests"] == llm_config.deployment.smoke_requests
+    served = [status for name, status in containers.invocations if name == LLM_ENDPOINT]
+    assert served.count(200) >= smoke["requests"] and 400 in served
+
+    live = SageMakerEndpoint(LLM_ENDPOINT, region_name=REGION)
+    chat = {"messages": [{"role": "user", "content": "where is my card"}], "max_tokens": 4}
+    status, body = live.invoke({**chat, "temperature": 0})
+    assert status == 200 and body["object"] == "chat.completion", body
+    assert body["usage"]["completion_tokens"] <= 4
+    status, body = live.invoke({"inputs": "where is my card", "parameters": {"max_new_tokens": 3}})
+    assert status == 200 and isinstance(body[0]["generated_text"], str), body
+    # TGI's validation: a request over MAX_TOTAL_TOKENS is a 422, not an answer
+    status, body = live.invoke({**chat, "max_tokens": 120})
+    assert status == 422 and body["error_type"] == "validation", body
+    assert "MAX_TOTAL_TOKENS" in body["error"]
+    status, body = live.invoke(b"{not json")
+    assert status == 400 and body["error_type"] == "json", body

@@ -1,13 +1,16 @@
 """evaluate.py run as a processing job runs it (a subprocess with the container's arguments), on
-BANKING77 and the shipped generation scenario: the zero-shot encoder, a classifier that train.py
-tuned, and a tiny causal LM that train.py taught the scenario's answers. The figures in
-metrics.json agree with each other, with per_example.json and with the predictions files; a
-seeded run repeats exactly; every model sees the same examples; bad input is named."""
+BANKING77, the shipped generation scenario and small multiple-choice and perplexity scenarios:
+the zero-shot encoder, a classifier that train.py tuned, a tiny causal LM that train.py taught
+the scenario's answers, and an untuned tiny causal LM (the base model). The figures in
+metrics.json agree with each other, with per_example.json, with the predictions files and with
+a forward pass of the model by hand; a seeded run repeats exactly; every model sees the same
+examples; bad input is named."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -45,12 +48,45 @@ GENERATION = {
     "input_column": "prompt",
     "target_column": "completion",
 }
+MULTIPLE_CHOICE = {
+    "name": "intents-mc",
+    "task": "multiple_choice",
+    "folder": "intents-mc",
+    "input_column": "question",
+    "target_column": "answer",
+    "choices_column": "choices",
+    "seed": 7,
+}
+PERPLEXITY = {
+    "name": "answers-perplexity",
+    "task": "perplexity",
+    "folder": "instructions",
+    "input_column": "prompt",
+    "target_column": "completion",
+    "sample_size": 12,
+    "seed": 7,
+    "families": ["accuracy"],
+}
+# Options of different lengths in tokens (so that a sum of log-probabilities and a mean per token
+# can pick different ones); the answer as the option's text, its index, or its index as text;
+# the options as a list or as JSON text.
+QUESTIONS = [
+    ("My card still has not arrived, where is it?", ["card_arrival", "lost card", "cash"], 0),
+    ("I was charged twice for one coffee.", ["duplicate charge on my statement", "fee"], "fee"),
+    ("How do I top up by bank transfer?", ["transfer_into_account", "top up", "pin"], "1"),
+    ("My PIN is blocked after three tries.", ["pin_blocked", "card", "exchange rate"], 0),
+    ("Which currencies can I hold?", ["fiat_currency_support", "atm", "refund"], "refund"),
+    ("The ATM kept my card.", ["card_swallowed", "card", "card swallowed by the atm"], 2),
+    ("Why was my transfer declined?", ["declined_transfer", "beneficiary", "top"], "top"),
+    ("Can I get a refund for this item?", ["request_refund", "refund not showing up"], 1),
+]
 SKIPPED = "a {model} model cannot be evaluated on a {task} scenario"
 TIMINGS = ("latency_p50_ms", "latency_p95_ms", "example_latency_p50_ms", "throughput_per_s")
 NOT_A_MODEL = (
-    "is neither an fmops classifier (label_map.json) nor a causal LM tuned by train.py "
-    "(prompt_format.json); pass --zero-shot for an untuned encoder"
+    "is neither an fmops classifier (label_map.json) nor a causal LM (a *ForCausalLM "
+    "config.json, or prompt_format.json from train.py); pass --zero-shot for an untuned encoder"
 )
+GENERATION_EFFICIENCY = ("time_to_first_token_ms_p50", "tokens_per_second", "generated_tokens")
 
 
 def job_env(**extra: str) -> dict[str, str]:
@@ -108,11 +144,20 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
 
 def write_scenarios(data: Path, scenarios: list[dict]) -> Path:
     """A data folder as the pipeline stages it: BANKING77 test (all 3,080 rows, the scenario
-    samples them) with the 77 declared labels, the shipped generation scenario, scenarios.json."""
+    samples them) with the 77 declared labels, the shipped generation scenario (also the
+    perplexity scenario's), the multiple-choice questions, scenarios.json."""
     write_csv(data / "banking77" / "test.csv", read_csv(BANKING77 / "test.csv"))
     (data / "banking77" / "labels.json").write_text((BANKING77 / "categories.json").read_text())
     (data / "instructions").mkdir(parents=True, exist_ok=True)
     (data / "instructions" / SHIPPED.name).write_text(SHIPPED.read_text())
+    (data / "intents-mc").mkdir(parents=True, exist_ok=True)
+    records = [
+        {"question": q, "choices": choices if i % 2 else json.dumps(choices), "answer": answer}
+        for i, (q, choices, answer) in enumerate(QUESTIONS)
+    ]
+    (data / "intents-mc" / "questions.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records)
+    )
     (data / "scenarios.json").write_text(json.dumps(scenarios))
     return data
 
@@ -147,7 +192,9 @@ def parameter_count(model_dir: Path, labels: int | None = None) -> int:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_scenarios(tmp_path_factory.mktemp("data"), [CLASSIFICATION, GENERATION])
+    return write_scenarios(
+        tmp_path_factory.mktemp("data"), [CLASSIFICATION, GENERATION, MULTIPLE_CHOICE, PERPLEXITY]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -330,13 +377,15 @@ def test_zero_shot_classification_reports_every_family(zero_shot, encoder):
             assert entry["changed"][group] == round(changed, 4), (family, group)
     assert fairness["max_gap"] == max(fairness[f]["gap"] for f in perturb.FAIRNESS)
 
-    # The generation scenario needs a causal LM: recorded as skipped, with the reason.
-    assert document["scenarios"]["instructions"] == {
-        "task": "generation",
-        "skipped": SKIPPED.format(model="classification", task="generation"),
-    }
+    # The generative scenarios need a causal LM: recorded as skipped, with the reason.
+    for scenario in (GENERATION, MULTIPLE_CHOICE, PERPLEXITY):
+        assert document["scenarios"][scenario["name"]] == {
+            "task": scenario["task"],
+            "skipped": SKIPPED.format(model="classification", task=scenario["task"]),
+        }
+        assert not (zero_shot / f"predictions-{scenario['name']}.jsonl").exists()
     assert set(per_example) == {"banking77"}
-    assert not (zero_shot / "predictions-instructions.jsonl").exists()
+    assert result["main_score"] == "accuracy"
 
     records = read_jsonl(zero_shot / "predictions-banking77.jsonl")
     assert len(records) == SAMPLE
@@ -352,6 +401,7 @@ def test_zero_shot_classification_reports_every_family(zero_shot, encoder):
     files = [f for f in encoder.rglob("*") if f.is_file()]
     assert efficiency["model_size_mb"] == round(sum(f.stat().st_size for f in files) / 2**20, 2)
     assert efficiency["parameters"] == parameter_count(encoder, labels=77)
+    assert not set(GENERATION_EFFICIENCY) & set(efficiency)  # nothing was generated
     assert document["seed"] == 13
 
 
@@ -492,7 +542,12 @@ def test_a_tuned_causal_lm_on_the_generation_scenario(generation_run):
     for family in perturb.FAIRNESS:
         values = fairness[family]["groups"].values()
         assert fairness[family]["gap"] == pytest.approx(max(values) - min(values), abs=2e-6)
-    assert "calibration" not in result and "confusion" not in result
+    assert result["main_score"] == "token_f1" and "confusion" not in result
+
+    # Calibration: the answers' sequence probabilities against exact match, in 10 bins.
+    confidences = [p["confidence"] for p in predictions]
+    assert all(0 < c <= 1 for c in confidences) and len(set(confidences)) > 1
+    assert_calibration(result["calibration"], confidences, lists["exact_match"])
 
     # The classification scenario needs a classifier: skipped, with the reason.
     assert document["scenarios"]["banking77"] == {
@@ -500,8 +555,205 @@ def test_a_tuned_causal_lm_on_the_generation_scenario(generation_run):
         "skipped": SKIPPED.format(model="generation", task="classification"),
     }
     assert set(per_example) == {"instructions"}
-    assert document["efficiency"]["parameters"] > 0
-    assert document["efficiency"]["throughput_per_s"] > 0
+    assert document["mode"] == "fine-tuned"
+    efficiency = document["efficiency"]
+    assert efficiency["parameters"] > 0 and efficiency["throughput_per_s"] > 0
+    # Generation's own figures: at most 8 new tokens an answer on the clean pass.
+    assert 0 < efficiency["generated_tokens"] <= 8 * 60
+    assert 0 < efficiency["time_to_first_token_ms_p50"] <= efficiency["latency_p95_ms"]
+    assert efficiency["tokens_per_second"] > 0
+
+
+def assert_calibration(calibration: dict, confidences: list[float], correct: list[float]) -> None:
+    """10 bins that hold every example once, by its confidence; the ECE is their weighted gap."""
+    bins, count = calibration["bins"], len(confidences)
+    assert len(bins) == 10 and sum(b["count"] for b in bins) == count
+    for b in bins:
+        members = [i for i, c in enumerate(confidences) if b["lower"] < c <= b["upper"]]
+        if b["lower"] == 0:
+            members += [i for i, c in enumerate(confidences) if c == 0]
+        assert b["count"] == len(members), b
+        if members:
+            assert b["accuracy"] == pytest.approx(mean([correct[i] for i in members]))
+            assert b["mean_confidence"] == pytest.approx(
+                mean([confidences[i] for i in members]), abs=1e-5
+            )
+    ece = sum(
+        b["count"] / count * abs(b["accuracy"] - b["mean_confidence"]) for b in bins if b["count"]
+    )
+    assert calibration["ece"] == pytest.approx(ece, abs=1e-6)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+# -- the untuned base model ---------------------------------------------------------------------
+
+PLAIN_PROMPT = "### Instruction:\n{}\n\n### Response:\n"  # instruction.py's plain template
+
+
+@pytest.fixture(scope="module")
+def base_lm(tmp_path_factory) -> Path:
+    """An untuned causal LM: a seeded 2-layer Llama with a WordPiece tokenizer (token_type_ids,
+    no EOS, no chat template), no prompt_format.json."""
+    from tiny_models import save_tiny_causal_lm
+
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("base-lm") / "model")
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, base_lm) -> Path:
+    scenarios = [GENERATION, MULTIPLE_CHOICE, PERPLEXITY, CLASSIFICATION]
+    data = write_scenarios(tmp_path_factory.mktemp("base-data"), scenarios)
+    output = tmp_path_factory.mktemp("base") / "out"
+    options = ["--max-new-tokens", "4", "--perturbation-sample-size", "6", "--batch-size", "5"]
+    return evaluated(base_lm, data, output, *options)
+
+
+class ByHand:
+    """Log-likelihoods of the base model from one unpadded forward pass per text, with the
+    prompt rendered here (the plain template) and tokenized apart from the continuation."""
+
+    def __init__(self, folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
+
+    def score(self, question: str, continuation: str) -> tuple[float, int]:
+        import torch
+
+        context = self.tokenizer(PLAIN_PROMPT.format(question), add_special_tokens=False)
+        target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        ids = context["input_ids"] + target
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0]
+        table = torch.log_softmax(logits.float(), dim=-1)
+        start = len(context["input_ids"])
+        return sum(float(table[start + k - 1, t]) for k, t in enumerate(target)), len(target)
+
+
+@pytest.fixture(scope="module")
+def by_hand(base_lm) -> ByHand:
+    return ByHand(base_lm)
+
+
+def test_an_untuned_causal_lm_is_evaluated_as_a_generator(base_run, base_lm):
+    """The base model answers the generation scenario as the tuned models do (mode "base"),
+    through its WordPiece tokenizer, with every family and generation's efficiency figures."""
+    document, per_example = outputs(base_run)
+    assert document["mode"] == "base" and document["model_kind"] == "generation"
+    assert document["scenarios"]["banking77"] == {
+        "task": "classification",
+        "skipped": SKIPPED.format(model="generation", task="classification"),
+    }
+    assert set(per_example) == {"instructions", "intents-mc", "answers-perplexity"}
+    result = document["scenarios"]["instructions"]
+    assert result["examples"] == 60 and set(result["accuracy"]) == set(metrics.GENERATION_METRICS)
+    predictions = read_jsonl(base_run / "predictions-instructions.jsonl")
+    assert [p["input"] for p in predictions] == [r["prompt"] for r in read_jsonl(SHIPPED)]
+    assert all(p["predicted"] for p in predictions)  # a random model still says something
+    confidences = [p["confidence"] for p in predictions]
+    assert all(0 <= c <= 1 for c in confidences)
+    assert_calibration(
+        result["calibration"], confidences, per_example["instructions"]["exact_match"]
+    )
+    assert result["robustness"]["examples"] == result["fairness"]["examples"] == 6
+
+    efficiency = document["efficiency"]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_lm, use_safetensors=True)
+    assert efficiency["parameters"] == sum(p.numel() for p in model.parameters())
+    # 4 new tokens per answer (an answer may end sooner) on the clean pass only.
+    assert 60 <= efficiency["generated_tokens"] <= 4 * 60
+    assert efficiency["tokens_per_second"] > 0 and efficiency["time_to_first_token_ms_p50"] > 0
+
+
+def test_multiple_choice_picks_the_option_likeliest_per_token(base_run, by_hand):
+    """The option with the highest log-likelihood per token after the prompted question; its
+    confidence is its share of the softmax over the options' per-token log-likelihoods."""
+    document, per_example = outputs(base_run)
+    result = document["scenarios"]["intents-mc"]
+    records = read_jsonl(base_run / "predictions-intents-mc.jsonl")
+    assert result["examples"] == len(records) == len(QUESTIONS)
+    assert result["main_score"] == "accuracy"
+    differs = 0
+    for record, (question, choices, answer) in zip(records, QUESTIONS, strict=True):
+        if isinstance(answer, int):
+            correct = choices[answer]
+        else:
+            correct = answer if answer in choices else choices[int(answer)]
+        scored = [by_hand.score(question, option) for option in choices]
+        normalised = [total / count for total, count in scored]
+        best = max(range(len(choices)), key=normalised.__getitem__)
+        weights = [math.exp(v - max(normalised)) for v in normalised]
+        assert record["input"] == question and record["target"] == correct
+        assert record["predicted"] == choices[best], (question, normalised)
+        assert record["confidence"] == pytest.approx(weights[best] / sum(weights), abs=1e-4)
+        assert record["accuracy"] == float(choices[best] == correct)
+        differs += best != max(range(len(choices)), key=lambda i: scored[i][0])
+    assert differs  # per token, not in sum: a sum would pick another option somewhere
+    scores = per_example["intents-mc"]["accuracy"]
+    assert scores == [r["accuracy"] for r in records]
+    assert result["accuracy"] == {"accuracy": pytest.approx(mean(scores), abs=1e-6)}
+    assert_calibration(result["calibration"], [r["confidence"] for r in records], scores)
+    robustness = result["robustness"]
+    assert robustness["examples"] == 6
+    for kind in perturb.ROBUSTNESS:
+        entry = robustness[kind]
+        assert entry["drop"] == pytest.approx(robustness["clean"] - entry["score"], abs=2e-6)
+    assert robustness["typos"]["changed"] > 0
+
+
+def test_perplexity_is_exp_of_the_nll_per_answer_token(base_run, by_hand):
+    document, per_example = outputs(base_run)
+    result = document["scenarios"]["answers-perplexity"]
+    records = read_jsonl(base_run / "predictions-answers-perplexity.jsonl")
+    shipped = {r["prompt"]: r["completion"] for r in read_jsonl(SHIPPED)}
+    assert result["examples"] == len(records) == 12
+    assert result["main_score"] == "nll_per_token"
+    assert result["lower_is_better"] == ["perplexity", "nll_per_token"]
+    assert not {"calibration", "robustness", "fairness"} & set(result)  # accuracy only
+    total, tokens, per_token = 0.0, 0, []
+    for record in records:
+        assert shipped[record["input"]] == record["target"]
+        logprob, count = by_hand.score(record["input"], record["target"])
+        assert record["answer_tokens"] == count > 0
+        assert record["nll_per_token"] == pytest.approx(-logprob / count, abs=1e-4)
+        total, tokens = total - logprob, tokens + count
+        per_token.append(-logprob / count)
+    assert result["answer_tokens"] == tokens
+    assert result["accuracy"]["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-4)
+    assert result["accuracy"]["nll_per_token"] == pytest.approx(mean(per_token), abs=1e-4)
+    assert per_example["answers-perplexity"]["nll_per_token"] == pytest.approx(per_token, abs=1e-4)
+    # A random model over a 30,522-token vocabulary: near-uniform guesses.
+    assert math.log(30522) - 3 < result["accuracy"]["nll_per_token"] < math.log(30522) + 3
+
+
+def test_every_model_is_scored_on_the_same_perplexity_sample(base_run, tmp_path, causal_lm):
+    """The scenario's seed picks the answers, whatever the model and its tokenizer."""
+    data = write_scenarios(tmp_path / "data", [PERPLEXITY])
+    tuned = evaluated(causal_lm, data, tmp_path / "out")
+    pick = [
+        (r["input"], r["target"])
+        for r in read_jsonl(base_run / "predictions-answers-perplexity.jsonl")
+    ]
+    assert pick == [
+        (r["input"], r["target"])
+        for r in read_jsonl(tuned / "predictions-answers-perplexity.jsonl")
+    ]
+    document, _ = outputs(tuned)
+    assert document["mode"] == "fine-tuned"
+    assert "time_to_first_token_ms_p50" not in document["efficiency"]  # nothing generated
+
+
+def test_a_chat_prompt_for_a_model_without_a_chat_template_is_refused(tmp_path, base_lm):
+    data = write_scenarios(tmp_path / "data", [GENERATION])
+    result = evaluate(base_lm, data, tmp_path / "out", "--prompt-template", "chat")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"ERROR {base_lm}:" in result.stderr and "no chat template" in result.stderr
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -521,7 +773,8 @@ def test_a_bad_scenario_is_named(tmp_path, encoder, change, named):
     result = evaluate(encoder, data, tmp_path / "out", "--zero-shot")
     assert result.returncode != 0
     assert "ERROR scenarios.json: scenario 'banking77'" in result.stderr
-    assert named in result.stderr and "classification|generation" in result.stderr
+    tasks = "classification|generation|multiple_choice|perplexity"
+    assert named in result.stderr and tasks in result.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -539,33 +792,24 @@ def test_a_folder_that_is_no_model_is_refused(tmp_path, encoder):
 def test_a_prompt_longer_than_max_length_keeps_its_end(causal_lm):
     """What the model is asked to continue is the end of the prompt: a long prompt loses its
     beginning, never the response header."""
-    import importlib.util
+    import generation
 
-    import torch
+    lm = generation.CausalLM(causal_lm)
+    seen: dict = {}
+    generate = lm.model.generate
 
-    spec = importlib.util.spec_from_file_location("fmops_evaluate_script", EVALUATE)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script  # dataclasses look their module up there
-    spec.loader.exec_module(script)
-    try:
-        generator = script.Generator(causal_lm, max_new_tokens=2)
-        seen: dict = {}
-        generate = generator.model.generate
+    def spy(**kwargs):  # noqa: ANN003, ANN202
+        seen.update(kwargs)
+        return generate(**kwargs)
 
-        def spy(**kwargs):  # noqa: ANN003, ANN202
-            seen.update(kwargs)
-            return generate(**kwargs)
-
-        generator.model.generate = spy
-        chat = [{"role": "user", "content": "Message: " + "my card has not arrived yet " * 40}]
-        generator([chat])
-    finally:
-        torch.set_grad_enabled(True)  # Generator turns gradients off for the whole process
-    prompt = generator.tokenizer(generator.prompt(chat), add_special_tokens=False)["input_ids"]
+    lm.model.generate = spy
+    chat = [{"role": "user", "content": "Message: " + "my card has not arrived yet " * 40}]
+    lm.generate([lm.prompt(chat)], max_new_tokens=2)
+    prompt = lm.tokenizer(lm.prompt(chat), add_special_tokens=False)["input_ids"]
     given = seen["input_ids"][0].tolist()
-    assert len(prompt) > generator.max_length == len(given)
+    assert len(prompt) > lm.max_length == len(given) == 96  # train.py's max_length
     assert given == prompt[-len(given) :]
+    assert "token_type_ids" not in seen
 
 
 def test_a_perturbation_sample_size_below_one_is_refused(tmp_path, classifier):

@@ -76,6 +76,17 @@ def test_normalize_answer_follows_squad(text, normalised):
     assert metrics.normalize_answer(text) == normalised
 
 
+def test_normalize_answer_keeps_the_underscore():
+    """Identifiers keep their underscore (SQuAD would drop it): card_arrival is not cardarrival,
+    nor card arrival; the other punctuation around it still goes."""
+    assert metrics.normalize_answer("Card_Arrival.") == "card_arrival"
+    assert metrics.normalize_answer("(top_up_reverted)!") == "top_up_reverted"
+    assert metrics.exact_match("card_arrival", "card_arrival") == 1.0
+    assert metrics.exact_match("cardarrival", "card_arrival") == 0.0
+    assert metrics.exact_match("card arrival", "card_arrival") == 0.0
+    assert metrics.token_f1("card arrival", "card_arrival") == 0.0  # one token, not two
+
+
 def test_exact_match():
     assert metrics.exact_match("the Denver Broncos", "Denver Broncos") == 1.0
     assert metrics.exact_match("Denver Broncos!", "denver broncos") == 1.0

@@ -18,13 +18,10 @@ SCRIPT = SCRIPTS / "train.py"
 sys.path.insert(0, str(SCRIPTS))
 
 import instruction  # noqa: E402 - the job script's module, beside train.py
+from tiny_models import TINY_CHAT_TEMPLATE, save_tiny_causal_lm  # noqa: E402
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
-# A jinja chat template in the shape of the common ones: a role header, the content, an end mark.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} [SEP] {% endfor %}"
-    "{% if add_generation_prompt %}<assistant> {% endif %}"
-)
+CHAT_TEMPLATE = TINY_CHAT_TEMPLATE
 
 
 @pytest.fixture(scope="module")
@@ -36,27 +33,10 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def tiny_causal_lm(tmp_path_factory, tokenizer) -> Path:
+def tiny_causal_lm(tmp_path_factory) -> Path:
     """A 2-layer Llama built from a config, with the packaged model's WordPiece tokenizer (it has
     no chat template and no EOS token: answers end with its SEP token)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def chat(colour: str, i: int, answer: str) -> dict:

@@ -4,6 +4,9 @@
   ``if TYPE_CHECKING:`` blocks are left out: they never run);
 - the target is chosen in one place: no comparison with a target's name outside
   ``fmops/targets/`` (the registry and the two implementations);
+- the model kind is chosen in one place: no comparison of a ``task`` with a ``data.task`` value
+  outside ``fmops/kinds/``, except where the data itself differs (``config.py``'s rules and the
+  ``fmops/data/`` package, which read labelled texts or chats);
 - ``config.py`` imports nothing from ``fmops/sagemaker/``; the sagemaker package does not
   import the local executor;
 - no module in ``include/fmops`` over 800 lines.
@@ -168,6 +171,53 @@ def test_the_branch_finder_finds_one(tmp_path, monkeypatch):
     assert [line.split(": ", 1)[1] for line in me._target_comparisons(source)] == [
         "config.target == 'sagemaker'"
     ]
+
+
+KIND_TASKS = {"classification", "instruction"}
+# Where data.task may be compared: the kinds, the config's own rules, and the data package (the
+# shape of the records: labelled texts or chats).
+KIND_BRANCHES_ALLOWED = ("fmops.kinds", "fmops.config", "fmops.data")
+
+
+def _kind_comparisons(path: Path) -> list[str]:
+    """Comparisons of a ``data.task`` with a model kind's value, e.g.
+    ``config.data.task == "classification"``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        names = {o.value for o in operands if isinstance(o, ast.Constant) and o.value in KIND_TASKS}
+        others = [ast.unparse(o) for o in operands if not isinstance(o, ast.Constant)]
+        if names and any(text.endswith("data.task") for text in others):
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_branch_on_the_model_kind_outside_the_kinds():
+    outside = [
+        path
+        for name, path in MODULES.items()
+        if not any(name == a or name.startswith(a + ".") for a in KIND_BRANCHES_ALLOWED)
+    ]
+    found = [line for path in outside for line in _kind_comparisons(path)]
+    assert not found, "branches on data.task outside fmops/kinds:\n" + "\n".join(found)
+
+
+def test_the_kind_branch_finder_finds_one(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text(
+        'if config.data.task == "instruction":\n    pass\nok = scenario.name == "instruction"\n'
+    )
+    import test_architecture as me
+
+    monkeypatch_package = me.PACKAGE
+    try:
+        me.PACKAGE = source.parent
+        found = me._kind_comparisons(source)
+    finally:
+        me.PACKAGE = monkeypatch_package
+    assert [line.split(": ", 1)[1] for line in found] == ["config.data.task == 'instruction'"]
 
 
 @pytest.mark.parametrize(

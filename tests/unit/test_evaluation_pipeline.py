@@ -100,7 +100,8 @@ def test_specs_fill_the_defaults(tmp_path):
         "label",
     )
     assert (other["sample_size"], other["seed"]) == (1, 3)
-    assert chat["task"] == "generation" and "calibration" not in chat["families"]
+    # Generation measures calibration too (the answer's sequence probability against exact match).
+    assert chat["task"] == "generation" and "calibration" in chat["families"]
     assert (chat["input_column"], chat["target_column"]) == ("prompt", "completion")
     recipe = scenarios.recipe(config)
     assert set(recipe["files"]) == {"extra", "chat"}

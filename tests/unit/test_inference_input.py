@@ -166,7 +166,9 @@ def test_parse_accepts_config_job_hyperparameters():
 
     config = load_config("include/configs/local.yaml")
     for candidate in config.candidates:
-        sent = candidate.job_hyperparameters("text", "category")
+        sent = candidate.job_hyperparameters(
+            {"task": "classification", "text_column": "text", "label_column": "category"}
+        )
         hps = Hyperparameters.parse(sent)
         assert hps.method == candidate.method
         assert hps.epochs == candidate.hyperparameters.epochs

@@ -85,6 +85,14 @@ COMMANDS: dict[str, Where] = {
         recipe="$(BIN)/fmops demo",
         evidence='"demo", "--config"',
     ),
+    "make demo-llm": Where(
+        f"{AIRFLOW_API}::test_make_demo_llm_tunes_registers_and_serves_a_generative_lm",
+        note="`fmops demo --config` end to end on the test's stack, with include/configs/"
+        "local-llm.yaml cut to minutes (48 training chats, one epoch); benchmarks/generation.py "
+        "runs `make demo-llm` itself with the shipped config",
+        recipe="$(BIN)/fmops demo --config include/configs/local-llm.yaml",
+        evidence='"demo", "--config", str(demo_llm_config["path"])',
+    ),
     "make test": Where(CI, recipe="$(BIN)/pytest"),
     "make test-quick": Where(
         "tests/unit/test_readme.py::test_make_test_quick_deselects_a_registered_marker",
@@ -202,10 +210,6 @@ COMMANDS: dict[str, Where] = {
         "tests/unit/test_data_cli.py::test_the_shipped_config_passes"
     ),
     # -- How it works: a job script run as its container would -----------------------------------
-    "python include/scripts/train.py": Where(
-        "tests/jobs/test_train_instruction.py::test_lora_on_a_causal_lm_learns_the_answers",
-        note="SM_* variables and channels as in the README, on a tiny Llama built from a config",
-    ),
 }
 
 

@@ -6,7 +6,9 @@ The variants serve a test double of the model code (``FAKE_HANDLERS``): ``input_
 ``output_fn`` and ``BadRequestError`` are the real ones from include/scripts/inference.py (so
 the request validation under test is the served one), while ``model_fn``/``predict_fn`` are a
 stand-in without torch that labels every text with the variant's name, fails on ``boom`` and
-sleeps on ``sleep:<seconds>``. The router and variant servers are the real classes.
+sleeps on ``sleep:<seconds>``. ``GENERATIVE_HANDLERS`` stand in for a generative model's
+handlers, with the variant's optional hooks (``warm_up``, ``headers_fn``: TGI's
+``x-generated-tokens``). The router and variant servers are the real classes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from fmops.deployment.rollout import (
     plan_shifts,
     rollout,
 )
-from fmops.deployment.router import Record, Router, VariantStats, percentile
+from fmops.deployment.router import Record, Router, VariantStats, generated_tokens, percentile
 from fmops.deployment.settings import AlarmSettings, TrafficSettings
 from fmops.deployment.variant import VariantServer, load_handlers
 from fmops.paths import SCRIPTS_DIR
@@ -59,6 +61,47 @@ def predict_fn(texts, model):
         if text.startswith("sleep:"):
             time.sleep(float(text.split(":", 1)[1]))
     return [{{"label": model["name"], "score": 1.0}} for _ in texts]
+"""
+
+# One prompt per request ("tokens:<count>:<seconds>"): answers with that many tokens after
+# sleeping that long. The warm-up must come through the hook: predict_fn refuses a list.
+GENERATIVE_HANDLERS = """
+import json
+import time
+
+warmed = []
+
+
+class BadRequestError(ValueError):
+    pass
+
+
+def model_fn(model_dir):
+    return {"name": model_dir}
+
+
+def warm_up(model):
+    warmed.append(model["name"])
+
+
+def input_fn(body, content_type):
+    return json.loads(body)["inputs"]
+
+
+def predict_fn(prompt, model):
+    if not isinstance(prompt, str):
+        raise TypeError(f"one prompt per request, got {prompt!r}")
+    _, count, seconds = prompt.split(":")
+    time.sleep(float(seconds))
+    return int(count)
+
+
+def output_fn(tokens, accept):
+    return json.dumps([{"generated_text": "x" * tokens}])
+
+
+def headers_fn(tokens):
+    return {"x-generated-tokens": str(tokens)}
 """
 
 
@@ -275,6 +318,44 @@ def test_stats_start_afresh_when_a_color_is_a_new_process(harness):
         other.server_close()
 
 
+def test_a_generative_variant_warms_up_and_reports_tokens_through_its_hooks(harness, tmp_path):
+    path = tmp_path / "generative_handlers.py"
+    path.write_text(GENERATIVE_HANDLERS)
+    handlers = load_handlers(path)
+    server = VariantServer(free_port(), handlers, "tiny-llm", "green")
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        wait_until(lambda: server.model is not None, what="model")
+        assert handlers.warmed == ["tiny-llm"]  # the hook, not predict_fn([WARM_UP_TEXT])
+        port = server.server_address[1]
+        status, body, headers = harness.post({"inputs": "tokens:3:0"}, port=port)
+        assert (status, body, headers["x-generated-tokens"]) == (
+            200,
+            [{"generated_text": "xxx"}],
+            "3",
+        )
+        status, body, headers = harness.post({"inputs": "boom"}, port=port)  # no prediction
+        assert status == 500 and "x-generated-tokens" not in headers
+        harness.route({"blue": 50, "green": 50}, ports={"green": port})
+        for text in ("tokens:4:0.2", "tokens:8:0.2", "tokens:0:0"):
+            assert harness.post({"inputs": text}, {"X-Fmops-Target-Variant": "green"})[0] == 200
+        assert harness.post({"inputs": ["a text"]}, {"X-Fmops-Target-Variant": "blue"})[0] == 200
+        stats = harness.stats("?percentiles=50")["stats"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    green = stats["green"]
+    assert (green["requests"], green["token_requests"]) == (3, 2)  # 0 tokens: no per-token value
+    per_token = green["latency_per_token_ms"]
+    assert set(per_token) == {"average", "maximum", "p50"}
+    # The slowest request per token is at most the slowest request over 4 tokens (each value is
+    # rounded to 0.01 ms on its own).
+    slowest = green["latency_ms"]["maximum"] / 4 + 0.01
+    assert 200 / 8 <= per_token["p50"] <= per_token["maximum"] <= slowest
+    blue = stats["blue"]  # a classifier's answers say nothing of tokens
+    assert blue["token_requests"] == 0 and blue["latency_per_token_ms"]["average"] is None
+
+
 # -- stats --------------------------------------------------------------------------------------
 
 
@@ -321,6 +402,25 @@ def test_variant_stats_are_bounded_and_windowed():
     stats.add(Record(at=200.0, generation=2, status=200, latency_ms=1))  # the old ones expire
     assert stats.snapshot(now=200.0)["requests"] == 1
     assert stats.snapshot(now=200.0, since_generation=3)["requests"] == 0
+
+
+def test_variant_stats_keep_the_latency_per_generated_token():
+    stats = VariantStats()
+    stats.add(Record(at=1.0, generation=1, status=200, latency_ms=100, generated_tokens=4))
+    stats.add(Record(at=2.0, generation=1, status=200, latency_ms=90, generated_tokens=9))
+    stats.add(Record(at=3.0, generation=1, status=200, latency_ms=50, generated_tokens=0))
+    stats.add(Record(at=4.0, generation=1, status=200, latency_ms=70))  # no header
+    snapshot = stats.snapshot(now=4.0, percentiles=(50,))
+    assert snapshot["token_requests"] == 2
+    assert snapshot["latency_per_token_ms"] == {"average": 17.5, "maximum": 25.0, "p50": 10.0}
+    assert snapshot["latency_ms"]["average"] == 77.5  # every request, as before
+
+
+@pytest.mark.parametrize(
+    ("header", "tokens"), [(None, None), ("12", 12), ("0", 0), ("many", None), ("-3", None)]
+)
+def test_a_generated_tokens_header_is_read_or_ignored(header, tokens):
+    assert generated_tokens(header) == tokens
 
 
 # -- request hygiene ----------------------------------------------------------------------------
@@ -482,6 +582,30 @@ def test_alarms():
     p95 = AlarmSettings(max_latency_ms=500, latency_statistic="p95")
     assert breached(snapshot(average=600), p95, "green") is None
     assert "p95 latency" in breached(snapshot(p95=501), p95, "green")
+
+
+def test_the_latency_per_token_alarm():
+    per_token = {"average": 60.0, "maximum": 90.0, "p95": 80.0, "p99.9": 90.0}
+    generative = {**snapshot(), "token_requests": 40, "latency_per_token_ms": per_token}
+    assert breached(generative, AlarmSettings(), "green") is None  # off by default
+    alarms = AlarmSettings(latency_per_token_ms=50)
+    assert breached(generative, alarms, "green (version 3)") == (
+        "latency per token alarm: green (version 3)'s Average latency per generated token over "
+        "40 requests is 60.0 ms > latency_per_token_ms 50 ms"
+    )
+    p95 = AlarmSettings(latency_per_token_ms=80, latency_statistic="p95")
+    assert breached(generative, p95, "green") is None  # 80 is not above 80
+    tighter = AlarmSettings(latency_per_token_ms=79.5, latency_statistic="p95")
+    assert "p95 latency per generated token over 40 requests is 80.0 ms" in breached(
+        generative, tighter, "green"
+    )
+    # A classifier's answers carry no token counts: no per-token data, no alarm.
+    none = {"average": None, "maximum": None, "p95": None, "p99.9": None}
+    classifier = {**snapshot(), "token_requests": 0, "latency_per_token_ms": none}
+    assert breached(classifier, alarms, "green") is None
+    assert breached(snapshot(), alarms, "green") is None  # stats without the field
+    with pytest.raises(ValueError, match="greater than 0"):
+        AlarmSettings(latency_per_token_ms=0)
 
 
 def test_latency_value_reads_the_statistic():

@@ -606,7 +606,9 @@ def test_training_plans_pass_botocore_and_carry_the_candidate():
         assert plan["target"] == "sagemaker" and plan["kind"] == "training"
         assert plan["settings"] == {"aws_conn_id": "aws_default", "region_name": "us-east-1"}
         hps = request["HyperParameters"]
-        expected = candidate.job_hyperparameters("text", "category")
+        expected = candidate.job_hyperparameters(
+            {"task": "classification", "text_column": "text", "label_column": "category"}
+        )
         assert {k: hps[k] for k in expected} == expected
         assert hps["sagemaker_program"] == "train.py"
         assert request["AlgorithmSpecification"]["MetricDefinitions"] == TRAINING_METRICS
@@ -833,13 +835,13 @@ def test_a_request_botocore_refuses_is_a_plan_error():
         _validate("CreateTrainingJob", "TrainingJobName", "x", {"RoleArn": 5}, load_catalog())
 
 
-def test_instruction_task_is_not_planned():
+def test_a_generative_config_with_a_precision_tgi_cannot_serve_is_refused():
     def instruction(raw):
         raw["data"]["task"] = "instruction"
         raw["data"].pop("labels")
 
-    with pytest.raises(PlanError, match="classification runs only"):
-        plan_training(config_of(instruction))
+    with pytest.raises(ConfigError, match="fp32 is not a precision TGI serves"):
+        config_of(instruction)
 
 
 # -- the whole plan and the CLI ------------------------------------------------------------------

@@ -9,13 +9,16 @@
   never does is removed and blue keeps 100%. Then the traffic moves by ``plan_shifts``:
   ALL_AT_ONCE (one shift to 100%), CANARY (the canary share, then the rest) or LINEAR (equal
   steps), each followed by a baking period of ``wait_seconds``. During each bake, smoke traffic
-  (texts from the evaluation set, ``smoke_requests`` of them spread over the bake) runs through
+  (requests from the evaluation set, ``smoke_requests`` of them spread over the bake) runs through
   the router to green (``X-Fmops-Target-Variant``), and the alarms read green's counters from
   the router (``/admin/stats``: the requests since the shift, at most the alarm window old):
   its 5xx rate (502/504 and timeouts count), its 4xx rate when ``max_4xx_error_rate`` is set,
   and its latency statistic (``latency_statistic``: Average, Maximum or pNN, against
-  ``max_latency_ms``). A breach rolls the traffic back to blue at once, drains and removes
-  green, and ``rollout`` raises ``RolloutFailedError`` with the alarm's reason.
+  ``max_latency_ms``), and, when ``latency_per_token_ms`` is set, the same statistic of its
+  latency per generated token (over the answers that say how many tokens they generated, a
+  generative model's: a long answer is slow without the model being slow). A breach rolls the
+  traffic back to blue at once, drains and removes green, and ``rollout`` raises
+  ``RolloutFailedError`` with the alarm's reason.
 - After the last bake, blue stays (with no traffic) for ``termination_wait_seconds``, then is
   drained and retired; green becomes the only variant and the new stable routing.
 - The whole deployment must finish within ``traffic.timeout_seconds``
@@ -36,7 +39,8 @@ evaluation_periods``), and the first breach counts: a local bake is seconds to m
 rollout logs this once.
 
 ``deploy_local`` is ``rollout`` with a config's ``deployment`` settings and smoke texts from its
-evaluation set (``evaluation_texts``): fmops_deploy's local path. The endpoint's mechanics
+evaluation set in the model kind's request shape (``fmops.kinds``): fmops_deploy's local
+path. The endpoint's mechanics
 (processes, routing, router statistics) are ``fmops.deployment.local``'s, which this module
 drives.
 """
@@ -46,7 +50,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,6 +59,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from fmops import processes
 from fmops.deployment.local import COLORS, EndpointError, LocalEndpoint, now_iso
 from fmops.deployment.settings import AlarmSettings, TrafficSettings, traffic_problems
+from fmops.kinds import kind_of
 
 if TYPE_CHECKING:
     from fmops.config import PipelineConfig
@@ -190,6 +194,15 @@ def breached(snapshot: dict[str, Any] | None, alarms: AlarmSettings, label: str)
             f"latency alarm: {label}'s {alarms.latency_statistic} latency over {count} requests "
             f"is {value:.0f} ms > max_latency_ms {alarms.max_latency_ms:.0f} ms"
         )
+    if alarms.latency_per_token_ms is not None:
+        per_token = snapshot.get("latency_per_token_ms") or {}
+        value = latency_value(per_token, alarms.latency_statistic)
+        if value is not None and value > alarms.latency_per_token_ms:
+            return (
+                f"latency per token alarm: {label}'s {alarms.latency_statistic} latency per "
+                f"generated token over {snapshot.get('token_requests')} requests is "
+                f"{value:.1f} ms > latency_per_token_ms {alarms.latency_per_token_ms:g} ms"
+            )
     return None
 
 
@@ -229,7 +242,7 @@ class _Rollout:
         version: str,
         traffic: TrafficSettings,
         alarms: AlarmSettings,
-        smoke_texts: Sequence[str],
+        smoke_payloads: Sequence[dict[str, Any]],
         smoke_requests: int,
         clock: Clock,
         poll_seconds: float,
@@ -237,8 +250,8 @@ class _Rollout:
         self.endpoint = endpoint
         self.traffic = traffic
         self.alarms = alarms
-        self.smoke_texts = list(smoke_texts)
-        self.smoke_requests = smoke_requests if self.smoke_texts else 0
+        self.smoke_payloads = list(smoke_payloads)
+        self.smoke_requests = smoke_requests if self.smoke_payloads else 0
         self.clock = clock
         self.poll = poll_seconds
         self.began = clock.now()
@@ -326,10 +339,10 @@ class _Rollout:
             }
 
     def smoke_once(self, color: str) -> int | None:
-        text = self.smoke_texts[self.smoke_index % len(self.smoke_texts)]
+        payload = self.smoke_payloads[self.smoke_index % len(self.smoke_payloads)]
         self.smoke_index += 1
         try:
-            return self.endpoint.invoke({"inputs": [text]}, target_variant=color)[0]
+            return self.endpoint.invoke(payload, target_variant=color)[0]
         except OSError as err:
             log.warning("smoke request to %s not sent: %s", color, err)
             return None
@@ -475,7 +488,7 @@ def rollout(
     port: int,
     traffic: TrafficSettings,
     alarms: AlarmSettings,
-    smoke_texts: Sequence[str] = (),
+    smoke_payloads: Sequence[dict[str, Any]] = (),
     smoke_requests: int = 20,
     health_timeout: float = 120,
     clock: Clock | None = None,
@@ -495,7 +508,7 @@ def rollout(
         str(version),
         traffic,
         alarms,
-        smoke_texts,
+        smoke_payloads,
         smoke_requests,
         clock or SystemClock(),
         poll_seconds,
@@ -615,16 +628,6 @@ def rollback_to_stable(endpoint: LocalEndpoint, note: str | None = None) -> dict
     }
 
 
-def evaluation_texts(config: PipelineConfig, count: int) -> list[str]:
-    """``count`` texts drawn (with the data seed) from the evaluation set: the smoke traffic."""
-    from fmops.data.loading import load_table
-
-    data = config.data
-    frame = load_table(data.evaluation)
-    rows = random.Random(data.seed).sample(range(len(frame)), min(count, len(frame)))
-    return [str(frame.iloc[i][data.text_column]) for i in rows]
-
-
 def deploy_local(
     config: PipelineConfig,
     version: str,
@@ -633,7 +636,7 @@ def deploy_local(
     clock: Clock | None = None,
 ) -> dict[str, Any]:
     """``rollout`` with the config's ``deployment`` settings (port, health timeout, traffic,
-    alarms, ``smoke_requests`` texts from the evaluation set). Returns the deploy task's result:
+    alarms, ``smoke_requests`` requests from the evaluation set). Returns the deploy task's result:
     endpoint, url, version, status and the rollout (outcome, shifts, timeline). Raises
     ``RolloutFailedError`` for a rolled back version."""
     settings = config.deployment
@@ -646,7 +649,9 @@ def deploy_local(
         port=settings.port,
         traffic=settings.traffic,
         alarms=settings.alarms,
-        smoke_texts=evaluation_texts(config, settings.smoke_requests),
+        smoke_payloads=[
+            case["payload"] for case in kind_of(config).smoke_cases(config, settings.smoke_requests)
+        ],
         smoke_requests=settings.smoke_requests,
         health_timeout=settings.health_timeout_seconds,
         clock=clock,

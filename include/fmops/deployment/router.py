@@ -18,7 +18,11 @@ Per variant the router keeps every request of a sliding window (status, latency,
 generation it was sent under): ``GET /admin/stats?window=S&since_generation=N&percentiles=50,95``
 returns counts of requests, 4xx, 5xx (502/504 from the router included) and timeouts, latency
 statistics and the requests in flight, over the last S seconds and/or since generation N (the
-traffic of one baking period). The deployment's alarms read it.
+traffic of one baking period). The deployment's alarms read it. A variant that serves a
+generative model says how many tokens it generated (TGI's ``x-generated-tokens`` header): for
+those answers the router also keeps the latency per generated token (the router's latency
+divided by the count; answers of 0 tokens have none), whose statistics ``latency_per_token_ms``
+gives beside the number of requests they cover (``token_requests``).
 
 A ``X-Fmops-Target-Variant: <color>`` header sends a request to that variant whatever the weights
 (SageMaker's ``TargetVariant``): the smoke traffic of a baking period uses it.
@@ -58,6 +62,7 @@ TARGET_HEADER = "X-Fmops-Target-Variant"
 STATS_EXAMPLE = "/admin/stats?window=60&since_generation=3&percentiles=50,95"
 VARIANT_HEADER = "X-Fmops-Variant"
 VERSION_HEADER = "X-Fmops-Version"
+GENERATED_TOKENS_HEADER = "x-generated-tokens"  # TGI's name; HTTP headers ignore case
 # A pooled connection to a variant that the variant closed while idle fails like this on reuse.
 STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -92,6 +97,11 @@ class Record:
     status: int  # the status the client got (502 / 504 from the router itself)
     latency_ms: float
     timed_out: bool = False
+    generated_tokens: int | None = None  # the variant's x-generated-tokens, when it sent one
+
+    @property
+    def latency_per_token_ms(self) -> float | None:
+        return self.latency_ms / self.generated_tokens if self.generated_tokens else None
 
 
 def percentile(ordered: list[float], q: float) -> float | None:
@@ -141,6 +151,21 @@ class VariantStats:
         return summarize(records, counters, now, window, since_generation, percentiles)
 
 
+def latency_statistics(
+    values: list[float], percentiles: Iterable[float]
+) -> dict[str, float | None]:
+    """Average, maximum and the percentiles of ``values`` (None each when there are none)."""
+    ordered = sorted(values)
+    found: dict[str, float | None] = {
+        "average": round(sum(ordered) / len(ordered), 2) if ordered else None,
+        "maximum": round(ordered[-1], 2) if ordered else None,
+    }
+    for q in percentiles:
+        value = percentile(ordered, q)
+        found[f"p{q:g}"] = round(value, 2) if value is not None else None
+    return found
+
+
 def summarize(
     records: list[Record],
     counters: dict[str, int],
@@ -151,6 +176,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Counts and latency statistics of the records in the window and since the generation."""
     now = time.monotonic() if now is None else now
+    percentiles = tuple(percentiles)
     selected = [
         r
         for r in records
@@ -160,14 +186,7 @@ def summarize(
     count = len(selected)
     errors_5xx = sum(r.status >= 500 for r in selected)
     errors_4xx = sum(400 <= r.status < 500 for r in selected)
-    latencies = sorted(r.latency_ms for r in selected)
-    latency: dict[str, float | None] = {
-        "average": round(sum(latencies) / count, 2) if count else None,
-        "maximum": round(latencies[-1], 2) if count else None,
-    }
-    for q in percentiles:
-        value = percentile(latencies, q)
-        latency[f"p{q:g}"] = round(value, 2) if value is not None else None
+    per_token = [r.latency_per_token_ms for r in selected if r.latency_per_token_ms is not None]
     return {
         "requests": count,
         "ok": sum(200 <= r.status < 300 for r in selected),
@@ -176,7 +195,9 @@ def summarize(
         "timeouts": sum(r.timed_out for r in selected),
         "error_rate_5xx": round(errors_5xx / count, 6) if count else None,
         "error_rate_4xx": round(errors_4xx / count, 6) if count else None,
-        "latency_ms": latency,
+        "latency_ms": latency_statistics([r.latency_ms for r in selected], percentiles),
+        "token_requests": len(per_token),
+        "latency_per_token_ms": latency_statistics(per_token, percentiles),
         **counters,
     }
 
@@ -304,6 +325,19 @@ class Router(ThreadingHTTPServer):
             connection.close()
 
 
+def generated_tokens(header: str | None) -> int | None:
+    """The count of an ``x-generated-tokens`` header; None without one or when it is not a
+    count (a variant's bad header must not fail the client's request)."""
+    if header is None:
+        return None
+    try:
+        tokens = int(header)
+    except ValueError:
+        log.warning("%s: %r is not a token count; ignored", GENERATED_TOKENS_HEADER, header)
+        return None
+    return tokens if tokens >= 0 else None
+
+
 class RefusedError(Exception):
     """The variant did not take the request (refused, or dropped it unanswered)."""
 
@@ -391,9 +425,13 @@ class RouterHandler(BaseHTTPRequestHandler):
             started = time.monotonic()
             record = None
             try:
-                status, payload = self._forward(variant["port"], body, content_type)
+                status, payload, tokens = self._forward(variant["port"], body, content_type)
                 record = Record(
-                    time.monotonic(), generation, status, (time.monotonic() - started) * 1000
+                    time.monotonic(),
+                    generation,
+                    status,
+                    (time.monotonic() - started) * 1000,
+                    generated_tokens=tokens,
                 )
             except TimeoutError:
                 record = Record(
@@ -430,9 +468,10 @@ class RouterHandler(BaseHTTPRequestHandler):
         else:
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no variant is serving traffic"})
 
-    def _forward(self, port: int, body: bytes, content_type: str) -> tuple[int, bytes]:
-        """One request to a variant: (status, body). A pooled connection that the variant closed
-        while idle is replaced once; ``RefusedError`` when the variant did not take the request."""
+    def _forward(self, port: int, body: bytes, content_type: str) -> tuple[int, bytes, int | None]:
+        """One request to a variant: (status, body, the tokens it says it generated). A pooled
+        connection that the variant closed while idle is replaced once; ``RefusedError`` when the
+        variant did not take the request."""
         for _ in range(2):
             connection, reused = self.server.connection(port)
             try:
@@ -452,7 +491,11 @@ class RouterHandler(BaseHTTPRequestHandler):
                 raise RefusedError(str(err)) from err
             if response.will_close:
                 self.server.discard(port)
-            return response.status, payload
+            return (
+                response.status,
+                payload,
+                generated_tokens(response.getheader(GENERATED_TOKENS_HEADER)),
+            )
         raise RefusedError("the connection was closed twice")
 
 

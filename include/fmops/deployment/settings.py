@@ -302,6 +302,15 @@ class AlarmSettings(Strict):
         1000.0, gt=0, description="ModelLatency threshold; CloudWatch gets it in microseconds"
     )
     latency_statistic: Annotated[str, Field(pattern=LATENCY_STATISTIC)] = "Average"
+    latency_per_token_ms: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "off by default: for generative models, the latency per generated token (the "
+            "variant's x-generated-tokens header), same statistic as latency_statistic; local "
+            "target only: SageMaker publishes no per-token metric"
+        ),
+    )
     period_seconds: int = Field(60, ge=60, description="a multiple of 60 (1-minute metrics)")
     evaluation_periods: int = Field(3, ge=1)
     datapoints_to_alarm: int = Field(2, ge=1)

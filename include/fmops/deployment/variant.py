@@ -7,6 +7,12 @@ registered with the model (``--handlers``: a file path, loaded as a module). A m
 to load ends the process with the error in its log, so a deployment waiting for ``/ping`` learns
 at once that it never will.
 
+Two optional hooks let a handlers module serve another kind of model (the generation handlers,
+``serve_generation.py``, have both): ``warm_up(model)`` runs the warm-up prediction instead of
+``predict_fn([WARM_UP_TEXT], model)``, whose input suits the classifier only, and
+``headers_fn(prediction) -> dict[str, str]`` adds response headers to a 200 answer (TGI's
+``x-generated-tokens``, which the router's per-token latency reads).
+
 Request hygiene: the body size is bounded (413; 411 without a ``Content-Length``), malformed or
 wrong-schema JSON and batches or texts over the handlers' limits get 400 with the handlers'
 message (``BadRequestError``), and no input can crash the server: an unexpected error is a 500
@@ -42,6 +48,9 @@ def load_handlers(path: Path) -> Any:
     if spec is None or spec.loader is None:
         raise ImportError(f"{path} is not a Python module with the inference handlers")
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would: dataclasses (and pickling) look the module
+    # up by name while its classes are being defined.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -68,7 +77,11 @@ class VariantServer(ThreadingHTTPServer):
             logging.shutdown()
             os._exit(3)
         try:  # the first prediction is slow (lazy initialisation): not a user's request
-            self.handlers.predict_fn([WARM_UP_TEXT], model)
+            warm_up = getattr(self.handlers, "warm_up", None)
+            if warm_up is not None:
+                warm_up(model)
+            else:
+                self.handlers.predict_fn([WARM_UP_TEXT], model)
         except Exception:  # noqa: BLE001 - a model that fails to predict is the alarms' business
             log.exception("variant %s: the warm-up prediction failed", self.name)
         self.model = model
@@ -84,12 +97,20 @@ class VariantHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug(format, *args)
 
-    def _reply(self, status: int, body: dict[str, Any] | str, close: bool = False) -> None:
+    def _reply(
+        self,
+        status: int,
+        body: dict[str, Any] | str,
+        close: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         data = body if isinstance(body, str) else json.dumps(body)
         payload = data.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         if close:  # the body was not read: the connection cannot carry another request
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -130,7 +151,12 @@ class VariantHandler(BaseHTTPRequestHandler):
             texts = handlers.input_fn(body, self.headers.get("Content-Type", "application/json"))
             with self.server.lock:
                 prediction = handlers.predict_fn(texts, self.server.model)
-            self._reply(HTTPStatus.OK, handlers.output_fn(prediction, "application/json"))
+            headers_fn = getattr(handlers, "headers_fn", None)
+            self._reply(
+                HTTPStatus.OK,
+                handlers.output_fn(prediction, "application/json"),
+                headers=headers_fn(prediction) if headers_fn is not None else None,
+            )
         except self.server.bad_request as err:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": str(err)})
         except Exception as err:  # noqa: BLE001 - a model error must not take the server down

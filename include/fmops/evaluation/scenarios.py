@@ -16,9 +16,27 @@ from typing import Any
 
 from fmops.config import HELDOUT, PipelineConfig, ScenarioConfig
 from fmops.data.loading import DataError, file_digest, load_table
+from fmops.kinds import kind_of
 
 SPEC_FILE = "scenarios.json"
-PIPELINE_TASK = {"classification": "classification", "instruction": "generation"}
+# Scenario tasks that score a generative model (its answers, its options' log-likelihoods, its
+# perplexity on reference answers); a classifier skips them, and they read records as chats.
+GENERATIVE_TASKS = ("generation", "multiple_choice", "perplexity")
+# The main score of each scenario task, as evaluate.py reports it (``main_score``).
+MAIN_SCORE = {
+    "classification": "accuracy",
+    "generation": "token_f1",
+    "multiple_choice": "accuracy",
+    "perplexity": "nll_per_token",
+}
+# The families each scenario task can measure (calibration needs a confidence; perplexity is a
+# likelihood, not an answer that perturbations could change).
+TASK_FAMILIES = {
+    "classification": ("accuracy", "calibration", "robustness", "fairness"),
+    "generation": ("accuracy", "calibration", "robustness", "fairness"),
+    "multiple_choice": ("accuracy", "calibration", "robustness", "fairness"),
+    "perplexity": ("accuracy",),
+}
 
 
 class ScenarioError(DataError):
@@ -26,7 +44,7 @@ class ScenarioError(DataError):
 
 
 def task_of(config: PipelineConfig, scenario: ScenarioConfig) -> str:
-    return scenario.task or PIPELINE_TASK[config.data.task]
+    return scenario.task or kind_of(config).scenario_task
 
 
 def spec(config: PipelineConfig, scenario: ScenarioConfig) -> dict[str, Any]:
@@ -34,19 +52,22 @@ def spec(config: PipelineConfig, scenario: ScenarioConfig) -> dict[str, Any]:
     data = config.data
     task = task_of(config, scenario)
     heldout = scenario.data == HELDOUT
-    if heldout and task != PIPELINE_TASK[data.task]:
+    kind = kind_of(config)
+    if heldout and task not in (kind.scenario_task, "perplexity" if kind.generative else ""):
         raise ScenarioError(
             f"evaluation.scenarios {scenario.name}: the held-out data is {data.task} data, so "
-            f"the scenario's task is {PIPELINE_TASK[data.task]}, not {task}; remove task or "
-            "point data at another file"
+            f"the scenario's task is {kind.scenario_task}, not {task}; remove task or point "
+            "data at another file"
         )
-    if task == "classification":
-        columns = (data.text_column, data.label_column) if heldout else ("text", "label")
-    elif heldout:
-        columns = (data.prompt_column, data.completion_column)
+    if heldout:
+        columns = kind.heldout_columns(data)
+    elif task == "classification":
+        columns = ("text", "label")
+    elif task == "multiple_choice":
+        columns = ("question", "answer")
     else:
         columns = ("prompt", "completion")
-    families = [f for f in scenario.families if task == "classification" or f != "calibration"]
+    families = [f for f in scenario.families if f in TASK_FAMILIES[task]]
     return {
         "name": scenario.name,
         "task": task,
@@ -54,6 +75,7 @@ def spec(config: PipelineConfig, scenario: ScenarioConfig) -> dict[str, Any]:
         "input_column": scenario.input_column or columns[0],
         "target_column": scenario.target_column or columns[1],
         "messages_column": scenario.messages_column or data.messages_column,
+        **({"choices_column": scenario.choices_column} if task == "multiple_choice" else {}),
         "sample_size": scenario.sample_size,
         "seed": scenario.seed,
         "families": families,
@@ -91,8 +113,10 @@ def write(config: PipelineConfig, evaluation_dir: Path) -> list[dict[str, Any]]:
         if frame.empty:
             raise ScenarioError(f"{where}: the file has no rows")
         needed = [item["input_column"], item["target_column"]]
-        if item["task"] == "generation" and item["messages_column"] in frame.columns:
+        if item["task"] in GENERATIVE_TASKS and item["messages_column"] in frame.columns:
             needed = [item["messages_column"]]
+        if item["task"] == "multiple_choice":
+            needed.append(item["choices_column"])
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise ScenarioError(

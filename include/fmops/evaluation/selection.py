@@ -37,7 +37,8 @@ class SelectionError(RuntimeError):
 
 def cost_estimate(config: PipelineConfig, efficiency: dict[str, Any]) -> dict[str, Any]:
     """The cost family: USD per 1,000 requests on the hosting type the catalog picks."""
-    from fmops.catalog import CatalogError, hosting_memory, load_catalog
+    from fmops.catalog import CatalogError, load_catalog
+    from fmops.sagemaker.hosting import serving_need
     from fmops.sagemaker.settings import EndpointSettings
 
     settings = config.sagemaker.endpoint if config.sagemaker else EndpointSettings()
@@ -49,7 +50,9 @@ def cost_estimate(config: PipelineConfig, efficiency: dict[str, Any]) -> dict[st
         return {"estimate": "no parameters or throughput measured: no cost estimate"}
     try:
         catalog = load_catalog(region)
-        need = hosting_memory(int(parameters), settings.serving_precision)
+        # Sized as the endpoint plan sizes it: per model kind (a generative model sharded at
+        # TGI's precision).
+        need = serving_need(config, int(parameters))
         if settings.pinned_instance_type:
             choice = catalog.check_pinned(settings.pinned_instance_type, need)
         else:
@@ -115,12 +118,11 @@ def _scores_for(per_example: dict[str, Any], metric: str) -> dict[str, dict[str,
 
 
 def default_primary(config: PipelineConfig) -> str:
-    """The first scenario's main accuracy metric: accuracy, or token F1 for generation."""
-    from fmops.evaluation.scenarios import task_of
+    """The first scenario's main metric (evaluate.py's ``main_score`` of its task)."""
+    from fmops.evaluation.scenarios import MAIN_SCORE, task_of
 
     first = config.evaluation.scenarios[0]
-    name = "accuracy" if task_of(config, first) == "classification" else "token_f1"
-    return f"{first.name}.accuracy.{name}"
+    return f"{first.name}.accuracy.{MAIN_SCORE[task_of(config, first)]}"
 
 
 def summary_rows(board: gate.Leaderboard, roles: dict[str, str], primary: str) -> list[dict]:

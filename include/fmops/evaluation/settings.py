@@ -38,9 +38,13 @@ _HIGHER_NAMES = {
     "recall",
     "score",
     "throughput_per_s",
+    "tokens_per_second",
 }
 _LOWER_NAMES = {
     "drop",
+    "nll_per_token",
+    "time_to_first_token_ms_p50",
+    "perplexity",
     "ece",
     "gap",
     "max_gap",
@@ -55,8 +59,8 @@ def direction(name: str) -> Direction | None:
     """Whether a larger value of the metric ``name`` (a path's last part) is better.
 
     Higher is better for accuracy, F1, exact match, ROUGE, robustness scores and throughput;
-    lower is better for calibration error, robustness drops, fairness gaps, latency, size and
-    cost. None for a count or an unknown name: such a column is shown but never ranked.
+    lower is better for calibration error, perplexity, robustness drops, fairness gaps, latency,
+    size and cost. None for a count or an unknown name: such a column is shown but never ranked.
     """
     if name in _HIGHER_NAMES or name.endswith("_f1") or name.startswith("rouge"):
         return HIGHER

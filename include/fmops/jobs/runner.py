@@ -135,7 +135,9 @@ def finish_outputs(plan: dict) -> None:
         target = Path(plan["pack_model"]["target"])
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        with tarfile.open(tmp, "w:gz") as tar:
+        # gzip level 1, not tarfile's default 9: model weights barely compress (538 MB of fp32
+        # SmolLM2: 268 MB at level 1 in 12 s, 253 MB at level 9 in 120 s on one core).
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
             for item in sorted(source.iterdir()):
                 tar.add(item, arcname=item.name)
         os.replace(tmp, target)

@@ -7,14 +7,14 @@ Both targets check every request against botocore's SageMaker service model
 
 from __future__ import annotations
 
-import importlib
 import threading
 from pathlib import Path
 from typing import Any
 
-from fmops.base_models import PACKAGED_MODELS
+from fmops.base_models import PACKAGED_MODELS, PackagedModelError, packaged_model_folder
 from fmops.config import Candidate, PipelineConfig
 from fmops.jobs import progress
+from fmops.kinds import kind_of
 from fmops.paths import SCRIPTS_DIR, resolve_path, state_dir
 
 # Training progress lines printed by include/scripts/train.py, matched as SageMaker metrics.
@@ -62,24 +62,14 @@ class PlanError(ValueError):
     """A job cannot be planned from the config; the message says why and how to fix it."""
 
 
-def classification_only(config: PipelineConfig) -> None:
-    """Refuse to plan a run that would train candidates fmops cannot ship yet."""
-    if config.data.task != "classification":
-        raise PlanError(
-            f"data.task={config.data.task!r}: the data was validated and staged, train.py "
-            "instruction-tunes causal LMs (task=instruction) and evaluate.py scores their "
-            "answers (generation scenarios), but this version cannot register or serve a "
-            "causal LM, so fmops_finetune plans classification runs only: run "
-            "include/scripts/train.py and evaluate.py as jobs on the staged channels (README, "
-            "'Instruction tuning'), or use task: classification"
-        )
-
-
 def resolve_base_model(name: str) -> Path:
-    """The local folder of a base model: a packaged model (PyPI) or a path to a model folder."""
+    """The local folder of a base model: a packaged model (PyPI; the first use of one shipped
+    as GGUF converts it, ``fmops.base_models``) or a path to a model folder."""
     if name in PACKAGED_MODELS:
-        module = importlib.import_module(PACKAGED_MODELS[name])
-        return Path(module.get_model_path())
+        try:
+            return packaged_model_folder(name)
+        except PackagedModelError as err:
+            raise PlanError(str(err)) from None
     path = resolve_path(name)
     if (path / "config.json").exists():
         return path
@@ -128,7 +118,7 @@ def training_request(
 ) -> dict[str, Any]:
     base_model = resolve_base_model(candidate.base_model)
     hyperparameters = candidate.job_hyperparameters(
-        config.data.text_column, config.data.label_column
+        kind_of(config).train_hyperparameters(config.data)
     )
     hyperparameters.update(
         sagemaker_program="train.py", sagemaker_submit_directory=f"file://{SCRIPTS_DIR}"
@@ -202,7 +192,7 @@ def evaluation_request(
         str(config.evaluation.max_new_tokens),
         "--seed",
         str(config.data.seed),
-    ] + (["--zero-shot"] if zero_shot else [])
+    ] + (kind_of(config).baseline_arguments(config.data) if zero_shot else [])
     return {
         "ProcessingInputs": [
             source("code", f"file://{SCRIPTS_DIR}"),

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from fmops.config import PipelineConfig
+from fmops.kinds import kind_of
 from fmops.registry import tracking
 from fmops.registry.review import APPROVAL_TAG, APPROVED, COMMENT_TAG, REJECTED, REVIEWER_TAG
 from fmops.registry.runs import candidate_of
@@ -150,26 +151,18 @@ def _training_lines(config: PipelineConfig, winner: dict) -> str:
 
 def _labels_source(config: PipelineConfig) -> str:
     labels = config.data.labels
+    if labels is None:
+        return f"none ({config.data.task} data)"
     return f"`{labels}`" if isinstance(labels, str) else "the config"
 
 
 def _known_limits(config: PipelineConfig, staged: dict, decision: dict, winner: str) -> str:
     row = next((r for r in decision["leaderboard"] if r["candidate"] == winner), {})
-    data = config.data
     lines = [
-        f"- It predicts one of the {staged.get('labels', 'declared')} labels of "
-        f"{_labels_source(config)} for every input, also for inputs that belong to none of them "
-        "(no abstention): route out-of-scope traffic elsewhere.",
-        f"- Trained on {staged['train_rows']} rows sampled from `{data.train}`; it is only as "
-        "good as that data is like the traffic it will see.",
+        *kind_of(config).card_limits(config, staged, winner),
+        f"- Trained on {staged['train_rows']} rows sampled from `{config.data.train}`; it is only "
+        "as good as that data is like the traffic it will see.",
     ]
-    hyperparameters = next((c.hyperparameters for c in config.candidates if c.name == winner), None)
-    if hyperparameters is not None:
-        lines.append(
-            f"- Texts are cut to {hyperparameters.max_length} tokens in training, and to "
-            "`FMOPS_MAX_LENGTH` tokens when served (inference.py: 128 unless the endpoint sets "
-            "it): the end of a longer text is not read."
-        )
     if row.get("worst_drop") is not None or row.get("max_gap") is not None:
         lines.append(
             f"- Robustness and fairness on the evaluation set: the worst drop of the primary "
@@ -192,12 +185,16 @@ def model_card(
     run_id: str,
     failed: list[dict] | None = None,
     links: dict[str, str] | None = None,
+    evaluation: dict | None = None,
 ) -> str:
     """The version's description, in Markdown: what a reviewer reads before approving.
 
-    ``links`` (optional): ``parent_run``, ``winner_run`` and ``validation_report`` addresses.
+    ``links`` (optional): ``parent_run``, ``winner_run`` and ``validation_report`` addresses;
+    ``evaluation`` (optional): the winner's evaluation outcome, for the model kind's section
+    (a generative model's prompt format and sample answers).
     """
     links = links or {}
+    kind_section = kind_of(config).card_section(config, evaluation)
     failures = (
         "\n".join(
             f"- {f['candidate']}: training job `{f['job_name']}` ended {f['status']}: "
@@ -291,7 +288,7 @@ Report: {decision.get("report_url", "n/a")}
 
 Candidates that failed and were not compared:
 {failures}
-
+{chr(10) + kind_section + chr(10) if kind_section else ""}
 ## Hosting
 {hosting}
 

@@ -1,7 +1,7 @@
 """Registering the winner of a pipeline run as a new model version, and reading a version back.
 
 ``register`` records the runs (``fmops.registry.runs``), logs the winner as an MLflow pyfunc
-model (weights, tokenizer, label map, the serving handlers and an input example) on its child
+model (weights, tokenizer, the serving handlers and an input example, per model kind) on its child
 run, and registers it with the alias ``challenger``; the version's description is the model card
 (``fmops.registry.card``) and its tags carry the lineage (``fmops.pipeline``, ``fmops.dag_run``,
 ``fmops.data_digest``, ``fmops.gate``, ...) and ``fmops.approval`` pending.
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig
+from fmops.kinds import kind_of
 from fmops.paths import SCRIPTS_DIR
 from fmops.registry import tracking
 from fmops.registry.card import gate_summary, hosting_recommendation, model_card
@@ -28,8 +29,6 @@ from fmops.registry.review import APPROVAL_TAG, PENDING
 from fmops.registry.runs import candidate_of, record_runs, run_costs
 
 log = logging.getLogger(__name__)
-# The pyfunc model's code: fmops/mlflow_model.py, next to this package.
-MODEL_CODE = Path(__file__).parents[1] / "mlflow_model.py"
 
 
 def register(
@@ -71,7 +70,16 @@ def register(
         log.info("version %s of %s was registered for this run already: reusing it", version, name)
     else:
         version = _create_version(
-            mlflow_client, config, staged, trained, decision, dag_id, run_id, runs, failed
+            mlflow_client,
+            config,
+            staged,
+            trained,
+            evaluations,
+            decision,
+            dag_id,
+            run_id,
+            runs,
+            failed,
         )
     _finish_registration(mlflow_client, name, version)
     log.info(
@@ -93,6 +101,7 @@ def _create_version(
     config: PipelineConfig,
     staged: dict,
     trained: list[dict],
+    evaluations: list[dict],
     decision: dict,
     dag_id: str,
     run_id: str,
@@ -149,7 +158,17 @@ def _create_version(
         run_id=winner_run,
         tags={k: str(v)[: tracking.MAX_TAG_VALUE] for k, v in tags.items()},
         description=model_card(
-            config, staged, decision, winner, dag_id, run_id, failed, links=links
+            config,
+            staged,
+            decision,
+            winner,
+            dag_id,
+            run_id,
+            failed,
+            links=links,
+            evaluation=next(
+                (e for e in evaluations if e and e["candidate"] == winner["candidate"]), None
+            ),
         ),
         model_id=model.model_id,
     )
@@ -194,38 +213,27 @@ def _logged_model(mlflow_client: Any, experiment_id: str, run_id: str) -> Any | 
     return ready[0] if ready else None
 
 
-def model_signature() -> Any:
-    """Input: a ``text`` column; output: the predicted ``label`` and its ``score``."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
-    )
-
-
 def _log_model(config: PipelineConfig, winner: dict, run_id: str) -> Any:
     """Log the winner as a pyfunc model on its run: the job's model folder (safetensors weights,
-    tokenizer, label map), ``inference.py`` as code, an input example and the signature."""
+    tokenizer, and the label map or the prompt format and LoRA adapter), the kind's serving
+    handlers as code, an input example and the kind's signature (``fmops.kinds``)."""
     import mlflow
-    import pandas as pd
 
+    kind = kind_of(config)
     with tempfile.TemporaryDirectory(prefix="fmops-register-") as scratch:
         model_dir = _unpack(
             winner["model_artifacts"],
             Path(scratch) / "model",
             config.sagemaker.aws_conn_id if config.sagemaker else None,
         )
-        example = pd.DataFrame({"text": ["I still have not received my new card"]})
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(MODEL_CODE),
+                python_model=str(kind.mlflow_code_path()),
                 artifacts={"model_dir": str(model_dir)},
-                code_paths=[str(SCRIPTS_DIR / "inference.py")],
-                input_example=example,
-                signature=model_signature(),
+                code_paths=[str(SCRIPTS_DIR / name) for name in kind.handler_code],
+                input_example=kind.mlflow_input_example(config),
+                signature=kind.mlflow_signature(),
                 pip_requirements=_serving_requirements(),
             )
     return info
@@ -293,9 +301,11 @@ def download_model(config: PipelineConfig, version: str, target: Path) -> Path:
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     entry = flavor.get("artifacts", {}).get("model_dir")
     model_dir = local / entry["path"] if entry else None
-    if model_dir is None or not (model_dir / "label_map.json").exists():
+    kind = kind_of(config)
+    problem = "it has no model_dir artifact" if model_dir is None else kind.model_problem(model_dir)
+    if problem:
         raise LookupError(
-            f"{uri} is not an fmops classifier (no model_dir artifact with "
-            "label_map.json); register it with fmops_finetune"
+            f"{uri} is not an fmops {kind.name} model ({problem}); register it with "
+            "fmops_finetune from a config with this data.task"
         )
     return model_dir

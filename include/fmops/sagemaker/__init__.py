@@ -9,7 +9,8 @@ Settings and policy:
 - ``options``: the sagemaker settings as one policy (spot, warm pools, retries, network
   isolation, VPC, KMS, multi-instance encryption); inconsistent settings are refused with the
   reason and the fix, and every built request is checked against the same rules.
-- ``images``: the Hugging Face PyTorch images, from the sagemaker SDK's image tables.
+- ``images``: the Hugging Face PyTorch images and the Hugging Face LLM (TGI) image, from the
+  sagemaker SDK's image tables.
 
 Jobs:
 
@@ -31,6 +32,9 @@ Real-time endpoints (fmops_deploy, blue/green):
   patterns too) before anything is sent.
 - ``endpoint_resources``: the constants, ``EndpointError``, the deterministic names and the
   request builders (model, endpoint config, blue/green DeploymentConfig, alarms, auto scaling).
+- ``hosting``: what serves a model kind: the inference toolkit for a classifier, TGI (or a
+  JumpStart model's own container) for a generative LM: image, environment, start-up timeouts,
+  sizing, the archive it needs.
 - ``endpoint_plan``: every request of one deployment, named and validated, offline; the plan's
   moves at run time (``next_instance``: the capacity fallback to the next instance type).
 - ``endpoint_watch``: the clients, DescribeEndpoint and the judgement of each answer while a

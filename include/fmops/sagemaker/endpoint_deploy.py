@@ -37,9 +37,11 @@ new endpoint is deleted (``DeleteEndpoint``; it never served) and, once gone, cr
 rolled back update is followed by another blue/green ``UpdateEndpoint``. A pinned type does not
 fall back, and a ranking tried to its end stops with ``NoCapacityError`` naming every type tried.
 
-The model archive must hold its serving code: ``check_model_archive`` refuses one without
-``code/inference.py`` before anything is created (without it the Hugging Face inference toolkit
-silently serves a default pipeline inferred from ``config.json``: embeddings instead of labels).
+The model archive must hold what its serving container reads: ``check_model_archive`` refuses,
+before anything is created, a classifier's archive without ``code/inference.py`` (without it the
+Hugging Face inference toolkit silently serves a default pipeline inferred from ``config.json``:
+embeddings instead of labels), and a generative model's (TGI reads the folder itself) without
+``config.json`` and ``*.safetensors`` at its root.
 """
 
 from __future__ import annotations
@@ -101,22 +103,53 @@ class EndpointBusyError(RuntimeError):
 # -- the calls, one resource at a time -------------------------------------------------------------
 
 
-def check_model_archive(s3: Any, model_data_url: str) -> None:
-    """Refuse a model archive without ``code/inference.py`` (streamed, stops once found)."""
+MISSING_WEIGHTS = (
+    "{uri} has no {missing} at its root: the Hugging Face LLM (TGI) container loads the model "
+    "folder /opt/ml/model itself (HF_MODEL_ID), config.json and the *.safetensors weights beside "
+    "it; train.py task=instruction writes them there (a LoRA run merges its adapters into them)"
+)
+
+
+def _weights_complete(names: set[str]) -> bool:
+    return "config.json" in names and any(n.endswith(".safetensors") for n in names)
+
+
+def check_model_archive(s3: Any, model_data_url: str, archive: str = "code") -> None:
+    """Refuse a model archive its container cannot serve (streamed, stops once satisfied):
+    ``archive`` "code" (a classifier) needs ``code/inference.py``; "weights" (a generative
+    model, served by TGI) ``config.json`` and ``*.safetensors`` at the root."""
     from fmops.sagemaker.staging import split_uri
 
     bucket, key = split_uri(check_model_data_url(model_data_url))
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    at_root: set[str] = set()
     try:
-        with tarfile.open(fileobj=body, mode="r|gz") as archive:
-            for member in archive:
-                if member.isfile() and member.name.removeprefix("./") == ARCHIVE_CODE:
+        with tarfile.open(fileobj=body, mode="r|gz") as packed:
+            for member in packed:
+                name = member.name.removeprefix("./")
+                if not member.isfile():
+                    continue
+                if archive == "code" and name == ARCHIVE_CODE:
                     return
+                if "/" not in name:
+                    at_root.add(name)
+                    if archive == "weights" and _weights_complete(at_root):
+                        return
     except tarfile.TarError as err:
         raise EndpointError(f"{model_data_url} is not a gzipped tar archive: {err}") from None
     finally:
         body.close()
-    raise EndpointError(MISSING_CODE.format(uri=model_data_url, code=ARCHIVE_CODE))
+    if archive == "code":
+        raise EndpointError(MISSING_CODE.format(uri=model_data_url, code=ARCHIVE_CODE))
+    missing = [
+        what
+        for what, found in (
+            ("config.json", "config.json" in at_root),
+            ("*.safetensors", any(n.endswith(".safetensors") for n in at_root)),
+        )
+        if not found
+    ]
+    raise EndpointError(MISSING_WEIGHTS.format(uri=model_data_url, missing=" or ".join(missing)))
 
 
 def _ensure(
@@ -369,7 +402,8 @@ def start_deployment(
     for it the same way.
     """
     if s3 is not None:
-        check_model_archive(s3, plan["model_data_url"])
+        archive = (plan.get("serving") or {}).get("archive", "code")
+        check_model_archive(s3, plan["model_data_url"], archive)
     while True:
         try:
             return _start(

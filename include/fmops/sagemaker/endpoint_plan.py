@@ -6,13 +6,16 @@ chooses the instance type (``hosting_instance``: the pinned one if it holds the 
 catalog's cheapest type offered for endpoints that fits), builds the requests
 (``fmops.sagemaker.endpoint_resources``), names them and checks each against botocore's service
 models (``fmops.sagemaker.service_model``) and fmops' rules, so that ``fmops plan`` can show them.
-``fmops.sagemaker.endpoint_deploy`` runs the plan.
+``fmops.sagemaker.endpoint_deploy`` runs the plan. What serves the model (the image, its
+environment, the variant's start-up timeouts, how the model is sized) is the model kind's
+(``fmops.sagemaker.hosting``): a generative model's plan carries its ``serving`` record.
 
 At run time the plan moves: ``with_instance_count`` starts the new fleet as large as auto scaling
 grew the old one, and ``next_instance`` is the capacity fallback (``fmops.sagemaker.capacity``):
 when SageMaker has no capacity or no quota for the instance type, the plan moves to the next type
 of the catalog's ranking that fits the model, within ``sagemaker.endpoint.allowed_instance_types``
-and the price ceiling: a new endpoint config (a new name), the same model. Each move is logged
+and the price ceiling: a new endpoint config (a new name), the same model (a generative model's
+container names the instance's GPU count, so there it is a new model too). Each move is logged
 ("no capacity for ml.X in <region>: falling back to ml.Y (...)") and kept in the plan's
 ``instance.tried`` and ``capacity_fallback``, which reach the deployment's result. A pinned type
 does not fall back, and a ranking tried to its end stops with ``no_capacity_error``'s
@@ -23,16 +26,23 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from fmops.catalog import Catalog, CatalogError, Choice, MemoryEstimate, hosting_memory
+from fmops.catalog import (
+    Catalog,
+    CatalogError,
+    Choice,
+    InstanceType,
+    MemoryEstimate,
+    hosting_memory,
+)
 from fmops.deployment.settings import (
     AlarmSettings,
     TrafficSettings,
     baking_periods,
     total_wait_seconds,
 )
-from fmops.sagemaker import options
+from fmops.sagemaker import hosting, options
 from fmops.sagemaker.endpoint_resources import (
     NO_BAKE,
     EndpointError,
@@ -54,7 +64,8 @@ from fmops.sagemaker.service_model import validate
 from fmops.sagemaker.settings import EndpointSettings
 
 if TYPE_CHECKING:
-    from fmops.config import PipelineConfig
+    from fmops.config import Candidate, PipelineConfig
+    from fmops.sagemaker.jumpstart import JumpStartHosting
     from fmops.sagemaker.settings import SageMakerSettings
 
 log = logging.getLogger(__name__)
@@ -86,16 +97,41 @@ class EndpointPlan(TypedDict):
     sizing: dict[str, Any]  # parameters and serving precision, to size the next type
     kms_key_id: str | None
     capacity_fallback: list[str]  # one line per instance type that had no capacity
+    # A generative model's container and timeouts (fmops.sagemaker.hosting.serving_of); a
+    # classifier's plan has none.
+    serving: NotRequired[dict[str, Any]]
 
 
 def hosting_instance(
-    catalog: Catalog, endpoint: EndpointSettings, parameters: int, model: str
+    catalog: Catalog,
+    endpoint: EndpointSettings,
+    parameters: int,
+    model: str,
+    serving: dict[str, Any] | None = None,
 ) -> Choice:
     """The instance type for the endpoint: the pinned one if it holds the model, else the
-    catalog's cheapest type that is offered for endpoints and fits."""
+    catalog's cheapest type that is offered for endpoints and fits. ``serving`` (a generative
+    model's, ``fmops.sagemaker.hosting``) sizes it sharded at its precision, and a JumpStart
+    model's types are the ones its spec supports."""
     label = f"endpoint of {model}"
+    allowed = endpoint.allowed_instance_types or None
+    supported = (serving or {}).get("allowed_types")
+    if supported is not None:
+        allowed = [t for t in supported if t in catalog and (allowed is None or t in allowed)]
+        pinned = endpoint.pinned_instance_type
+        if pinned and pinned not in supported:
+            raise EndpointError(
+                f"sagemaker.endpoint.instance_type: {model} does not serve on the pinned "
+                f"{pinned}; its JumpStart spec supports {', '.join(supported)}"
+            )
+        if not allowed:
+            raise EndpointError(
+                f"sagemaker.endpoint.instance_type for {model}: none of the types its JumpStart "
+                f"spec supports ({', '.join(supported) or 'none in this region'}) is in the "
+                "catalog and in sagemaker.endpoint.allowed_instance_types: allow one of them"
+            )
     try:
-        need = hosting_memory(parameters, endpoint.serving_precision)
+        need = hosting.need_of(parameters, endpoint.serving_precision, serving)
         if endpoint.pinned_instance_type:
             choice = catalog.check_pinned(endpoint.pinned_instance_type, need, model=label)
             price, ceiling = choice.instance.price_per_hour, endpoint.max_price_per_hour
@@ -108,10 +144,7 @@ def hosting_instance(
                 )
             return choice
         return catalog.choose(
-            need,
-            allowed=endpoint.allowed_instance_types or None,
-            max_price=endpoint.max_price_per_hour,
-            model=label,
+            need, allowed=allowed, max_price=endpoint.max_price_per_hour, model=label
         )
     except CatalogError as err:
         raise EndpointError(f"sagemaker.endpoint.instance_type for {model}: {err}") from None
@@ -185,6 +218,7 @@ def plan_endpoint(
     tags: dict[str, str] | None = None,
     catalog: Catalog | None = None,
     model: str | None = None,
+    serving: dict[str, Any] | None = None,
 ) -> EndpointPlan:
     """Every request of one deployment, named and validated, offline; JSON-able.
 
@@ -194,9 +228,10 @@ def plan_endpoint(
     ``parameters`` is the model's parameter count (``fmops.catalog.count_parameters`` on the
     base model's safetensors), which sizes the instance with ``hosting_memory`` at
     ``endpoint.serving_precision``; ``model_data_url`` is the training job's ``model.tar.gz``.
+    ``serving``: a generative model's container, timeouts and sizing
+    (``fmops.sagemaker.hosting.serving_of``); None for a classifier.
     """
     from fmops.catalog import load_catalog
-    from fmops.sagemaker.images import image_uri
 
     endpoint = endpoint or settings.endpoint
     traffic = traffic or TrafficSettings()
@@ -208,8 +243,8 @@ def plan_endpoint(
         except CatalogError as err:
             raise EndpointError(f"sagemaker.region: {err}") from None
     label = model or f"{endpoint_name} version {model_version}"
-    choice = hosting_instance(catalog, endpoint, parameters, label)
-    notes: list[str] = []
+    choice = hosting_instance(catalog, endpoint, parameters, label, serving)
+    notes: list[str] = list((serving or {}).get("notes", []))
     resource_tags = {
         **(tags or {}),
         "fmops:endpoint": endpoint_name,
@@ -217,9 +252,16 @@ def plan_endpoint(
     }
     variant = endpoint.variant_name
     names = alarm_names(endpoint_name, variant, alarms)
+    container = hosting.container(
+        serving,
+        choice.instance,
+        hosting.image_for(serving, settings, choice.name),
+        settings.region,
+    )
     model_part = model_request(
         settings,
-        image=image_uri("inference", settings, choice.name),
+        image=container["Image"],
+        environment=container["Environment"],
         model_data_url=model_data_url,
         tags=resource_tags,
     )
@@ -232,6 +274,7 @@ def plan_endpoint(
         tags=resource_tags,
         catalog=catalog,
         notes=notes,
+        variant_fields=hosting.variant_fields(serving),
     )
     requests = _named(
         endpoint_name,
@@ -268,7 +311,7 @@ def plan_endpoint(
         traffic.mode,
         "; ".join(notes) or "no notes",
     )
-    return EndpointPlan(
+    plan = EndpointPlan(
         {
             "endpoint_name": endpoint_name,
             "model_version": str(model_version),
@@ -304,6 +347,14 @@ def plan_endpoint(
             "capacity_fallback": [],
         }
     )
+    if serving is not None:
+        plan["serving"] = copy.deepcopy(serving)
+        plan["sizing"] = {
+            "parameters": parameters,
+            "serving_precision": serving["precision"],
+            "sharded": serving["sharded"],
+        }
+    return plan
 
 
 def plan_deployment(
@@ -315,11 +366,17 @@ def plan_deployment(
     tags: dict[str, str] | None = None,
     catalog: Catalog | None = None,
     model: str | None = None,
+    candidate: Candidate | None = None,
+    jumpstart_hosting: JumpStartHosting | None = None,
 ) -> EndpointPlan:
     """``plan_endpoint`` with everything the config says: ``sagemaker`` and its ``endpoint``,
-    ``deployment.endpoint_name``, ``deployment.traffic`` and ``deployment.alarms``."""
+    ``deployment.endpoint_name``, ``deployment.traffic`` and ``deployment.alarms``, and how the
+    model kind serves ``candidate``'s model (default: the first candidate;
+    ``jumpstart_hosting``: a JumpStart model's, ``fmops.sagemaker.jumpstart.resolve_hosting``)."""
     settings = options.settings_of(config)
-    return plan_endpoint(
+    candidate = candidate or config.candidates[0]
+    serving = hosting.serving_of(config, candidate, parameters, jumpstart_hosting)
+    plan = plan_endpoint(
         settings,
         settings.endpoint,
         traffic=config.deployment.traffic,
@@ -331,7 +388,10 @@ def plan_deployment(
         tags=tags,
         catalog=catalog,
         model=model,
+        serving=serving,
     )
+    plan["notes"] += hosting.plan_notes(config, serving)
+    return plan
 
 
 def with_instance_count(plan: dict[str, Any], count: int) -> dict[str, Any]:
@@ -404,7 +464,9 @@ def next_instance(
     except CatalogError as err:
         raise EndpointError(f"sagemaker.region: {err}") from None
     sizing = plan["sizing"]
-    need = hosting_memory(sizing["parameters"], sizing["serving_precision"])
+    need = hosting_memory(
+        sizing["parameters"], sizing["serving_precision"], sharded=sizing.get("sharded", False)
+    )
     # The catalog may have changed since the plan was made: skip a type that no longer fits.
     fitting = [t for t in fallbacks if t in catalog and catalog.fit(t, need)[0]]
     if not fitting:
@@ -420,6 +482,8 @@ def next_instance(
     config = moved["requests"]["CreateEndpointConfig"]
     for variant in config["ProductionVariants"]:
         variant["InstanceType"] = following
+    if moved.get("serving"):  # the container names the GPU count (and JumpStart's the type)
+        _rebuild_model(moved, choice.instance)
     notes = [n for n in plan["notes"] if not n.startswith(f"KmsKeyId left out on {current}")]
     set_endpoint_key(config, plan.get("kms_key_id"), following, catalog, notes)
     _rename_config(moved)
@@ -438,6 +502,24 @@ def next_instance(
     moved["notes"] = [*notes, note]
     log.warning("%s: %s; SageMaker said: %s", plan["endpoint_name"], note, first_line(why))
     return moved
+
+
+def _rebuild_model(plan: dict[str, Any], instance: InstanceType) -> None:
+    """The plan's model for a generative model on ``instance``: its container rebuilt (the image
+    stays: every catalog type is a GPU type), named after its request, and named by the config."""
+    requests = plan["requests"]
+    model = {k: v for k, v in requests["CreateModel"].items() if k != "ModelName"}
+    primary = model["PrimaryContainer"]
+    built = hosting.container(plan["serving"], instance, primary["Image"], plan["region"])
+    model["PrimaryContainer"] = {**primary, **built}
+    validate("sagemaker", "CreateModel", {"ModelName": "x", **model})
+    name = versioned_name(
+        plan["endpoint_name"], plan["model_version"], request_digest(model, "ModelName")
+    )
+    requests["CreateModel"] = {"ModelName": name, **model}
+    for variant in requests["CreateEndpointConfig"]["ProductionVariants"]:
+        variant["ModelName"] = name
+    plan["model_name"] = name
 
 
 def _fallback_explain(choice: Choice, need: MemoryEstimate, failed: str) -> str:

@@ -25,10 +25,12 @@ valid. Alarm and scaling-policy names are per endpoint and variant, stable acros
 Serving code: the Hugging Face inference toolkit imports the handlers from ``code/`` inside the
 model directory (``/opt/ml/model/code``, put on ``sys.path``), module name from
 ``SAGEMAKER_PROGRAM``; ``SAGEMAKER_SUBMIT_DIRECTORY`` is set to that folder as the SDK does for a
-repacked or network-isolated model. So the training job's ``model.tar.gz`` must contain
+repacked or network-isolated model. So a classifier's ``model.tar.gz`` must contain
 ``code/inference.py`` (no ``code/requirements.txt``: the toolkit would pip-install it at start-up,
 which network isolation forbids); ``fmops.sagemaker.endpoint_deploy.check_model_archive`` refuses
-an archive without it before anything is created.
+an archive without it before anything is created. A generative model is served by the Hugging
+Face LLM (TGI) image, which reads the model folder itself: its container and the variant's
+start-up timeouts are ``fmops.sagemaker.hosting``'s, given to the builders here.
 
 Checks (each refusal names the field, the value, the allowed range and the fix): the
 traffic-shifting bounds of the SageMaker API reference (canary at most 50%, linear steps 10-50%,
@@ -187,21 +189,30 @@ def check_model_data_url(uri: str) -> str:
     return uri
 
 
+def toolkit_environment(region: str) -> dict[str, str]:
+    """The Hugging Face inference toolkit's environment: serve ``code/inference.py``."""
+    return {**SERVING_ENV, "SAGEMAKER_REGION": region, **JOB_ENV}
+
+
 def model_request(
     settings: SageMakerSettings,
     *,
     image: str,
     model_data_url: str,
     tags: dict[str, str],
+    environment: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """CreateModel (without ``ModelName``): the Hugging Face inference image serving the
-    archive's ``code/inference.py``, as the execution role, isolated, in the VPC if configured."""
+    """CreateModel (without ``ModelName``): the serving image and its ``environment`` (default:
+    the Hugging Face inference toolkit serving the archive's ``code/inference.py``), as the
+    execution role, isolated, in the VPC if configured."""
+    if environment is None:
+        environment = toolkit_environment(settings.region)
     return {
         "PrimaryContainer": {
             "Image": image,
             "Mode": "SingleModel",
             "ModelDataUrl": check_model_data_url(model_data_url),
-            "Environment": {**SERVING_ENV, "SAGEMAKER_REGION": settings.region, **JOB_ENV},
+            "Environment": environment,
         },
         "ExecutionRoleArn": settings.role_arn,
         "EnableNetworkIsolation": settings.network_isolation,
@@ -220,9 +231,11 @@ def endpoint_config_request(
     tags: dict[str, str],
     catalog: Catalog | None,
     notes: list[str],
+    variant_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """CreateEndpointConfig (without ``EndpointConfigName``): one variant, its name kept across
-    versions; the endpoint key where the instance type allows it."""
+    versions, with ``variant_fields`` (a generative model's start-up timeouts); the endpoint key
+    where the instance type allows it."""
     request: dict[str, Any] = {
         "ProductionVariants": [
             {
@@ -231,6 +244,7 @@ def endpoint_config_request(
                 "InstanceType": instance_type,
                 "InitialInstanceCount": instance_count,
                 "InitialVariantWeight": 1.0,
+                **(variant_fields or {}),
             }
         ],
         "Tags": _tag_list(tags),

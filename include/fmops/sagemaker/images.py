@@ -8,6 +8,10 @@ the endpoint serves the model in, so evaluation measures the model where it will
 transformers is newer than the training image's, which is the direction that loads: a model
 saved by an older transformers loads in a newer one.
 
+A generative model is served by the Hugging Face LLM image (Text Generation Inference, the SDK's
+``huggingface-llm`` table): ``llm_image_problems`` and ``llm_image_uri`` read it the same two
+ways. TGI images are GPU only, which every type of the catalog is.
+
 Two ways to read the tables: ``image_problems`` reads the SDK's ``huggingface.json`` as a file
 (config checks must not import ``sagemaker``, which creates AWS clients on import);
 ``image_uri`` calls the SDK's own lookup, ``sagemaker.core.image_uris.retrieve``, which is
@@ -29,13 +33,19 @@ if TYPE_CHECKING:
 Scope = Literal["training", "inference"]
 FRAMEWORK = "huggingface"
 TABLE = "huggingface.json"
+LLM_FRAMEWORK = "huggingface-llm"
+LLM_TABLE = "huggingface-llm.json"
 SHOWN = 6  # combinations listed in an error
 
 
-@lru_cache(maxsize=1)
-def _table() -> dict[str, Any]:
+@lru_cache(maxsize=2)
+def _read(table: str) -> dict[str, Any]:
     # The image tables sit beside instance_gpu_info.json in the SDK; found without importing it.
-    return json.loads((sdk_gpu_info_path().parent / TABLE).read_text())
+    return json.loads((sdk_gpu_info_path().parent / table).read_text())
+
+
+def _table() -> dict[str, Any]:
+    return _read(TABLE)
 
 
 def _resolve(aliases: dict[str, str], version: str) -> str:
@@ -165,4 +175,74 @@ def image_uri(scope: Scope, settings: SageMakerSettings, instance_type: str) -> 
             f"sagemaker.{key}: no Hugging Face PyTorch {scope} image for {instance_type} "
             f"({processor_of(instance_type)}) in {settings.region}: {err}. The newest "
             f"combinations: {_listing(scope, processor_of(instance_type))}"
+        ) from None
+
+
+# -- the Hugging Face LLM (TGI) image ---------------------------------------------------------
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def llm_versions() -> list[str]:
+    """The TGI versions of the SDK's huggingface-llm table, newest first."""
+    return sorted(_read(LLM_TABLE)["inference"]["versions"], key=_version_key, reverse=True)
+
+
+def llm_image_problems(version: str, region: str) -> list[str]:
+    """Whether the SDK's table has TGI ``version`` (or its alias, ``3.3`` for ``3.3.6``) in
+    ``region``; read as a file, without importing ``sagemaker``."""
+    where = "sagemaker.endpoint.llm.tgi_version"
+    try:
+        table = _read(LLM_TABLE)["inference"]
+    except (CatalogError, OSError, KeyError) as err:
+        return [f"{where}: the sagemaker SDK's {LLM_TABLE} cannot be read ({err})"]
+    resolved = _resolve(table.get("version_aliases", {}), version)
+    entry = table["versions"].get(resolved)
+    if entry is None:
+        return [
+            f"{where}: TGI {version} is not a Hugging Face LLM image in the installed sagemaker "
+            f"SDK's table; the newest it lists: {', '.join(llm_versions()[:SHOWN])}"
+        ]
+    if region not in entry.get("registries", {}):
+        return [
+            f"{where}: TGI {version} is not published in region {region}; its regions: "
+            f"{', '.join(sorted(entry.get('registries', {})))}"
+        ]
+    return []
+
+
+@lru_cache(maxsize=64)
+def _retrieve_llm(version: str, region: str, instance_type: str) -> str:
+    os.environ.setdefault("AWS_DEFAULT_REGION", region)  # as in _retrieve: no call is made
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve(
+        framework=LLM_FRAMEWORK,
+        region=region,
+        version=version,
+        instance_type=instance_type,
+        image_scope="inference",
+    )
+
+
+def llm_image_uri(version: str, region: str, instance_type: str) -> str:
+    """The ECR URI of the Hugging Face LLM (TGI) image ``version`` for ``instance_type``."""
+    from fmops.sagemaker.options import PolicyError
+
+    problems = llm_image_problems(version, region)
+    if problems:
+        raise PolicyError("; ".join(problems))
+    if processor_of(instance_type) != "gpu":
+        raise PolicyError(
+            f"sagemaker.endpoint.instance_type: TGI images are GPU only, and {instance_type} is "
+            "a CPU type: choose a g* or p* type, or instance_type: auto"
+        )
+    try:
+        return _retrieve_llm(version, region, instance_type)
+    except ValueError as err:  # the SDK's word for an unsupported combination
+        raise PolicyError(
+            f"sagemaker.endpoint.llm.tgi_version: no TGI {version} image for {instance_type} in "
+            f"{region}: {err}"
         ) from None

@@ -14,6 +14,10 @@ how the tests serve a spec from a moto bucket. The S3 client comes from the Airf
 connection when one is given, so the lookups use the same credentials and endpoint as the rest
 of the run.
 
+Serving a fine-tuned JumpStart generative model (``resolve_hosting``): the inference image,
+environment and instance types its spec names per instance type, and its deploy timeouts, the
+lookups ``JumpStartModel.deploy`` makes; the model data is the training job's ``model.tar.gz``.
+
 What fmops does not do for a JumpStart model: count its parameters offline (the config may give
 ``parameters`` for the memory check; otherwise the model's own list of supported training types
 is the check), check the token lengths of the data with its tokenizer, or evaluate its untuned
@@ -90,6 +94,22 @@ class JumpStartModel:
             "training_types": list(self.training_types),
             "default_training_type": self.default_training_type,
         }
+
+
+@dataclass(frozen=True)
+class JumpStartHosting:
+    """What the SDK's JumpStart lookups say about serving one model version."""
+
+    model_id: str
+    version: str
+    instance_types: tuple[str, ...]  # supported for inference, with an image in the region
+    default_instance_type: str | None
+    images: dict[str, str]  # instance type -> inference image
+    environments: dict[str, dict[str, str]]  # instance type -> the container's environment
+    network_isolation: bool
+    uses_script: bool  # hosting_use_script_uri: it serves with JumpStart's inference script
+    download_timeout_seconds: int | None  # the spec's deploy_kwargs
+    startup_timeout_seconds: int | None
 
 
 def _sdk_error(base_model: str, region: str, err: Exception) -> PlanError:
@@ -185,6 +205,65 @@ def resolve(base_model: str, region: str) -> JumpStartModel:
         resolved.script_uri,
     )
     return resolved
+
+
+def resolve_hosting(model: JumpStartModel, region: str) -> JumpStartHosting:
+    """How JumpStart serves ``model`` (already resolved for training): its inference image and
+    environment per supported instance type, as ``JumpStartModel.deploy`` looks them up."""
+    from sagemaker.core import environment_variables, image_uris, instance_types
+    from sagemaker.core.jumpstart import accessors
+
+    session = _session_kwargs(region)
+    where = {"region": region, "model_id": model.model_id, "model_version": model.version}
+    try:
+        s3 = {"s3_client": session["sagemaker_session"].s3_client} if session else {}
+        specs = accessors.JumpStartModelsAccessor.get_model_specs(
+            region=region, model_id=model.model_id, version=model.version, **s3
+        )
+        types = tuple(instance_types.retrieve(scope="inference", **where, **session))
+        images: dict[str, str] = {}
+        environments: dict[str, dict[str, str]] = {}
+        for instance_type in types:
+            try:
+                images[instance_type] = image_uris.retrieve(
+                    framework=None,
+                    image_scope="inference",
+                    instance_type=instance_type,
+                    **where,
+                    **session,
+                )
+            except ValueError:
+                continue  # no image for that type in this region: not offered
+            found = environment_variables.retrieve_default(
+                instance_type=instance_type, **where, **session
+            )
+            environments[instance_type] = {k: str(v) for k, v in found.items()}
+    except (KeyError, ValueError) as err:
+        raise _sdk_error(model.base_model, region, err) from None
+    except Exception as err:  # botocore's errors for a missing spec object or bucket
+        if type(err).__module__.startswith("botocore"):
+            raise _sdk_error(model.base_model, region, err) from None
+        raise
+    deploy = getattr(specs, "deploy_kwargs", None) or {}
+    hosting = JumpStartHosting(
+        model_id=model.model_id,
+        version=model.version,
+        instance_types=tuple(t for t in types if t in images),
+        default_instance_type=specs.default_inference_instance_type,
+        images=images,
+        environments=environments,
+        network_isolation=bool(getattr(specs, "inference_enable_network_isolation", False)),
+        uses_script=bool(getattr(specs, "hosting_use_script_uri", True)),
+        download_timeout_seconds=deploy.get("model_data_download_timeout"),
+        startup_timeout_seconds=deploy.get("container_startup_health_check_timeout"),
+    )
+    log.info(
+        "JumpStart %s %s serves on %s",
+        model.model_id,
+        model.version,
+        ", ".join(hosting.instance_types) or "no type in this region",
+    )
+    return hosting
 
 
 def hyperparameters_for(

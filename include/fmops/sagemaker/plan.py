@@ -17,7 +17,9 @@ the local target's; ``fmops.targets.sagemaker`` offers them through the ``Target
 
 ``plan_endpoint`` adds what fmops_deploy would send for the winner (``endpoint_plan``):
 CreateModel, CreateEndpointConfig, CreateEndpoint (a new endpoint) or UpdateEndpoint (a later
-version, blue/green as ``deployment.traffic`` says), the rollback alarms and auto scaling. The
+version, blue/green as ``deployment.traffic`` says), the rollback alarms and auto scaling, in
+the serving container of the model kind (``fmops.sagemaker.hosting``: the Hugging Face inference
+toolkit for a classifier, TGI for a generative model). The
 winner is not known before a run: the plan takes the first candidate's model artifacts, and the
 model version is ``VERSION_PLACEHOLDER``. An endpoint's cost is a rate, not a bound: it bills
 per instance-hour while InService, until it is deleted, so it stays out of the run's total.
@@ -25,6 +27,7 @@ per instance-hour while InService, until it is deleted, so it stays out of the r
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ from fmops.catalog import (
     Catalog,
     CatalogError,
     Choice,
+    hosting_memory,
     load_catalog,
     training_memory,
 )
@@ -45,10 +49,10 @@ from fmops.jobs.naming import BASELINE, job_name, job_tags
 from fmops.jobs.specs import (
     PlanError,
     base_model_parameters,
-    classification_only,
     resolve_base_model,
     validate_request,
 )
+from fmops.kinds import kind_of
 from fmops.plan_text import (
     DAG_ID,
     PLACEHOLDER_NOTE,
@@ -56,7 +60,7 @@ from fmops.plan_text import (
     STAGED_DIGEST_PLACEHOLDER,
     traffic_line,
 )
-from fmops.sagemaker import endpoint_plan, endpoint_resources, jumpstart, options
+from fmops.sagemaker import endpoint_plan, endpoint_resources, hosting, jumpstart, options
 from fmops.sagemaker.requests import (
     evaluation_request,
     jumpstart_training_request,
@@ -74,6 +78,7 @@ log = logging.getLogger(__name__)
 
 TARGET = "sagemaker"  # the target whose plans these are (fmops.targets.sagemaker)
 TRAINING_PRECISION = "fp32"  # what include/scripts/train.py trains in
+JUMPSTART_LLM_PRECISION = "bf16"  # what JumpStart's text-generation scripts are sized at
 VERSION_PLACEHOLDER = "<version>"  # the registered model version, known once a run registers it
 ENDPOINT_NOTE = (
     "planned with the first candidate's model artifacts ({candidate}): the real deploy serves the "
@@ -116,6 +121,7 @@ class Planner:
     run_id: str = PLAN_RUN_ID
     _params: dict[str, int] = field(default_factory=dict)
     _jumpstart: dict[str, jumpstart.JumpStartModel] = field(default_factory=dict)
+    _hosting: dict[str, jumpstart.JumpStartHosting] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -158,6 +164,17 @@ class Planner:
             self._jumpstart[name] = jumpstart.resolve(name, self.settings.region)
         return self._jumpstart[name]
 
+    def jumpstart_hosting(self, candidate: Candidate) -> jumpstart.JumpStartHosting | None:
+        """How JumpStart serves a generative JumpStart candidate's model, else None."""
+        if hosting.family_of(self.config, candidate) != hosting.JUMPSTART:
+            return None
+        name = candidate.base_model
+        if name not in self._hosting:
+            self._hosting[name] = jumpstart.resolve_hosting(
+                self.jumpstart(name), self.settings.region
+            )
+        return self._hosting[name]
+
     def base_model_uri(self, name: str) -> str:
         """Where a base model's weights are in S3: fmops' upload, or JumpStart's archive."""
         if is_jumpstart(name):
@@ -172,7 +189,14 @@ class Planner:
 
     def training_instance(self, candidate: Candidate) -> Choice:
         params = self.parameters(candidate)
-        need = training_memory(params, candidate.method, precision=TRAINING_PRECISION)
+        if candidate.jumpstart and kind_of(self.config).generative:
+            # JumpStart's LLM scripts, not train.py: they fine-tune in half precision with the
+            # model sharded over the GPUs (FSDP), on the types their spec lists.
+            need = training_memory(
+                params, candidate.method, precision=JUMPSTART_LLM_PRECISION, sharded=True
+            )
+        else:
+            need = training_memory(params, candidate.method, precision=TRAINING_PRECISION)
         label = f"candidate {candidate.name} ({candidate.base_model}, {candidate.method})"
         pinned = self.config.training.pinned_instance_type
         settings = self.settings
@@ -216,6 +240,30 @@ class Planner:
                 f"sagemaker.allowed_instance_types ({allowed or 'any'}): allow one of them"
             )
         return usable
+
+    def evaluation_memory(self) -> list[str]:
+        """A generative model's evaluation: evaluate.py loads the weights as train.py saved them
+        (fp32) on one device, a GPU when the instance has one. A catalog GPU type that cannot
+        hold the largest candidate is refused with the arithmetic; a CPU type gets a note."""
+        if not kind_of(self.config).generative:
+            return []
+        instance = self.settings.evaluation_instance_type
+        candidate = max(self.config.candidates, key=self.parameters)
+        need = hosting_memory(self.parameters(candidate), TRAINING_PRECISION)
+        if instance not in self.catalog:
+            return [
+                f"evaluate.py generates on the CPU of {instance}, holding {need.gib:.1f} GiB for "
+                f"{candidate.base_model} ({need.explain()}): choose a type with that much memory "
+                "to spare, or a GPU type (it generates on the GPU when there is one)"
+            ]
+        fits, arithmetic = self.catalog.fit(instance, need)
+        if not fits:
+            raise PlanError(
+                f"sagemaker.evaluation_instance_type: {instance} cannot hold {candidate.base_model}"
+                f" for evaluate.py, which loads it in fp32 on one GPU: {arithmetic}; choose a type "
+                "with a larger GPU"
+            )
+        return []
 
     def evaluation_price(self) -> tuple[float | None, str | None]:
         instance = self.settings.evaluation_instance_type
@@ -279,6 +327,30 @@ def _validate(operation: str, name_field: str, name: str, request: dict, catalog
         raise PlanError(f"{operation} {name}: botocore's service model refuses it: {err}") from None
 
 
+# The hosting image families this target deploys (fmops.sagemaker.hosting); a model kind whose
+# family is missing here is refused before anything is planned.
+HOSTING_IMAGES = (hosting.CLASSIFIER, hosting.LLM)
+
+
+def hostable(config: PipelineConfig) -> None:
+    """Refuse a run whose winner this target could not deploy: a kind without a hosting image
+    here, or a base model TGI could not serve as the config says (``hosting``)."""
+    kind = kind_of(config)
+    if kind.hosting_image not in HOSTING_IMAGES:
+        raise PlanError(
+            f"data.task={config.data.task!r}: the sagemaker target cannot host a {kind.name} "
+            f"model yet (it needs the {kind.hosting_image} image; this version deploys "
+            f"{list(HOSTING_IMAGES)}); run it on the local target, or use task: classification"
+        )
+    problems = hosting.config_problems(config)
+    for candidate in config.candidates:
+        if hosting.family_of(config, candidate) == hosting.LLM:
+            folder = resolve_base_model(candidate.base_model)
+            problems += hosting.model_folder_problems(config, candidate, folder)
+    if problems:
+        raise PlanError("; ".join(problems))
+
+
 def plan_training(
     config: PipelineConfig,
     staged: dict[str, Any] | None = None,
@@ -289,7 +361,7 @@ def plan_training(
     force: bool = False,
 ) -> list[dict[str, Any]]:
     """One CreateTrainingJob plan per candidate, validated against the policy and botocore."""
-    classification_only(config)
+    hostable(config)
     planner = planner or Planner.of(config, staged, dag_id, run_id)
     settings = planner.settings
     plans = []
@@ -376,6 +448,7 @@ def plan_evaluation(
     settings = planner.settings
     instance = settings.evaluation_instance_type
     price, source = planner.evaluation_price()
+    memory_notes = planner.evaluation_memory()
     entries = [(t["candidate"], t["model_artifacts"], False) for t in trained or [] if t]
     baseline = baseline_model(config)
     if baseline:
@@ -410,7 +483,7 @@ def plan_evaluation(
                 staged_digest=None,
                 instance={"instance_type": instance, "price_per_hour": price},
                 cost=cost(instance, price, source, config.evaluation.max_runtime_seconds),
-                notes=notes,
+                notes=[*notes, *memory_notes],
             )
         )
     return plans
@@ -469,6 +542,8 @@ def plan_endpoint(
         tags={"fmops:pipeline": config.pipeline},
         catalog=planner.catalog,
         model=f"candidate {first.name} ({first.base_model})",
+        candidate=first,
+        jumpstart_hosting=planner.jumpstart_hosting(first),
     )
     scaling = plan["scaling"]
     max_count = scaling["max_instances"] if scaling["enabled"] else plan["instance_count"]
@@ -581,6 +656,34 @@ def _alarm_rule(alarm: dict[str, Any]) -> str:
     return f"{alarm['MetricName']} {statistic} > {limit}, {window}"
 
 
+def _serving_lines(endpoint: dict[str, Any]) -> list[str]:
+    """A generative model's container and start-up timeouts (a classifier's plan has none)."""
+    serving = endpoint.get("serving")
+    if not serving:
+        return []
+    requests = endpoint["requests"]
+    container = requests["CreateModel"]["PrimaryContainer"]
+    variant = requests["CreateEndpointConfig"]["ProductionVariants"][0]
+    env = container["Environment"]
+    shown = ", ".join(
+        f"{k}={env[k]}"
+        for k in ("HF_MODEL_ID", "SM_NUM_GPUS", "MAX_INPUT_TOKENS", "MAX_TOTAL_TOKENS", "DTYPE")
+        if k in env
+    )
+    what = (
+        f"JumpStart's serving container: {container['Image']}"
+        if serving["family"] == hosting.JUMPSTART
+        else f"Hugging Face LLM (TGI {serving['tgi_version']}): {container['Image']}"
+    )
+    return [
+        f"  serving: {what}; {shown or 'environment: ' + json.dumps(env)}; no code/ (the "
+        "archive must hold config.json and *.safetensors)",
+        f"  start-up: {hosting.DOWNLOAD_TIMEOUT} {variant[hosting.DOWNLOAD_TIMEOUT]} s, "
+        f"{hosting.STARTUP_TIMEOUT} {variant[hosting.STARTUP_TIMEOUT]} s ("
+        f"{serving['timeouts_explain']})",
+    ]
+
+
 def endpoint_lines(endpoint: dict[str, Any]) -> list[str]:
     """The endpoint part of ``fmops plan``'s summary (``fmops.plan_text``): instance, hourly
     cost, traffic, alarms, scaling."""
@@ -593,6 +696,7 @@ def endpoint_lines(endpoint: dict[str, Any]) -> list[str]:
         f"  {endpoint['placeholders']['note']}",
         f"  model data: {endpoint['model_data_url']}",
         f"  instance ({endpoint['instance_count']} to start with): {instance['explain']}",
+        *_serving_lines(endpoint),
         f"  cost: {cost['explain']}",
         f"  {traffic_line(endpoint['traffic'])}",
         f"  CreateModel {endpoint['model_name']}; CreateEndpointConfig "

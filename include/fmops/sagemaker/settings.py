@@ -32,10 +32,14 @@ class ImageSettings(Strict):
     @field_validator("transformers_version", "pytorch_version", mode="before")
     @classmethod
     def _quoted(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            # YAML reads 2.10 as the number 2.1: a version must be written as a string.
-            raise ValueError(f'YAML read the version as the number {value}; quote it: "{value}"')
-        return value
+        return quoted_version(value)
+
+
+def quoted_version(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # YAML reads 2.10 as the number 2.1: a version must be written as a string.
+        raise ValueError(f'YAML read the version as the number {value}; quote it: "{value}"')
+    return value
 
 
 # The newest Hugging Face PyTorch training image of the installed SDK (sagemaker 3.27's
@@ -95,6 +99,71 @@ class ScalingSettings(Strict):
         return self
 
 
+# The newest Hugging Face LLM (TGI) image of the installed SDK (sagemaker 3.27's
+# image_uri_config/huggingface-llm.json: TGI 3.3.6, GPU only).
+TGI_VERSION = "3.3.6"
+# SageMaker's bounds of a ProductionVariant's two start-up timeouts (botocore's service model).
+VARIANT_TIMEOUT_SECONDS = (60, 3600)
+
+
+class LlmServingSettings(Strict):
+    """How a generative model (data.task: instruction) is served on SageMaker: the Hugging Face
+    LLM image (Text Generation Inference), which reads the model folder itself. Ignored for a
+    classifier (served by the Hugging Face inference toolkit and inference.py)."""
+
+    tgi_version: Annotated[
+        str,
+        Field(
+            pattern=r"^\d+\.\d+(\.\d+)?$",
+            description="a TGI version the installed sagemaker SDK lists (huggingface-llm)",
+        ),
+    ] = TGI_VERSION
+    max_input_tokens: int = Field(
+        1024, ge=1, le=1_048_576, description="MAX_INPUT_TOKENS: the longest prompt, in tokens"
+    )
+    max_total_tokens: int = Field(
+        2048,
+        ge=2,
+        le=1_048_576,
+        description=(
+            "MAX_TOTAL_TOKENS: prompt + answer tokens of one request; at most the model's "
+            "context (max_position_embeddings)"
+        ),
+    )
+    startup_timeout_seconds: int | None = Field(
+        None,
+        ge=VARIANT_TIMEOUT_SECONDS[0],
+        le=VARIANT_TIMEOUT_SECONDS[1],
+        description=(
+            "ContainerStartupHealthCheckTimeoutInSeconds; null: sized from the weights "
+            "(300 s + 15 s per GiB of the archive's weights)"
+        ),
+    )
+    download_timeout_seconds: int | None = Field(
+        None,
+        ge=VARIANT_TIMEOUT_SECONDS[0],
+        le=VARIANT_TIMEOUT_SECONDS[1],
+        description=(
+            "ModelDataDownloadTimeoutInSeconds; null: sized from the weights (300 s + 30 s per "
+            "GiB of the archive's weights)"
+        ),
+    )
+
+    @field_validator("tgi_version", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        return quoted_version(value)
+
+    @model_validator(mode="after")
+    def _room_for_an_answer(self) -> LlmServingSettings:
+        if self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError(
+                f"max_input_tokens ({self.max_input_tokens}) must be below max_total_tokens "
+                f"({self.max_total_tokens}): the answer's tokens count in the total"
+            )
+        return self
+
+
 class EndpointSettings(Strict):
     """Where and how the sagemaker target serves a model version (a real-time endpoint). How
     a new version takes the traffic, and the alarms that roll it back, are ``deployment``'s."""
@@ -114,13 +183,18 @@ class EndpointSettings(Strict):
     ] = AUTO
     instance_count: int = Field(1, ge=1, description="the fleet a version starts with")
     serving_precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
-        SERVING_PRECISION, description="what the serving code computes in; inference.py: fp32"
+        SERVING_PRECISION,
+        description=(
+            "what the serving code computes in; inference.py: fp32; a generative model on TGI: "
+            "fp16 or bf16 (its DTYPE), fp16 when left out"
+        ),
     )
     allowed_instance_types: list[Annotated[str, Field(pattern=INSTANCE_TYPE)]] = Field(
         default_factory=list, description="empty: any catalog type offered for endpoints"
     )
     max_price_per_hour: float | None = Field(None, gt=0, description="USD per instance-hour")
     scaling: ScalingSettings = ScalingSettings()
+    llm: LlmServingSettings = LlmServingSettings()
     wait_timeout_seconds: int | None = Field(
         None, ge=60, description="fmops' own wait; default: the execution timeout plus 1800 s"
     )

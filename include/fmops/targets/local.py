@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from fmops.jobs import records
 from fmops.jobs.naming import BASELINE, job_name, job_tags
 from fmops.jobs.specs import (
-    classification_only,
     evaluation_request,
     resolve_base_model,
     training_request,
     validate_request,
 )
+from fmops.kinds import kind_of
 from fmops.paths import state_dir
 from fmops.plan_text import (
     DAG_ID,
@@ -67,7 +67,6 @@ class LocalTarget(Target):
         *,
         force: bool = False,
     ) -> list[dict[str, Any]]:
-        classification_only(config)
         plans = []
         for candidate in config.candidates:
             base_name = job_name(dag_id, run_id, candidate.name, "training")
@@ -247,7 +246,8 @@ class LocalDeployer(Deployer):
         config = self.config
         folder = state_dir() / "models" / config.registry.model_name / str(version)
         model_dir = registration.download_model(config, version, folder)
-        handlers = folder / "code" / "inference.py"  # the handlers registered with the model
+        # The handlers registered with the model (the model kind's serving handlers).
+        handlers = folder / "code" / kind_of(config).handlers
         try:
             return deploy_local(config, str(version), model_dir, handlers)
         except RolloutFailedError as err:

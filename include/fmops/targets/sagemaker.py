@@ -42,12 +42,17 @@ class SageMakerTarget(Target):
     unbilled_note = "no billed time reported"
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
-        from fmops.sagemaker import images, options
+        from fmops.sagemaker import hosting, images, options
 
         if config.sagemaker is None:
             return [f"sagemaker: {options.NO_SAGEMAKER_BLOCK}"] if config.target == NAME else []
-        # the option policy, then the images the installed SDK knows
-        return options.policy_problems(config) + images.image_problems(config.sagemaker)
+        # the option policy, the images the installed SDK knows, what the model kind's serving
+        # container can do
+        return (
+            options.policy_problems(config)
+            + images.image_problems(config.sagemaker)
+            + hosting.config_problems(config)
+        )
 
     def backend_settings(self, config: PipelineConfig) -> dict[str, Any]:
         from fmops.sagemaker import options, plan
@@ -269,11 +274,9 @@ def _deployment(config: PipelineConfig, version: str) -> tuple[dict[str, Any], A
     """The endpoint plan of a registered version, the config's SageMaker settings, and the
     clients a deployment calls (keyword arguments of ``endpoint_deploy.start_deployment`` and
     ``deploy``)."""
-    from fmops.catalog import count_parameters
-    from fmops.jobs.specs import resolve_base_model
+    from fmops.jobs.specs import base_model_parameters
     from fmops.registry import tracking
-    from fmops.sagemaker import endpoint_plan, endpoint_watch, options
-    from fmops.sagemaker.run import s3_client
+    from fmops.sagemaker import endpoint_plan, endpoint_watch, hosting, jumpstart, options, run
 
     settings = options.settings_of(config)
     name = config.registry.model_name
@@ -286,12 +289,19 @@ def _deployment(config: PipelineConfig, version: str) -> tuple[dict[str, Any], A
             "can be served by SageMaker"
         )
     candidate = config.candidate(tags["fmops.candidate"])
+    served_by = None
+    if hosting.family_of(config, candidate) == hosting.JUMPSTART:
+        run.read_jumpstart_with_connection(config)  # JumpStart's specs, with the connection
+        model = jumpstart.resolve(candidate.base_model, settings.region)
+        served_by = jumpstart.resolve_hosting(model, settings.region)
     plan = endpoint_plan.plan_deployment(
         config,
         model_version=str(version),
         model_data_url=artifacts,
-        parameters=count_parameters(resolve_base_model(candidate.base_model)),
+        parameters=base_model_parameters(candidate),
         tags={"fmops:pipeline": config.pipeline, "fmops:model_version": str(version)},
+        candidate=candidate,
+        jumpstart_hosting=served_by,
     )
     for note in plan["notes"]:
         log.warning("%s", note)
@@ -301,7 +311,7 @@ def _deployment(config: PipelineConfig, version: str) -> tuple[dict[str, Any], A
         "sagemaker": made.sagemaker,
         "cloudwatch": made.cloudwatch,
         "autoscaling": made.autoscaling,
-        "s3": s3_client(config),
+        "s3": run.s3_client(config),
     }
     return plan, settings, aws
 

@@ -127,6 +127,15 @@ def _frame_key(frame: pd.DataFrame) -> tuple:
     )
 
 
+@pytest.fixture(autouse=True)
+def _reports_in_tmp_path(tmp_path, monkeypatch):
+    """validate_frames without a folder writes its reports to a fresh temporary folder: under
+    this test's tmp_path, which pytest removes, rather than under /tmp."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 @pytest.fixture(scope="module")
 def validate(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Result]:
     """validate_frames, run once per distinct (config, frames, reference, tokenizers)."""

@@ -61,14 +61,15 @@ def stamp(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def run_make_demo(env: dict[str, str], log: Path) -> dict[str, Any]:
-    """``make demo`` as a process: its wall time and output lines (echoed as they come)."""
+def run_make_demo(env: dict[str, str], log: Path, target: str = "demo") -> dict[str, Any]:
+    """``make <target>`` (``demo``, ``demo-llm``) as a process: its wall time and output lines
+    (echoed as they come)."""
     started_at = datetime.now(UTC)
     began = time.perf_counter()
     lines = []
     with log.open("w") as out:
         process = subprocess.Popen(
-            ["make", "demo"],
+            ["make", target],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -83,7 +84,7 @@ def run_make_demo(env: dict[str, str], log: Path) -> dict[str, Any]:
         code = process.wait()
     wall = time.perf_counter() - began
     if code != 0:
-        raise SystemExit(f"make demo failed (exit {code}); its output is in {log}")
+        raise SystemExit(f"make {target} failed (exit {code}); its output is in {log}")
     return {"started_at": started_at, "wall_s": wall, "lines": lines}
 
 

@@ -810,33 +810,6 @@ def print_endpoint(result: dict) -> None:
 # -- demo: make demo-llm ---------------------------------------------------------------------
 
 
-def run_make(target: str, env: dict[str, str], log: Path) -> dict[str, Any]:
-    """``make <target>`` as a process: its wall time and output lines (echoed as they come).
-    benchmarks/demo.py's ``run_make_demo`` for another target."""
-    started_at = dt.datetime.now(dt.UTC)
-    began = time.perf_counter()
-    lines = []
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            ["make", target],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert process.stdout is not None
-        for line in process.stdout:
-            out.write(line)
-            lines.append(line.rstrip("\n"))
-            print(f"    | {lines[-1]}", flush=True)
-        code = process.wait()
-    wall = time.perf_counter() - began
-    if code != 0:
-        raise SystemExit(f"make {target} failed (exit {code}); its output is in {log}")
-    return {"started_at": started_at, "wall_s": wall, "lines": lines}
-
-
 def baseline_comparison(decision: dict[str, Any]) -> dict[str, Any]:
     """The winner against the untuned baseline on the primary metric, from the select XCom:
     the gate's ``baseline`` comparison (its paired bootstrap), and the leaderboard's values."""
@@ -903,7 +876,7 @@ def part_demo(args: argparse.Namespace) -> dict[str, Any]:
     # "After install": make demo-llm installs first when the lock changed; that is not timed.
     subprocess.run(["make", "install"], cwd=ROOT, check=True)
     try:
-        run = run_make("demo-llm", env, work / "demo-llm.log")
+        run = demo.run_make_demo(env, work / "demo-llm.log", target="demo-llm")
         api = AirflowApi(stack.airflow_url())
         api.login()
         measured = demo.measure(api, fmops_home, run, set())

@@ -10,13 +10,13 @@ The spec follows the shape of JumpStart's published specs (``specs_v<version>.js
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import boto3
 import pytest
 import yaml
 from moto_server import REGION, aws_env_fixture, moto_server_fixture  # noqa: F401
+from sagemaker_offline import publish_specs
 
 from fmops.base_models import is_jumpstart, parse_jumpstart
 from fmops.config import ConfigError, PipelineConfig, parse_config
@@ -107,19 +107,7 @@ def jumpstart_bucket_fixture(aws_env: str, monkeypatch: pytest.MonkeyPatch):
     s3 = boto3.client("s3", endpoint_url=aws_env, region_name=REGION)
     s3.create_bucket(Bucket=CONTENT_BUCKET)
     specs = [spec(), spec("huggingface-untrainable", "1.0.0", training_supported=False)]
-    manifest = []
-    for item in specs:
-        key = f"community_models/{item['model_id']}/specs_v{item['version']}.json"
-        s3.put_object(Bucket=CONTENT_BUCKET, Key=key, Body=json.dumps(item))
-        manifest.append(
-            {
-                "model_id": item["model_id"],
-                "version": item["version"],
-                "min_version": item["min_sdk_version"],
-                "spec_key": key,
-            }
-        )
-    s3.put_object(Bucket=CONTENT_BUCKET, Key="models_manifest.json", Body=json.dumps(manifest))
+    publish_specs(s3, CONTENT_BUCKET, specs)
     monkeypatch.setenv("AWS_JUMPSTART_CONTENT_BUCKET_OVERRIDE", CONTENT_BUCKET)
     monkeypatch.setattr(jumpstart, "_SESSION", {})
     run.read_jumpstart_with_connection(config_of())  # the path a DAG run takes

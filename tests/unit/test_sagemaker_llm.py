@@ -18,7 +18,6 @@ import copy
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,6 +28,7 @@ import boto3
 import pytest
 import yaml
 from moto_server import REGION, aws_env_fixture, moto_server_fixture  # noqa: F401
+from sagemaker_offline import offline, publish_specs  # noqa: F401 - offline: an autouse fixture
 
 from fmops.catalog import hosting_memory, load_catalog, training_memory
 from fmops.config import ConfigError, PipelineConfig, load_config, parse_config
@@ -64,24 +64,6 @@ MISTRAL_CONFIG = {
     "torch_dtype": "bfloat16",
 }
 CHAT_TEMPLATE = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Fake credentials, a region, and no network: a connection attempt fails the test."""
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    real_connect = socket.socket.connect
-
-    def connect(sock, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if host not in ("127.0.0.1", "::1", "localhost") and not str(host).startswith("/"):
-            raise AssertionError(f"a test tried to reach {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 def model_folder(folder: Path, config: dict[str, Any], tokenizer: dict[str, Any]) -> Path:
@@ -730,19 +712,7 @@ def jumpstart_llm_fixture(aws_env: str, monkeypatch: pytest.MonkeyPatch):
         llm_spec(),
         llm_spec(model_id="huggingface-llm-scripted", hosting_use_script_uri=True),
     ]
-    manifest = []
-    for item in specs:
-        key = f"community_models/{item['model_id']}/specs_v{item['version']}.json"
-        s3.put_object(Bucket=CONTENT_BUCKET, Key=key, Body=json.dumps(item))
-        manifest.append(
-            {
-                "model_id": item["model_id"],
-                "version": item["version"],
-                "min_version": item["min_sdk_version"],
-                "spec_key": key,
-            }
-        )
-    s3.put_object(Bucket=CONTENT_BUCKET, Key="models_manifest.json", Body=json.dumps(manifest))
+    publish_specs(s3, CONTENT_BUCKET, specs)
     monkeypatch.setenv("AWS_JUMPSTART_CONTENT_BUCKET_OVERRIDE", CONTENT_BUCKET)
     monkeypatch.setattr(jumpstart, "_SESSION", {})
     jumpstart.use_s3_client(s3, REGION)

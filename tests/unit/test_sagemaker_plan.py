@@ -12,7 +12,6 @@ import gzip
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sagemaker_offline import offline  # noqa: F401 - offline: an autouse fixture
 
 from fmops.catalog import load_catalog
 from fmops.config import ConfigError, PipelineConfig, load_config, parse_config
@@ -42,24 +42,6 @@ EXAMPLE = CONFIGS_DIR / "sagemaker.example.yaml"
 EXAMPLE_ARG = "include/configs/sagemaker.example.yaml"
 FMOPS = Path(sys.executable).parent / "fmops"
 HF_TABLE = images.sdk_gpu_info_path().parent / "huggingface.json"
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Fake credentials, a region, and no network: a connection attempt fails the test."""
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    real_connect = socket.socket.connect
-
-    def connect(sock, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if host not in ("127.0.0.1", "::1", "localhost") and not str(host).startswith("/"):
-            raise AssertionError(f"a test tried to reach {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 def example_raw() -> dict[str, Any]:

@@ -17,6 +17,17 @@ if TYPE_CHECKING:
     from fmops.config import DataConfig, PipelineConfig
 
 
+def evaluation_sample(config: PipelineConfig, count: int) -> list[dict[str, Any]]:
+    """``count`` records of the evaluation set, drawn with the data seed (the smoke traffic)."""
+    import random
+
+    from fmops.data.loading import load_table
+
+    frame = load_table(config.data.evaluation)
+    rows = random.Random(config.data.seed).sample(range(len(frame)), min(count, len(frame)))
+    return [frame.iloc[i].to_dict() for i in rows]
+
+
 class ModelKind(ABC):
     """One kind of model. Implementations are stateless; ``fmops.kinds.get_kind`` caches one."""
 

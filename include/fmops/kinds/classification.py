@@ -8,11 +8,10 @@ and, on SageMaker, by the Hugging Face PyTorch inference image running that same
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmops.kinds.base import ModelKind
+from fmops.kinds.base import ModelKind, evaluation_sample
 
 if TYPE_CHECKING:
     from fmops.config import DataConfig, PipelineConfig
@@ -62,17 +61,13 @@ class ClassificationKind(ModelKind):
         return pd.DataFrame({"text": ["I still have not received my new card"]})
 
     def smoke_cases(self, config: PipelineConfig, count: int) -> list[dict[str, Any]]:
-        from fmops.data.loading import load_table
-
         data = config.data
-        frame = load_table(data.evaluation)
-        rows = random.Random(data.seed).sample(range(len(frame)), min(count, len(frame)))
         return [
             {
-                "payload": {"inputs": [str(frame.iloc[i][data.text_column])]},
-                "expected": str(frame.iloc[i][data.label_column]),
+                "payload": {"inputs": [str(row[data.text_column])]},
+                "expected": str(row[data.label_column]),
             }
-            for i in rows
+            for row in evaluation_sample(config, count)
         ]
 
     def example_payload(self, config: PipelineConfig) -> dict[str, Any]:

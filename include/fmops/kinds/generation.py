@@ -10,13 +10,12 @@ Hugging Face LLM (TGI) image, which reads the model folder itself (no ``code/``)
 from __future__ import annotations
 
 import json
-import random
 import re
 import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmops.kinds.base import ModelKind
+from fmops.kinds.base import ModelKind, evaluation_sample
 
 if TYPE_CHECKING:
     from fmops.config import DataConfig, PipelineConfig
@@ -98,14 +97,9 @@ class GenerationKind(ModelKind):
         return {"messages": messages, "max_tokens": SMOKE_MAX_TOKENS, "temperature": 0.0}
 
     def smoke_cases(self, config: PipelineConfig, count: int) -> list[dict[str, Any]]:
-        from fmops.data.loading import load_table
-
-        data = config.data
-        frame = load_table(data.evaluation)
-        rows = random.Random(data.seed).sample(range(len(frame)), min(count, len(frame)))
         cases = []
-        for i in rows:
-            chat = chat_of(frame.iloc[i].to_dict(), data)
+        for row in evaluation_sample(config, count):
+            chat = chat_of(row, config.data)
             if chat and chat[-1]["role"] == "assistant":
                 cases.append(
                     {

@@ -6,7 +6,10 @@
   from it once and cached under ``fmops.paths.base_models_dir()``;
 - a model folder (a path);
 - a JumpStart model, ``jumpstart:<model id>[@<version>]``: the sagemaker target resolves it
-  (``fmops.sagemaker.jumpstart``); this module only reads the name.
+  (``fmops.sagemaker.jumpstart``); this module only reads the name;
+- a Hugging Face Hub model, ``hf:<owner>/<name>[@<revision>]``: the sagemaker target downloads
+  it on the machine that runs fmops and stages it in S3 (``fmops.hub_models``); this module only
+  reads the name.
 
 The GGUF conversion (transformers' GGUF loader, de-quantized to fp32) writes the weights, config,
 generation config, tokenizer and chat template, the package's licence, and ``fmops-model.json``
@@ -90,6 +93,13 @@ JUMPSTART_PREFIX = "jumpstart:"
 ANY_VERSION = "*"
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION = re.compile(r"^(\*|[0-9]+(\.[0-9*]+)*)$")
+HUB_PREFIX = "hf:"
+HUB_DEFAULT_REVISION = "main"
+# The Hub's repo id rule: <owner>/<name>, letters, digits, "-", "_" and ".", at most 96 each.
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_HUB_ID = re.compile(rf"^{_HUB_PART}/{_HUB_PART}$")
+_HUB_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 MANIFEST = "fmops-model.json"
 WEIGHTS = "model.safetensors"
@@ -125,6 +135,41 @@ def parse_jumpstart(base_model: str) -> tuple[str, str]:
             "jumpstart:<model id>@<version>, e.g. jumpstart:huggingface-tc-bert-base-uncased@2.1.0"
         )
     return model_id, version
+
+
+def is_hub(base_model: str) -> bool:
+    return base_model.startswith(HUB_PREFIX)
+
+
+@dataclass(frozen=True)
+class HubId:
+    """``hf:<owner>/<name>[@<revision>]``: a Hub repository and a branch, tag or commit."""
+
+    repo_id: str
+    revision: str
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the revision is a commit: the same files whenever it is read."""
+        return bool(COMMIT_SHA.match(self.revision))
+
+    def __str__(self) -> str:
+        return f"{HUB_PREFIX}{self.repo_id}@{self.revision}"
+
+
+def parse_hub(base_model: str) -> HubId:
+    """``hf:<owner>/<name>[@<revision>]``; the revision defaults to main."""
+    if not is_hub(base_model):
+        raise ValueError(f"{base_model!r} is not a Hub model: it must start with {HUB_PREFIX!r}")
+    repo_id, _, revision = base_model[len(HUB_PREFIX) :].partition("@")
+    revision = revision or HUB_DEFAULT_REVISION
+    if not _HUB_ID.match(repo_id) or not _HUB_REVISION.match(revision) or ".." in revision:
+        raise ValueError(
+            f"base_model {base_model!r}: write hf:<owner>/<name> or hf:<owner>/<name>@<revision> "
+            "(a branch, tag or 40-hex commit), e.g. "
+            "hf:mistralai/Mistral-7B-Instruct-v0.3@<commit sha>"
+        )
+    return HubId(repo_id, revision)
 
 
 # --- packaged models ------------------------------------------------------------------------------

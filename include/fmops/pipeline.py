@@ -18,7 +18,7 @@ from typing import Any
 from fmops.config import PipelineConfig, load_config
 from fmops.jobs import records
 from fmops.jobs.backend import JobBackend, describe, ensure_job, get_backend, status_of
-from fmops.jobs.specs import resolve_base_model
+from fmops.jobs.specs import base_model_files
 from fmops.paths import state_dir
 from fmops.registry import review
 from fmops.storage import join, read_json
@@ -88,7 +88,7 @@ def tokenizers_for(config: PipelineConfig) -> tuple[dict[str, Any], dict[str, in
             )
             continue
         if name not in tokenizers:
-            tokenizers[name] = AutoTokenizer.from_pretrained(resolve_base_model(name))
+            tokenizers[name] = AutoTokenizer.from_pretrained(base_model_files(name))
         limit = candidate.hyperparameters.max_length
         limits[name] = min(limits.get(name, limit), limit)
     return tokenizers, limits

@@ -85,6 +85,7 @@ class Hyperparameters:
     warmup_ratio: float = 0.1
     seed: int = 13
     log_every_steps: int = 10
+    precision: str = "fp32"
     checkpoint_every_steps: int = 0
     gradient_accumulation_steps: int = 1
     group_by_length: bool = True
@@ -134,6 +135,12 @@ class Hyperparameters:
             )
         if self.method not in ("full", "lora"):
             raise HyperparameterError(f"method={self.method!r}; allowed: 'full', 'lora'")
+        if self.precision not in ("fp32", "bf16"):
+            raise HyperparameterError(f"precision={self.precision!r}; allowed: 'fp32', 'bf16'")
+        if self.precision == "bf16" and self.task != "instruction":
+            raise HyperparameterError(
+                "precision=bf16 applies to task=instruction only (a classifier trains in fp32)"
+            )
         if self.init_head not in ("label_names", "random"):
             raise HyperparameterError(
                 f"init_head={self.init_head!r}; allowed: 'label_names', 'random'"
@@ -271,6 +278,25 @@ def choose_device() -> Any:
     return torch.device("cpu")
 
 
+def base_dtype(hps: Hyperparameters) -> Any:
+    """The dtype the base model's weights are loaded in: bf16 for a LoRA run in bf16 (the frozen
+    weights never see an optimizer step: half their memory), else fp32 (the weights that train
+    stay fp32 under bf16 autocast: mixed precision). Explicit, because transformers otherwise
+    loads a checkpoint in its own dtype (a bf16 checkpoint would train in pure bf16)."""
+    import torch
+
+    return torch.bfloat16 if hps.precision == "bf16" and hps.method == "lora" else torch.float32
+
+
+def autocast(device: Any, hps: Hyperparameters) -> Any:
+    """bf16 autocast for the forward passes when ``precision`` is bf16 (off otherwise)."""
+    import torch
+
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=hps.precision == "bf16"
+    )
+
+
 def on(device: Any, tensors: dict[str, Any]) -> dict[str, Any]:
     return {k: v.to(device) for k, v in tensors.items()}
 
@@ -349,7 +375,7 @@ class ClassificationTask:
         self.validation = (val_texts, [ids[x] for x in val_labels])
         self.lengths = [len(t) for t in train_texts]
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        encoder = AutoModel.from_pretrained(base_model, use_safetensors=True)
+        encoder = AutoModel.from_pretrained(base_model, use_safetensors=True, dtype=base_dtype(hps))
         self.model = inference.build_classifier(encoder, len(self.labels))
         if hps.init_head == "label_names":
             inference.init_head_from_label_names(self.model, self.tokenizer, self.labels)
@@ -462,7 +488,9 @@ class InstructionTask:
             else []
         )
         self.lengths = [len(ids) for ids, _ in self.train]
-        self.model = AutoModelForCausalLM.from_pretrained(base_model, use_safetensors=True)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            base_model, use_safetensors=True, dtype=base_dtype(hps)
+        )
         if hps.method == "lora":
             self.model = with_lora(self.model, hps, task_type="CAUSAL_LM")
 
@@ -569,6 +597,10 @@ class InstructionTask:
             model.save_pretrained(model_dir / "adapter")
             model = model.merge_and_unload() if self.hps.merge_adapter else None
         if model is not None:
+            if self.hps.precision == "bf16":  # what TGI serves: half the archive of fp32
+                import torch
+
+                model = model.to(torch.bfloat16)
             model.save_pretrained(model_dir, safe_serialization=True)
         generation.save_pretrained(model_dir)
         self.tokenizer.save_pretrained(model_dir)
@@ -629,6 +661,14 @@ def main() -> int:
     except (HyperparameterError, instruction.RecordError) as err:
         print(f"ERROR bad input data: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    if hps.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        print(
+            f"ERROR precision=bf16, but {torch.cuda.get_device_name(device)} has no bf16: "
+            "train at precision fp32, or on an A10G, L4, A100 or H100 GPU",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_BAD_INPUT
     model = task.model.to(device)  # built on the CPU (the head's init), trained on the device
     task.device = device
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -638,6 +678,8 @@ def main() -> int:
         task=hps.task,
         device=device,
         method=hps.method,
+        precision=hps.precision,
+        weights_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         trainable_params=trainable,
         total_params=total,
     )
@@ -738,7 +780,8 @@ def main() -> int:
         for batch in range(progress["batch"], batches_per_epoch):
             first = (batch * WORLD_SIZE + RANK) * hps.batch_size
             idx = order[first : first + hps.batch_size]
-            loss = task.loss(forward, task.batch("train", idx))
+            with autocast(device, hps):
+                loss = task.loss(forward, task.batch("train", idx))
             (loss / accumulation).backward()
             progress["seen"] += len(idx)
             progress["batch"] = batch + 1
@@ -771,7 +814,8 @@ def main() -> int:
                 save_checkpoint()
         if has_validation:
             model.eval()
-            metrics = task.evaluate()
+            with autocast(device, hps):
+                metrics = task.evaluate()
             model.train()
             log(epoch=epoch, **metrics)
             score = task.score(metrics)

@@ -481,17 +481,33 @@ LLM_CANDIDATE = "tiny-lm-lora"
 LLM_SCENARIO = "chat"
 CHAT = PROJECT_ROOT / "include" / "data" / "banking77-chat"
 TGI_REPOSITORY = "huggingface-pytorch-tgi-inference"
+HUB_REPO = "fmops-tests/tiny-chat-lm"
 
 
 @pytest.fixture(scope="module")
-def llm_config_file(aws_env_module: str, workdir: Path) -> Path:
-    """A tiny causal LM with a chat template (tests/tiny_models.py) tuned with LoRA on a cut of
-    the shipped chats; the endpoint on ml.g4dn.xlarge (moto refuses ml.g5.*) at fp16."""
+def llm_hub(workdir: Path) -> Any:
+    """The tiny causal LM with a chat template (tests/tiny_models.py), gated on a Hugging Face
+    Hub served from 127.0.0.1 (tests/hf_hub_server.py); HF_ENDPOINT and HF_TOKEN point the run
+    at it, and the Hub cache is this module's."""
+    from hf_hub_server import HubServer
     from tiny_models import TINY_CHAT_TEMPLATE, save_tiny_causal_lm
 
+    model = save_tiny_causal_lm(workdir / "hub" / "tiny-lm", chat_template=TINY_CHAT_TEMPLATE)
+    with HubServer() as hub, pytest.MonkeyPatch.context() as monkeypatch:
+        hub.commit = hub.add_repo(HUB_REPO, model, gated=True)
+        hub.model = model
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        monkeypatch.setenv("FMOPS_BASE_MODELS_DIR", str(workdir / "base-models"))
+        yield hub
+
+
+@pytest.fixture(scope="module")
+def llm_config_file(aws_env_module: str, workdir: Path, llm_hub: Any) -> Path:
+    """The tiny LM from the local Hub (hf:<repo>@main), tuned with LoRA on a cut of the shipped
+    chats; the endpoint on ml.g4dn.xlarge (moto refuses ml.g5.*) at fp16."""
     folder = workdir / "llm"
     folder.mkdir(parents=True, exist_ok=True)
-    model = save_tiny_causal_lm(folder / "tiny-lm", chat_template=TINY_CHAT_TEMPLATE)
     for name, rows in (("train", 48), ("test", 16)):
         lines = (CHAT / f"{name}.jsonl").read_text().splitlines()[:rows]
         (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
@@ -512,7 +528,7 @@ def llm_config_file(aws_env_module: str, workdir: Path) -> Path:
         "candidates": [
             {
                 "name": LLM_CANDIDATE,
-                "base_model": str(model),
+                "base_model": f"hf:{HUB_REPO}",
                 "method": "lora",
                 "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                 "hyperparameters": {
@@ -579,7 +595,9 @@ def llm_deploy(llm_finetune, dagbag, llm_config_file, containers, workdir) -> tu
     return _run_dag(dagbag, "fmops_deploy", llm_config_file, workdir / "llm_deploy.log")
 
 
-def test_llm_finetune_trains_with_train_py_and_registers(llm_finetune, llm_config, aws_env_module):
+def test_llm_finetune_trains_with_train_py_and_registers(
+    llm_finetune, llm_config, aws_env_module, llm_hub
+):
     from fmops.registry import tracking
 
     run, text = llm_finetune
@@ -588,6 +606,14 @@ def test_llm_finetune_trains_with_train_py_and_registers(llm_finetune, llm_confi
     (handle,) = _xcom(run, "submit_training")
     job = sagemaker.describe_training_job(TrainingJobName=handle["name"])
     assert job["TrainingJobStatus"] == "Completed"
+    # The Hub model was downloaded on this side, staged under its commit, and read from there
+    # by the network-isolated job; its weights are the Hub's bytes.
+    staged = f"s3://{BUCKET}/fmops-llm-e2e/models/fmops-tests-tiny-chat-lm-{llm_hub.commit[:12]}/"
+    channels = {c["ChannelName"]: c for c in job["InputDataConfig"]}
+    assert channels["base_model"]["DataSource"]["S3DataSource"]["S3Uri"] == staged
+    weights = _read_s3(aws_env_module, staged + "model.safetensors")
+    assert weights == (llm_hub.model / "model.safetensors").read_bytes()
+    assert llm_hub.token not in text
     hps = job["HyperParameters"]
     assert hps["sagemaker_program"] == "train.py" and hps["task"] == "instruction"
     assert hps["messages_column"] == "messages" and hps["method"] == "lora"

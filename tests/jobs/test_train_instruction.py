@@ -280,6 +280,62 @@ def test_lora_on_a_causal_lm_learns_the_answers(tmp_path, pretrained, channels):
     assert loss_sum / tokens == pytest.approx(metrics["validation_loss"], rel=1e-4)
 
 
+def safetensors_dtypes(path: Path) -> set[str]:
+    """The dtypes in a safetensors file's header."""
+    import struct
+
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return {t["dtype"] for name, t in header.items() if name != "__metadata__"}
+
+
+def test_lora_at_bf16_holds_the_base_in_bf16_and_saves_bf16(tmp_path, pretrained, channels):
+    """precision=bf16: the frozen base in bf16, the adapters in fp32 under bf16 autocast, the
+    merged model saved in bf16 (what TGI serves), and it still learns."""
+    import generation
+
+    job = tmp_path / "bf16"
+    result = run(job_env(job, pretrained[0] / "model", channels, epochs="10", precision="bf16"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "precision=bf16 weights_dtype=bfloat16" in result.stdout
+    losses = epoch_losses(result.stdout)
+    assert len(losses) == 10 and losses[-1] < losses[0] * 0.6, losses
+    model_dir = job / "model"
+    assert safetensors_dtypes(model_dir / "model.safetensors") == {"BF16"}
+    assert safetensors_dtypes(model_dir / "adapter" / "adapter_model.safetensors") == {"F32"}
+    # evaluate.py's generator loads it as saved (bf16) and answers on the CPU
+    lm = generation.CausalLM(model_dir, device="cpu")
+    assert str(lm.model.dtype) == "torch.bfloat16"
+    chat_ = [{"role": "user", "content": "request 7: which colour is red"}]
+    (answer,) = lm.generate([lm.prompt(chat_)], max_new_tokens=4)
+    assert answer.text.strip() and answer.tokens > 0 and answer.logprob <= 0
+
+
+def test_full_fine_tuning_at_bf16_is_mixed_precision(tmp_path, tiny_causal_lm, channels):
+    """Full fine-tuning at bf16 keeps fp32 weights (autocast), and saves them in bf16."""
+    job = tmp_path / "full-bf16"
+    result = run(
+        job_env(job, tiny_causal_lm, channels, method="full", epochs="1", precision="bf16")
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "precision=bf16 weights_dtype=float32" in result.stdout
+    assert safetensors_dtypes(job / "model" / "model.safetensors") == {"BF16"}
+    # fp32 stays fp32
+    job = tmp_path / "full-fp32"
+    result = run(job_env(job, tiny_causal_lm, channels, method="full", epochs="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "precision=fp32 weights_dtype=float32" in result.stdout
+    assert safetensors_dtypes(job / "model" / "model.safetensors") == {"F32"}
+    # fp16 is not offered; bf16 is for generative models only
+    result = run(job_env(tmp_path / "fp16", tiny_causal_lm, channels, precision="fp16"))
+    assert result.returncode == 2 and "precision='fp16'; allowed: 'fp32', 'bf16'" in result.stderr
+    result = run(
+        job_env(tmp_path / "cls", tiny_causal_lm, channels, task="classification", precision="bf16")
+    )
+    assert result.returncode == 2 and "precision=bf16 applies to task=instruction" in result.stderr
+
+
 def test_adapters_without_a_merged_copy(tmp_path, tiny_causal_lm, channels):
     adapters = tmp_path / "adapters"
     result = run(job_env(adapters, tiny_causal_lm, channels, epochs="1", merge_adapter="false"))

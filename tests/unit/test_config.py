@@ -492,3 +492,17 @@ def test_alarm_bounds_name_the_yaml_path(tmp_path):
         "deployment.alarms.max_5xx_error_rate",
         "deployment.alarms.period_seconds",
     ]
+
+
+def test_bf16_training_is_for_generative_models_only():
+    raw = yaml.safe_load((CONFIGS_DIR / "local-llm.yaml").read_text())
+    raw["candidates"][0]["hyperparameters"] = {"precision": "bf16"}
+    config = parse_config(raw, "llm.yaml")
+    assert config.candidates[0].job_hyperparameters({})["precision"] == "bf16"
+    classifier = yaml.safe_load(TINY_YAML.read_text())
+    classifier["candidates"][0].setdefault("hyperparameters", {})["precision"] = "bf16"
+    with pytest.raises(ConfigError, match="precision bf16 applies to data.task instruction"):
+        parse_config(classifier, "tiny.yaml")
+    classifier["candidates"][0]["hyperparameters"]["precision"] = "fp16"
+    with pytest.raises(ConfigError, match="precision"):
+        parse_config(classifier, "tiny.yaml")

@@ -6,9 +6,10 @@ and JumpStart text-generation models served as their spec says.
 
 The 7B base model is a stand-in folder: Mistral-7B-Instruct-v0.3's config.json and a tokenizer
 config with a chat template, no weights (the config gives ``parameters``, which is all a plan
-needs). The JumpStart spec is served from a moto bucket, as in test_sagemaker_jumpstart.py: the
-installed SDK ships no JumpStart specs (it reads them from JumpStart's S3 bucket), so its values
-are made up in the shape of JumpStart's huggingface-llm specs. Requests are checked against
+needs); the shipped example names it on the Hub, served from 127.0.0.1 (``hf_hub_server``).
+The JumpStart spec is served from a moto bucket, as in test_sagemaker_jumpstart.py: the installed
+SDK ships no JumpStart specs (it reads them from JumpStart's S3 bucket), so its values are made
+up in the shape of JumpStart's huggingface-llm specs. Requests are checked against
 botocore's service model (``fmops.sagemaker.service_model.validate``). Nothing reaches AWS.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
+from hf_hub_server import HubServer
 from moto_server import REGION, aws_env_fixture, moto_server_fixture  # noqa: F401
 from sagemaker_offline import offline, publish_specs  # noqa: F401 - offline: an autouse fixture
 
@@ -43,6 +45,7 @@ from fmops.sagemaker.settings import EndpointSettings, LlmServingSettings
 EXAMPLE = CONFIGS_DIR / "sagemaker-llm.example.yaml"
 CLASSIFIER_EXAMPLE = CONFIGS_DIR / "sagemaker.example.yaml"
 FMOPS = Path(sys.executable).parent / "fmops"
+MISTRAL_REPO = "mistralai/Mistral-7B-Instruct-v0.3"
 MISTRAL_7B = 7_248_023_552  # Mistral-7B-Instruct-v0.3 (its model card; estimate_parameters agrees)
 TGI_IMAGE = (
     "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:"
@@ -112,6 +115,11 @@ def endpoint_of(config: PipelineConfig, catalog, **kwargs: Any) -> dict[str, Any
     )
 
 
+def fp32(raw):
+    """The example's candidate trained at fp32: twice the bytes of its bf16 weights."""
+    raw["candidates"][0]["hyperparameters"]["precision"] = "fp32"
+
+
 def set_endpoint(**values):
     def mutate(raw):
         raw["sagemaker"]["endpoint"].update(values)
@@ -177,9 +185,16 @@ def test_model_and_endpoint_config_requests_for_tgi(mistral, catalog):
     (variant,) = config["ProductionVariants"]
     assert variant["InstanceType"] == "ml.g5.xlarge"
     assert variant["ModelName"] == model["ModelName"]
-    # 7.25B x 4 B = 27.0 GiB: 300 + 30 x 27.0 = 1110 -> 1140 s; 300 + 15 x 27.0 = 705 -> 720 s
-    assert variant["ModelDataDownloadTimeoutInSeconds"] == 1140
-    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 720
+    # trained at bf16, 7.25B x 2 B = 13.5 GiB: 300 + 30 x 13.5 = 705 -> 720 s;
+    # 300 + 15 x 13.5 = 502.5 -> 540 s
+    assert variant["ModelDataDownloadTimeoutInSeconds"] == 720
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 540
+    # at fp32, 7.25B x 4 B = 27.0 GiB: 300 + 30 x 27.0 = 1110 -> 1140 s; 300 + 15 x 27 -> 720 s
+    (at_fp32,) = endpoint_of(config_of(mistral, fp32), catalog)["requests"]["CreateEndpointConfig"][
+        "ProductionVariants"
+    ]
+    assert at_fp32["ModelDataDownloadTimeoutInSeconds"] == 1140
+    assert at_fp32["ContainerStartupHealthCheckTimeoutInSeconds"] == 720
     assert plan["serving"]["family"] == "huggingface-llm"
     assert plan["sizing"] == {
         "parameters": MISTRAL_7B,
@@ -280,7 +295,7 @@ def test_capacity_fallback_rebuilds_the_model_for_the_gpu_count(mistral, catalog
     (variant,) = moved["requests"]["CreateEndpointConfig"]["ProductionVariants"]
     assert variant["ModelName"] == model["ModelName"] == moved["model_name"]
     assert variant["InstanceType"] == "ml.g5.12xlarge"
-    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 720
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 540
     validate("sagemaker", "CreateModel", model)
 
 
@@ -350,10 +365,17 @@ def test_training_uses_train_py_with_the_kinds_hyperparameters(mistral, catalog)
     assert hps["prompt_template"] == "auto" and hps["method"] == "lora"
     assert "text_column" not in hps and "label_column" not in hps
     validate_request("CreateTrainingJob", {"TrainingJobName": plan["base_name"], **request})
-    # the catalog sizes train.py's fp32 LoRA run: 43.6 GiB on one GPU, an 80 GB A100
+    # the catalog sizes train.py's bf16 LoRA run: 23.5 GiB on one GPU with bf16, an A10G
+    assert hps["precision"] == "bf16"
+    need = training_memory(MISTRAL_7B, "lora", precision="bf16")
+    assert plan["instance"]["instance_type"] == catalog.choose(need).name == "ml.g5.xlarge"
+    assert request["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
+    # at fp32: 43.6 GiB on one GPU, an 80 GB A100
+    config = config_of(mistral, fp32)
+    (plan,) = plan_training(config, planner=Planner.of(config, catalog=catalog))
+    assert plan["request"]["HyperParameters"]["precision"] == "fp32"
     need = training_memory(MISTRAL_7B, "lora", precision="fp32")
     assert plan["instance"]["instance_type"] == catalog.choose(need).name == "ml.p4de.24xlarge"
-    assert request["ResourceConfig"]["InstanceType"] == "ml.p4de.24xlarge"
 
 
 def test_the_baseline_is_prompted_with_the_kinds_arguments(mistral, catalog):
@@ -367,9 +389,20 @@ def test_the_baseline_is_prompted_with_the_kinds_arguments(mistral, catalog):
 
 def test_an_evaluation_gpu_too_small_for_the_model_is_refused(mistral, catalog):
     def small(raw):
+        raw["sagemaker"]["evaluation_instance_type"] = "ml.g4dn.xlarge"
+
+    # bf16 weights: a T4 has no bf16
+    config = config_of(mistral, small)
+    with pytest.raises(
+        PlanError, match=r"loads it in bf16 on one GPU: ml.g4dn.xlarge's NVIDIA T4 has no bf16"
+    ):
+        plan_evaluation(config, trained=[], planner=Planner.of(config, catalog=catalog))
+
+    def small_fp32(raw):
+        fp32(raw)
         raw["sagemaker"]["evaluation_instance_type"] = "ml.g5.12xlarge"
 
-    config = config_of(mistral, small)
+    config = config_of(mistral, small_fp32)
     with pytest.raises(PlanError, match=r"ml.g5.12xlarge cannot hold .* 34.4 GiB on each of 4"):
         plan_evaluation(config, trained=[], planner=Planner.of(config, catalog=catalog))
 
@@ -379,7 +412,7 @@ def test_an_evaluation_gpu_too_small_for_the_model_is_refused(mistral, catalog):
     config = config_of(mistral, cpu)
     (plan,) = plan_evaluation(config, trained=[], planner=Planner.of(config, catalog=catalog))
     assert any(
-        "generates on the CPU of ml.m5.4xlarge, holding 32.4 GiB" in n for n in plan["notes"]
+        "generates on the CPU of ml.m5.4xlarge, holding 16.2 GiB" in n for n in plan["notes"]
     )
 
 
@@ -418,6 +451,7 @@ def test_max_total_tokens_must_fit_the_models_context(tmp_path, mistral):
 
 def test_notes_on_latency_alarms_and_the_execution_timeout(mistral, catalog):
     def defaults(raw):
+        fp32(raw)  # the larger archive: its start-up timeouts outgrow the default
         raw["deployment"]["traffic"]["max_execution_timeout_seconds"] = None
         raw["deployment"]["alarms"]["latency_per_token_ms"] = 50
 
@@ -509,7 +543,7 @@ def test_the_example_config_loads():
     assert config.data.task == "instruction" and config.target == "sagemaker"
     (candidate,) = config.candidates
     assert candidate.method == "lora" and candidate.parameters == MISTRAL_7B
-    assert candidate.base_model == "models/Mistral-7B-Instruct-v0.3"
+    assert candidate.base_model == f"hf:{MISTRAL_REPO}" and candidate.hub
     endpoint = config.sagemaker.endpoint
     assert endpoint.serving_precision == "bf16" and endpoint.llm == LlmServingSettings()
     # every key of the llm block is written out in the example, so each one is documented
@@ -547,32 +581,71 @@ def test_the_example_plan_passes_botocore_and_prints_the_tgi_endpoint(mistral, t
     )
     assert requests["CreateModel"]["PrimaryContainer"]["Image"] == TGI_IMAGE
     assert plan["endpoint"]["instance"]["instance_type"] == "ml.g5.xlarge"
-    assert plan["cost"]["upper_bound_usd"] == 85.0  # p4de 1 h + two p4d evaluations of 0.5 h
+    # ml.g5.xlarge 1 h + two ml.g5.2xlarge evaluations of 0.5 h
+    assert plan["cost"]["upper_bound_usd"] == 3.41
 
     text = fmops_plan()
     assert "serving: Hugging Face LLM (TGI 3.3.6): " + TGI_IMAGE in text
     assert "HF_MODEL_ID=/opt/ml/model, SM_NUM_GPUS=1, MAX_INPUT_TOKENS=1024" in text
-    assert "ModelDataDownloadTimeoutInSeconds 1140 s, " in text
-    assert "ContainerStartupHealthCheckTimeoutInSeconds 720 s" in text
+    assert "ModelDataDownloadTimeoutInSeconds 720 s, " in text
+    assert "ContainerStartupHealthCheckTimeoutInSeconds 540 s" in text
     assert "hosting 7.25B parameters at bf16" in text
 
 
-def test_the_example_as_shipped_names_the_missing_model_folder(tmp_path):
-    """Without the model folder on this machine, the plan says what is missing."""
-    env = {**os.environ, "FMOPS_HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-east-1"}
-    done = subprocess.run(
-        [str(FMOPS), "plan", "--config", str(EXAMPLE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
+def test_the_example_as_shipped_plans_from_the_hub_with_a_token(mistral, tmp_path):
+    """The shipped example names the gated hf:mistralai/Mistral-7B-Instruct-v0.3: served here by a
+    local Hub (its JSON files, no weights), ``fmops plan`` reads them with HF_TOKEN, stages the
+    commit, and downloads no weights; without the token it exits 2 with the fix, and with no Hub
+    and an empty cache it exits 1 (transient)."""
+    env = {
+        **os.environ,
+        "FMOPS_HOME": str(tmp_path / "home"),
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    env.pop("HF_TOKEN", None)
+
+    def fmops_plan(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(FMOPS), "plan", "--config", str(EXAMPLE), "--json"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+        )
+
+    with HubServer() as hub:
+        commit = hub.add_repo(MISTRAL_REPO, mistral, gated=True)
+        denied = fmops_plan(HF_ENDPOINT=hub.url)
+        assert denied.returncode == 2, denied.stderr[-2000:]
+        assert f"{MISTRAL_REPO} is gated" in denied.stderr and "HF_TOKEN" in denied.stderr
+
+        done = fmops_plan(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert hub.token not in done.stdout + done.stderr
+        assert not [r for r in hub.requests if r.path.endswith(".safetensors")]
+        url = hub.url
+    plan = json.loads(done.stdout)
+    (training,) = plan["training"]
+    validate_request(
+        "CreateTrainingJob", {"TrainingJobName": training["base_name"], **training["request"]}
     )
-    if (PROJECT_ROOT / "models" / "Mistral-7B-Instruct-v0.3" / "config.json").exists():
-        assert done.returncode == 0, done.stderr[-2000:]
-    else:
-        assert done.returncode != 0
-        assert "models/Mistral-7B-Instruct-v0.3" in done.stderr
-        assert "neither a packaged model" in done.stderr
+    staged = (
+        f"s3://fmops-example-bucket/fmops/models/mistralai-mistral-7b-instruct-v0.3-{commit[:12]}/"
+    )
+    channels = {c["ChannelName"]: c for c in training["request"]["InputDataConfig"]}
+    assert channels["base_model"]["DataSource"]["S3DataSource"]["S3Uri"] == staged
+    baseline = next(e for e in plan["evaluation"] if e["candidate"] == "baseline")
+    inputs = {
+        i["InputName"]: i["S3Input"]["S3Uri"] for i in baseline["request"]["ProcessingInputs"]
+    }
+    assert staged in inputs.values()
+    assert plan["endpoint"]["instance"]["instance_type"] == "ml.g5.xlarge"
+
+    # the Hub is gone and this FMOPS_HOME's cache is empty: transient, exit 1
+    env["FMOPS_HOME"] = str(tmp_path / "other-home")
+    gone = fmops_plan(HF_ENDPOINT=url, HF_TOKEN="hf_x")
+    assert gone.returncode == 1, gone.stderr[-2000:]
+    assert "cannot reach the Hub" in gone.stderr
 
 
 # -- JumpStart text-generation models -------------------------------------------------------------
@@ -733,6 +806,8 @@ def jumpstart_config(mistral: Path, model_id: str = LLM_ID, mutate=None) -> Pipe
             }
         ]
         raw["sagemaker"]["endpoint"]["max_price_per_hour"] = 20.0
+        # evaluate.py sizes a JumpStart model's weights at fp32 (fmops cannot know its script's)
+        raw["sagemaker"]["evaluation_instance_type"] = "ml.p4d.24xlarge"
         if mutate:
             mutate(raw)
 

@@ -32,6 +32,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from fmops.deployment.flow import SmokeTestError
     from fmops.deployment.local import EndpointError
     from fmops.evaluation.selection import SelectionError
+    from fmops.hub_models import HubModelError
     from fmops.jobs.specs import PlanError
     from fmops.pipeline import JobFailedError
     from fmops.sagemaker.endpoint_watch import DeploymentFailedError
@@ -41,6 +42,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
         DataError,
         DataValidationError,
         PlanError,
+        HubModelError,
         JobFailedError,
         SelectionError,
         ParamValidationError,

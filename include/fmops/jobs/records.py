@@ -83,7 +83,14 @@ def training_plan(
     **described: Any,
 ) -> JobPlan:
     """A candidate's training job, cached on its dataset, base model, request, scripts and image."""
-    fields = cache.components(request, staged_digest, candidate.base_model)
+    base_model = candidate.base_model
+    if candidate.hub:  # hf:<id>@main moves: the key names the commit staged (its S3 folder)
+        base_model = next(
+            c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in request["InputDataConfig"]
+            if c["ChannelName"] == "base_model"
+        )
+    fields = cache.components(request, staged_digest, base_model)
     plan: dict[str, Any] = {
         "kind": "training",
         "candidate": candidate.name,

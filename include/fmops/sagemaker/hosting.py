@@ -19,8 +19,9 @@ kind's ``hosting_image``).
   (``fmops.sagemaker.jumpstart.resolve_hosting``), as ``JumpStartModel.deploy`` sends them.
 
 The start-up timeouts of a generative model's variant are sized from its archive's weights,
-W GiB = parameters x 4 B (``train.py`` saves fp32, ``ARCHIVE_BYTES_PER_PARAMETER``), each rounded
-up to a whole minute within SageMaker's 60-3600 s:
+W GiB = parameters x 4 B, or x 2 B for a candidate trained at ``precision: bf16`` (``train.py``
+saves the weights in its training precision, ``archive_bytes_per_parameter``), each rounded up to
+a whole minute within SageMaker's 60-3600 s:
 
 - ``ModelDataDownloadTimeoutInSeconds`` = 300 + 30 x W: the S3 download and the unpacking of
   ``model.tar.gz`` (gunzip is single-threaded: about 35 MiB/s together), after 300 s to start;
@@ -28,7 +29,8 @@ up to a whole minute within SageMaker's 60-3600 s:
   casts them to DTYPE on the GPUs and warms up (a prefill of MAX_INPUT_TOKENS) before /ping
   answers.
 
-A 7.25B-parameter model (Mistral 7B, 27 GiB in fp32): 1140 s and 720 s. A JumpStart spec's own
+A 7.25B-parameter model (Mistral 7B): 27 GiB in fp32, 1140 s and 720 s; 13.5 GiB in bf16, 720 s
+and 540 s. A JumpStart spec's own
 ``deploy_kwargs`` timeouts come before the formula, ``sagemaker.endpoint.llm``'s before both.
 """
 
@@ -59,7 +61,7 @@ MODEL_DIR = "/opt/ml/model"
 GPUS_VARIABLE = "SM_NUM_GPUS"
 TGI_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # TGI's DTYPE (--dtype) values
 DEFAULT_LLM_PRECISION = "fp16"
-ARCHIVE_BYTES_PER_PARAMETER = 4  # train.py saves the merged model in fp32
+ARCHIVE_BYTES_PER_PARAMETER = {"fp32": 4, "bf16": 2}  # train.py saves in its precision
 DOWNLOAD_BASE_SECONDS, DOWNLOAD_SECONDS_PER_GIB = 300, 30
 STARTUP_BASE_SECONDS, STARTUP_SECONDS_PER_GIB = 300, 15
 DOWNLOAD_TIMEOUT = "ModelDataDownloadTimeoutInSeconds"
@@ -152,17 +154,22 @@ def _minutes(seconds: float) -> int:
     return int(min(high, max(low, math.ceil(seconds / 60) * 60)))
 
 
-def weights_gib(parameters: int) -> float:
-    return parameters * ARCHIVE_BYTES_PER_PARAMETER / GIB
+def archive_bytes_per_parameter(candidate: Candidate) -> int:
+    """Bytes per parameter of the weights train.py saves for ``candidate``."""
+    return ARCHIVE_BYTES_PER_PARAMETER[candidate.hyperparameters.precision]
 
 
 def timeouts(
-    parameters: int, llm: Any, download: int | None = None, startup: int | None = None
+    parameters: int,
+    llm: Any,
+    download: int | None = None,
+    startup: int | None = None,
+    bytes_per_parameter: int = ARCHIVE_BYTES_PER_PARAMETER["fp32"],
 ) -> tuple[dict[str, int], str]:
     """The variant's two start-up timeouts and their arithmetic: the config's
     (``sagemaker.endpoint.llm``), else ``download`` / ``startup`` (a JumpStart spec's), else the
     formula of the module docstring."""
-    gib = weights_gib(parameters)
+    gib = parameters * bytes_per_parameter / GIB
     formula = {
         DOWNLOAD_TIMEOUT: _minutes(DOWNLOAD_BASE_SECONDS + DOWNLOAD_SECONDS_PER_GIB * gib),
         STARTUP_TIMEOUT: _minutes(STARTUP_BASE_SECONDS + STARTUP_SECONDS_PER_GIB * gib),
@@ -172,9 +179,10 @@ def timeouts(
         STARTUP_TIMEOUT: llm.startup_timeout_seconds or startup or formula[STARTUP_TIMEOUT],
     }
     explain = (
-        f"weights {gib:.1f} GiB ({parameters:,} parameters x {ARCHIVE_BYTES_PER_PARAMETER} B, "
-        f"the archive in fp32): download {DOWNLOAD_BASE_SECONDS} s + {DOWNLOAD_SECONDS_PER_GIB} "
-        f"s/GiB = {formula[DOWNLOAD_TIMEOUT]} s, start-up {STARTUP_BASE_SECONDS} s + "
+        f"weights {gib:.1f} GiB ({parameters:,} parameters x {bytes_per_parameter} B, "
+        f"the archive's precision): download {DOWNLOAD_BASE_SECONDS} s + "
+        f"{DOWNLOAD_SECONDS_PER_GIB} s/GiB = {formula[DOWNLOAD_TIMEOUT]} s, "
+        f"start-up {STARTUP_BASE_SECONDS} s + "
         f"{STARTUP_SECONDS_PER_GIB} s/GiB = {formula[STARTUP_TIMEOUT]} s (whole minutes, "
         f"{VARIANT_TIMEOUT_SECONDS[0]}-{VARIANT_TIMEOUT_SECONDS[1]} s)"
     )
@@ -246,7 +254,9 @@ def serving_of(
             "archive": "weights",
             "notes": notes,
         }
-    chosen, explain = timeouts(parameters, llm)
+    chosen, explain = timeouts(
+        parameters, llm, bytes_per_parameter=archive_bytes_per_parameter(candidate)
+    )
     if "serving_precision" not in endpoint.model_fields_set:
         notes.append(
             f"served at {precision} (TGI's DTYPE {TGI_DTYPES[precision]}), as "

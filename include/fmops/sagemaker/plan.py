@@ -48,8 +48,8 @@ from fmops.jobs import records
 from fmops.jobs.naming import BASELINE, job_name, job_tags
 from fmops.jobs.specs import (
     PlanError,
+    base_model_files,
     base_model_parameters,
-    resolve_base_model,
     validate_request,
 )
 from fmops.kinds import kind_of
@@ -77,7 +77,6 @@ from fmops.sagemaker.staging import (
 log = logging.getLogger(__name__)
 
 TARGET = "sagemaker"  # the target whose plans these are (fmops.targets.sagemaker)
-TRAINING_PRECISION = "fp32"  # what include/scripts/train.py trains in
 JUMPSTART_LLM_PRECISION = "bf16"  # what JumpStart's text-generation scripts are sized at
 VERSION_PLACEHOLDER = "<version>"  # the registered model version, known once a run registers it
 ENDPOINT_NOTE = (
@@ -156,7 +155,8 @@ class Planner:
         return job_tags(self.config.pipeline, self.dag_id, self.run_id, candidate)
 
     def base_model(self, name: str) -> tuple[Path, str]:
-        folder = resolve_base_model(name)
+        """A base model's local folder (a Hub model's without weights) and its S3 URI."""
+        folder = base_model_files(name)
         return folder, self.layout.model_uri(model_name(name, folder))
 
     def jumpstart(self, name: str) -> jumpstart.JumpStartModel:
@@ -196,7 +196,10 @@ class Planner:
                 params, candidate.method, precision=JUMPSTART_LLM_PRECISION, sharded=True
             )
         else:
-            need = training_memory(params, candidate.method, precision=TRAINING_PRECISION)
+            # train.py: hyperparameters.precision, fp32 or bf16 (mixed, a LoRA base held in bf16)
+            need = training_memory(
+                params, candidate.method, precision=candidate.hyperparameters.precision
+            )
         label = f"candidate {candidate.name} ({candidate.base_model}, {candidate.method})"
         pinned = self.config.training.pinned_instance_type
         settings = self.settings
@@ -243,13 +246,17 @@ class Planner:
 
     def evaluation_memory(self) -> list[str]:
         """A generative model's evaluation: evaluate.py loads the weights as train.py saved them
-        (fp32) on one device, a GPU when the instance has one. A catalog GPU type that cannot
-        hold the largest candidate is refused with the arithmetic; a CPU type gets a note."""
+        (in the candidate's training precision, fp32 or bf16) on one device, a GPU when the
+        instance has one. A catalog GPU type that cannot hold the largest candidate is refused
+        with the arithmetic; a CPU type gets a note."""
         if not kind_of(self.config).generative:
             return []
         instance = self.settings.evaluation_instance_type
-        candidate = max(self.config.candidates, key=self.parameters)
-        need = hosting_memory(self.parameters(candidate), TRAINING_PRECISION)
+        candidate = max(
+            self.config.candidates,
+            key=lambda c: self.parameters(c) * hosting.archive_bytes_per_parameter(c),
+        )
+        need = hosting_memory(self.parameters(candidate), candidate.hyperparameters.precision)
         if instance not in self.catalog:
             return [
                 f"evaluate.py generates on the CPU of {instance}, holding {need.gib:.1f} GiB for "
@@ -260,8 +267,8 @@ class Planner:
         if not fits:
             raise PlanError(
                 f"sagemaker.evaluation_instance_type: {instance} cannot hold {candidate.base_model}"
-                f" for evaluate.py, which loads it in fp32 on one GPU: {arithmetic}; choose a type "
-                "with a larger GPU"
+                f" for evaluate.py, which loads it in {need.precision} on one GPU: {arithmetic}; "
+                "choose a type whose GPU holds it"
             )
         return []
 
@@ -345,7 +352,7 @@ def hostable(config: PipelineConfig) -> None:
     problems = hosting.config_problems(config)
     for candidate in config.candidates:
         if hosting.family_of(config, candidate) == hosting.LLM:
-            folder = resolve_base_model(candidate.base_model)
+            folder = base_model_files(candidate.base_model)
             problems += hosting.model_folder_problems(config, candidate, folder)
     if problems:
         raise PlanError("; ".join(problems))

@@ -98,7 +98,7 @@ def training_request(
     name of the job, which keys its checkpoints.
     """
     settings = options.settings_of(config)
-    local = specs.training_request(config, candidate, staged, tags)
+    local = specs.training_request(config, candidate, staged, tags, base_model_uri=base_model_uri)
     isolated = settings.network_isolation
     hyperparameters = {
         **local["HyperParameters"],
@@ -107,10 +107,7 @@ def training_request(
             CODE_CHANNEL_PATH if isolated else layout.sourcedir_uri(bundle)
         ),
     }
-    channels = [
-        specs.channel(c["ChannelName"], base_model_uri) if c["ChannelName"] == "base_model" else c
-        for c in local["InputDataConfig"]
-    ]
+    channels = list(local["InputDataConfig"])
     if isolated:
         channels.append(specs.channel(CODE_CHANNEL, layout.sourcedir_uri(bundle)))
     return _training_job(

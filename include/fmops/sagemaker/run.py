@@ -4,7 +4,8 @@ After ``validate_data`` has staged the channels locally, ``upload_inputs`` puts 
 what the planned requests point at (``fmops.sagemaker.staging.Layout``): the job scripts as a
 content-addressed ``sourcedir.tar.gz`` (and unpacked, for processing jobs), the train,
 validation and evaluation channels under the staged dataset's digest, and each candidate's base
-model (network isolation keeps the containers from downloading one). Objects whose stored sha256
+model (network isolation keeps the containers from downloading one; a Hub model is downloaded
+here first, ``fmops.hub_models``). Objects whose stored sha256
 matches are not uploaded again, so a retried task or a re-run costs no transfer.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fmops import hub_models
+from fmops.base_models import is_hub
 from fmops.config import PipelineConfig
 from fmops.sagemaker import options, staging
 from fmops.sagemaker.plan import Planner
@@ -39,6 +42,8 @@ def upload_inputs(config: PipelineConfig, staged: dict[str, Any], s3: Any = None
     models = {}
     for name in sorted({c.base_model for c in config.candidates if not c.jumpstart}):
         folder, uri = planner.base_model(name)
+        if is_hub(name):  # the plan read its JSON files; the jobs need the weights too
+            folder = hub_models.weights_folder(name)
         staging.upload_folder(s3, folder, uri, kms)
         models[name] = uri
     uploaded = {

@@ -8,7 +8,8 @@ Layout under ``s3://<bucket>/<prefix>/``:
   scripts always land at the same key and an upload of unchanged scripts is skipped;
 - ``datasets/<digest>/{train,validation,evaluation}/``: the validated, staged channels (the
   digest is known after ``validate_data``; plans made before show ``<staged-digest>``);
-- ``models/<name>/``: a base model's folder, staged for network-isolated jobs;
+- ``models/<name>/``: a base model's folder, staged for network-isolated jobs (a Hub model's
+  name carries its commit, ``fmops.hub_models``);
 - ``checkpoints/<job>/``, ``training/<job>/output/model.tar.gz``, ``evaluation/<job>/``.
 
 The archive is deterministic: files sorted by name, ustar headers with a fixed mtime, owner
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmops.base_models import PACKAGED_MODELS
+from fmops.base_models import PACKAGED_MODELS, is_hub, parse_hub
 from fmops.paths import SCRIPTS_DIR
 from fmops.plan_text import STAGED_DIGEST_PLACEHOLDER
 
@@ -89,11 +90,14 @@ def _slug(text: str) -> str:
 
 
 def model_name(base_model: str, folder: Path) -> str:
-    """The S3 name of a base model: a packaged model's name, else the folder's name and a short
-    fingerprint of its files (names and sizes, and config.json), so two folders of the same name
-    never share a key."""
+    """The S3 name of a base model: a packaged model's name; a Hub model's id and commit (its
+    snapshot folder is named by the commit); else the folder's name and a short fingerprint of
+    its files (names and sizes, and config.json), so two folders of the same name never share a
+    key."""
     if base_model in PACKAGED_MODELS:
         return base_model
+    if is_hub(base_model):
+        return f"{_slug(parse_hub(base_model).repo_id)}-{folder.name[:12]}"
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\0".encode())

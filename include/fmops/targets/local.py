@@ -17,6 +17,7 @@ from fmops.jobs import records
 from fmops.jobs.naming import BASELINE, job_name, job_tags
 from fmops.jobs.specs import (
     evaluation_request,
+    hub_on_local_target,
     resolve_base_model,
     training_request,
     validate_request,
@@ -46,14 +47,17 @@ class LocalTarget(Target):
     unbilled_note = "not billed (the local executor ran it on this machine)"
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
-        jumpstart = [c.name for c in config.candidates if c.jumpstart]
-        if config.target != NAME or not jumpstart:
+        if config.target != NAME:
             return []
-        return [
-            f"candidates {jumpstart} use JumpStart base models, which train on the sagemaker "
-            f"target only (target is {config.target!r}): set target: sagemaker, or use a "
-            "packaged model or a model folder"
-        ]
+        problems = [hub_on_local_target(c.base_model) for c in config.candidates if c.hub]
+        jumpstart = [c.name for c in config.candidates if c.jumpstart]
+        if jumpstart:
+            problems.append(
+                f"candidates {jumpstart} use JumpStart base models, which train on the sagemaker "
+                f"target only (target is {config.target!r}): set target: sagemaker, or use a "
+                "packaged model or a model folder"
+            )
+        return problems
 
     def backend_settings(self, config: PipelineConfig) -> dict[str, Any]:
         return {"max_concurrent_jobs": config.training.max_concurrent_jobs}

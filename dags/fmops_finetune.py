@@ -6,7 +6,8 @@ untuned baseline and the registry's champion on the configured benchmark scenari
 select the winner, and register it in MLflow for review. The registration starts `fmops_deploy`.
 
 `load_config -> validate_data -> plan_jobs -> submit_training[] -> await_training[] ->
-plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> register`
+plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> register ->
+close_run` (a teardown)
 
 **When it runs.** On a cron schedule *and* whenever the training data's asset is updated
 (`include/configs/schedule.toml`, or the `FMOPS_FINETUNE_*` environment variables; see the
@@ -35,6 +36,9 @@ README), and by hand with **Trigger**.
   A winner not shown to beat the champion is not registered (`register` is skipped).
 - `register`: links **MLflow model version** and **MLflow run**; it emits the asset
   `fmops://registered-models`, which schedules `fmops_deploy`.
+- **MLflow**: `load_config` opens the DAG run's MLflow run (link **MLflow run**); each job gets
+  a nested run when it is submitted, with its metrics while it runs; `close_run` ends the DAG
+  run's MLflow run FINISHED (registered, or declined by the gate) or FAILED.
 
 **Re-running is safe.** Job names are deterministic per (DAG run, candidate): a retried task
 reattaches to its job or reuses a finished one and never starts a second one; training whose
@@ -173,7 +177,11 @@ def fmops_finetune():
     _register = task(
         tasks.register, task_display_name="Register in MLflow", outlets=[REGISTERED_MODEL]
     )(_load_config, _validate_data, _await_evaluation.output, _select)
-    chain(_select, _register)
+    # TEARDOWN: the DAG run's MLflow run ends with its outcome, whatever path it took.
+    _close_run = task(tasks.close_run, task_display_name="Close the MLflow run")(
+        _load_config
+    ).as_teardown()
+    chain(_select, _register, _close_run)
 
 
 fmops_finetune()

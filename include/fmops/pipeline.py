@@ -342,6 +342,73 @@ def job_outcome(handle: dict, description: dict) -> dict:
     )
 
 
+def record_job_end(
+    handle: dict, description: dict, outcome: dict | None = None, error: str | None = None
+) -> None:
+    """Close the job's MLflow run (``handle["mlflow"]``, opened at submit) with its status: the
+    whole log's metric points, the outcome's metrics (an evaluation's scenario metrics, the
+    training seconds, the cost) and, for a failed or stopped job, ``error`` as its reason."""
+    where = handle.get("mlflow")
+    if not where:
+        return
+    from fmops.registry import job_runs, runs
+
+    kind, name = handle["kind"], handle["name"]
+    text = backend_for(handle).read_log(kind, name, 0)[0]
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    tables: dict[str, list[dict]] = {}
+    if outcome is not None:
+        if kind == "training":
+            if outcome.get("training_seconds") is not None:
+                metrics["training_seconds"] = float(outcome["training_seconds"])
+            tags["fmops.model_artifacts"] = outcome["model_artifacts"]
+        else:
+            metrics |= runs.flat_metrics(outcome.get("metrics") or {})
+            tags["fmops.output_uri"] = outcome["output_uri"]
+            tables = _prediction_tables(handle, outcome)
+        cost = outcome.get("cost") or {}
+        if cost.get("usd") is not None:
+            metrics["cost_usd"] = float(cost["usd"])
+            tags["fmops.billed_seconds"] = str(cost.get("billed_seconds"))
+    job_runs.close_job_run(
+        where,
+        status_of(kind, description),
+        text,
+        end_ms=_end_ms(kind, description),
+        metrics=metrics,
+        tags=tags,
+        reason=error,
+        tables=tables,
+    )
+
+
+def _prediction_tables(handle: dict, outcome: dict) -> dict[str, list[dict]]:
+    """evaluate.py's per-example predictions of each scenario (``predictions-<scenario>.jsonl``
+    in its output), as MLflow tables ``predictions-<scenario>.json``."""
+    from fmops.storage import read_text
+
+    connection = handle.get("settings", {}).get("aws_conn_id")
+    tables = {}
+    for scenario in (outcome.get("metrics") or {}).get("scenarios", {}):
+        text = read_text(join(outcome["output_uri"], f"predictions-{scenario}.jsonl"), connection)
+        tables[f"predictions-{scenario}.json"] = [
+            json.loads(line) for line in text.splitlines() if line.strip()
+        ]
+    return tables
+
+
+def _end_ms(kind: str, description: dict) -> int:
+    """When the job ended (its description's end time; the last change, else now)."""
+    prefix = "Training" if kind == "training" else "Processing"
+    for key in (f"{prefix}EndTime", "LastModifiedTime"):
+        value = description.get(key)
+        if value:
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+            return int(moment.timestamp() * 1000)
+    return int(datetime.now().timestamp() * 1000)
+
+
 def training_failures(handles: list[dict], trained: list[dict]) -> list[dict]:
     """The submitted training jobs without an outcome, with SageMaker's reason for each."""
     done = {t["job_name"] for t in trained}

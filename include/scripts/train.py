@@ -302,11 +302,14 @@ def on(device: Any, tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def log(**values: object) -> None:
+    """One progress line: ``key=value`` tokens, ending with ``time=<unix seconds>`` (the time the
+    values were measured, which is what MLflow records for them, however late they are read)."""
     if RANK != 0:
         return  # one log per job, from the first process
     parts = []
     for key, value in values.items():
         parts.append(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}")
+    parts.append(f"time={time.time():.3f}")
     print(" ".join(parts), flush=True)
 
 

@@ -17,19 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from mlflow_server import MlflowServer, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
@@ -37,94 +33,6 @@ PIPELINE, MODEL, ENDPOINT = "fmops-review-e2e", "fmops-review-e2e-classifier", "
 CANDIDATES = ["tiny-full", "tiny-lora"]
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a SQLite store and a local artifact root; stop() and
-    start() again keep the store, so a restart is an outage, not a new server."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 90) -> None:
-        log = (self.folder / "server.log").open("a")
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--backend-store-uri",
-                f"sqlite:///{self.folder / 'mlflow.db'}",
-                "--default-artifact-root",
-                (self.folder / "artifacts").as_uri(),
-                "--workers",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() ends it and its workers
-        )
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited; see {self.folder / 'server.log'}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server not healthy after {timeout} s")
-            time.sleep(0.3)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        while self.healthy():  # until the port refuses
-            time.sleep(0.1)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def rest(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A POST to MLflow's REST API, as a reviewer's script or the UI sends it."""
-        request = urllib.request.Request(
-            f"{self.url}/api/2.0/mlflow/{path}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"{}")
-
-    def set_version_tag(self, version: str, key: str, value: str) -> None:
-        self.rest(
-            "model-versions/set-tag",
-            {"name": MODEL, "version": version, "key": key, "value": value},
-        )
 
 
 @pytest.fixture(scope="module")
@@ -367,6 +275,8 @@ def asset_events(run) -> list:
 
 
 def test_the_version_carries_its_card_tags_and_lineage(registered, config, server):
+    from fmops.registry import tracking
+
     run, version = registered["run"], registered["version"]
     (staged,) = xcom(run, "validate_data")
     (decision,) = xcom(run, "select")
@@ -386,7 +296,12 @@ def test_the_version_carries_its_card_tags_and_lineage(registered, config, serve
     assert tags["fmops.hosting_instance"].startswith("ml.")
     assert tags["fmops.evaluation_report"] == decision["report_url"]
     assert tags["fmops.evaluation_report"].startswith(server.url)
-    assert version.run_id  # the winner's run
+    # the version's source run is the winner's training run, nested under the DAG run's run
+    source = tracking.client(config).get_run(version.run_id)
+    assert source.data.tags["fmops.role"] == "training"
+    assert source.data.tags["fmops.candidate"] == version.tags["fmops.candidate"]
+    assert source.data.tags["fmops.job_name"] == version.tags["fmops.training_job"]
+    assert source.info.status == "FINISHED"
 
     card = version.description
     for heading in ("## Data", "## Training", "## Evaluation", "### Gate decision", "## Hosting"):
@@ -405,18 +320,24 @@ def test_the_version_carries_its_card_tags_and_lineage(registered, config, serve
     assert f"fmops approve|reject {MODEL} VERSION" in card
 
 
-def test_the_runs_hold_curves_metrics_logs_and_reports(registered, config):
+def runs_of(config, run) -> tuple[Any, Any, list[Any]]:
+    """The MLflow client, the pipeline's experiment and the MLflow runs of a DAG run."""
     from fmops.registry import tracking
 
-    run = registered["run"]
     mlflow_client = tracking.client(config)
     experiment = mlflow_client.get_experiment_by_name(PIPELINE)
     runs = mlflow_client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{run.run_id}'"
     )
+    return mlflow_client, experiment, runs
+
+
+def test_the_runs_hold_curves_metrics_logs_and_reports(registered, config):
+
+    mlflow_client, experiment, runs = runs_of(config, registered["run"])
     (parent,) = [r for r in runs if r.data.tags["fmops.role"] == "parent"]
     children = {
-        r.data.tags["fmops.candidate"]: r for r in runs if r.data.tags["fmops.role"] != "parent"
+        r.data.tags["fmops.candidate"]: r for r in runs if r.data.tags["fmops.role"] == "candidate"
     }
     assert set(children) == {*CANDIDATES, "baseline"}
     for name in CANDIDATES:
@@ -438,6 +359,37 @@ def test_the_runs_hold_curves_metrics_logs_and_reports(registered, config):
     )
     reports = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "evaluation")}
     assert "evaluation/report.html" in reports
+
+
+def test_every_job_had_its_own_run_and_no_run_is_left_running(registered, config):
+    """On the tracking server: a nested run per job, each FINISHED, with the training curve at
+    the steps and times the job printed, and the DAG run's run ended by close_run."""
+
+    mlflow_client, experiment, runs = runs_of(config, registered["run"])
+    assert [r.info.status for r in runs if r.info.status != "FINISHED"] == []
+    (parent,) = [r for r in runs if r.data.tags["fmops.role"] == "parent"]
+    assert parent.data.tags["fmops.gate"] == "promoted"
+    jobs = {
+        (r.data.tags["fmops.role"], r.data.tags["fmops.candidate"]): r
+        for r in runs
+        if r.data.tags["fmops.role"] in ("training", "evaluation")
+    }
+    assert set(jobs) == {
+        *(("training", c) for c in CANDIDATES),
+        *(("evaluation", c) for c in (*CANDIDATES, "baseline")),
+    }
+    for name in CANDIDATES:
+        training = jobs["training", name]
+        assert training.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = mlflow_client.get_metric_history(training.info.run_id, "train_loss")
+        steps = [p.step for p in history]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 5, steps
+        stamps = [p.timestamp for p in history]
+        # printed over the job's lifetime (the run opened at submit, closed at the end)
+        assert training.info.start_time - 60_000 <= min(stamps) <= max(stamps)
+        assert max(stamps) <= training.info.end_time and len(set(stamps)) > 1
+        evaluation = jobs["evaluation", name].data.metrics
+        assert 0 <= evaluation["banking77.accuracy.accuracy"] <= 1
 
 
 def test_the_version_is_deployable_from_the_registry_alone(registered, config, tmp_path):
@@ -518,6 +470,8 @@ def test_task_instances_link_to_mlflow(registered, dags):
     assert select["Evaluation report"] == report
     assert select["MLflow run"] == summary["parent_run_url"]
     assert links("validate_data")["Validation report"].endswith("data_docs/index.html")
+    # the DAG run's MLflow run is linked from its first task, open while the run goes on
+    assert links("load_config")["MLflow run"] == summary["parent_run_url"]
 
 
 # -- fmops_deploy: review -------------------------------------------------------------------------
@@ -572,7 +526,7 @@ def test_no_review_in_time_fails_the_deploy_run_without_deploying(
     from fmops.registry import review, tracking
 
     version = registered["version"].version
-    server.set_version_tag(version, review.APPROVAL_TAG, "pending")
+    server.set_version_tag(MODEL, version, review.APPROVAL_TAG, "pending")
     run = deploy(dags, configs["short"], version)
 
     found = states(run)
@@ -595,12 +549,12 @@ def test_a_rejection_through_the_rest_api_stops_the_deploy_run(
     from fmops.registry import review, tracking
 
     version = registered["version"].version
-    server.set_version_tag(version, review.APPROVAL_TAG, "pending")
+    server.set_version_tag(MODEL, version, review.APPROVAL_TAG, "pending")
 
     def reject() -> None:
-        server.set_version_tag(version, review.REVIEWER_TAG, "rita")
-        server.set_version_tag(version, review.COMMENT_TAG, "accuracy too low for launch")
-        server.set_version_tag(version, review.APPROVAL_TAG, "rejected")
+        server.set_version_tag(MODEL, version, review.REVIEWER_TAG, "rita")
+        server.set_version_tag(MODEL, version, review.COMMENT_TAG, "accuracy too low for launch")
+        server.set_version_tag(MODEL, version, review.APPROVAL_TAG, "rejected")
 
     run = deploy(dags, configs["review"], version, during=when_waiting(config, version, reject))
 
@@ -623,11 +577,11 @@ def test_an_approval_through_the_rest_api_lets_the_deploy_run_proceed(
     from fmops.registry.review import APPROVAL_TAG, DEPLOY_OUTCOME_TAG, DEPLOY_RUN_TAG, REVIEWER_TAG
 
     version = registered["version"].version
-    server.set_version_tag(version, APPROVAL_TAG, "pending")  # review reopened
+    server.set_version_tag(MODEL, version, APPROVAL_TAG, "pending")  # review reopened
 
     def approve() -> None:
-        server.set_version_tag(version, REVIEWER_TAG, "alice")
-        server.set_version_tag(version, APPROVAL_TAG, "approved")
+        server.set_version_tag(MODEL, version, REVIEWER_TAG, "alice")
+        server.set_version_tag(MODEL, version, APPROVAL_TAG, "approved")
 
     run = deploy(dags, configs["review"], version, during=when_waiting(config, version, approve))
 
@@ -694,3 +648,44 @@ def test_the_mlflow_ui_shows_the_card_on_the_version_page(registered, tmp_path):
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000, "a blank page is a few KB"
     print(f"screenshot of {url}: {screenshot}")
+
+
+def test_the_mlflow_ui_shows_the_nested_job_runs_and_their_metrics(registered, config, tmp_path):
+    """The DAG run's run page lists its nested job runs; a training run's page shows its parent
+    and its live-logged curve's metric (a screenshot of each is kept in the test's folder)."""
+    if CHROMIUM is None:
+        pytest.skip(
+            "CHROMIUM IS NOT INSTALLED: the MLflow UI check did not run. Install Debian's "
+            "package (`apt-get install -y chromium`; .ci/run does it) to run it."
+        )
+    from fmops.registry import tracking
+
+    mlflow_client, experiment, runs = runs_of(config, registered["run"])
+    (parent,) = [r for r in runs if r.data.tags["fmops.role"] == "parent"]
+    training = next(r for r in runs if r.data.tags["fmops.role"] == "training")
+    budget = "--virtual-time-budget=30000"  # lets the single-page app fetch and render
+    pages = {
+        "dag-run": (
+            tracking.run_url(experiment.experiment_id, parent.info.run_id, config),
+            [
+                parent.info.run_name,
+                *(f"{c} training" for c in CANDIDATES),
+                *(f"{c} evaluation" for c in (*CANDIDATES, "baseline")),
+            ],
+        ),
+        "training-run": (
+            tracking.run_url(experiment.experiment_id, training.info.run_id, config),
+            [training.info.run_name, parent.info.run_name, "train_loss", "validation_accuracy"],
+        ),
+    }
+    for page, (url, texts) in pages.items():
+        dom = chromium(budget, "--dump-dom", url)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        for text in texts:
+            assert text in dom.stdout, f"{text!r} is not on {url}"
+        screenshot = tmp_path / f"{page}.png"
+        shot = chromium(budget, "--window-size=1400,1600", f"--screenshot={screenshot}", url)
+        assert shot.returncode == 0, shot.stderr[-2000:]
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert screenshot.stat().st_size > 20_000, "a blank page is a few KB"
+        print(f"screenshot of {url}: {screenshot}")

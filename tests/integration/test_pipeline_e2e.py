@@ -99,6 +99,53 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     assert "no_such_module" in failure["reason"]
     assert "- tiny-broken: training job" in challenger.description
 
+    # Every job has a nested run of its own, ended with the job's status; the DAG run's run is
+    # ended by close_run with the run's outcome.
+    jobs = {
+        (r.data.tags["fmops.role"], r.data.tags["fmops.candidate"]): r
+        for r in runs
+        if r.data.tags["fmops.role"] in ("training", "evaluation")
+    }
+    assert set(jobs) == {
+        *(("training", c) for c in ("tiny-full", "tiny-lora", "tiny-broken")),
+        *(("evaluation", c) for c in ("tiny-full", "tiny-lora", "baseline")),
+    }
+    for (role, candidate), job_run in jobs.items():
+        assert job_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert job_run.data.tags["fmops.target"] == "local", (role, candidate)
+        expected = "FAILED" if candidate == "tiny-broken" else "FINISHED"
+        assert job_run.info.status == expected, (role, candidate)
+    assert "no_such_module" in jobs["training", "tiny-broken"].data.tags["fmops.failure_reason"]
+    tuned = jobs["training", "tiny-full"]
+    assert tuned.data.params["method"] == "full" and tuned.data.tags["fmops.cache_hit"] == "false"
+    curve = client.get_metric_history(tuned.info.run_id, "train_loss")
+    assert curve and all(
+        tuned.info.start_time - 60_000 <= p.timestamp <= tuned.info.end_time for p in curve
+    )
+    assert [p.step for p in curve] == sorted(p.step for p in curve)
+    assert "validation_accuracy" in tuned.data.metrics
+    scored = jobs["evaluation", "tiny-full"].data.metrics
+    assert scored[PRIMARY] == children["tiny-full"].data.metrics[PRIMARY]
+    # lineage: the staged data each job read, as MLflow dataset inputs
+    inputs = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+        for i in tuned.inputs.dataset_inputs
+    }
+    assert set(inputs) == {"training", "validation"}
+    assert inputs["training"].name == f"{tiny_config.pipeline}/training"
+    assert inputs["training"].digest and json.loads(inputs["training"].source)["uri"]
+    evaluation = jobs["evaluation", "tiny-full"]
+    (evaluated,) = evaluation.inputs.dataset_inputs
+    assert evaluated.dataset.name == f"{tiny_config.pipeline}/evaluation"
+    # the per-example predictions, as an MLflow table
+    table = client.load_table(
+        experiment.experiment_id, "predictions-banking77.json", run_ids=[evaluation.info.run_id]
+    )
+    assert len(table) == 300 and {"input", "target", "predicted", "confidence"} <= set(table)
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["fmops.gate"] == "promoted"
+    assert parent.data.tags["fmops.outcome"].startswith("registered version")
+
 
 def test_register_again_finds_the_same_version(finetune_run, tiny_config):
     """A retried register of the same DAG run reuses its runs and version: no duplicates."""
@@ -204,6 +251,26 @@ def test_a_rerun_that_does_not_beat_the_champion_registers_nothing(
     assert len(client.search_model_versions(f"name = '{name}'")) == versions_before
     assert client.get_model_version_by_alias(name, tracking.CHAMPION).version == champion.version
 
+    # The declined run is a finished MLflow run with the decision, and its cached jobs' runs
+    # say which job they reused and carry that job's curve.
+    experiment = client.get_experiment_by_name(tiny_config.pipeline)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{run.run_id}'"
+    )
+    (parent,) = [r for r in runs if r.data.tags["fmops.role"] == "parent"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["fmops.gate"] == "declined"
+    assert parent.data.params["promoted"] == "False"
+    assert "leaderboard.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (cached,) = [
+        r
+        for r in runs
+        if r.data.tags["fmops.role"] == "training" and r.data.tags["fmops.candidate"] == "tiny-full"
+    ]
+    assert cached.data.tags["fmops.cache_hit"] == "true"
+    assert cached.data.tags["fmops.reused_job"] == cached.data.tags["fmops.job_name"]
+    assert client.get_metric_history(cached.info.run_id, "train_loss")
+
 
 def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
     """Unknown labels and empty texts fail validate_data once, start no job, register nothing."""
@@ -256,3 +323,7 @@ def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
     assert {"validation/validation.json", "validation/data_docs"} <= artifacts
     url = xcom_key(run, "validate_data", "validation_report_url")
     assert url.endswith(f"runs/{parent.info.run_id}/artifacts/validation/data_docs/index.html")
+    # close_run (a teardown) ended the DAG run's MLflow run FAILED
+    assert states["close_run"] == ["success"]
+    ended = client.get_run(parent.info.run_id)
+    assert ended.info.status == "FAILED" and "failed" in ended.data.tags["fmops.outcome"]

@@ -41,3 +41,40 @@ def test_sagemaker_regexes_read_the_values_the_parser_reads():
         key = METRIC_KEYS[definition["Name"]]
         match = re.search(definition["Regex"], first)
         assert (match[1] if match else None) == values.get(key), definition
+
+
+def test_metric_points_carry_the_step_and_the_time_the_job_printed():
+    from fmops.jobs.progress import MetricPoint, metric_points
+
+    log_text = "\n".join(
+        [
+            "event=start train_examples=8 total_steps=4 time=1700000000.000",
+            "step=1/4 epoch=1 train_loss=2.5 learning_rate=0.001 samples_per_sec=9 "
+            "time=1700000001.250",
+            "a warning from a library",
+            "step=2/4 epoch=1 train_loss=1.5 learning_rate=0.0009 time=1700000002.500",
+            "epoch=1 validation_loss=1.25 validation_accuracy=0.5 time=1700000003.000",
+            "step=3/4 epoch=2 train_loss=1e-2 learning_rate=nan",
+            "event=done train_seconds=4 time=1700000004.000",
+        ]
+    )
+    points, last = metric_points(log_text, fallback_ms=42)
+    assert last == 3
+    assert points == [
+        MetricPoint("train_loss", 2.5, 1_700_000_001_250, 1),
+        MetricPoint("learning_rate", 0.001, 1_700_000_001_250, 1),
+        MetricPoint("samples_per_sec", 9.0, 1_700_000_001_250, 1),
+        MetricPoint("train_loss", 1.5, 1_700_000_002_500, 2),
+        MetricPoint("learning_rate", 0.0009, 1_700_000_002_500, 2),
+        # a validation line is recorded at the step it followed
+        MetricPoint("validation_accuracy", 0.5, 1_700_000_003_000, 2),
+        MetricPoint("validation_loss", 1.25, 1_700_000_003_000, 2),
+        # no time=: the fallback; "nan" is not a number this reader records
+        MetricPoint("train_loss", 0.01, 42, 3),
+    ]
+    # a live reader leaves the lines without time= to the closing pass
+    live, _ = metric_points(log_text, fallback_ms=None)
+    assert len(live) == 7 and all(p.timestamp_ms != 42 for p in live)
+    # a later chunk of the log continues from the last step of the earlier one
+    later, _ = metric_points("epoch=2 validation_loss=1.0 time=1700000009.000", None, last)
+    assert later == [MetricPoint("validation_loss", 1.0, 1_700_000_009_000, 3)]

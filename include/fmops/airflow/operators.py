@@ -62,11 +62,13 @@ class JobTrigger(BaseTrigger):
         backend = backend_for(self.handle)
         kind, name = self.handle["kind"], self.handle["name"]
         offset = self.log_offset
+        live = LiveMetrics(self.handle.get("mlflow"), self.log)
         while True:
             description = await asyncio.to_thread(describe, backend, kind, name)
             text, offset = await asyncio.to_thread(backend.read_log, kind, name, offset)
             for line in text[-MAX_LOG_CHARS:].splitlines():
                 self.log.info("[%s] %s", name, line)
+            await live.send(text)
             status = status_of(kind, description)
             if status in TERMINAL:
                 # The handle travels in the event: a resumed task is not always given the
@@ -81,6 +83,47 @@ class JobTrigger(BaseTrigger):
                 )
                 return
             await asyncio.sleep(self.poll_interval)
+
+
+class LiveMetrics:
+    """The job run's metrics while the job runs: the points of each poll's new log lines go to
+    MLflow (``fmops.registry.job_runs.log_points``). Points MLflow did not take (it is down) are
+    kept for the next poll; the await task's closing pass logs the whole log again anyway."""
+
+    def __init__(self, where: dict[str, str] | None, logger: Any):
+        self.where = where
+        self.log = logger
+        self.pending: list[Any] = []
+        self.last_step = 0
+        self.warned = False
+
+    async def send(self, text: str) -> None:
+        if not self.where:
+            return
+        from mlflow.exceptions import MlflowException
+
+        from fmops.jobs.progress import metric_points
+        from fmops.registry.job_runs import log_points
+
+        points, self.last_step = metric_points(text, None, self.last_step)
+        self.pending += points
+        if not self.pending:
+            return
+        try:
+            await asyncio.to_thread(
+                log_points, self.where["tracking_uri"], self.where["run_id"], self.pending
+            )
+        except (MlflowException, OSError) as err:  # requests' errors are OSErrors
+            if not self.warned:
+                self.log.warning(
+                    "MLflow did not take %d metric points (%s); they are sent again at the "
+                    "next poll",
+                    len(self.pending),
+                    err,
+                )
+                self.warned = True
+            return
+        self.pending, self.warned = [], False
 
 
 class AwaitJobOperator(BaseOperator):
@@ -114,7 +157,7 @@ class AwaitJobOperator(BaseOperator):
             status,
         )
         if status in TERMINAL:
-            return self._outcome(jsonable(description))
+            return self._outcome(jsonable(description), context)
         self.defer(
             trigger=JobTrigger(self.handle, self.poll_interval), method_name="execute_complete"
         )
@@ -128,18 +171,25 @@ class AwaitJobOperator(BaseOperator):
         self.log.info(
             "%s job %s ended %s", self.handle["kind"], self.handle["name"], event["status"]
         )
-        return self._outcome(event["description"])
+        return self._outcome(event["description"], context)
 
-    def _outcome(self, description: dict[str, Any]) -> dict[str, Any]:
-        from fmops.pipeline import JobFailedError, capacity_fallback, job_outcome
+    def _outcome(self, description: dict[str, Any], context: Any) -> dict[str, Any]:
+        from fmops.pipeline import JobFailedError, capacity_fallback, job_outcome, record_job_end
+        from fmops.registry.job_runs import open_attempt
 
         try:
             outcome = job_outcome(self.handle, description)
         except JobFailedError as err:
+            record_job_end(self.handle, description, error=str(err))
             moved = capacity_fallback(self.handle, description)
             if moved is None:
                 # The job's own failure is deterministic: a retry of this wait cannot change it.
                 raise AirflowFailException(str(err)) from err
+            where = self.handle.get("mlflow")
+            if where:
+                moved["mlflow"] = open_attempt(
+                    where, context["dag"].dag_id, context["run_id"], moved.get("plan"), moved
+                )
             self.log.warning(
                 "%s; started %s on %s instead (capacity fallback)",
                 err,
@@ -151,6 +201,7 @@ class AwaitJobOperator(BaseOperator):
                 method_name="execute_complete",
                 kwargs={"handle": moved},
             )
+        record_job_end(self.handle, description, outcome)
         self.log.info("outcome: %s", outcome)
         return outcome
 

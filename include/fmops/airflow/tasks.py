@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
@@ -94,7 +95,24 @@ def load_config(params: dict[str, Any] | None = None) -> dict:
     )
     if resolved["plan_only"]:
         _log_plan(resolved)
+    else:
+        _open_parent_run(resolved)
     return resolved
+
+
+def _open_parent_run(resolved: dict) -> None:
+    """The DAG run's MLflow run, from its start: linked both ways with the Airflow DAG run."""
+    from airflow.configuration import conf
+
+    from fmops.airflow.links import MLFLOW_RUN, push_links
+    from fmops.registry import runs
+
+    dag_id, run_id = _run_ids()
+    base = conf.get("api", "base_url", fallback="").rstrip("/")
+    airflow_url = f"{base}/dags/{dag_id}/runs/{quote(run_id, safe='')}" if base else None
+    url = runs.open_parent_run(_config(resolved), dag_id, run_id, resolved, airflow_url)
+    push_links(get_current_context()["ti"], {MLFLOW_RUN: url})
+    log.info("MLflow run of this DAG run: %s", url)
 
 
 PLAN_KEY = "plan"
@@ -146,12 +164,24 @@ def plan_jobs(resolved: dict, staged: dict) -> list[dict]:
 
 @fail_fast
 def submit_job(plan: dict) -> dict:
+    """Start (or find) the planned job, and open its MLflow run under the DAG run's parent run
+    (``fmops.registry.job_runs``): the handle carries the run's ids to the wait, which feeds it
+    the job's metrics while it runs. MLflow being unreachable fails this task for a retry, which
+    finds the job and the run it started."""
     from fmops.pipeline import submit
+    from fmops.registry import job_runs
 
-    # The mapped task's name in the UI (map_index_template "{{ fmops_candidate }}").
+    context = None
     with contextlib.suppress(RuntimeError):  # RuntimeError: called outside a task
-        get_current_context()["fmops_candidate"] = plan["candidate"]
-    return submit(plan)
+        context = get_current_context()
+        # The mapped task's name in the UI (map_index_template "{{ fmops_candidate }}").
+        context["fmops_candidate"] = plan["candidate"]
+    handle = submit(plan)
+    if context is None:  # no DAG run to record it under
+        return handle
+    resolved = context["ti"].xcom_pull(task_ids="load_config")
+    handle["mlflow"] = job_runs.open_job_run(_config(resolved), *_run_ids(), plan, handle)
+    return handle
 
 
 @fail_fast
@@ -189,10 +219,38 @@ def plan_evaluation(trained: list[dict]) -> list[dict]:
 def select(resolved: dict, evaluations: list[dict]) -> dict:
     """The gate: leaderboard, bounds, the paired bootstrap against the champion, the report."""
     from fmops.evaluation.selection import select as choose
+    from fmops.registry import runs
 
-    decision = choose(_config(resolved), list(evaluations), *_run_ids())
+    config = _config(resolved)
+    decision = choose(config, list(evaluations), *_run_ids())
     get_current_context()["ti"].xcom_push(key=EVALUATION_REPORT_KEY, value=decision["report_url"])
+    runs.log_decision(config, *_run_ids(), decision)
     return decision
+
+
+def close_run(resolved: dict) -> str:
+    """The teardown of fmops_finetune: end the DAG run's MLflow run with the run's outcome.
+
+    FINISHED when register registered a version, or when select's gate declined (nothing to
+    register is a result); FAILED otherwise (a task upstream failed). It reads that from the
+    XComs of select and register: a task cannot read the DAG run's state from the metadata
+    database in Airflow 3. A plan-only run has no MLflow run."""
+    from fmops.registry import runs
+
+    if resolved.get("plan_only"):
+        return "no MLflow run: plan only"
+    ti = get_current_context()["ti"]
+    registered = ti.xcom_pull(task_ids="register")
+    decision = ti.xcom_pull(task_ids="select")
+    if registered:
+        status, reason = "FINISHED", f"registered version {registered['version']}"
+    elif decision and not decision.get("promote", True):
+        status, reason = "FINISHED", "declined by the gate: nothing registered"
+    else:
+        status, reason = "FAILED", "a task failed before a version was registered"
+    runs.close_parent_run(_config(resolved), *_run_ids(), status, reason)
+    log.info("MLflow run ended %s: %s", status, reason)
+    return status
 
 
 @fail_fast

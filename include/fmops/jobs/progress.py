@@ -12,12 +12,16 @@ tokens and nothing else, numbers as ``%.6g``:
   generation);
 - ``event=early_stop ...``, ``event=best epoch=E validation_...`` and ``event=done ...``.
 
+Every line ends with ``time=<unix seconds>``, when its values were measured: MLflow records a
+point at that time (``metric_points``), so a point has the same timestamp whenever and however
+often the log is read, and MLflow's store keeps it once.
+
 ``include/scripts/evaluate.py`` prints ``progress <scenario>=DONE/TOTAL`` every tenth batch of
 the clean pass, then ``scenario <name>: {accuracy metrics}`` once the scenario is scored.
 
 Three readers: SageMaker (``METRIC_DEFINITIONS``, the CreateTrainingJob regexes it matches in
-the job's CloudWatch log), the registry (a candidate run's training curves, from ``steps``) and
-``make demo`` (``fmops.demo.JobProgress``).
+the job's CloudWatch log), MLflow (a job run's metrics while it runs, ``metric_points``, and a
+candidate run's training curves, from ``steps``) and ``make demo`` (``fmops.demo.JobProgress``).
 """
 
 from __future__ import annotations
@@ -102,3 +106,54 @@ def steps(log_text: str) -> list[Step]:
         if step is not None:
             found.append(step)
     return found
+
+
+# The values of train.py's lines that a job run records in MLflow, under these names.
+LIVE_METRICS = (
+    "train_loss",
+    "learning_rate",
+    "samples_per_sec",
+    "validation_accuracy",
+    "validation_loss",
+    "validation_perplexity",
+    "validation_token_accuracy",
+)
+
+
+class MetricPoint(NamedTuple):
+    """One point of a job's metric history: MLflow's (key, value, timestamp in ms, step)."""
+
+    key: str
+    value: float
+    timestamp_ms: int
+    step: int
+
+
+def metric_points(
+    log_text: str, fallback_ms: int | None, first_step: int = 0
+) -> tuple[list[MetricPoint], int]:
+    """The points of train.py's step and validation lines in ``log_text``, and the last step
+    seen. A validation line is recorded at the optimizer step it followed (``first_step`` before
+    the first step line of this text); a line without ``time=`` (an older job's) at
+    ``fallback_ms``, or not at all when that is None (a live reader leaves them to the closing
+    pass, which gives them one fixed time, so that a point is never recorded at two)."""
+    points: list[MetricPoint] = []
+    last = first_step
+    for line in log_text.splitlines():
+        values = parse_line(line)
+        if values is None or values.get("event") is not None:
+            continue
+        seconds = to_number(values.get("time"))
+        stamp = fallback_ms if seconds is None else int(seconds * 1000)
+        step = step_of(values)
+        if step is not None:
+            last = step.step
+        elif "epoch" not in values:
+            continue
+        if stamp is None:
+            continue
+        for key in LIVE_METRICS:
+            value = to_number(values.get(key))
+            if value is not None:
+                points.append(MetricPoint(key, value, stamp, last))
+    return points, last

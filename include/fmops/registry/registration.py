@@ -1,8 +1,9 @@
 """Registering the winner of a pipeline run as a new model version, and reading a version back.
 
 ``register`` records the runs (``fmops.registry.runs``), logs the winner as an MLflow pyfunc
-model (weights, tokenizer, the serving handlers and an input example, per model kind) on its child
-run, and registers it with the alias ``challenger``; the version's description is the model card
+model (weights, tokenizer, the serving handlers and an input example, per model kind) on the
+winner's training run (``fmops.registry.job_runs``: the version's source run), and registers it
+with the alias ``challenger``; the version's description is the model card
 (``fmops.registry.card``) and its tags carry the lineage (``fmops.pipeline``, ``fmops.dag_run``,
 ``fmops.data_digest``, ``fmops.gate``, ...) and ``fmops.approval`` pending.
 
@@ -26,7 +27,7 @@ from fmops.paths import SCRIPTS_DIR
 from fmops.registry import tracking
 from fmops.registry.card import gate_summary, hosting_recommendation, model_card
 from fmops.registry.review import APPROVAL_TAG, PENDING
-from fmops.registry.runs import candidate_of, record_runs, run_costs
+from fmops.registry.runs import candidate_of, job_run_of, record_runs, run_costs
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,13 @@ def _create_version(
 ) -> str:
     name, dag_run = config.registry.model_name, f"{dag_id}/{run_id}"
     winner = next(t for t in trained if t and t["candidate"] == decision["winner"])
-    winner_run = runs[winner["candidate"]]
-    experiment_id = mlflow_client.get_run(winner_run).info.experiment_id
+    experiment_id = mlflow_client.get_run(runs["parent"]).info.experiment_id
+    # The version's source run is the winner's training run (its curves, params and data
+    # inputs); the candidate's summary run when the job had none.
+    winner_run = (
+        job_run_of(mlflow_client, experiment_id, dag_id, run_id, winner["job_name"])
+        or runs[winner["candidate"]]
+    )
     model = _logged_model(mlflow_client, experiment_id, winner_run)
     if model is None:
         model = _log_model(config, winner, winner_run)

@@ -1,11 +1,14 @@
 """The run records of a pipeline run in MLflow: one experiment per pipeline, a parent run per
-DAG run, a nested child run per evaluated model.
+DAG run, nested under it a run per job (``fmops.registry.job_runs``) and a summary run per
+evaluated model.
 
-The parent run holds the config, data digests, validation summary and report, leaderboard and
-failed candidates; each child run its hyperparameters, training curves (read from the job log's
-step lines, ``fmops.jobs.progress``), evaluation metrics (``flat_metrics``: the MLflow metric
-names), costs and job log. Runs are found by their tags before any is created, so a retried task
-never duplicates them.
+The parent run is opened when the DAG run starts (``open_parent_run``), gets the validation
+report, the gate's decision and leaderboard (``log_decision``, promoted or declined) and the
+run's records, and is ended with the DAG run's outcome (``close_parent_run``). Each summary run
+holds a model's hyperparameters, training curves (read from the job log's step lines,
+``fmops.jobs.progress``), evaluation metrics (``flat_metrics``: the MLflow metric names), costs
+and job log. Runs are found by their tags before any is created, so a retried task never
+duplicates them.
 """
 
 from __future__ import annotations
@@ -32,27 +35,87 @@ def _experiment_id(mlflow_client: Any, name: str) -> str:
     return mlflow_client.create_experiment(name, artifact_location=location)
 
 
-def _find_or_create_run(
+def find_or_create_run(
     mlflow_client: Any, experiment_id: str, tags: dict[str, str], name: str
-) -> str:
+) -> tuple[str, bool]:
+    """The run with all of ``tags`` (what an earlier attempt created), else a new one; and
+    whether it is new."""
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     found = mlflow_client.search_runs([experiment_id], filter_string=query, max_results=1)
     if found:
-        return found[0].info.run_id
-    return mlflow_client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+        return found[0].info.run_id, False
+    return mlflow_client.create_run(experiment_id, tags=tags, run_name=name).info.run_id, True
 
 
 def parent_run(config: PipelineConfig, dag_id: str, run_id: str) -> tuple[Any, str, str]:
     """(client, experiment id, parent run id) of a DAG run, created on first use."""
     mlflow_client = tracking.client(config)
     experiment_id = _experiment_id(mlflow_client, config.pipeline)
-    run = _find_or_create_run(
+    run, _ = find_or_create_run(
         mlflow_client,
         experiment_id,
         {"fmops.dag_id": dag_id, "fmops.run_id": run_id, "fmops.role": "parent"},
         f"{dag_id} {run_id}",
     )
     return mlflow_client, experiment_id, run
+
+
+def open_parent_run(
+    config: PipelineConfig, dag_id: str, run_id: str, resolved: dict, airflow_url: str | None
+) -> str:
+    """The DAG run's parent run, opened when the DAG run starts (load_config), with the run's
+    settings as params and a link back to the Airflow DAG run; returns its MLflow UI address."""
+    mlflow_client, experiment_id, parent = parent_run(config, dag_id, run_id)
+    tags = {"fmops.pipeline": config.pipeline, "fmops.target": config.target}
+    if airflow_url:
+        tags["fmops.airflow_dag_run"] = airflow_url
+        tags["mlflow.note.content"] = f"Airflow DAG run: [{dag_id} {run_id}]({airflow_url})"
+    for key, value in tags.items():
+        mlflow_client.set_tag(parent, key, value)
+    logged = mlflow_client.get_run(parent).data.params
+    params = {
+        "config_file": resolved["config_file"],
+        "target": config.target,
+        "candidates": ",".join(c.name for c in config.candidates),
+        "force_rerun": bool(resolved.get("force_rerun")),
+    }
+    fresh = {k: v for k, v in params.items() if k not in logged}
+    if fresh:
+        mlflow_client.log_batch(parent, params=_params(fresh))
+    return tracking.run_url(experiment_id, parent, config)
+
+
+def log_decision(config: PipelineConfig, dag_id: str, run_id: str, decision: dict) -> None:
+    """The gate's decision and leaderboard on the parent run, promoted or not."""
+    from mlflow.entities import Metric
+
+    mlflow_client, _, parent = parent_run(config, dag_id, run_id)
+    logged = mlflow_client.get_run(parent).data.params
+    params = {
+        "selection_metric": decision["metric"],
+        "promoted": decision["promote"],
+        "winner": decision["winner"],
+        "evaluation_report": decision.get("report_url", ""),
+    }
+    fresh = {k: v for k, v in params.items() if k not in logged}
+    stamp = int(datetime.now(UTC).timestamp() * 1000)
+    score = decision.get("score")
+    metrics = [Metric("winner_score", float(score), stamp, 0)] if score is not None else []
+    if "winner_score" in mlflow_client.get_run(parent).data.metrics:
+        metrics = []  # a retried select: the point is there
+    mlflow_client.log_batch(parent, metrics=metrics, params=_params(fresh))
+    mlflow_client.set_tag(parent, "fmops.gate", "promoted" if decision["promote"] else "declined")
+    mlflow_client.log_dict(parent, decision, "leaderboard.json")
+
+
+def close_parent_run(
+    config: PipelineConfig, dag_id: str, run_id: str, status: str, reason: str = ""
+) -> None:
+    """End the DAG run's parent run with the DAG run's outcome (FINISHED or FAILED)."""
+    mlflow_client, _, parent = parent_run(config, dag_id, run_id)
+    if reason:
+        mlflow_client.set_tag(parent, "fmops.outcome", reason[: tracking.MAX_TAG_VALUE])
+    mlflow_client.set_terminated(parent, status)
 
 
 def log_validation_report(config: PipelineConfig, dag_id: str, run_id: str, folder: Path) -> str:
@@ -124,7 +187,7 @@ def record_runs(
     trained_by_name = {t["candidate"]: t for t in trained if t}
     for evaluation in evaluations:
         name = evaluation["candidate"]
-        child = _find_or_create_run(
+        child, _ = find_or_create_run(
             mlflow_client,
             experiment_id,
             {
@@ -172,8 +235,20 @@ def record_runs(
             params=_params(params),
         )
         mlflow_client.set_terminated(child)
-    mlflow_client.set_terminated(parent)
     return runs
+
+
+def job_run_of(
+    mlflow_client: Any, experiment_id: str, dag_id: str, run_id: str, job_name: str
+) -> str | None:
+    """The MLflow run that a job of this DAG run got when it was submitted
+    (``fmops.registry.job_runs``); None when it has none."""
+    query = (
+        f"tags.`fmops.dag_id` = '{dag_id}' and tags.`fmops.run_id` = '{run_id}' "
+        f"and tags.`fmops.job_name` = '{job_name}'"
+    )
+    found = mlflow_client.search_runs([experiment_id], filter_string=query, max_results=1)
+    return found[0].info.run_id if found else None
 
 
 def candidate_of(config: PipelineConfig, name: str) -> Any | None:

@@ -7,7 +7,7 @@ select the winner, and register it in MLflow for review. The registration starts
 
 `load_config -> validate_data -> plan_jobs -> submit_training[] -> await_training[] ->
 plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> register ->
-close_run` (a teardown)
+close_run` (all done)
 
 **When it runs.** On a cron schedule *and* whenever the training data's asset is updated
 (`include/configs/schedule.toml`, or the `FMOPS_FINETUNE_*` environment variables; see the
@@ -38,7 +38,8 @@ README), and by hand with **Trigger**.
   `fmops://registered-models`, which schedules `fmops_deploy`.
 - **MLflow**: `load_config` opens the DAG run's MLflow run (link **MLflow run**); each job gets
   a nested run when it is submitted, with its metrics while it runs; `close_run` ends the DAG
-  run's MLflow run FINISHED (registered, or declined by the gate) or FAILED.
+  run's MLflow run FINISHED (registered, or declined by the gate) or FAILED, and fails too in
+  the second case, so that the DAG run's state is the MLflow run's.
 
 **Re-running is safe.** Job names are deterministic per (DAG run, candidate): a retried task
 reattaches to its job or reuses a finished one and never starts a second one; training whose
@@ -177,10 +178,15 @@ def fmops_finetune():
     _register = task(
         tasks.register, task_display_name="Register in MLflow", outlets=[REGISTERED_MODEL]
     )(_load_config, _validate_data, _await_evaluation.output, _select)
-    # TEARDOWN: the DAG run's MLflow run ends with its outcome, whatever path it took.
-    _close_run = task(tasks.close_run, task_display_name="Close the MLflow run")(
-        _load_config
-    ).as_teardown()
+    # The DAG run's MLflow run ends with its outcome, whatever path it took. Not a teardown: a
+    # run marked failed by hand must end failed at once (a pending teardown would hold it
+    # running, then let it end by its skipped tasks), and this task fails when the run did.
+    _close_run = task(
+        tasks.close_run,
+        task_display_name="Close the MLflow run",
+        trigger_rule=TriggerRule.ALL_DONE,
+        on_failure_callback=None,  # the task that failed has alerted already
+    )()
     chain(_select, _register, _close_run)
 
 

@@ -98,6 +98,7 @@ STAGES: dict[str, tuple[Stage, ...]] = {
         ),
         Stage(("select",), "gate / selecting the winner"),
         Stage(("register",), "registering the winner in MLflow"),
+        Stage(("close_run",), "closing the run's MLflow run"),
     ),
     "fmops_deploy": (
         Stage(("resolve_candidate",), "resolving the model version"),

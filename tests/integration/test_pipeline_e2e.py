@@ -323,7 +323,7 @@ def test_bad_dataset_stops_at_validation(dagbag, tmp_path, tiny_config):
     assert {"validation/validation.json", "validation/data_docs"} <= artifacts
     url = xcom_key(run, "validate_data", "validation_report_url")
     assert url.endswith(f"runs/{parent.info.run_id}/artifacts/validation/data_docs/index.html")
-    # close_run (a teardown) ended the DAG run's MLflow run FAILED
-    assert states["close_run"] == ["success"]
+    # close_run (all done) ended the DAG run's MLflow run FAILED, and failed with it
+    assert states["close_run"] == ["failed"]
     ended = client.get_run(parent.info.run_id)
     assert ended.info.status == "FAILED" and "failed" in ended.data.tags["fmops.outcome"]

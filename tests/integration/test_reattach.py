@@ -325,3 +325,24 @@ def test_killed_run_reattaches_to_its_running_jobs(airflow_db, tmp_path):
     assert {name: _identity(backend, name) for name in names.values()} == before
     outcomes = {o["job_name"]: o["status"] for o in _returns(run_id, "await_training")}
     assert outcomes == dict.fromkeys(names.values(), "Completed")
+
+    # -- 4. MLflow: one run per job, found again by the re-run; no point logged twice ----------
+    from fmops.config import load_config
+    from fmops.registry import tracking
+
+    config = load_config(tmp_path / "reattach.yaml")
+    mlflow_client = tracking.client(config)
+    experiment = mlflow_client.get_experiment_by_name(config.pipeline)
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{run_id}'"
+    )
+    training = [r for r in runs if r.data.tags["fmops.role"] == "training"]
+    assert sorted(r.data.tags["fmops.job_name"] for r in training) == sorted(names.values())
+    for job_run in training:
+        assert job_run.info.status == "FINISHED", job_run.data.tags["fmops.job_name"]
+        steps = [
+            p.step for p in mlflow_client.get_metric_history(job_run.info.run_id, "train_loss")
+        ]
+        assert steps and len(steps) == len(set(steps)), steps
+    (parent,) = [r for r in runs if r.data.tags["fmops.role"] == "parent"]
+    assert parent.info.status == "FINISHED"

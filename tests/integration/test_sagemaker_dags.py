@@ -285,6 +285,39 @@ def test_training_jobs_carry_the_planned_request(finetune, training_jobs, aws_en
     assert statuses[-3:] == ["Training", "Uploading", "Completed"], statuses
 
 
+def test_each_sagemaker_job_has_a_run_with_the_curve_from_cloudwatch(
+    finetune, training_jobs, config
+):
+    """The job runs on the sagemaker target: the training curve read from the job's CloudWatch
+    stream (the same progress lines), at the times train.py printed them, within the job's
+    lifetime; the broken candidate's run FAILED with SageMaker's reason; the console page."""
+    from fmops.registry import tracking
+
+    run, _ = finetune
+    mlflow_client = tracking.client(config)
+    experiment = mlflow_client.get_experiment_by_name(config.pipeline)
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{run.run_id}'"
+    )
+    training = {
+        r.data.tags["fmops.candidate"]: r for r in runs if r.data.tags["fmops.role"] == "training"
+    }
+    assert set(training) == set(CANDIDATES)
+    full = training["tiny-full"]
+    assert full.info.status == "FINISHED" and full.data.tags["fmops.target"] == "sagemaker"
+    assert full.data.tags["fmops.instance_type"].startswith("ml.")
+    assert "console.aws.amazon.com/sagemaker" in full.data.tags["fmops.job_console"]
+    curve = mlflow_client.get_metric_history(full.info.run_id, "train_loss")
+    job = training_jobs["tiny-full"]
+    start = job["TrainingStartTime"].timestamp() * 1000
+    end = job["TrainingEndTime"].timestamp() * 1000
+    assert curve and all(start - 1000 <= p.timestamp <= end + 1000 for p in curve)
+    broken = training["tiny-broken"]
+    assert broken.info.status == "FAILED"
+    assert "no_such_module" in broken.data.tags["fmops.failure_reason"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
 def test_the_model_archive_is_where_sagemaker_puts_it(training_jobs, aws_env_module):
     job = training_jobs["tiny-full"]
     uri = job["ModelArtifacts"]["S3ModelArtifacts"]

@@ -30,7 +30,9 @@ from fmops.pipeline import submit
 
 LABELS = [f"intent_{c}" for c in "abcdef"]
 EPOCHS = 2
-STEP_LINE = re.compile(r"^step=(\d+)/(\d+) epoch=(\d+) train_loss=(\S+) .* eta_s=(\d+)$")
+STEP_LINE = re.compile(
+    r"^step=(\d+)/(\d+) epoch=(\d+) train_loss=(\S+) .* eta_s=(\d+) time=[0-9.]+$"
+)
 
 
 # -- stages ----------------------------------------------------------------------------------
@@ -164,6 +166,21 @@ DONE_BEFORE_TRAINING = {
                 "await_evaluation": ["success"] * 2,
                 "select": "success",
                 "register": "skipped",
+                "close_run": "running",
+            },
+            "closing the run's MLflow run",
+        ),
+        (
+            {
+                **DONE_BEFORE_TRAINING,
+                "submit_training": ["success"],
+                "await_training": ["success"],
+                "plan_evaluation": "success",
+                "submit_evaluation": ["success"] * 2,
+                "await_evaluation": ["success"] * 2,
+                "select": "success",
+                "register": "skipped",
+                "close_run": "success",
             },
             None,
         ),

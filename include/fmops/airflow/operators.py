@@ -173,7 +173,7 @@ class AwaitJobOperator(BaseOperator):
         )
         return self._outcome(event["description"], context)
 
-    def _outcome(self, description: dict[str, Any], context: Any) -> dict[str, Any]:
+    def _outcome(self, description: dict[str, Any], context: Any = None) -> dict[str, Any]:
         from fmops.pipeline import JobFailedError, capacity_fallback, job_outcome, record_job_end
         from fmops.registry.job_runs import open_attempt
 
@@ -186,7 +186,7 @@ class AwaitJobOperator(BaseOperator):
                 # The job's own failure is deterministic: a retry of this wait cannot change it.
                 raise AirflowFailException(str(err)) from err
             where = self.handle.get("mlflow")
-            if where:
+            if where and context is not None:
                 moved["mlflow"] = open_attempt(
                     where, context["dag"].dag_id, context["run_id"], moved.get("plan"), moved
                 )

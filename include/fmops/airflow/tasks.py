@@ -228,18 +228,24 @@ def select(resolved: dict, evaluations: list[dict]) -> dict:
     return decision
 
 
-def close_run(resolved: dict) -> str:
-    """The teardown of fmops_finetune: end the DAG run's MLflow run with the run's outcome.
+def close_run() -> str:
+    """fmops_finetune's last task (trigger rule all_done): end the DAG run's MLflow run with the
+    run's outcome, and fail when that is a failure.
 
     FINISHED when register registered a version, or when select's gate declined (nothing to
-    register is a result); FAILED otherwise (a task upstream failed). It reads that from the
-    XComs of select and register: a task cannot read the DAG run's state from the metadata
-    database in Airflow 3. A plan-only run has no MLflow run."""
+    register is a result); FAILED otherwise (a task upstream failed), and then this task fails
+    too, so that the DAG run ends failed as its MLflow run does. It reads the outcome from the
+    XComs of load_config, select and register: a task cannot read the DAG run's state from the
+    metadata database in Airflow 3. A plan-only run, or one whose config did not load, has no
+    MLflow run."""
     from fmops.registry import runs
 
+    ti = get_current_context()["ti"]
+    resolved = ti.xcom_pull(task_ids="load_config")
+    if not resolved:
+        raise AirflowFailException("the config did not load (see load_config): no MLflow run")
     if resolved.get("plan_only"):
         return "no MLflow run: plan only"
-    ti = get_current_context()["ti"]
     registered = ti.xcom_pull(task_ids="register")
     decision = ti.xcom_pull(task_ids="select")
     if registered:
@@ -250,6 +256,8 @@ def close_run(resolved: dict) -> str:
         status, reason = "FAILED", "a task failed before a version was registered"
     runs.close_parent_run(_config(resolved), *_run_ids(), status, reason)
     log.info("MLflow run ended %s: %s", status, reason)
+    if status == "FAILED":
+        raise AirflowFailException(f"the run failed: {reason} (see the failed task above)")
     return status
 
 

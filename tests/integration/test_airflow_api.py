@@ -778,6 +778,7 @@ def test_make_demo_prints_stages_progress_and_the_live_endpoint(
             "evaluating",
             "gate",
             "registering",
+            "closing the run's MLflow run",
         ]
         named = [
             next(i for i, stage in enumerate(order) if line.split("Stage: ")[1].startswith(stage))

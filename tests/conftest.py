@@ -28,6 +28,13 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# What the tests, and the servers, jobs and commands they start, write to the temp folder
+# (MLflow's locks, torchrun's folders, Chromium's profiles, reports a command puts in a temp
+# folder) goes with the session's state; pytest's tmp_path stays in the system's temp folder,
+# where pytest keeps the last sessions' (screenshots and logs to look at).
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+(_STATE / "tmp").mkdir()
+os.environ["TMPDIR"] = tempfile.tempdir = str(_STATE / "tmp")
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@
 Ship a registered model version: wait for its review, deploy it blue/green to the endpoint,
 send smoke traffic through the live endpoint, and make it the `champion`.
 
-`resolve_candidate -> await_approval -> deploy -> smoke_test -> promote`, and
-`[deploy, smoke_test] -> rollback` (all done)
+`resolve_candidate -> await_approval -> deploy -> smoke_test -> promote`,
+`[deploy, smoke_test] -> rollback` (all done), and `[promote, rollback] -> close_run` (all done)
 
 **When it runs.** On each update of the asset `fmops://registered-models`, that is each
 registration by `fmops_finetune` (the config, model and version come from the asset event), or
@@ -33,6 +33,12 @@ MODEL VERSION`), at most `deployment.approval_timeout_seconds`.
   retries. The task links to the endpoint's console page.
 - `rollback` runs whatever happened (trigger rule ALL_DONE): a failed or killed deploy never
   leaves the endpoint half-shifted.
+
+**MLflow.** `resolve_candidate` opens the DAG run's MLflow run in the pipeline's experiment
+(what is deployed, where, how; linked to the Airflow DAG run and the version); `close_run` ends
+it FINISHED (promoted, or rejected in review) or FAILED with the smoke test's figures and the
+endpoint, and fails too in the second case. A run marked failed by hand ends its MLflow run
+KILLED (fmops' listener).
 
 A failed task posts to the `fmops_alerts` webhook when that connection exists.
 """
@@ -116,14 +122,23 @@ def fmops_deploy():
     _smoke_test = task(tasks.smoke_test, task_display_name="Smoke test")(_resolve_candidate)
     _promote = task(tasks.promote, task_display_name="Promote to champion")(_resolve_candidate)
     chain(_await_approval, _deploy, _smoke_test, _promote)
-    # Whatever happened (failed, killed, rejected): the endpoint is left on a stable routing. It
-    # is not the only leaf, so a failed deploy still fails the run.
+    # Whatever happened (failed, killed, rejected): the endpoint is left on a stable routing.
     _rollback = task(
         tasks.rollback,
         task_display_name="Roll back if needed",
         trigger_rule=TriggerRule.ALL_DONE,
     )()
     chain([_deploy, _smoke_test], _rollback)
+    # The DAG run's MLflow run ends with the deployment's outcome; the only leaf, it fails when
+    # the run did (see fmops_finetune's close_run).
+    _close_run = task(
+        tasks.close_deploy_run,
+        task_id="close_run",
+        task_display_name="Close the MLflow run",
+        trigger_rule=TriggerRule.ALL_DONE,
+        on_failure_callback=None,  # the task that failed has alerted already
+    )()
+    chain([_promote, _rollback], _close_run)
 
 
 fmops_deploy()

@@ -39,7 +39,9 @@ README), and by hand with **Trigger**.
 - **MLflow**: `load_config` opens the DAG run's MLflow run (link **MLflow run**); each job gets
   a nested run when it is submitted, with its metrics while it runs; `close_run` ends the DAG
   run's MLflow run FINISHED (registered, or declined by the gate) or FAILED, and fails too in
-  the second case, so that the DAG run's state is the MLflow run's.
+  the second case, so that the DAG run's state is the MLflow run's. A DAG run marked failed or
+  success by hand, or timed out, ends before `close_run` runs: fmops' listener then ends its
+  MLflow runs still running (its own and its jobs') KILLED, with the reason.
 
 **Re-running is safe.** Job names are deterministic per (DAG run, candidate): a retried task
 reattaches to its job or reuses a finished one and never starts a second one; training whose

@@ -9,6 +9,8 @@
   (``fmops.airflow.links``): "MLflow run", "MLflow model version" (register and fmops_deploy's
   tasks), "SageMaker job" (the submit and await tasks of jobs on the sagemaker target) and
   "SageMaker endpoint" (fmops_deploy on the sagemaker target).
+- A listener (``fmops.airflow.listener``): a DAG run that ends without its ``close_run`` (marked
+  failed or success by hand, timed out) gets its MLflow runs still running ended ``KILLED``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 
 from airflow.plugins_manager import AirflowPlugin
 
+from fmops.airflow import listener
 from fmops.airflow.evaluation import EvaluationReportLink
 from fmops.airflow.links import GLOBAL_LINKS
 from fmops.airflow.operators import ValidationReportLink
@@ -26,6 +29,7 @@ class FmopsPlugin(AirflowPlugin):
     name = "fmops"
     operator_extra_links = [ValidationReportLink(), EvaluationReportLink()]
     global_operator_extra_links = GLOBAL_LINKS
+    listeners = [listener]
     external_views = [
         {
             "name": "MLflow",

@@ -2,8 +2,9 @@
 
 Starts the stack if needed, triggers ``fmops_finetune`` through Airflow's REST API and follows
 it, follows the ``fmops_deploy`` run that the registration schedules, then prints the
-leaderboard, the registered version with its MLflow URL and a ``curl`` command against the live
-endpoint (after sending it one real request).
+leaderboard, the DAG run's MLflow run and its jobs in MLflow's runs table, the registered version
+with its MLflow URL and a ``curl`` command against the live endpoint (after sending it one real
+request).
 
 While a run goes on it prints plain lines (readable in a terminal and in a CI log):
 
@@ -107,6 +108,7 @@ STAGES: dict[str, tuple[Stage, ...]] = {
         Stage(("smoke_test",), "smoke test"),
         Stage(("promote",), "promoting to champion"),
         Stage(("rollback",), "checking the endpoint is left on a stable routing (rollback task)"),
+        Stage(("close_run",), "closing the run's MLflow run"),
     ),
 }
 
@@ -165,10 +167,12 @@ class AirflowApi:
         response.raise_for_status()
         return response.json() if response.content else None
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+    def xcom(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value"
+    ) -> Any:
         entry = self.call(
             "GET",
-            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
             params={"deserialize": "true", "map_index": map_index},
         )
         value = entry["value"]
@@ -601,6 +605,11 @@ def run_demo(config_file: str = "include/configs/local.yaml") -> int:
         raise DemoError(_failure_hint(api, "fmops_finetune", run_id))
     decision = api.xcom("fmops_finetune", run_id, "select")
     print_decision(decision)
+    from fmops.airflow.links import MLFLOW_RUN_KEY
+
+    mlflow_run = api.xcom("fmops_finetune", run_id, "load_config", key=MLFLOW_RUN_KEY)
+    print(f"\nMLflow run of this DAG run: {mlflow_run['url']}")
+    print(f"  its jobs in the runs table: {mlflow_run['jobs_view']}")
     if not decision["promote"]:
         print(
             "\nNot promoted: the winner is not shown to beat the registry's champion, so nothing"

@@ -383,6 +383,37 @@ def record_job_end(
     )
 
 
+def end_dag_run(
+    where: dict[str, str], config: PipelineConfig | None, dag_id: str, run_id: str, reason: str
+) -> dict[str, list[str]]:
+    """A DAG run that ended without closing its MLflow runs (``fmops.airflow.listener``: marked
+    failed or success by hand, timed out): stop the jobs it started that still run (nobody
+    waits for them any more, and on SageMaker they bill), then end its runs still ``RUNNING``
+    ``KILLED`` with ``reason``. ``config`` gives the job backends' settings (None: no jobs to
+    stop). A job that cannot be stopped (it ended meanwhile, its backend is unreachable) is
+    logged and the rest go on. Returns the jobs stopped and the runs ended."""
+    from fmops.registry import runs
+
+    found = runs.open_runs(where, dag_id, run_id)
+    stopped = []
+    for job in filter(None, map(runs.started_job, found)) if config is not None else []:
+        handle = {"target": job["target"], "settings": backend_settings(config)}
+        backend = backend_for(handle)
+        try:
+            if status_of(job["kind"], describe(backend, job["kind"], job["name"])) != "InProgress":
+                continue
+            if job["kind"] == "training":
+                backend.stop_training_job(TrainingJobName=job["name"])
+            else:
+                backend.stop_processing_job(ProcessingJobName=job["name"])
+        except Exception as err:  # noqa: BLE001 - one job's trouble must not keep the rest running
+            log.warning("%s job %s: could not stop it: %s", job["kind"], job["name"], err)
+            continue
+        log.info("%s job %s stopped: %s", job["kind"], job["name"], reason)
+        stopped.append(job["name"])
+    return {"stopped_jobs": stopped, "ended_runs": runs.end_runs(where, found, reason)}
+
+
 def _prediction_tables(handle: dict, outcome: dict) -> dict[str, list[dict]]:
     """evaluate.py's per-example predictions of each scenario (``predictions-<scenario>.jsonl``
     in its output), as MLflow tables ``predictions-<scenario>.json``."""

@@ -99,6 +99,11 @@ def test_deploy_pipeline_shape(dagbag):
     rollback = dag.get_task("rollback")
     assert rollback.trigger_rule == "all_done"
     assert rollback.upstream_task_ids == {"deploy", "smoke_test"}
+    # The DAG run's MLflow run is ended by the only leaf, whatever happened upstream.
+    close_run = dag.get_task("close_run")
+    assert close_run.trigger_rule == "all_done"
+    assert close_run.upstream_task_ids == {"promote", "rollback"}
+    assert [t.task_id for t in dag.leaves] == ["close_run"]
     # A deferrable wait on the review tag: no worker slot is held while a person decides.
     assert dag.get_task("await_approval").task_type == "AwaitApprovalOperator"
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from fmops.demo import ACTIVE_STATES, retrying_session
 
@@ -529,6 +530,74 @@ def test_an_asset_event_for_the_training_data_starts_a_run(api, schedule, finetu
     assert api.get(run_path)["state"] == "failed"
 
 
+def test_a_run_marked_failed_by_hand_stops_its_job_and_ends_its_mlflow_runs_killed(
+    stack, api, finetune_run, tmp_path
+):
+    """Marked failed through the REST API while a candidate trains: close_run never runs, and
+    fmops' listener (in the api-server) stops the training job and ends the DAG run's MLflow
+    run and the job's run KILLED with Airflow's reason; no run of it is left RUNNING."""
+    from mlflow import MlflowClient
+
+    from fmops.jobs.backend import describe, status_of
+    from fmops.jobs.local import LocalJobBackend
+
+    raw = yaml.safe_load((PROJECT_ROOT / TINY).read_text())
+    raw["pipeline"] = "fmops-e2e-stopped"  # an experiment of its own
+    raw["candidates"] = [{**raw["candidates"][0], "name": "tiny-long"}]
+    # Long enough (1,000 steps: minutes on 2 cores) that the job still runs when it is stopped.
+    raw["candidates"][0]["hyperparameters"]["epochs"] = 100
+    config_file = tmp_path / "long.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    conf = {"config_file": str(config_file), "approval": "auto"}
+    run = api.call("POST", f"/dags/{FINETUNE}/dagRuns", json={"logical_date": None, "conf": conf})
+    run_id = run["dag_run_id"]
+
+    mlflow_client = MlflowClient(f"http://127.0.0.1:{stack.mlflow_port}")
+
+    def runs() -> list[Any]:
+        experiment = mlflow_client.get_experiment_by_name(raw["pipeline"])
+        if experiment is None:
+            return []
+        return mlflow_client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{run_id}'"
+        )
+
+    # Stopped once the job has printed a training step to its run: it trains for sure.
+    deadline = time.monotonic() + 600
+    while not [
+        r
+        for r in runs()
+        if r.data.tags["fmops.role"] == "training" and "train_loss" in r.data.metrics
+    ]:
+        instances = api.task_instances(FINETUNE, run_id)
+        states = {_label(ti): ti["state"] for ti in instances}
+        assert time.monotonic() < deadline, f"no training step logged within 600 s: {states}"
+        failed = [ti for ti in instances if ti["state"] == "failed"]
+        assert not failed, "\n\n".join(f"--- {_label(ti)}:\n{api.log_tail(ti)}" for ti in failed)
+        time.sleep(2)
+    _stop_run(api, FINETUNE, run_id)
+
+    deadline = time.monotonic() + 120
+    while running := [r.info.run_name for r in runs() if r.info.status == "RUNNING"]:
+        assert time.monotonic() < deadline, f"still RUNNING 120 s after the stop: {running}"
+        time.sleep(1)
+    found = {r.data.tags["fmops.role"]: r for r in runs()}
+    assert set(found) == {"parent", "training"}, set(found)
+    reason = "Dag Run's state was manually set to `failed`."
+    assert found["parent"].info.status == "KILLED"
+    assert found["parent"].data.tags["fmops.outcome"].endswith(reason)
+    training = found["training"]
+    assert training.info.status == "KILLED"
+    assert training.data.tags["fmops.failure_reason"].endswith(reason)
+    backend = LocalJobBackend(root=stack.home / "jobs")
+    job = training.data.tags["fmops.job_name"]
+    deadline = time.monotonic() + 60
+    while (status := status_of("training", describe(backend, "training", job))) != "Stopped":
+        assert status in ("InProgress", "Stopping"), f"{job} ended {status}, not stopped"
+        assert time.monotonic() < deadline, f"{job} still {status} 60 s after the stop"
+        time.sleep(1)
+
+
 # -- the trigger form in the UI ---------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -799,6 +868,11 @@ def test_make_demo_prints_stages_progress_and_the_live_endpoint(
         )
         assert any("tiny-broken" in line and "failed" in line.lower() for line in lines)
         assert "Leaderboard" in out and "Winner: " in out
+        mlflow = f"http://127.0.0.1:{stack.mlflow_port}/#/experiments/"
+        assert re.search(rf"MLflow run of this DAG run: {re.escape(mlflow)}\d+/runs/\w+", out)
+        assert re.search(
+            rf"its jobs in the runs table: {re.escape(mlflow)}\d+/runs\?viewStateShareKey=", out
+        )
         assert f"Registered: {raw['registry']['model_name']} version 1" in out
         assert f"Endpoint: http://127.0.0.1:{raw['deployment']['port']}" in out
         assert "live answer (HTTP 200)" in out and '"predictions"' in out

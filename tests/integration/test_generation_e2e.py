@@ -142,7 +142,7 @@ def test_finetune_registers_a_generative_winner(finetune_run, llm_config, tmp_pa
         [experiment.experiment_id], filter_string=f"tags.`fmops.run_id` = '{finetune_run.run_id}'"
     )
     children = {
-        r.data.tags["fmops.candidate"]: r for r in runs if r.data.tags["fmops.role"] == "candidate"
+        r.data.tags["fmops.candidate"]: r for r in runs if r.data.tags["fmops.role"] == "evaluation"
     }
     assert set(children) == {"smol-lora", "baseline"}
     for candidate, child in children.items():

@@ -208,3 +208,65 @@ def test_a_failed_job_ends_its_run_failed_with_the_reason(server, setting):
     # a line without time= is recorded at the job's end
     (point,) = tracking.client_for(server.url).get_metric_history(run.info.run_id, "train_loss")
     assert point.step == 1 and point.timestamp == run.info.end_time
+
+
+def test_a_dag_run_ended_without_close_run_stops_its_jobs_and_leaves_no_run_running(
+    server, setting
+):
+    """What fmops' listener does for a DAG run marked failed by hand
+    (``fmops.pipeline.end_dag_run``): the job it started that still runs is stopped, and the
+    runs still RUNNING, the DAG run's own and that job's, end KILLED with the reason; a job run
+    that ended keeps its status, and another DAG run's runs are not touched."""
+    from fmops.jobs.backend import describe, status_of
+    from fmops.pipeline import backend_for, end_dag_run
+    from fmops.registry import job_runs, runs, tracking
+
+    config, *_ = setting
+    opened = {
+        dag_run: runs.open_parent_run(config, "fmops_finetune", dag_run, {"n": 1}, None)
+        for dag_run in ("manual__stopped", "manual__other")
+    }
+    where = opened["manual__stopped"]
+    running, _ = submit(setting, "tiny-a", "manual__stopped")  # a real job, 24 s long
+
+    def job_run(candidate: str, dag_run: str) -> dict:
+        handle = {
+            "kind": "training",
+            "candidate": candidate,
+            "name": f"{candidate}-{dag_run}-job",
+            "target": "local",
+            "action": "created",
+        }
+        parent = {**opened[dag_run], "parent_run_id": opened[dag_run]["run_id"]}
+        return job_runs.open_attempt(parent, "fmops_finetune", dag_run, None, handle)
+
+    done, other = job_run("tiny-b", "manual__stopped"), job_run("tiny-a", "manual__other")
+    job_runs.close_job_run(done, "Completed", "", end_ms=int(time.time() * 1000))
+    backend = backend_for(running)
+    assert status_of("training", describe(backend, "training", running["name"])) == "InProgress"
+
+    reason = "the DAG run ended failed before close_run ended this run: marked failed"
+    ended = end_dag_run(where, config, "fmops_finetune", "manual__stopped", reason)
+
+    assert ended["stopped_jobs"] == [running["name"]]
+    deadline = time.monotonic() + 30
+    while (status := status_of("training", describe(backend, "training", running["name"]))) in (
+        "InProgress",
+        "Stopping",
+    ):
+        assert time.monotonic() < deadline, f"the job is still {status} 30 s after its stop"
+        time.sleep(0.5)
+    assert status == "Stopped"
+    assert sorted(ended["ended_runs"]) == sorted([where["run_id"], running["mlflow"]["run_id"]])
+    mlflow_client = tracking.client_for(server.url)
+    parent = mlflow_client.get_run(where["run_id"])
+    assert parent.info.status == "KILLED" and parent.data.tags["fmops.outcome"] == reason
+    killed = mlflow_client.get_run(running["mlflow"]["run_id"])
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["fmops.failure_reason"] == reason
+    assert mlflow_client.get_run(done["run_id"]).info.status == "FINISHED"
+    for untouched in (opened["manual__other"]["run_id"], other["run_id"]):
+        assert mlflow_client.get_run(untouched).info.status == "RUNNING"
+    # nothing is left to stop or end a second time
+    again = end_dag_run(where, config, "fmops_finetune", "manual__stopped", reason)
+    assert again == {"stopped_jobs": [], "ended_runs": []}

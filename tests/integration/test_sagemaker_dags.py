@@ -383,16 +383,18 @@ def test_the_winner_is_registered_in_mlflow(finetune, training_jobs, config):
         by_role.setdefault(found.data.tags["fmops.role"], []).append(found)
     (parent,) = by_role["parent"]
     assert parent.data.params["failed_candidates"] == "tiny-broken"
-    children = {r.data.tags["fmops.candidate"]: r for r in by_role["candidate"]}
+    assert set(by_role) == {"parent", "training", "evaluation"}, set(by_role)
+    children = {r.data.tags["fmops.candidate"]: r for r in by_role["evaluation"]}
     assert set(children) == {"tiny-full", "baseline"}
-    # The training loss curve came from the job's CloudWatch log (the register task reads it).
-    history = client.get_metric_history(children["tiny-full"].info.run_id, "train_loss")
+    trained = {r.data.tags["fmops.candidate"]: r for r in by_role["training"]}
+    # The training loss curve came from the job's CloudWatch log.
+    history = client.get_metric_history(trained["tiny-full"].info.run_id, "train_loss")
     assert history and all(m.value > 0 for m in history)
     # And the job's cost, billed seconds at the planned price, from DescribeTrainingJob.
     (outcome,) = [o for o in _xcom(run, "await_training") if o]
-    metrics = children["tiny-full"].data.metrics
+    metrics = trained["tiny-full"].data.metrics
     assert outcome["cost"]["usd"] > 0
-    assert metrics["training_cost_usd"] == pytest.approx(outcome["cost"]["usd"])
+    assert metrics["cost_usd"] == pytest.approx(outcome["cost"]["usd"])
     assert metrics["training_seconds"] == full["TrainingTimeInSeconds"]
 
 

@@ -86,6 +86,18 @@ DONE_BEFORE_TRAINING = {
     "plan_jobs": "success",
 }
 
+# A run the gate declined, up to its last task (with register queued: one it promoted).
+DECLINED = {
+    **DONE_BEFORE_TRAINING,
+    "submit_training": ["success"],
+    "await_training": ["success"],
+    "plan_evaluation": "success",
+    "submit_evaluation": ["success"] * 2,
+    "await_evaluation": ["success"] * 2,
+    "select": "success",
+    "register": "skipped",
+}
+
 
 @pytest.mark.parametrize(
     ("states", "stage"),
@@ -143,47 +155,9 @@ DONE_BEFORE_TRAINING = {
             },
             "gate / selecting the winner",
         ),
-        (
-            {
-                **DONE_BEFORE_TRAINING,
-                "submit_training": ["success"],
-                "await_training": ["success"],
-                "plan_evaluation": "success",
-                "submit_evaluation": ["success"] * 2,
-                "await_evaluation": ["success"] * 2,
-                "select": "success",
-                "register": "queued",
-            },
-            "registering the winner in MLflow",
-        ),
-        (
-            {
-                **DONE_BEFORE_TRAINING,
-                "submit_training": ["success"],
-                "await_training": ["success"],
-                "plan_evaluation": "success",
-                "submit_evaluation": ["success"] * 2,
-                "await_evaluation": ["success"] * 2,
-                "select": "success",
-                "register": "skipped",
-                "close_run": "running",
-            },
-            "closing the run's MLflow run",
-        ),
-        (
-            {
-                **DONE_BEFORE_TRAINING,
-                "submit_training": ["success"],
-                "await_training": ["success"],
-                "plan_evaluation": "success",
-                "submit_evaluation": ["success"] * 2,
-                "await_evaluation": ["success"] * 2,
-                "select": "success",
-                "register": "skipped",
-                "close_run": "success",
-            },
-            None,
-        ),
+        ({**DECLINED, "register": "queued"}, "registering the winner in MLflow"),
+        ({**DECLINED, "close_run": "running"}, "closing the run's MLflow run"),
+        ({**DECLINED, "close_run": "success"}, None),
     ],
 )
 def test_finetune_stage_from_task_instances(states, stage):
@@ -236,6 +210,18 @@ def test_the_mapped_count_is_unknown_before_expansion():
                 "rollback": "running",
             },
             "checking the endpoint is left on a stable routing (rollback task)",
+        ),
+        (
+            {
+                "resolve_candidate": "success",
+                "await_approval": "success",
+                "deploy": "success",
+                "smoke_test": "success",
+                "promote": "success",
+                "rollback": "success",
+                "close_run": "running",
+            },
+            "closing the run's MLflow run",
         ),
     ],
 )

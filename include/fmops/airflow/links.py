@@ -36,6 +36,9 @@ LINKS_KEY = "fmops_links"
 # "MLflow run" falls back to the run that holds the report.
 REPORT_URL_KEY = "validation_report_url"
 EVALUATION_REPORT_KEY = "evaluation_report_url"
+# Where a DAG run's MLflow run is (tracking URI, experiment and run ids, its page): pushed by the
+# task that opens it, read by fmops' listener (``fmops.airflow.listener``).
+MLFLOW_RUN_KEY = "mlflow_run"
 MLFLOW_RUN, MODEL_VERSION = "MLflow run", "MLflow model version"
 SAGEMAKER_JOB, SAGEMAKER_ENDPOINT = "SageMaker job", "SageMaker endpoint"
 

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
-from fmops.airflow.links import EVALUATION_REPORT_KEY, REPORT_URL_KEY
+from fmops.airflow.links import EVALUATION_REPORT_KEY, MLFLOW_RUN_KEY, REPORT_URL_KEY
 from fmops.airflow.schedule import REGISTERED_MODEL
 
 log = logging.getLogger(__name__)
@@ -102,17 +102,30 @@ def load_config(params: dict[str, Any] | None = None) -> dict:
 
 def _open_parent_run(resolved: dict) -> None:
     """The DAG run's MLflow run, from its start: linked both ways with the Airflow DAG run."""
-    from airflow.configuration import conf
-
     from fmops.airflow.links import MLFLOW_RUN, push_links
     from fmops.registry import runs
 
+    config = _config(resolved)
+    params = {
+        "config_file": resolved["config_file"],
+        "target": config.target,
+        "candidates": ",".join(c.name for c in config.candidates),
+        "force_rerun": bool(resolved.get("force_rerun")),
+    }
+    where = runs.open_parent_run(config, *_run_ids(), params, _airflow_run_url(), with_jobs=True)
+    ti = get_current_context()["ti"]
+    ti.xcom_push(key=MLFLOW_RUN_KEY, value=where)
+    push_links(ti, {MLFLOW_RUN: where["url"]})
+    log.info("MLflow run of this DAG run: %s", where["url"])
+
+
+def _airflow_run_url() -> str | None:
+    """This DAG run's page in the Airflow UI; None when ``[api] base_url`` is not set."""
+    from airflow.configuration import conf
+
     dag_id, run_id = _run_ids()
     base = conf.get("api", "base_url", fallback="").rstrip("/")
-    airflow_url = f"{base}/dags/{dag_id}/runs/{quote(run_id, safe='')}" if base else None
-    url = runs.open_parent_run(_config(resolved), dag_id, run_id, resolved, airflow_url)
-    push_links(get_current_context()["ti"], {MLFLOW_RUN: url})
-    log.info("MLflow run of this DAG run: %s", url)
+    return f"{base}/dags/{dag_id}/runs/{quote(run_id, safe='')}" if base else None
 
 
 PLAN_KEY = "plan"
@@ -268,7 +281,6 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     from airflow.sdk.exceptions import AirflowSkipException
 
     from fmops.airflow.links import MLFLOW_RUN, MODEL_VERSION, push_links
-    from fmops.pipeline import backend_for, backend_settings
     from fmops.registry import registration
 
     if not decision.get("promote", True):
@@ -279,10 +291,6 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
     ti = get_current_context()["ti"]
     trained = ti.xcom_pull(task_ids="plan_evaluation", key="trained") or []
     failed = ti.xcom_pull(task_ids="plan_evaluation", key="failed") or []
-    logs = {}
-    for outcome in trained:
-        backend = backend_for({"target": outcome["target"], "settings": backend_settings(config)})
-        logs[outcome["job_name"]] = backend.read_log("training", outcome["job_name"], 0)[0]
     # MLflow being unreachable is not in _deterministic_errors: the task retries with backoff,
     # and registration.register finds what an earlier attempt created (runs, model, version).
     summary = registration.register(
@@ -294,7 +302,6 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
         decision,
         dag_id,
         run_id,
-        logs,
         failed=list(failed),
     )
     push_links(ti, {MODEL_VERSION: summary["url"], MLFLOW_RUN: summary.get("parent_run_url")})
@@ -376,7 +383,29 @@ def resolve_candidate(params: dict[str, Any] | None = None) -> dict:
         resolved["config"]["registry"]["model_name"] = model_name
     candidate = {"resolved": resolved, **resolve_version(_config(resolved), version)}
     _push_candidate_links(candidate)
+    _open_deploy_run(candidate)
     return candidate
+
+
+def _open_deploy_run(candidate: dict) -> None:
+    """fmops_deploy's MLflow run, in the pipeline's experiment beside fmops_finetune's runs:
+    what is deployed where, linked to the Airflow DAG run and the model version; close_run ends
+    it with the deployment's outcome."""
+    from fmops.registry import runs
+
+    config = _config(candidate["resolved"])
+    params = {
+        "config_file": candidate["resolved"]["config_file"],
+        "target": config.target,
+        "model_name": candidate["model_name"],
+        "version": candidate["version"],
+        "approval": config.deployment.approval,
+        "traffic": config.deployment.traffic.mode,
+    }
+    note = f"Deploys [{candidate['model_name']} version {candidate['version']}]({candidate['url']})"
+    where = runs.open_parent_run(config, *_run_ids(), params, _airflow_run_url(), note)
+    get_current_context()["ti"].xcom_push(key=MLFLOW_RUN_KEY, value=where)
+    log.info("MLflow run of this DAG run: %s", where["url"])
 
 
 @fail_fast
@@ -444,7 +473,50 @@ def _rejected(config: Any, version: str, found: dict) -> None:
 
     note = flow.rejected_note(_deploy_run(), found)
     flow.record_deploy(config, version, _deploy_run(), "rejected", note)
+    get_current_context()["ti"].xcom_push(key=REJECTED_KEY, value=note)  # for close_deploy_run
     raise AirflowSkipException(note)
+
+
+REJECTED_KEY = "rejected"
+
+
+def close_deploy_run() -> str:
+    """fmops_deploy's last task (trigger rule all_done): end the DAG run's MLflow run with the
+    deployment's outcome, and fail when that is a failure (as close_run does for
+    fmops_finetune).
+
+    FINISHED when promote made the version champion, or when a reviewer rejected it (a decision,
+    not a breakage); FAILED otherwise. The run gets the smoke test's figures as metrics and where
+    the version serves as tags."""
+    from fmops.registry import runs
+
+    ti = get_current_context()["ti"]
+    where = ti.xcom_pull(task_ids="resolve_candidate", key=MLFLOW_RUN_KEY)
+    if not where:
+        raise AirflowFailException(
+            "the version did not resolve (see resolve_candidate): no MLflow run"
+        )
+    deployed = ti.xcom_pull(task_ids="deploy") or {}
+    smoke = ti.xcom_pull(task_ids="smoke_test") or {}
+    promoted = ti.xcom_pull(task_ids="promote")
+    rejected = ti.xcom_pull(task_ids="await_approval", key=REJECTED_KEY)
+    if promoted:
+        status, reason = "FINISHED", f"version {promoted['champion']} is champion now"
+    elif rejected:
+        status, reason = "FINISHED", rejected
+    else:
+        status, reason = "FAILED", "a task failed before the version was promoted"
+    metrics = {f"smoke.{k}": v for k, v in smoke.items() if k in ("requests", "errors", "accuracy")}
+    tags = {
+        f"fmops.endpoint.{k}": deployed[k]
+        for k in ("endpoint", "instance_type")
+        if isinstance(deployed.get(k), str)
+    }
+    runs.close_dag_run(where, status, reason, metrics=metrics, tags=tags)
+    log.info("MLflow run ended %s: %s", status, reason)
+    if status == "FAILED":
+        raise AirflowFailException(f"the deployment failed: {reason} (see the failed task above)")
+    return status
 
 
 @fail_fast

@@ -11,8 +11,9 @@ submitted, fed the job's progress while it runs, closed with the job's status.
   the job measured it. A point logged twice (a restarted triggerer reads the log again) is kept
   once: MLflow's store drops an exact duplicate.
 - ``close_job_run`` (the await task, when the job ended): every point of the whole log again
-  (what a lost or late live update missed), the final metrics, and the status: ``FINISHED``,
-  ``FAILED`` with ``fmops.failure_reason``, or ``KILLED`` for a stopped job.
+  (what a lost or late live update missed), the log as an artifact, the final metrics (an
+  evaluation's per-scenario metrics, its predictions as MLflow tables), and the status:
+  ``FINISHED``, ``FAILED`` with ``fmops.failure_reason``, or ``KILLED`` for a stopped job.
 
 MLflow being unreachable for a while delays this and loses nothing: MLflow's client retries with
 backoff (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, about two minutes), the trigger keeps the points it
@@ -34,6 +35,7 @@ MAX_BATCH = 1000  # MLflow's log_batch limit of metrics per call
 ROLE = {"training": "training", "processing": "evaluation"}
 STATUS = {"Completed": "FINISHED", "Failed": "FAILED", "Stopped": "KILLED"}
 MAX_PARAM = 6000
+LOG_FILE = "job.log"  # the job's whole log, on its run
 
 
 def open_job_run(
@@ -44,6 +46,7 @@ def open_job_run(
     from fmops.registry import runs
 
     mlflow_client, experiment_id, parent = runs.parent_run(config, dag_id, run_id)
+    candidate = runs.candidate_of(config, handle["candidate"])
     return open_attempt(
         {
             "tracking_uri": tracking.tracking_uri(config),
@@ -55,6 +58,8 @@ def open_job_run(
         plan,
         handle,
         mlflow_client,
+        # the model as the config names it (the request has only where it was staged)
+        {"base_model": candidate.base_model} if candidate and plan["kind"] == "training" else {},
     )
 
 
@@ -65,9 +70,11 @@ def open_attempt(
     plan: dict[str, Any] | None,
     handle: dict[str, Any],
     mlflow_client: Any = None,
+    params: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The run of ``handle``'s job under the parent in ``where`` (a capacity fallback's new
-    attempt gets a run of its own); ``plan`` gives its params (None: no params)."""
+    attempt gets a run of its own); ``plan`` gives its params (None: no params) beside
+    ``params``."""
     from fmops.registry.runs import find_or_create_run
 
     mlflow_client = mlflow_client or tracking.client_for(where["tracking_uri"])
@@ -86,7 +93,7 @@ def open_attempt(
     if created:
         mlflow_client.log_batch(
             job_run,
-            params=_params(_request_params(plan) if plan else {}),
+            params=_params({**(_request_params(plan) if plan else {}), **(params or {})}),
             tags=_tags(_job_tags(plan or {}, handle)),
         )
         if plan:
@@ -110,14 +117,7 @@ def _datasets(plan: dict[str, Any]) -> list[Any]:
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    request = plan["request"]
-    if plan["kind"] == "training":
-        uris = {
-            c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-            for c in request.get("InputDataConfig", [])
-        }
-    else:
-        uris = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request.get("ProcessingInputs", [])}
+    uris = _data_uris(plan)
     staged = (plan.get("cache_fields") or {}).get("dataset")
     found = []
     for channel, context in CONTEXTS[plan["kind"]].items():
@@ -135,6 +135,17 @@ def _datasets(plan: dict[str, Any]) -> list[Any]:
     return found
 
 
+def _data_uris(plan: dict[str, Any]) -> dict[str, str]:
+    """The URIs a job reads, by name: a training job's channels, an evaluation's inputs."""
+    request = plan["request"]
+    if plan["kind"] == "training":
+        return {
+            c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in request.get("InputDataConfig", [])
+        }
+    return {i["InputName"]: i["S3Input"]["S3Uri"] for i in request.get("ProcessingInputs", [])}
+
+
 def _request_params(plan: dict[str, Any]) -> dict[str, str]:
     request = plan["request"]
     if plan["kind"] == "training":
@@ -143,20 +154,12 @@ def _request_params(plan: dict[str, Any]) -> dict[str, str]:
             for k, v in request.get("HyperParameters", {}).items()
             if not k.startswith("sagemaker_")
         }
-        channels = {
-            c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-            for c in request.get("InputDataConfig", [])
-        }
-        values |= {f"channel.{name}": uri for name, uri in channels.items()}
+        prefix = "channel"
     else:
-        values = {
-            "arguments": " ".join(request.get("AppSpecification", {}).get("ContainerArguments", []))
-        }
-        values |= {
-            f"input.{i['InputName']}": i["S3Input"]["S3Uri"]
-            for i in request.get("ProcessingInputs", [])
-        }
-    return values
+        arguments = request.get("AppSpecification", {}).get("ContainerArguments", [])
+        values = {"arguments": " ".join(arguments)}
+        prefix = "input"
+    return values | {f"{prefix}.{name}": uri for name, uri in _data_uris(plan).items()}
 
 
 def _job_tags(plan: dict[str, Any], handle: dict[str, Any]) -> dict[str, str]:
@@ -209,25 +212,21 @@ def close_job_run(
     reason: str | None = None,
     tables: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
-    """End a job's run: the whole log's points (duplicates are dropped by the store), the final
-    ``metrics`` at ``end_ms``, the ``tags``, the ``tables`` (an evaluation's predictions, per
-    example: MLflow's evaluation view compares them across runs), and the status (``STATUS`` of
-    the job's)."""
-    from mlflow.entities import Metric
-
+    """End a job's run: the whole log's points (duplicates are dropped by the store) and the
+    log itself (``LOG_FILE``), the final ``metrics`` at ``end_ms``, the ``tags``, the ``tables``
+    (an evaluation's predictions, per example: MLflow's evaluation view compares them across
+    runs), and the status (``STATUS`` of the job's)."""
     points, _ = progress.metric_points(log_text, end_ms)
-    log_points(where["tracking_uri"], where["run_id"], points)
+    final = [progress.MetricPoint(k, float(v), end_ms, 0) for k, v in (metrics or {}).items()]
+    log_points(where["tracking_uri"], where["run_id"], points + final)
     mlflow_client = tracking.client_for(where["tracking_uri"])
-    final = [Metric(k, float(v), end_ms, 0) for k, v in (metrics or {}).items()]
     all_tags = dict(tags or {})
     if reason:
         all_tags["fmops.failure_reason"] = reason
-    for start in range(0, max(len(final), 1), MAX_BATCH):
-        mlflow_client.log_batch(
-            where["run_id"],
-            metrics=final[start : start + MAX_BATCH],
-            tags=_tags(all_tags) if start == 0 else [],
-        )
+    if all_tags:
+        mlflow_client.log_batch(where["run_id"], tags=_tags(all_tags))
+    if log_text:
+        mlflow_client.log_text(where["run_id"], log_text, LOG_FILE)
     for artifact_file, rows in (tables or {}).items():
         import pandas as pd
 

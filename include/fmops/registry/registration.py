@@ -1,9 +1,9 @@
 """Registering the winner of a pipeline run as a new model version, and reading a version back.
 
-``register`` records the runs (``fmops.registry.runs``), logs the winner as an MLflow pyfunc
-model (weights, tokenizer, the serving handlers and an input example, per model kind) on the
-winner's training run (``fmops.registry.job_runs``: the version's source run), and registers it
-with the alias ``challenger``; the version's description is the model card
+``register`` records the run on the DAG run's MLflow run (``fmops.registry.runs``), logs the
+winner as an MLflow pyfunc model (weights, tokenizer, the serving handlers and an input example,
+per model kind) on the winner's training run (``fmops.registry.job_runs``: the version's source
+run), and registers it with the alias ``challenger``; the version's description is the model card
 (``fmops.registry.card``) and its tags carry the lineage (``fmops.pipeline``, ``fmops.dag_run``,
 ``fmops.data_digest``, ``fmops.gate``, ...) and ``fmops.approval`` pending.
 
@@ -41,7 +41,6 @@ def register(
     decision: dict,
     dag_id: str,
     run_id: str,
-    job_logs: dict[str, str],
     failed: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Record the runs and register the winner as a new version (once per DAG run).
@@ -52,18 +51,7 @@ def register(
     mlflow_client = tracking.client(config)
     # The run's bill goes with the leaderboard (leaderboard.json) and onto the model card.
     decision = {**decision, "costs": run_costs(trained, evaluations)}
-    runs = record_runs(
-        config,
-        resolved,
-        staged,
-        trained,
-        evaluations,
-        decision,
-        dag_id,
-        run_id,
-        job_logs,
-        failed,
-    )
+    runs = record_runs(config, resolved, staged, decision, dag_id, run_id, failed)
     name, dag_run = config.registry.model_name, f"{dag_id}/{run_id}"
     existing = find_version(mlflow_client, name, dag_run)
     if existing is not None:
@@ -113,11 +101,11 @@ def _create_version(
     winner = next(t for t in trained if t and t["candidate"] == decision["winner"])
     experiment_id = mlflow_client.get_run(runs["parent"]).info.experiment_id
     # The version's source run is the winner's training run (its curves, params and data
-    # inputs); the candidate's summary run when the job had none.
-    winner_run = (
-        job_run_of(mlflow_client, experiment_id, dag_id, run_id, winner["job_name"])
-        or runs[winner["candidate"]]
-    )
+    # inputs); the DAG run's run when the job has none (it was submitted by an earlier fmops).
+    winner_run = job_run_of(mlflow_client, experiment_id, dag_id, run_id, winner["job_name"])
+    if winner_run is None:
+        log.warning("%s has no MLflow run: the version's source run is the DAG run's", winner)
+        winner_run = runs["parent"]
     model = _logged_model(mlflow_client, experiment_id, winner_run)
     if model is None:
         model = _log_model(config, winner, winner_run)

@@ -1,14 +1,15 @@
-"""The run records of a pipeline run in MLflow: one experiment per pipeline, a parent run per
-DAG run, nested under it a run per job (``fmops.registry.job_runs``) and a summary run per
-evaluated model.
+"""The run records of a pipeline run in MLflow: one experiment per pipeline, a run per DAG run
+(fmops_finetune's and fmops_deploy's), and nested under a fmops_finetune run a run per job
+(``fmops.registry.job_runs``).
 
-The parent run is opened when the DAG run starts (``open_parent_run``), gets the validation
-report, the gate's decision and leaderboard (``log_decision``, promoted or declined) and the
-run's records, and is ended with the DAG run's outcome (``close_parent_run``). Each summary run
-holds a model's hyperparameters, training curves (read from the job log's step lines,
-``fmops.jobs.progress``), evaluation metrics (``flat_metrics``: the MLflow metric names), costs
-and job log. Runs are found by their tags before any is created, so a retried task never
-duplicates them.
+The DAG run's run is opened when the DAG run starts (``open_parent_run``), with a view of the
+experiment's runs table that lists its jobs (``jobs_view``); it gets the validation report, the
+gate's decision and leaderboard (``log_decision``, promoted or declined; each evaluation run gets
+its model's serving cost), the registered run's record (``record_runs``) and is ended with the
+DAG run's outcome (``close_parent_run``, ``close_dag_run``), or ``KILLED`` when the DAG run ended
+without closing it (``open_runs``, ``end_runs``). Each model's params, curves, metrics, costs and
+job log are on its job runs. Runs are found by their tags before any is created, so a retried
+task never duplicates them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig
-from fmops.jobs import progress
 from fmops.paths import state_dir
 from fmops.registry import tracking
 
@@ -61,61 +61,216 @@ def parent_run(config: PipelineConfig, dag_id: str, run_id: str) -> tuple[Any, s
 
 
 def open_parent_run(
-    config: PipelineConfig, dag_id: str, run_id: str, resolved: dict, airflow_url: str | None
-) -> str:
-    """The DAG run's parent run, opened when the DAG run starts (load_config), with the run's
-    settings as params and a link back to the Airflow DAG run; returns its MLflow UI address."""
+    config: PipelineConfig,
+    dag_id: str,
+    run_id: str,
+    params: dict[str, Any],
+    airflow_url: str | None,
+    note: str = "",
+    *,
+    with_jobs: bool = False,
+) -> dict[str, str]:
+    """The DAG run's run, opened when the DAG run starts (fmops_finetune's load_config,
+    fmops_deploy's resolve_candidate), with the run's settings as ``params`` and a link back to
+    the Airflow DAG run (``note``: more Markdown for its description). ``with_jobs``: the DAG
+    run has nested job runs, and a view of the experiment's runs table that lists them
+    (``jobs_view``). Returns where it is (``tracking_uri``, ``experiment_id``, ``run_id``: what
+    ``end_runs`` needs), its MLflow UI address (``url``) and its jobs view's (``jobs_view``)."""
     mlflow_client, experiment_id, parent = parent_run(config, dag_id, run_id)
     tags = {"fmops.pipeline": config.pipeline, "fmops.target": config.target}
+    lines = []
     if airflow_url:
         tags["fmops.airflow_dag_run"] = airflow_url
-        tags["mlflow.note.content"] = f"Airflow DAG run: [{dag_id} {run_id}]({airflow_url})"
+        lines.append(f"Airflow DAG run: [{dag_id} {run_id}]({airflow_url})")
+    if with_jobs:
+        tags[JOBS_VIEW_TAG] = jobs_view(mlflow_client, experiment_id, parent, config)
+        lines.append(f"This DAG run's jobs in the runs table: [jobs]({tags[JOBS_VIEW_TAG]})")
+    if note:
+        lines.append(note)
+    if lines:
+        tags["mlflow.note.content"] = "\n\n".join(lines)
     for key, value in tags.items():
         mlflow_client.set_tag(parent, key, value)
     logged = mlflow_client.get_run(parent).data.params
-    params = {
-        "config_file": resolved["config_file"],
-        "target": config.target,
-        "candidates": ",".join(c.name for c in config.candidates),
-        "force_rerun": bool(resolved.get("force_rerun")),
-    }
     fresh = {k: v for k, v in params.items() if k not in logged}
     if fresh:
         mlflow_client.log_batch(parent, params=_params(fresh))
-    return tracking.run_url(experiment_id, parent, config)
+    return {
+        "tracking_uri": tracking.tracking_uri(config),
+        "experiment_id": experiment_id,
+        "run_id": parent,
+        "url": tracking.run_url(experiment_id, parent, config),
+        **({"jobs_view": tags[JOBS_VIEW_TAG]} if with_jobs else {}),
+    }
+
+
+JOBS_VIEW_TAG = "fmops.jobs_view"
+# The runs table's columns of a jobs view: the training curve's and validation's last values,
+# then where each job ran and whether it was reused (the selection metric is added by select).
+JOBS_VIEW_COLUMNS = (
+    "metrics.`train_loss`",
+    "metrics.`validation_loss`",
+    "metrics.`validation_accuracy`",
+    "tags.`fmops.instance_type`",
+    "tags.`fmops.cache_hit`",
+)
+
+
+def jobs_view(
+    mlflow_client: Any,
+    experiment_id: str,
+    parent: str,
+    config: PipelineConfig | None = None,
+    metric: str | None = None,
+) -> str:
+    """A view of the experiment's runs table listing the job runs nested under ``parent``, with
+    the columns of ``JOBS_VIEW_COLUMNS`` (and ``metric``'s, the selection metric); returns its
+    address.
+
+    The MLflow UI shows nested runs folded under their parent, and its address cannot unfold
+    them; a view shared from the UI ("Share" on the experiment page) can filter and pick
+    columns. It is the same record: an experiment tag ``mlflow.sharedViewState.<key>`` holding
+    the view, opened by ``.../runs?viewStateShareKey=<key>``. One per DAG run, named after its
+    run; setting it again (select adds its metric) replaces it."""
+    import json
+
+    columns = list(JOBS_VIEW_COLUMNS)
+    if metric:
+        columns.insert(0, f"metrics.`{metric}`")
+    view = {
+        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent}'",
+        # Sorted on anything but the start time, the table lists filtered runs flat.
+        "orderByKey": "tags.`mlflow.runName`",
+        "orderByAsc": True,
+        "selectedColumns": columns,
+    }
+    key = f"fmops-jobs-{parent}"
+    mlflow_client.set_experiment_tag(
+        experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(view)
+    )
+    return f"{tracking.ui_url(config)}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
 
 
 def log_decision(config: PipelineConfig, dag_id: str, run_id: str, decision: dict) -> None:
     """The gate's decision and leaderboard on the parent run, promoted or not."""
     from mlflow.entities import Metric
 
-    mlflow_client, _, parent = parent_run(config, dag_id, run_id)
-    logged = mlflow_client.get_run(parent).data.params
+    mlflow_client, experiment_id, parent = parent_run(config, dag_id, run_id)
+    logged = mlflow_client.get_run(parent).data
     params = {
         "selection_metric": decision["metric"],
         "promoted": decision["promote"],
         "winner": decision["winner"],
         "evaluation_report": decision.get("report_url", ""),
     }
-    fresh = {k: v for k, v in params.items() if k not in logged}
+    fresh = {k: v for k, v in params.items() if k not in logged.params}
     stamp = int(datetime.now(UTC).timestamp() * 1000)
     score = decision.get("score")
-    metrics = [Metric("winner_score", float(score), stamp, 0)] if score is not None else []
-    if "winner_score" in mlflow_client.get_run(parent).data.metrics:
-        metrics = []  # a retried select: the point is there
+    metrics = []  # a retried select finds its point there already
+    if score is not None and "winner_score" not in logged.metrics:
+        metrics = [Metric("winner_score", float(score), stamp, 0)]
     mlflow_client.log_batch(parent, metrics=metrics, params=_params(fresh))
     mlflow_client.set_tag(parent, "fmops.gate", "promoted" if decision["promote"] else "declined")
     mlflow_client.log_dict(parent, decision, "leaderboard.json")
+    jobs_view(mlflow_client, experiment_id, parent, config, decision["metric"])
+    _log_serving_costs(mlflow_client, experiment_id, dag_id, run_id, decision)
+
+
+def _log_serving_costs(
+    mlflow_client: Any, experiment_id: str, dag_id: str, run_id: str, decision: dict
+) -> None:
+    """select's estimate of each model's serving cost per 1,000 requests, on the model's
+    evaluation run beside its scenario metrics (``cost.usd_per_1k_requests``), once."""
+    from mlflow.entities import Metric
+
+    stamp = int(datetime.now(UTC).timestamp() * 1000)
+    query = (
+        f"tags.`fmops.dag_id` = '{dag_id}' and tags.`fmops.run_id` = '{run_id}' "
+        "and tags.`fmops.role` = 'evaluation'"
+    )
+    for found in mlflow_client.search_runs([experiment_id], filter_string=query):
+        cost = decision.get("costs_per_1k", {}).get(found.data.tags.get("fmops.candidate"), {})
+        value = flat_metrics({"cost": cost}).get("cost.usd_per_1k_requests")
+        if value is not None and "cost.usd_per_1k_requests" not in found.data.metrics:
+            metric = Metric("cost.usd_per_1k_requests", value, stamp, 0)
+            mlflow_client.log_batch(found.info.run_id, metrics=[metric])
 
 
 def close_parent_run(
     config: PipelineConfig, dag_id: str, run_id: str, status: str, reason: str = ""
 ) -> None:
     """End the DAG run's parent run with the DAG run's outcome (FINISHED or FAILED)."""
-    mlflow_client, _, parent = parent_run(config, dag_id, run_id)
+    mlflow_client, experiment_id, parent = parent_run(config, dag_id, run_id)
+    where = {"tracking_uri": tracking.tracking_uri(config), "run_id": parent}
+    close_dag_run(where, status, reason, mlflow_client=mlflow_client)
+
+
+def close_dag_run(
+    where: dict[str, str],
+    status: str,
+    reason: str = "",
+    *,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+    mlflow_client: Any = None,
+) -> None:
+    """End the DAG run's run in ``where`` (``open_parent_run``) with its outcome, after its
+    last ``metrics`` (logged once: a retried task adds no point) and ``tags``."""
+    from mlflow.entities import Metric, RunTag
+
+    mlflow_client = mlflow_client or tracking.client_for(where["tracking_uri"])
+    all_tags = dict(tags or {})
     if reason:
-        mlflow_client.set_tag(parent, "fmops.outcome", reason[: tracking.MAX_TAG_VALUE])
-    mlflow_client.set_terminated(parent, status)
+        all_tags["fmops.outcome"] = reason
+    logged = mlflow_client.get_run(where["run_id"]).data.metrics if metrics else {}
+    stamp = int(datetime.now(UTC).timestamp() * 1000)
+    mlflow_client.log_batch(
+        where["run_id"],
+        metrics=[
+            Metric(k, float(v), stamp, 0) for k, v in (metrics or {}).items() if k not in logged
+        ],
+        tags=[RunTag(k, str(v)[: tracking.MAX_TAG_VALUE]) for k, v in all_tags.items()],
+    )
+    mlflow_client.set_terminated(where["run_id"], status)
+
+
+def open_runs(where: dict[str, str], dag_id: str, run_id: str) -> list[Any]:
+    """The runs of a DAG run that are still ``RUNNING``: its own and its jobs'."""
+    query = (
+        f"tags.`fmops.dag_id` = '{dag_id}' and tags.`fmops.run_id` = '{run_id}' "
+        "and attributes.status = 'RUNNING'"
+    )
+    mlflow_client = tracking.client_for(where["tracking_uri"])
+    return mlflow_client.search_runs([where["experiment_id"]], filter_string=query)
+
+
+def started_job(run: Any) -> dict[str, str] | None:
+    """The job a job run stands for, when this DAG run started it (``kind``, ``name``,
+    ``target``); None for the DAG run's own run and for a job it reused from the cache."""
+    tags = run.data.tags
+    if tags.get("fmops.job_action") not in ("created", "reattached"):
+        return None
+    return {
+        "kind": tags["fmops.job_kind"],
+        "name": tags["fmops.job_name"],
+        "target": tags["fmops.target"],
+    }
+
+
+def end_runs(where: dict[str, str], found: list[Any], reason: str) -> list[str]:
+    """End the runs ``found`` (``open_runs``) ``KILLED`` with ``reason`` (the DAG run's own in
+    ``fmops.outcome``, a job's in ``fmops.failure_reason``); returns their ids."""
+    from mlflow.entities import RunTag
+
+    mlflow_client = tracking.client_for(where["tracking_uri"])
+    for run in found:
+        parent = run.data.tags.get("fmops.role") == "parent"
+        key = "fmops.outcome" if parent else "fmops.failure_reason"
+        mlflow_client.log_batch(
+            run.info.run_id, tags=[RunTag(key, reason[: tracking.MAX_TAG_VALUE])]
+        )
+        mlflow_client.set_terminated(run.info.run_id, "KILLED")
+    return [run.info.run_id for run in found]
 
 
 def log_validation_report(config: PipelineConfig, dag_id: str, run_id: str, folder: Path) -> str:
@@ -129,51 +284,30 @@ def log_validation_report(config: PipelineConfig, dag_id: str, run_id: str, fold
     )
 
 
-def _log_training_curves(mlflow_client: Any, run_id: str, log_text: str) -> int:
-    from mlflow.entities import Metric
-
-    now = int(datetime.now(UTC).timestamp() * 1000)
-    metrics = []
-    for line in progress.steps(log_text):
-        if line.train_loss is None or line.learning_rate is None:
-            continue
-        metrics.append(Metric("train_loss", line.train_loss, now, line.step))
-        metrics.append(Metric("learning_rate", line.learning_rate, now, line.step))
-    for start in range(0, len(metrics), 1000):
-        mlflow_client.log_batch(run_id, metrics=metrics[start : start + 1000])
-    return len(metrics) // 2
-
-
 def record_runs(
     config: PipelineConfig,
     resolved: dict,
     staged: dict,
-    trained: list[dict],
-    evaluations: list[dict],
     decision: dict,
     dag_id: str,
     run_id: str,
-    job_logs: dict[str, str],
     failed: list[dict] | None = None,
 ) -> dict[str, str]:
-    """The parent run of this DAG run and one child run per candidate; returns their ids."""
-    mlflow_client, experiment_id, parent = parent_run(config, dag_id, run_id)
-    base = {"fmops.dag_id": dag_id, "fmops.run_id": run_id}
+    """The registered run's record on its parent run: the data's digests and sizes, the
+    leaderboard with the run's costs, the failed candidates, the config and the validation
+    summary (the settings and the decision are there since load_config and select); returns the
+    parent run's id (``{"parent": id}``). Each model's params, curves and metrics are on its job
+    runs (``fmops.registry.job_runs``)."""
+    mlflow_client, _, parent = parent_run(config, dag_id, run_id)
     mlflow_client.log_batch(
         parent,
         params=_params(
             {
-                "config_file": resolved["config_file"],
-                "target": config.target,
                 "data_digest": staged["digest"],
                 "train_data_digest": staged["train_data_digest"],
                 "evaluation_data_digest": staged["evaluation_data_digest"],
                 "train_rows": staged["train_rows"],
                 "evaluation_rows": staged["evaluation_rows"],
-                "selection_metric": decision["metric"],
-                "promoted": decision["promote"],
-                "winner": decision["winner"],
-                "evaluation_report": decision.get("report_url", ""),
                 "failed_candidates": ",".join(f["candidate"] for f in failed or []) or "none",
             }
         ),
@@ -183,59 +317,7 @@ def record_runs(
     mlflow_client.log_dict(parent, resolved["config"], "config.json")
     mlflow_client.log_dict(parent, {"validation": staged["validation"]}, "validation.json")
     mlflow_client.log_dict(parent, decision, "leaderboard.json")
-    runs = {"parent": parent}
-    trained_by_name = {t["candidate"]: t for t in trained if t}
-    for evaluation in evaluations:
-        name = evaluation["candidate"]
-        child, _ = find_or_create_run(
-            mlflow_client,
-            experiment_id,
-            {
-                **base,
-                "fmops.role": "candidate",
-                "fmops.candidate": name,
-                "mlflow.parentRunId": parent,
-            },
-            name,
-        )
-        runs[name] = child
-        from mlflow.entities import Metric
-
-        stamp = int(datetime.now(UTC).timestamp() * 1000)
-        cost = decision.get("costs_per_1k", {}).get(name, {})  # select's estimate
-        metrics = flat_metrics({**evaluation["metrics"], "cost": cost})
-        params: dict[str, Any] = {"evaluation_job": evaluation["job_name"]}
-        training = trained_by_name.get(name)
-        if training:
-            candidate = candidate_of(config, name)
-            if candidate is not None:
-                params.update(base_model=candidate.base_model, method=candidate.method)
-            params.update(training["hyperparameters"])
-            params.update(
-                training_job=training["job_name"], model_artifacts=training["model_artifacts"]
-            )
-            metrics.update({k.replace(":", "_"): v for k, v in training["final_metrics"].items()})
-            if training.get("training_seconds") is not None:
-                metrics["training_seconds"] = training["training_seconds"]
-            if (training.get("cost") or {}).get("usd") is not None:
-                metrics["training_cost_usd"] = training["cost"]["usd"]
-        if (evaluation.get("cost") or {}).get("usd") is not None:
-            metrics["evaluation_cost_usd"] = evaluation["cost"]["usd"]
-        if training:
-            text = job_logs.get(training["job_name"], "")
-            if text and not mlflow_client.get_run(child).data.metrics.get("train_loss"):
-                _log_training_curves(mlflow_client, child, text)
-            if text:
-                mlflow_client.log_text(child, text, "training-job.log")
-        # A retried task logs only what its earlier attempt did not: no doubled metric points.
-        logged = mlflow_client.get_run(child).data.metrics
-        mlflow_client.log_batch(
-            child,
-            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if k not in logged],
-            params=_params(params),
-        )
-        mlflow_client.set_terminated(child)
-    return runs
+    return {"parent": parent}
 
 
 def job_run_of(

@@ -25,9 +25,14 @@ def start_time(pid: int) -> str | None:
 def spawn_detached(
     command: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> dict[str, object]:
-    """Start ``command`` in a new session, output appended to ``log_path``; return its identity."""
+    """Start ``command`` in a new session, output appended to ``log_path``; return its identity.
+
+    The log is the user's alone (0600): a server's output can carry what only its user may
+    read (a generated password, a URL with a token)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(descriptor, 0o600)  # a log an older version created
+    with os.fdopen(descriptor, "ab") as out:
         process = subprocess.Popen(
             command,
             stdout=out,

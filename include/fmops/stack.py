@@ -54,6 +54,29 @@ def mlflow_store() -> tuple[str, Path]:
     return f"sqlite:///{store / 'mlflow.db'}", store / "artifacts"
 
 
+ADMIN = "admin"  # SimpleAuthManager's default user (simple_auth_manager_users = admin:admin)
+
+
+def ensure_password_file() -> Path:
+    """The admin's password for the local Airflow, in a file only its user reads (0600).
+
+    Airflow's SimpleAuthManager generates a password for a user missing from this file and
+    prints it to its log; written here first, with a password from ``secrets``, it is in no log.
+    A file that is there already keeps its passwords and is made private."""
+    import secrets
+
+    path = password_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        return path
+    with os.fdopen(descriptor, "w") as out:
+        out.write(json.dumps({ADMIN: secrets.token_urlsafe(16)}) + "\n")
+    return path
+
+
 def airflow_env() -> dict[str, str]:
     """The environment of the local Airflow: project DAGs and plugins, 127.0.0.1, no examples."""
     bin_dir = Path(sys.executable).parent
@@ -151,6 +174,7 @@ def start(timeout: float = START_TIMEOUT_SECONDS) -> dict[str, Any]:
                 "stop it or set FMOPS_AIRFLOW_PORT"
             )
         airflow_home().mkdir(parents=True, exist_ok=True)
+        ensure_password_file()
         state["airflow"] = processes.spawn_detached(
             [str(bin_dir / "airflow"), "standalone"],
             state_dir() / "logs" / "airflow.log",

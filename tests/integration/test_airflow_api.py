@@ -398,6 +398,18 @@ def finetune_run(api: RestApi) -> dict[str, Any]:
     return {"run": run, "run_id": run_id, "instances": instances}
 
 
+def test_the_admin_password_is_in_no_log_and_only_its_user_reads_it(stack, api):
+    """fmops writes the admin's password before Airflow starts (0600), so that Airflow does not
+    generate one and print it to the stack's log; the logs are the user's alone too."""
+    (password,) = json.loads(stack.password_file.read_text()).values()
+    assert len(password) >= 16
+    assert stack.password_file.stat().st_mode & 0o777 == 0o600
+    for name in ("airflow", "mlflow"):
+        log = stack.home / "logs" / f"{name}.log"
+        assert log.stat().st_mode & 0o777 == 0o600, log
+        assert password not in log.read_text(), f"the admin password is in {log}"
+
+
 def test_the_trigger_form_params_have_titles_and_sections(api):
     params = api.get(f"/dags/{FINETUNE}/details")["params"]
     schemas = {name: param["schema"] for name, param in params.items()}

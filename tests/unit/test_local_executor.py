@@ -52,6 +52,8 @@ if mode == "ok":
         ),
         "outside_sm": os.environ.get("SM_FROM_OUTSIDE"),
         "request_env": os.environ.get("JOB_ENV_VAR"),
+        "secrets": sorted(k for k in os.environ if k.endswith(("_SECRET", "_TOKEN", "_KEY"))),
+        "path": os.environ.get("PATH"),
     }
     (model_dir / "seen.json").write_text(json.dumps(seen))
     (model_dir / "weights.bin").write_bytes(b"\\x00\\x01\\x02")
@@ -327,6 +329,15 @@ def client_error_code(info: pytest.ExceptionInfo[ClientError]) -> str:
 
 def test_completed_job(backend, workspace, monkeypatch):
     monkeypatch.setenv("SM_FROM_OUTSIDE", "leaked")  # the job must not inherit SM_* variables
+    # nor the credentials of the process that starts it (an Airflow worker, a shell)
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-value-1234",
+        "MLFLOW_TRACKING_TOKEN": "mlflow-token-value-5678",
+        "HF_TOKEN": "hf_token_value_9012",
+        "FMOPS_WEBHOOK_TOKEN": "webhook-token-value-3456",
+    }
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
     request = training_request(workspace, "job-ok", {"mode": "ok", "epochs": "2"})
     request["Environment"] = {"JOB_ENV_VAR": "from-request"}
     response = backend.create_training_job(**request)
@@ -365,6 +376,14 @@ def test_completed_job(backend, workspace, monkeypatch):
     assert seen["sm_hp_mode"] == "ok"
     assert seen["outside_sm"] is None
     assert seen["request_env"] == "from-request"
+    assert seen["secrets"] == [] and seen["path"] == os.environ["PATH"]
+    # nothing of them on disk either, and the job's folder is the user's alone
+    job_dir = backend.job_dir("job-ok")
+    for path in job_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            text = path.read_bytes()
+            assert not any(v.encode() in text for v in secrets.values()), path
+    assert job_dir.stat().st_mode & 0o777 == 0o700
 
 
 def test_read_log_returns_whole_lines_from_an_offset(backend, workspace):

@@ -44,6 +44,41 @@ from fmops.paths import state_dir
 
 log = logging.getLogger(__name__)
 
+# What a local job inherits from the environment that starts it. A SageMaker container gets
+# none of it, and the environment of an Airflow worker or a shell holds credentials
+# (AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_TOKEN, HF_TOKEN, ...) that the job would not need and
+# its plan.json would keep on disk: so an allow-list of what runs Python and its numeric
+# libraries (threads, GPUs, locale, temp folder). A job's own variables go in the request's
+# Environment, as on SageMaker.
+INHERITED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TERM",
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "XDG_CACHE_HOME",
+    }
+)
+INHERITED_PREFIXES = ("LC_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "NCCL_", "PYTORCH_")
+
+
+def inherited_env(environ: Any = None) -> dict[str, str]:
+    """The variables of ``environ`` (the process's) that a local job inherits."""
+    environ = os.environ if environ is None else environ
+    return {
+        k: v for k, v in environ.items() if k in INHERITED_ENV or k.startswith(INHERITED_PREFIXES)
+    }
+
+
 ACCOUNT = "000000000000"
 REGION = "local"
 NOT_FOUND = "Requested resource not found."
@@ -134,7 +169,9 @@ class LocalJobBackend:
                 f"and a {kind} job with this name already exists ({self._arn(kind, name)})",
                 operation,
             )
-        job_dir.mkdir(parents=True, exist_ok=True)
+        # Private to the user, as SageMaker's job records are to the account: the request, the
+        # plan, the logs and the model.
+        job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return job_dir
 
     def _arn(self, kind: str, name: str) -> str:
@@ -164,7 +201,8 @@ class LocalJobBackend:
                 "last_modified": now(),
             },
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        # the supervisor, like the job, holds no credential
+        env = inherited_env()
         identity = processes.spawn_detached(
             [sys.executable, "-m", "fmops.jobs.runner", str(job_dir)],
             job_dir / "supervisor.log",
@@ -337,7 +375,7 @@ class LocalJobBackend:
         input_dir, config_dir = job_dir / "input", job_dir / "input" / "config"
         config_dir.mkdir(parents=True)
         channels = []
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SM_"))}
+        env = inherited_env()
         for channel in request.get("InputDataConfig", []):
             name = channel["ChannelName"]
             uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
@@ -501,7 +539,7 @@ class LocalJobBackend:
         entry = [rewrite(a) for a in app.get("ContainerEntrypoint", [])]
         if entry and entry[0] in ("python", "python3"):
             entry[0] = sys.executable  # the image's interpreter is the project's Python here
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SM_"))}
+        env = inherited_env()
         env.update(request.get("Environment", {}))
         threads = str(self._threads_per_job())
         env.update(OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1", **JOB_ENV)

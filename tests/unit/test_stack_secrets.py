@@ -1,0 +1,48 @@
+"""The local stack's secrets on disk: the Airflow admin password file and the servers' logs are
+the user's alone (0600), and the password is fmops' own, never generated (and printed) by
+Airflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from fmops import processes, stack
+
+
+def test_the_password_file_is_created_private_with_a_random_admin_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMOPS_HOME", str(tmp_path))
+    path = stack.ensure_password_file()
+    assert path == stack.password_file()
+    assert path.stat().st_mode & 0o777 == 0o600
+    passwords = json.loads(path.read_text())
+    assert list(passwords) == [stack.ADMIN] and len(passwords[stack.ADMIN]) >= 16
+    other = tmp_path / "other"
+    monkeypatch.setenv("FMOPS_HOME", str(other))
+    assert json.loads(stack.ensure_password_file().read_text()) != passwords  # not a constant
+
+
+def test_an_existing_password_file_keeps_its_passwords_and_is_made_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMOPS_HOME", str(tmp_path))
+    path = stack.password_file()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"admin": "chosen-by-the-user"}) + "\n")
+    path.chmod(0o644)
+    assert stack.ensure_password_file() == path
+    assert json.loads(path.read_text()) == {"admin": "chosen-by-the-user"}
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_server_log_is_private_even_when_an_older_one_was_not(tmp_path):
+    log = tmp_path / "logs" / "server.log"
+    log.parent.mkdir()
+    log.write_text("earlier\n")
+    log.chmod(0o644)
+    identity = processes.spawn_detached([sys.executable, "-c", "print('hello')"], log)
+    os.waitpid(int(identity["pid"]), 0)
+    assert log.stat().st_mode & 0o777 == 0o600
+    assert log.read_text() == "earlier\nhello\n"
+    fresh = tmp_path / "logs" / "fresh.log"
+    os.waitpid(int(processes.spawn_detached([sys.executable, "-c", "pass"], fresh)["pid"]), 0)
+    assert fresh.stat().st_mode & 0o777 == 0o600

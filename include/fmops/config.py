@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from fmops import targets
+from fmops import bounded_yaml, targets
 from fmops.base_models import is_hub, is_jumpstart, parse_hub, parse_jumpstart
 from fmops.deployment.settings import DeploymentConfig
 from fmops.evaluation.settings import GateSettings
@@ -481,6 +480,7 @@ class PipelineConfig(Strict):
 
 # Union members and validator wrappers appear in pydantic's error locations; YAML users never
 # wrote them, so they are dropped from the path that the message shows.
+MAX_SHOWN = 200  # characters of a rejected value an error message shows
 _NOT_YAML = re.compile(r"^(str|int|float|bool|list\[.*\]|function-.*|union_tag|.*\[.*\])$")
 
 
@@ -542,6 +542,8 @@ def format_errors(error: ValidationError) -> list[str]:
             problems.append(f"{where}: required, but missing")
         else:
             shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+            if len(shown) > MAX_SHOWN:  # a long value (a whole list, a pasted file) is cut
+                shown = f"{shown[:MAX_SHOWN]}... ({len(shown):,} characters)"
             problems.append(f"{where}: {message} (got {shown})")
     return problems
 
@@ -562,14 +564,30 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A pipeline YAML's top-level mapping, read within ``fmops.bounded_yaml``'s limits (size,
+    nesting, alias expansion); an error names the problem and never quotes the file."""
     file = resolve_path(path)
     if not file.exists():
         shipped = sorted(p.name for p in CONFIGS_DIR.glob("*.yaml"))
         raise ConfigError(str(path), [f"no such file {file}; shipped configs: {shipped}"])
+    if not file.is_file():
+        raise ConfigError(str(file), ["not a file (a directory?): give the pipeline YAML itself"])
+    size = file.stat().st_size
+    if size > bounded_yaml.MAX_BYTES:  # before reading it
+        raise ConfigError(
+            str(file),
+            [
+                f"{size:,} bytes; a config is read up to {bounded_yaml.MAX_BYTES:,}: is this the "
+                "right file?"
+            ],
+        )
     try:
-        return yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(str(file), [f"not valid YAML: {err}"]) from None
+        raw = bounded_yaml.load(file.read_bytes(), "the file") or {}
+    except ValueError as err:
+        raise ConfigError(str(file), [str(err)]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(file), [f"the top level must be a mapping, got {type(raw).__name__}"])
+    return raw
 
 
 def load_config(

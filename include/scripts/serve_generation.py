@@ -438,6 +438,12 @@ def input_fn(input_data: bytes | str, content_type: str = "application/json") ->
         payload = json.loads(input_data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadRequestError(f"the body is not valid JSON ({err}); expected {EXAMPLES}") from None
+    except ValueError:  # an integer past Python's 4,300 digits: the client's error, not ours
+        raise BadRequestError(f"a number in the body is too large; expected {EXAMPLES}") from None
+    except RecursionError:
+        raise BadRequestError(
+            f"the body nests arrays or objects too deeply; expected {EXAMPLES}"
+        ) from None
     if not isinstance(payload, dict) or ("inputs" in payload) == ("messages" in payload):
         raise BadRequestError(
             f"the body must be an object with either 'inputs' or 'messages': {EXAMPLES}"

@@ -286,7 +286,9 @@ def test_invalid_yaml(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert len(info.value.problems) == 1
-    assert info.value.problems[0].startswith("not valid YAML")
+    (problem,) = info.value.problems
+    assert problem.startswith("the file is not valid YAML: ") and " at line 3, column " in problem
+    assert "unclosed" not in problem, "the file's text is never quoted"
     assert str(path) in str(info.value)
 
 

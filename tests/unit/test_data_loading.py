@@ -159,6 +159,23 @@ def test_a_file_that_is_not_its_format_raises_naming_the_file(fmt: str, tmp_path
     assert f"cannot be read as .{fmt}" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (b'{"text": "hi", "label": "a"}\n42\n', "line 2 is a JSON int, not an object"),
+        (b'["text", "label"]\n', "line 1 is a JSON list, not an object"),
+        (b'"just a string"\n', "line 1 is a JSON str, not an object"),
+        (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "line 1 nests too deeply"),
+    ],
+)
+def test_jsonl_lines_that_are_not_records_are_named(tmp_path: Path, lines, message) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(lines)
+    with pytest.raises(DataError) as raised:
+        load_table(str(path))
+    assert str(path) in str(raised.value) and message in str(raised.value)
+
+
 def test_an_unsupported_uri_scheme_raises() -> None:
     with pytest.raises(DataError, match="unsupported URI scheme"):
         load_table("https://example.com/data.csv")

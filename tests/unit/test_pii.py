@@ -185,3 +185,48 @@ def test_an_iban_shaped_code_of_the_wrong_length_or_country_is_not_an_iban(code:
     assert not pii.iban_valid(code)
     flags = pii.detect(pd.Series([f"product code {code} is out of stock"]))
     assert not flags.to_numpy().any(), flags.to_dict("records")
+
+
+ADVERSARIAL = {
+    # the shapes that made the patterns quadratic or worse, 2 MB each
+    "a long local part before an @": "a" * 2_000_000 + "@",
+    "many @": "a@" * 1_000_000,
+    "a long dotted domain": "a@" + "b." * 1_000_000,
+    "long digit runs": "1 " * 1_000_000,
+    "a long IBAN-like run": "GB12" + "A" * 2_000_000,
+}
+
+
+@pytest.mark.parametrize("shape", list(ADVERSARIAL))
+def test_detection_and_redaction_are_linear_in_the_cell(shape):
+    """A 2 MB adversarial cell through detect and redact, in a process the kernel stops after
+    10 s of CPU: linear patterns take well under a second; the quadratic email pattern took 2 s
+    for 40,000 characters (an hour for this)."""
+    import resource
+    import subprocess
+    import sys
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (10, 10))
+
+    script = (
+        "import sys, pandas as pd\n"
+        "from fmops.data import pii\n"
+        "text = sys.stdin.read()\n"
+        "pii.detect(pd.Series([text]))\n"
+        "pii.redact(text)\n"
+        "print('done')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        input=ADVERSARIAL[shape],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited,
+    )
+    assert result.returncode == 0 and result.stdout == "done\n", (
+        shape,
+        result.returncode,
+        result.stderr[-1000:],
+    )

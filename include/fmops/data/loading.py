@@ -76,7 +76,20 @@ def load_table(uri: str) -> pd.DataFrame:
         if suffix == ".jsonl":
             # json.loads keeps undecodable bytes as surrogates; pandas' JSON reader cannot.
             text = raw.decode("utf-8", errors="surrogateescape")
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except RecursionError:
+                    raise ValueError(f"line {number} nests too deeply") from None
+                if not isinstance(record, dict):
+                    raise ValueError(
+                        f"line {number} is a JSON {type(record).__name__}, not an object with "
+                        "one field per column"
+                    )
+                records.append(record)
             return pd.DataFrame.from_records(records) if records else pd.DataFrame()
         # Text stays text (object dtype: surrogates survive): no "NA" -> NaN or "1" -> int
         # guessing, and empty cells stay empty strings.

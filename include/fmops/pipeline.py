@@ -18,6 +18,7 @@ from typing import Any
 from fmops.config import PipelineConfig, load_config
 from fmops.jobs import records
 from fmops.jobs.backend import JobBackend, describe, ensure_job, get_backend, status_of
+from fmops.jobs.runner import write_json
 from fmops.jobs.specs import base_model_files
 from fmops.paths import state_dir
 from fmops.registry import review
@@ -113,10 +114,7 @@ def run_validation(
     train = load_table(train_uri or data.train)
     evaluation = load_table(evaluation_uri or data.evaluation)
     tokenizers, limits = tokenizers_for(config)
-    reference_file = validation_dir(config) / "last_passed.json"
-    reference = (
-        json.loads(reference_file.read_text())["labels"] if reference_file.exists() else None
-    )
+    reference = _drift_reference(validation_dir(config) / LAST_PASSED)
     return validate_frames(
         data,
         train,
@@ -126,6 +124,30 @@ def run_validation(
         reference=reference,
         folder=folder,
     )
+
+
+LAST_PASSED = "last_passed.json"  # the label distribution of the last data that passed
+
+
+def _drift_reference(path: Path) -> dict[str, float] | None:
+    """The label-drift reference (``LAST_PASSED``); None when there is none. One that cannot be
+    read (a disk that filled up, a hand edit) is reported and left out: the check runs without
+    a reference rather than failing every validation from then on."""
+    if not path.exists():
+        return None
+    try:
+        labels = json.loads(path.read_text())["labels"]
+        if not isinstance(labels, dict):
+            raise TypeError(f"labels is a {type(labels).__name__}")
+        return labels
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning(
+            "the label-drift reference %s cannot be read (%s): label drift is not checked this "
+            "run; the next run that passes writes a new one (or delete the file)",
+            path,
+            err,
+        )
+        return None
 
 
 def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
@@ -147,7 +169,7 @@ def validate_and_stage(resolved: dict, run_key: str = "adhoc") -> dict:
             "digest": report.digests["train"],
             "labels": features.label_distribution(train_x["_label"]),
         }
-        (validation_dir(config) / "last_passed.json").write_text(json.dumps(reference, indent=1))
+        write_json(validation_dir(config) / LAST_PASSED, reference)
     staged = stage(
         config.data,
         features.strip_derived(train_x),

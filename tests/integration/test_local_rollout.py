@@ -493,8 +493,8 @@ def test_a_router_killed_during_a_bake_comes_back_with_its_routing(endpoint, cre
     endpoint.ensure_router()  # the rollout may have started it again first: either is fine
     stats = endpoint.stats()
     # The restarted router serves what is persisted (on a loaded machine the rollout may have
-    # moved on by now: the routing file is the truth either way).
-    persisted = json.loads(endpoint.routing_file.read_text())
+    # moved on by now: the state file is the truth either way).
+    persisted = json.loads(endpoint.state_file.read_text())
     assert stats["generation"] == persisted["generation"]
     weights = {c: v["weight"] for c, v in stats["variants"].items()}
     assert weights == {c: v["weight"] for c, v in persisted["variants"].items()}

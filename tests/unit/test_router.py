@@ -42,6 +42,15 @@ from fmops.deployment.settings import AlarmSettings, TrafficSettings
 from fmops.deployment.variant import VariantServer, load_handlers
 from fmops.paths import SCRIPTS_DIR
 
+ADMIN_TOKEN = "the-endpoints-admin-token"  # what LocalEndpoint keeps in its state file
+ADMIN = {"X-Fmops-Admin-Token": ADMIN_TOKEN}
+
+
+def aimed(color: str) -> dict[str, str]:
+    """The headers that aim a request at a variant, as the deployment sends them."""
+    return {"X-Fmops-Target-Variant": color, **ADMIN}
+
+
 FAKE_HANDLERS = f"""
 import sys
 import time
@@ -149,6 +158,7 @@ class Harness:
                     }
                     for color, weight in weights.items()
                 },
+                "admin_token": ADMIN_TOKEN,
                 **extra,
             },
         )
@@ -232,9 +242,9 @@ def test_a_variant_without_weight_gets_nothing_unless_targeted(harness):
             "1",
         )
         assert body == {"predictions": [{"label": "blue", "score": 1.0}]}
-    status, body, headers = harness.post({"inputs": ["x"]}, {"X-Fmops-Target-Variant": "green"})
+    status, body, headers = harness.post({"inputs": ["x"]}, aimed("green"))
     assert status == 200 and headers["X-Fmops-Variant"] == "green"
-    status, body, _ = harness.post({"inputs": ["x"]}, {"X-Fmops-Target-Variant": "purple"})
+    status, body, _ = harness.post({"inputs": ["x"]}, aimed("purple"))
     assert status == 400
     assert "no variant 'purple'" in body["error"] and "blue" in body["error"]
 
@@ -338,8 +348,8 @@ def test_a_generative_variant_warms_up_and_reports_tokens_through_its_hooks(harn
         assert status == 500 and "x-generated-tokens" not in headers
         harness.route({"blue": 50, "green": 50}, ports={"green": port})
         for text in ("tokens:4:0.2", "tokens:8:0.2", "tokens:0:0"):
-            assert harness.post({"inputs": text}, {"X-Fmops-Target-Variant": "green"})[0] == 200
-        assert harness.post({"inputs": ["a text"]}, {"X-Fmops-Target-Variant": "blue"})[0] == 200
+            assert harness.post({"inputs": text}, aimed("green"))[0] == 200
+        assert harness.post({"inputs": ["a text"]}, aimed("blue"))[0] == 200
         stats = harness.stats("?percentiles=50")["stats"]
     finally:
         server.shutdown()
@@ -437,6 +447,15 @@ MALFORMED = [
     (json.dumps({"inputs": ["y" * 2001]}).encode(), {}, 400, "2001 characters; at most 2000"),
     (b'{"inputs": "x"}', {"Content-Type": "text/plain"}, 400, "send application/json"),
     (b"x" * (256 * 1024 + 1), {}, 413, "at most 262144 per request"),
+    (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, 400, "nests arrays or objects"),
+    (b'{"inputs": [' + b"9" * 5000 + b"]}", {}, 400, "a number in the body is too large"),
+    (b'{"inputs": ["x"]}', {"X-Fmops-Target-Variant": "green"}, 403, "admin token"),
+    (
+        b'{"inputs": ["x"]}',
+        {"X-Fmops-Target-Variant": "green", "X-Fmops-Admin-Token": "guessed"},
+        403,
+        "admin token",
+    ),
 ]
 
 
@@ -455,6 +474,10 @@ MALFORMED = [
         "text-too-long",
         "content-type",
         "body-too-large",
+        "deep-nesting",
+        "huge-number",
+        "target-without-token",
+        "target-with-a-wrong-token",
     ],
 )
 def test_malformed_requests_get_their_status_and_message(harness, body, headers, status, message):
@@ -462,6 +485,9 @@ def test_malformed_requests_get_their_status_and_message(harness, body, headers,
     assert got == status, answer
     assert message in answer["error"]
     assert harness.post({"inputs": ["still serving"]})[0] == 200
+    # the client's error is no server error: it cannot trip a rollback alarm
+    stats = harness.stats()["stats"]
+    assert all(s["errors_5xx"] == 0 for s in stats.values()), stats
 
 
 @pytest.mark.parametrize("target", ["router", "variant"])
@@ -620,3 +646,61 @@ def test_router_module_constants_match_the_endpoint():
     from fmops.deployment import local
 
     assert local.TARGET_HEADER == router_module.TARGET_HEADER
+
+
+# -- bounds on clients ----------------------------------------------------------------------------
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the router closed this connection (a read finds the end, or a reset)."""
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_client_that_trickles_its_request_is_cut_off_while_others_are_served(harness):
+    """The deadline covers the whole request, not each read: a byte every 0.2 s (each read well
+    within the socket timeout) is cut off after the request's 1 s; a normal client is served
+    all along."""
+    harness.route({"blue": 100, "green": 0}, request_read_seconds=1)
+    assert harness.post({"inputs": ["routing applied"]})[0] == 200
+    slow = socket.create_connection(("127.0.0.1", harness.port), timeout=0.2)
+    try:
+        request = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        deadline = time.monotonic() + 20
+        cut = False
+        for byte in (request + b"x" * 100)[:200]:
+            try:
+                slow.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                cut = True
+                break
+            if closed_by_server(slow):
+                cut = True
+                break
+            assert harness.post({"inputs": ["a normal client"]})[0] == 200
+            assert time.monotonic() < deadline, "the trickling client is still connected"
+        assert cut, "the whole request trickled in: the test proved nothing"
+    finally:
+        slow.close()
+    assert harness.post({"inputs": ["after"]})[0] == 200
+
+
+def test_connections_past_the_bound_get_503_and_the_router_recovers(harness):
+    harness.route({"blue": 100, "green": 0}, max_connections=3)
+    assert harness.post({"inputs": ["routing applied"]})[0] == 200
+    idle = [socket.create_connection(("127.0.0.1", harness.port), timeout=10) for _ in range(3)]
+    try:
+        status, body = raw_request(
+            harness.port,
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n"
+            b'Content-Type: application/json\r\n\r\n{"inputs":"x"}\n',
+        )
+        assert status == 503 and "3 connections at once" in body["error"], body
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_until(lambda: harness.post({"inputs": ["served again"]})[0] == 200, what="a free slot")

@@ -2,9 +2,10 @@
 
 State lives under ``.fmops/endpoints/<name>/``: ``state.json`` (the variants with their
 processes, ports, versions, model folders and weights; the routing ``generation``; the last
-``stable`` routing; the ``deployment`` in progress, if any; the last deployment's outcome) and
-``routing.json`` (what the router reads: ports, weights and versions, and the generation). Both
-are written atomically under a file lock, so a deployment, a rollback and ``fmops endpoint``
+``stable`` routing; the ``deployment`` in progress, if any; the last deployment's outcome). The
+router reads its routing from the same file (each variant's port, weight and version, and the
+generation): one atomic replace per change, under a file lock, so a kill at any instant leaves
+the state and the routing of one generation, and a deployment, a rollback and ``fmops endpoint``
 commands in other processes never lose each other's changes. The router and the variants are
 detached processes, so the endpoint outlives the Airflow task that deployed it; any later task
 or ``fmops endpoint ...`` command finds it by name, and ``start`` brings a stopped router (and
@@ -26,6 +27,8 @@ import http.client
 import json
 import logging
 import os
+import re
+import secrets
 import socket
 import sys
 import threading
@@ -37,13 +40,15 @@ from urllib.parse import urlencode
 
 from fmops import processes
 from fmops.paths import state_dir
+from fmops.schema import NAME_PATTERN, NAME_RULE
 
 log = logging.getLogger(__name__)
 COLORS = ("blue", "green")
 ROUTER_START_SECONDS = 30.0
 APPLY_SECONDS = 15.0  # the router applies a new routing on its next request or stats read
 DRAIN_SECONDS = 60.0  # the longest a retired variant's requests in flight are waited for
-TARGET_HEADER = "X-Fmops-Target-Variant"  # fmops.deployment.router's (not imported: it is a script)
+# fmops.deployment.router's (not imported: it is a script)
+TARGET_HEADER, TOKEN_HEADER = "X-Fmops-Target-Variant", "X-Fmops-Admin-Token"
 
 
 class EndpointError(RuntimeError):
@@ -103,7 +108,12 @@ def healthy(port: int | None) -> bool:
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic: a reader (the router) never sees half a file; unique per thread."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    # the user's alone (it holds the endpoint's admin token), before a byte is in it
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(json.dumps(data, indent=1, default=str))
+        out.flush()
+        os.fsync(out.fileno())  # on disk before it replaces the file: a crash keeps one of them
     os.replace(tmp, path)
 
 
@@ -115,10 +125,15 @@ class LocalEndpoint:
     """One named endpoint on this machine. Blocking calls; ``delete`` is idempotent."""
 
     def __init__(self, name: str):
+        # The name is a folder under the state folder: a path ("../../x") must never be one.
+        if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+            raise ValueError(
+                f"endpoint name {name!r}: {NAME_RULE} (deployment.endpoint_name); "
+                f"`fmops endpoint status NAME` takes one of those in {state_dir() / 'endpoints'}"
+            )
         self.name = name
         self.dir = state_dir() / "endpoints" / name
         self.state_file = self.dir / "state.json"
-        self.routing_file = self.dir / "routing.json"
         self.lock_file = self.dir / ".lock"
 
     # -- state --------------------------------------------------------------------------------
@@ -143,7 +158,7 @@ class LocalEndpoint:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
         """The state, read and written back under the endpoint's file lock."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self.lock_file.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -154,19 +169,12 @@ class LocalEndpoint:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """One atomic replace: the state and the routing the router reads from it."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The token that aims a request at a variant (the router's TOKEN_HEADER): in the state
+        # file only, which is the user's alone (an endpoint from before it gets one here).
+        state.setdefault("admin_token", secrets.token_urlsafe(24))
         _write_json(self.state_file, state)
-        _write_json(self.routing_file, self.routing_of(state))
-
-    @staticmethod
-    def routing_of(state: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "generation": state.get("generation", 0),
-            "variants": {
-                color: {"port": v["port"], "weight": v["weight"], "version": v["version"]}
-                for color, v in state["variants"].items()
-            },
-        }
 
     def exists(self) -> bool:
         return self.state_file.exists()
@@ -208,7 +216,7 @@ class LocalEndpoint:
                 "-m",
                 "fmops.deployment.router",
                 "--state",
-                str(self.routing_file),
+                str(self.state_file),
                 "--port",
                 str(port),
             ],
@@ -311,7 +319,7 @@ class LocalEndpoint:
                         "traffic; it cannot be replaced"
                     )
                 processes.stop(stale.get("process"))
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             log_path.write_text("")  # this variant's log only, for the error below
             variant["process"] = self._spawn_variant(color, variant)
             state["variants"][color] = variant
@@ -509,7 +517,10 @@ class LocalEndpoint:
         if port is None:
             raise EndpointError(f"endpoint {self.name} does not exist; deploy a model first")
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        headers = {TARGET_HEADER: target_variant} if target_variant else None
+        headers = None
+        if target_variant:  # aimed at a variant: with the admin token the router asks for
+            token = self.state().get("admin_token") or ""
+            headers = {TARGET_HEADER: target_variant, TOKEN_HEADER: token}
         return http_call(port, "POST", "/invocations", body, headers=headers)
 
     def delete(self) -> bool:
@@ -520,8 +531,7 @@ class LocalEndpoint:
             for variant in state["variants"].values():
                 processes.stop(variant.get("process"))
             processes.stop(state.get("router"))
-        for path in (self.state_file, self.routing_file):
-            path.unlink(missing_ok=True)
+        self.state_file.unlink(missing_ok=True)
         log.info("endpoint %s deleted", self.name)
         return True
 

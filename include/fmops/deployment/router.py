@@ -1,11 +1,12 @@
 """The local endpoint's router: ``python -m fmops.deployment.router --state FILE --port PORT``.
 
 Listens on a stable 127.0.0.1 port and forwards each ``POST /invocations`` to one of the model
-variants (blue, green), chosen at random by the weights of the endpoint's routing file. The file
-is the router's only input: a deployment shifts traffic by rewriting it (atomically, with a new
-``generation``), the router picks the change up on its next request, and a restarted router
-comes back with the same routing. ``GET /admin/stats`` says which generation it applies, so a
-deployment can wait until a shift has taken effect.
+variants (blue, green), chosen at random by the weights of the endpoint's routing file, its
+``state.json`` (each variant's ``port``, ``weight`` and ``version``, and the ``generation``;
+``fmops.deployment.local``). The file is the router's only input: a deployment shifts traffic
+by rewriting it (atomically, with a new ``generation``), the router picks the change up on its
+next request, and a restarted router comes back with the same routing. ``GET /admin/stats``
+says which generation it applies, so a deployment can wait until a shift has taken effect.
 
 No request is dropped by a cut-over: choosing a variant and counting the request as in flight on
 it happen under one lock, so once the router applies a generation that gives a variant no
@@ -34,12 +35,15 @@ Request hygiene: ``POST /invocations`` only, a ``Content-Length`` of at most ``M
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hmac
 import http.client
 import json
 import logging
 import math
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -55,10 +59,20 @@ from urllib.parse import parse_qs, urlsplit
 log = logging.getLogger("fmops.router")
 MAX_BODY_BYTES = 256 * 1024
 UPSTREAM_TIMEOUT_SECONDS = 30.0
+# A client's whole request (its line, headers and body; the wait for the next one on a kept-alive
+# connection) must arrive within this, however it trickles in: the socket timeout is per read, so
+# a byte every few seconds would hold a thread for ever. Past it the connection is closed.
+REQUEST_READ_SECONDS = 30.0
+# Connections served at once (a thread each); one more is answered 503 and closed at once.
+MAX_CONNECTIONS = 256
 WINDOW_SECONDS = 600.0  # how far back the per-variant records go
 MAX_RECORDS = 100_000  # per variant, whatever the window: bounds the router's memory
 DEFAULT_PERCENTILES = (50.0, 95.0, 99.0)
 TARGET_HEADER = "X-Fmops-Target-Variant"
+# Aiming a request at a variant (the deployment's smoke traffic on green, whatever its weight)
+# takes the endpoint's admin token, which only its state file holds (0600): a client cannot aim
+# traffic at green, nor skew its counters during a bake.
+TOKEN_HEADER = "X-Fmops-Admin-Token"
 STATS_EXAMPLE = "/admin/stats?window=60&since_generation=3&percentiles=50,95"
 VARIANT_HEADER = "X-Fmops-Variant"
 VERSION_HEADER = "X-Fmops-Version"
@@ -213,11 +227,70 @@ class Router(ThreadingHTTPServer):
         self.variants: dict[str, dict[str, Any]] = {}
         self.generation = 0
         self.timeout = UPSTREAM_TIMEOUT_SECONDS
+        self.admin_token: str | None = None
         self.stats: dict[str, VariantStats] = {}
         self.lock = threading.Lock()
         self.local = threading.local()  # per handler thread: pooled connections to the variants
         self.started = time.monotonic()
+        self.read_seconds = REQUEST_READ_SECONDS
+        self.max_connections = MAX_CONNECTIONS
+        self.connections = 0
+        self.deadlines: dict[socket.socket, float] = {}  # connections reading a request
         self.reload()
+        threading.Thread(target=self._reap, name="router-reaper", daemon=True).start()
+
+    # -- bounds on clients ------------------------------------------------------------------------
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, up to ``max_connections``; past it, 503 and close."""
+        with self.lock:
+            admitted = self.connections < self.max_connections
+            if admitted:
+                self.connections += 1
+        if admitted:
+            super().process_request(request, client_address)
+            return
+        body = json.dumps(
+            {"error": f"the endpoint serves {self.max_connections} connections at once; retry"}
+        ).encode()
+        with contextlib.suppress(OSError):
+            request.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Retry-After: 1\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.connections -= 1
+                self.deadlines.pop(request, None)
+
+    def reading(self, connection: socket.socket, reading: bool) -> None:
+        """A connection starts (or ends) reading a request: its deadline is set (or cleared)."""
+        with self.lock:
+            if reading:
+                self.deadlines[connection] = time.monotonic() + self.read_seconds
+            else:
+                self.deadlines.pop(connection, None)
+
+    def _reap(self) -> None:
+        """Close the connections whose request has not arrived whole by its deadline."""
+        while True:
+            time.sleep(min(1.0, self.read_seconds / 4))
+            now = time.monotonic()
+            with self.lock:
+                late = [c for c, deadline in self.deadlines.items() if deadline < now]
+                for connection in late:
+                    del self.deadlines[connection]
+            for connection in late:
+                log.warning("closing a connection whose request took over %gs", self.read_seconds)
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
 
     def reload(self) -> None:
         """Apply the routing file if it changed (an atomic replace gives it a new inode)."""
@@ -237,9 +310,17 @@ class Router(ThreadingHTTPServer):
             if key == self.file_key:
                 return
             self.file_key = key
-            previous, self.variants = self.variants, routing.get("variants", {})
+            # what routing needs of each variant (the state file holds more: processes, folders)
+            variants = {
+                name: {k: v[k] for k in ("port", "weight", "version") if k in v}
+                for name, v in routing.get("variants", {}).items()
+            }
+            previous, self.variants = self.variants, variants
             self.generation = int(routing.get("generation", 0))
             self.timeout = float(routing.get("timeout_seconds", UPSTREAM_TIMEOUT_SECONDS))
+            self.admin_token = routing.get("admin_token")
+            self.read_seconds = float(routing.get("request_read_seconds", REQUEST_READ_SECONDS))
+            self.max_connections = int(routing.get("max_connections", MAX_CONNECTIONS))
             # A color that now names another process (port) starts counting afresh, and a
             # removed one is forgotten; requests in flight keep the counters they started with.
             for name in set(self.stats) - set(self.variants):
@@ -351,6 +432,15 @@ class RouterHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug(format, *args)
 
+    def handle_one_request(self) -> None:
+        # From the first byte of the request line to the end of the body: one deadline (the
+        # do_* methods end it once the request is read; the variant's answer has its own).
+        self.server.reading(self.connection, True)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.reading(self.connection, False)
+
     def _reply(
         self, status: int, body: bytes, headers: dict[str, str] | None = None, close: bool = False
     ) -> None:
@@ -369,6 +459,7 @@ class RouterHandler(BaseHTTPRequestHandler):
         self._reply(status, json.dumps(data).encode(), close=close)
 
     def do_GET(self) -> None:  # noqa: N802
+        self.server.reading(self.connection, False)
         url = urlsplit(self.path)
         if url.path == "/ping":
             self.server.reload()
@@ -414,9 +505,20 @@ class RouterHandler(BaseHTTPRequestHandler):
             )
             return
         body = self._body()
+        self.server.reading(self.connection, False)
         if body is None:
             return
         target = self.headers.get(TARGET_HEADER) or None
+        if target is not None and not self._admin():
+            self._json(
+                HTTPStatus.FORBIDDEN,
+                {
+                    "error": f"{TARGET_HEADER} is for the endpoint's deployment: it needs the "
+                    f"endpoint's admin token in {TOKEN_HEADER} (send the request without it to "
+                    "be routed by the weights)"
+                },
+            )
+            return
         content_type = self.headers.get("Content-Type", "application/json")
         tried: set[str] = set()
         while (choice := self.server.choose(tried, target)) is not None:
@@ -467,6 +569,12 @@ class RouterHandler(BaseHTTPRequestHandler):
             )
         else:
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no variant is serving traffic"})
+
+    def _admin(self) -> bool:
+        """Whether the request carries the endpoint's admin token."""
+        self.server.reload()
+        expected, given = self.server.admin_token, self.headers.get(TOKEN_HEADER)
+        return bool(expected and given) and hmac.compare_digest(expected, given)
 
     def _forward(self, port: int, body: bytes, content_type: str) -> tuple[int, bytes, int | None]:
         """One request to a variant: (status, body, the tokens it says it generated). A pooled

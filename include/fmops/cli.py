@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -227,7 +228,11 @@ def _endpoint(args: argparse.Namespace) -> int:
     from fmops.deployment.local import EndpointError, LocalEndpoint
     from fmops.deployment.rollout import rollback_to_stable
 
-    endpoint = LocalEndpoint(args.name)
+    try:
+        endpoint = LocalEndpoint(args.name)
+    except ValueError as err:  # not an endpoint's name (a path, say): nothing to look up
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
     if not endpoint.exists():
         print(f"no endpoint {args.name!r}; deploy a model with fmops_deploy first", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -266,6 +271,15 @@ def _decide(args: argparse.Namespace) -> int:
 
     decision = {"approve": review.APPROVED, "reject": review.REJECTED}[args.command]
     uri = args.tracking_uri or tracking.tracking_uri()
+    problem = tracking.unreachable(uri)
+    if problem:
+        print(
+            f"fmops {args.command}: MLflow at {uri} cannot be reached ({problem}): is it running "
+            "(`make up` starts the local stack)? Otherwise give its address with --tracking-uri "
+            "or MLFLOW_TRACKING_URI",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     try:
         mlflow_client = tracking.client_for(uri)
         review.set_review(
@@ -289,6 +303,11 @@ def parser() -> argparse.ArgumentParser:
     from fmops.targets import NAMES
 
     root = argparse.ArgumentParser(prog="fmops", description=__doc__.split("\n\n")[0])
+    root.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the libraries' logging and progress bars (Great Expectations, MLflow, ...)",
+    )
     commands = root.add_subparsers(dest="command", required=True)
 
     config = commands.add_parser("config", help="check a pipeline config, or print the reference")
@@ -387,8 +406,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    # A command speaks to a person: fmops' own messages, the libraries' only when they warn,
+    # and no progress bars (tqdm reads TQDM_DISABLE), unless --verbose.
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("fmops").setLevel(logging.INFO)
+    if not args.verbose:
+        os.environ.setdefault("TQDM_DISABLE", "1")
     if getattr(args, "command", None) == "jobs" and args.action != "list" and not args.name:
         print(f"fmops jobs {args.action} needs a job name", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -601,6 +601,10 @@ def validate_frames(
     gx_root = work / "gx-project"
     shutil.rmtree(gx_root, ignore_errors=True)
     context = gx.get_context(mode="file", project_root_dir=str(gx_root))
+    # No progress bars: a command's output and a task's log carry the summary, not GX's meters.
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     outcomes: list[Outcome] = []
     raw_results: dict[str, Any] = {}
     for dataset, frame in (("train", train_x), ("evaluation", eval_x)):

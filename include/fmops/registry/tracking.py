@@ -55,6 +55,25 @@ def version_url(
     return f"{ui_url(config, uri=uri)}/#/models/{name}/versions/{version}"
 
 
+def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why the tracking server at ``uri`` cannot be reached (its ``/health`` within
+    ``timeout``), or None when it answers or is no server (a local store). A command asks this
+    first: MLflow's client retries an unreachable server for about two minutes, saying nothing
+    useful meanwhile."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):  # noqa: S310
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered (a proxy's or an auth app's status): the client says more
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err)) or type(err).__name__
+
+
 def client(config: PipelineConfig | None = None) -> Any:
     """A client of the config's tracking server and registry; also makes them mlflow's
     current ones (``mlflow.pyfunc.log_model`` and ``download_artifacts`` use those)."""

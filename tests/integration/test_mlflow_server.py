@@ -683,6 +683,42 @@ def test_an_approval_through_the_rest_api_lets_the_deploy_run_proceed(
         assert "/runs/" in task.get_extra_links(ti, "MLflow run")
 
 
+@pytest.mark.parametrize("part", ["handler", "weights"])
+def test_a_tampered_handler_or_weights_file_is_refused_at_deploy(
+    registered, config, endpoint, part
+):
+    """What was reviewed is what is served: a file changed in the artifact store after the
+    registration (here on the server's own disk, as whoever can write there would) stops the
+    deployment before anything serves it, and the error names the file."""
+    from fmops.deployment import flow
+    from fmops.registry import digests, tracking
+
+    version = registered["version"].version
+    mlflow_client = tracking.client(config)
+    found = mlflow_client.get_model_version(MODEL, version)
+    assert len(found.tags[digests.TAG]) == 64
+    root = Path(
+        mlflow_client.get_logged_model(found.model_id).artifact_location.removeprefix("file://")
+    )
+    mlmodel = yaml.safe_load((root / "MLmodel").read_text())
+    model_dir = mlmodel["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
+    relative = {"handler": "code/inference.py", "weights": f"{model_dir}/model.safetensors"}[part]
+    path = root / relative
+    original = path.read_bytes()
+    serving = endpoint.status()["variants"]
+    path.write_bytes(original + b"\n# changed after the review\n")
+    try:
+        shown = "code/inference.py" if part == "handler" else "model_dir/model.safetensors"
+        with pytest.raises(digests.ArtifactDigestError, match=f"{shown} changed"):
+            flow.deploy(config, version)
+    finally:
+        path.write_bytes(original)
+    # nothing of it was deployed: the endpoint serves what it served
+    assert {c: v["version"] for c, v in endpoint.status()["variants"].items()} == {
+        c: v["version"] for c, v in serving.items()
+    }
+
+
 # -- the MLflow UI --------------------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

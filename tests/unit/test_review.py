@@ -129,11 +129,15 @@ def test_a_missing_version_or_reviewer_is_bad_input(store, version, capsys):
     assert tags(store, version)[review.APPROVAL_TAG] == "pending"
 
 
-def test_an_unreachable_mlflow_is_a_failure_not_bad_input(monkeypatch, capsys):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    code = cli.main(["approve", MODEL, "1", "--reviewer", "a", "--tracking-uri"] + [_dead_url()])
+def test_an_unreachable_mlflow_is_named_at_once_and_is_a_failure_not_bad_input(capsys):
+    """With MLflow's client retries as they are (about two minutes): the command asks the
+    server's /health first, so it names the problem at once, with what to check."""
+    dead = _dead_url()
+    code = cli.main(["approve", MODEL, "1", "--reviewer", "a", "--tracking-uri", dead])
     assert code == 1
-    assert "failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"MLflow at {dead} cannot be reached (" in err and "Connection refused" in err, err
+    assert "make up" in err and "--tracking-uri" in err
 
 
 def _dead_url() -> str:
@@ -549,9 +553,14 @@ def test_the_model_card_has_what_a_reviewer_needs(store):
 def test_fmops_deploy_takes_the_newest_registration_from_the_asset_events(monkeypatch):
     from datetime import UTC, datetime
 
-    def event(version: str, minute: int, **more: str) -> SimpleNamespace:
+    def event(version: str, minute: int, source=("fmops_finetune", "register"), **more: str):
         extra = {"config_file": "c.yaml", "model_name": "m", "version": version, **more}
-        return SimpleNamespace(extra=extra, timestamp=datetime(2026, 1, 1, 0, minute, tzinfo=UTC))
+        return SimpleNamespace(
+            extra=extra,
+            timestamp=datetime(2026, 1, 1, 0, minute, tzinfo=UTC),
+            source_dag_id=source[0],
+            source_task_id=source[1],
+        )
 
     made = {
         "triggering_asset_events": {
@@ -570,3 +579,34 @@ def test_fmops_deploy_takes_the_newest_registration_from_the_asset_events(monkey
     made["triggering_asset_events"] = {}
     with pytest.raises(AirflowFailException, match="no config_file"):
         tasks._deploy_request({"version": "2"})
+
+
+def test_an_asset_event_posted_by_hand_cannot_widen_a_deployment(monkeypatch):
+    """An event posted through the REST API has no source task: its config and approval: auto
+    are ignored, and a run it alone scheduled fails, saying why; a newer forged event does not
+    displace the registration's."""
+    from datetime import UTC, datetime
+
+    def event(minute: int, source: tuple, **extra: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            extra=extra,
+            timestamp=datetime(2026, 1, 1, 0, minute, tzinfo=UTC),
+            source_dag_id=source[0],
+            source_task_id=source[1],
+        )
+
+    forged = event(5, (None, None), config_file="evil.yaml", version="9", approval="auto")
+    registered = event(1, ("fmops_finetune", "register"), config_file="c.yaml", version="3")
+    made = {"triggering_asset_events": {"fmops://registered-models": [forged, registered]}}
+    monkeypatch.setattr(tasks, "get_current_context", lambda: made)
+    assert tasks._deploy_request({}) == ("c.yaml", None, "3", None)
+    made["triggering_asset_events"] = {"fmops://registered-models": [forged]}
+    with pytest.raises(AirflowFailException, match="register task did not emit"):
+        tasks._deploy_request({})
+    # by hand, the trigger form's values are what count
+    assert tasks._deploy_request({"config_file": "c.yaml", "version": "3"}) == (
+        "c.yaml",
+        None,
+        "3",
+        None,
+    )

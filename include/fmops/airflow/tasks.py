@@ -318,17 +318,45 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
 # -- fmops_deploy ---------------------------------------------------------------------------
 
 
+# The task whose asset events fmops_deploy takes its request from: a registration.
+REGISTRATION = ("fmops_finetune", "register")
+
+
 def _deploy_request(params: dict[str, Any]) -> tuple[str, str | None, str | None, str | None]:
     """Config file, model name, version and approval override: from the trigger form, else from
-    the newest asset event (the registration that scheduled this run)."""
+    the newest asset event of a registration (the one that scheduled this run).
+
+    Only the events that fmops_finetune's register task emitted count: anyone who may post an
+    asset event through the REST API (``POST /api/v2/assets/events``, which records no source)
+    could otherwise name a config and ``approval: auto`` and deploy without a review. Such an
+    event still schedules a run, which then fails, saying so."""
     context = get_current_context()
     config_file, version = params.get("config_file"), params.get("version")
     model_name, approval = params.get("model_name"), params.get("approval")
-    events = [
+    triggering = [
         event
         for asset_events in (context.get("triggering_asset_events") or {}).values()
         for event in asset_events
     ]
+    events = [
+        e
+        for e in triggering
+        if (getattr(e, "source_dag_id", None), getattr(e, "source_task_id", None)) == REGISTRATION
+    ]
+    if len(events) < len(triggering):
+        log.warning(
+            "ignored %d asset event(s) that %s.%s did not emit (posted by hand?): %s",
+            len(triggering) - len(events),
+            *REGISTRATION,
+            [getattr(e, "extra", None) for e in triggering if e not in events],
+        )
+    if triggering and not events and not config_file:
+        raise AirflowFailException(
+            "this run was scheduled by an asset event that fmops_finetune's register task did "
+            "not emit (posted through the REST API?): a deployment takes its config and "
+            "approval from a registration, or from the trigger form. Trigger fmops_deploy by "
+            "hand with the config file and the version instead"
+        )
     if events:
         newest = max(events, key=lambda e: (e.timestamp is not None, e.timestamp))
         extra = newest.extra or {}

@@ -24,7 +24,7 @@ from typing import Any
 from fmops.config import PipelineConfig
 from fmops.kinds import kind_of
 from fmops.paths import SCRIPTS_DIR
-from fmops.registry import tracking
+from fmops.registry import digests, tracking
 from fmops.registry.card import gate_summary, hosting_recommendation, model_card
 from fmops.registry.review import APPROVAL_TAG, PENDING
 from fmops.registry.runs import candidate_of, job_run_of, record_runs, run_costs
@@ -142,6 +142,8 @@ def _create_version(
         "fmops.validation_report": links["validation_report"],
         "fmops.hosting_instance": hosting or "none fits",
         APPROVAL_TAG: PENDING,
+        # what is reviewed is what is served: the digest of the list of the files' digests
+        digests.TAG: _manifest_sha256(mlflow_client, winner_run),
     }
     if winner["model_artifacts"].startswith("s3://"):
         # What a SageMaker model (CreateModel's ModelDataUrl) is made from.
@@ -167,6 +169,35 @@ def _create_version(
         model_id=model.model_id,
     )
     return str(version.version)
+
+
+def _manifest(mlflow_client: Any, run_id: str) -> dict[str, Any]:
+    """The digests of the files logged for serving, from the run the model was logged on."""
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="fmops-digests-") as scratch:
+        path = mlflow_client.download_artifacts(run_id, digests.MANIFEST, scratch)
+        return json.loads(Path(path).read_text())
+
+
+def _manifest_sha256(mlflow_client: Any, run_id: str) -> str:
+    return digests.manifest_sha256(_manifest(mlflow_client, run_id))
+
+
+def verify_download(config: PipelineConfig, version: str, model_dir: Path, code_dir: Path) -> None:
+    """Refuse to serve a downloaded version whose files are not the registered ones
+    (``fmops.registry.digests``), naming each file that differs."""
+    mlflow_client = tracking.client(config)
+    name = config.registry.model_name
+    found = mlflow_client.get_model_version(name, version)
+    digests.verify(
+        _manifest(mlflow_client, found.run_id) if found.tags.get(digests.TAG) else {},
+        found.tags.get(digests.TAG),
+        model_dir,
+        code_dir,
+        f"{name} version {version}",
+    )
+    log.info("%s version %s: every served file matches its registered digest", name, version)
 
 
 def find_version(mlflow_client: Any, model_name: str, dag_run: str) -> Any | None:
@@ -220,12 +251,15 @@ def _log_model(config: PipelineConfig, winner: dict, run_id: str) -> Any:
             Path(scratch) / "model",
             config.sagemaker.aws_conn_id if config.sagemaker else None,
         )
+        code = [SCRIPTS_DIR / name for name in kind.handler_code]
         with mlflow.start_run(run_id=run_id):
+            # First: a retry that finds the model logged finds its digests too.
+            mlflow.log_dict(digests.manifest(model_dir, code), digests.MANIFEST)
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(kind.mlflow_code_path()),
                 artifacts={"model_dir": str(model_dir)},
-                code_paths=[str(SCRIPTS_DIR / name) for name in kind.handler_code],
+                code_paths=[str(path) for path in code],
                 input_example=kind.mlflow_input_example(config),
                 signature=kind.mlflow_signature(),
                 pip_requirements=_serving_requirements(),

@@ -250,6 +250,8 @@ class LocalDeployer(Deployer):
         config = self.config
         folder = state_dir() / "models" / config.registry.model_name / str(version)
         model_dir = registration.download_model(config, version, folder)
+        # What is served is what was reviewed: every file's digest, or nothing is deployed.
+        registration.verify_download(config, str(version), model_dir, folder / "code")
         # The handlers registered with the model (the model kind's serving handlers).
         handlers = folder / "code" / kind_of(config).handlers
         try:

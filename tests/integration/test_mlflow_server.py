@@ -691,15 +691,16 @@ def test_a_tampered_handler_or_weights_file_is_refused_at_deploy(
     registration (here on the server's own disk, as whoever can write there would) stops the
     deployment before anything serves it, and the error names the file."""
     from fmops.deployment import flow
+    from fmops.paths import state_dir
     from fmops.registry import digests, tracking
 
     version = registered["version"].version
     mlflow_client = tracking.client(config)
     found = mlflow_client.get_model_version(MODEL, version)
     assert len(found.tags[digests.TAG]) == 64
-    root = Path(
-        mlflow_client.get_logged_model(found.model_id).artifact_location.removeprefix("file://")
-    )
+    # where the server keeps the version's files (its local artifact root)
+    location = mlflow_client.get_model_version_download_uri(MODEL, version)
+    root = Path(location.removeprefix("file://"))
     mlmodel = yaml.safe_load((root / "MLmodel").read_text())
     model_dir = mlmodel["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
     relative = {"handler": "code/inference.py", "weights": f"{model_dir}/model.safetensors"}[part]
@@ -713,10 +714,14 @@ def test_a_tampered_handler_or_weights_file_is_refused_at_deploy(
             flow.deploy(config, version)
     finally:
         path.write_bytes(original)
-    # nothing of it was deployed: the endpoint serves what it served
+    # nothing of it was deployed: the endpoint serves what it served, and the folder its
+    # variants load from (on a restart too) keeps the registered file
     assert {c: v["version"] for c, v in endpoint.status()["variants"].items()} == {
         c: v["version"] for c, v in serving.items()
     }
+    local = state_dir() / "models" / MODEL / version
+    assert (local / relative).read_bytes() == original
+    assert not [p.name for p in local.parent.iterdir() if p.name.startswith(".")]
 
 
 # -- the MLflow UI --------------------------------------------------------------------------------

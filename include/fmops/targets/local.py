@@ -11,6 +11,7 @@ Nothing here costs money, so plans carry a zero cost.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmops.jobs import records
@@ -235,6 +236,32 @@ class LocalTarget(Target):
         return LocalDeployer(config)
 
 
+def _verified_download(config: PipelineConfig, version: str, folder: Path) -> Path:
+    """The version's files in ``folder`` once every digest matches the registered one
+    (``fmops.registry.digests``); returns its model folder. They are downloaded beside it and
+    checked first, so that files refused never take the place a variant loads from (a variant
+    restarted later by ``fmops endpoint start`` reads ``folder``)."""
+    import os
+    import shutil
+
+    from fmops.registry import registration
+
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.download")
+    previous = folder.with_name(f".{folder.name}.{os.getpid()}.previous")
+    for leftover in (staging, previous):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        model_dir = registration.download_model(config, version, staging)
+        registration.verify_download(config, version, model_dir, staging / "code")
+        if folder.exists():
+            folder.rename(previous)  # a variant of this version serves from it: keep its files
+        staging.rename(folder)
+    finally:
+        for leftover in (staging, previous):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return folder / model_dir.relative_to(staging)
+
+
 class LocalDeployer(Deployer):
     """The router on 127.0.0.1 with blue and green variant servers; a deployment finishes within
     the call (the new variant is healthy, or refused, within deployment.health_timeout_seconds)."""
@@ -245,13 +272,11 @@ class LocalDeployer(Deployer):
         bakes, smoke traffic and the alarms. A rolled back version is tagged
         ``fmops.deployment=rolled_back`` with the reason, and the error goes on."""
         from fmops.deployment.rollout import RolloutFailedError, deploy_local
-        from fmops.registry import registration, tracking
+        from fmops.registry import tracking
 
         config = self.config
         folder = state_dir() / "models" / config.registry.model_name / str(version)
-        model_dir = registration.download_model(config, version, folder)
-        # What is served is what was reviewed: every file's digest, or nothing is deployed.
-        registration.verify_download(config, str(version), model_dir, folder / "code")
+        model_dir = _verified_download(config, str(version), folder)
         # The handlers registered with the model (the model kind's serving handlers).
         handlers = folder / "code" / kind_of(config).handlers
         try:

@@ -51,23 +51,48 @@ def alive(identity: dict[str, object] | None) -> bool:
     pid = int(identity["pid"])
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it was our child, so it does not linger
-    current = start_time(pid)
-    return current is not None and current == identity.get("start")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    # a zombie (exited, its parent has not reaped it yet: another process's child) is not alive
+    return fields[0] != "Z" and fields[19] == identity.get("start")
 
 
 def stop(identity: dict[str, object] | None, grace_seconds: float = 10.0) -> bool:
-    """SIGTERM our process (and its session), SIGKILL after the grace period. True if it ran."""
+    """SIGTERM our process and its session, SIGKILL what of the session is left after the grace
+    period. True if it ran.
+
+    The whole session, not only the leader: a server that starts others (``airflow
+    standalone``: scheduler, api-server, triggerer, their workers) may exit while one of them
+    still waits (a scheduler draining its executor), and nothing must outlive the stop."""
     if not alive(identity):
         return False
     pid = int(identity["pid"])  # type: ignore[index]
-    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return True
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    for sig, wait in ((None, grace_seconds), (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            for member in session_pids(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not alive(identity):
+            alive(identity)  # reaps the leader when it is our child
+            if not session_pids(pid):
                 return True
             time.sleep(0.1)
     return True
+
+
+def session_pids(session: int) -> list[int]:
+    """The live processes (not zombies) of a session, from ``/proc``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it exited while we looked
+        if fields[0] != "Z" and int(fields[3]) == session:
+            found.append(int(stat.parent.name))
+    return found

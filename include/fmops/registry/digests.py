@@ -68,13 +68,9 @@ def verify(
             f"sha256 is not the version's {TAG}); nothing of it is deployed"
         )
     problems = _compare("model_dir", found.get("model_dir", {}), folder_digests(model_dir))
-    served = {
-        name: file_sha256(code_dir / name) if (code_dir / name).is_file() else None
-        for name in found.get("code", {})
-    }
-    problems += _compare(
-        "code", found.get("code", {}), {k: v for k, v in served.items() if v is not None}
-    )
+    code = found.get("code", {})
+    served = {name: file_sha256(code_dir / name) for name in code if (code_dir / name).is_file()}
+    problems += _compare("code", code, served)
     if problems:
         raise ArtifactDigestError(
             f"{what}: its files are not the ones registered and reviewed: "

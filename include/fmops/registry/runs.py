@@ -184,10 +184,7 @@ def _log_serving_costs(
     from mlflow.entities import Metric
 
     stamp = int(datetime.now(UTC).timestamp() * 1000)
-    query = (
-        f"tags.`fmops.dag_id` = '{dag_id}' and tags.`fmops.run_id` = '{run_id}' "
-        "and tags.`fmops.role` = 'evaluation'"
-    )
+    query = f"{dag_run_filter(dag_id, run_id)} and tags.`fmops.role` = 'evaluation'"
     for found in mlflow_client.search_runs([experiment_id], filter_string=query):
         cost = decision.get("costs_per_1k", {}).get(found.data.tags.get("fmops.candidate"), {})
         value = flat_metrics({"cost": cost}).get("cost.usd_per_1k_requests")
@@ -234,12 +231,14 @@ def close_dag_run(
     mlflow_client.set_terminated(where["run_id"], status)
 
 
+def dag_run_filter(dag_id: str, run_id: str) -> str:
+    """MLflow's search filter for the runs of one DAG run (its own and its jobs')."""
+    return f"tags.`fmops.dag_id` = '{dag_id}' and tags.`fmops.run_id` = '{run_id}'"
+
+
 def open_runs(where: dict[str, str], dag_id: str, run_id: str) -> list[Any]:
     """The runs of a DAG run that are still ``RUNNING``: its own and its jobs'."""
-    query = (
-        f"tags.`fmops.dag_id` = '{dag_id}' and tags.`fmops.run_id` = '{run_id}' "
-        "and attributes.status = 'RUNNING'"
-    )
+    query = f"{dag_run_filter(dag_id, run_id)} and attributes.status = 'RUNNING'"
     mlflow_client = tracking.client_for(where["tracking_uri"])
     return mlflow_client.search_runs([where["experiment_id"]], filter_string=query)
 
@@ -325,10 +324,7 @@ def job_run_of(
 ) -> str | None:
     """The MLflow run that a job of this DAG run got when it was submitted
     (``fmops.registry.job_runs``); None when it has none."""
-    query = (
-        f"tags.`fmops.dag_id` = '{dag_id}' and tags.`fmops.run_id` = '{run_id}' "
-        f"and tags.`fmops.job_name` = '{job_name}'"
-    )
+    query = f"{dag_run_filter(dag_id, run_id)} and tags.`fmops.job_name` = '{job_name}'"
     found = mlflow_client.search_runs([experiment_id], filter_string=query, max_results=1)
     return found[0].info.run_id if found else None
 

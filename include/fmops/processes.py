@@ -55,8 +55,20 @@ def alive(identity: dict[str, object] | None) -> bool:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return False
-    # a zombie (exited, its parent has not reaped it yet: another process's child) is not alive
-    return fields[0] != "Z" and fields[19] == identity.get("start")
+    return not _exited(pid, fields[0]) and fields[19] == identity.get("start")
+
+
+def _exited(pid: int, state: str) -> bool:
+    """A zombie whose threads are all gone: exited, its parent has not reaped it yet (another
+    process's child), and it holds nothing any more. A killed multi-threaded server's main
+    thread is a zombie while its other threads still exit and hold its files (its listening
+    socket), so the state alone is not enough."""
+    if state != "Z":
+        return False
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except OSError:
+        return True
 
 
 def stop(identity: dict[str, object] | None, grace_seconds: float = 10.0) -> bool:
@@ -93,6 +105,7 @@ def session_pids(session: int) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # it exited while we looked
-        if fields[0] != "Z" and int(fields[3]) == session:
-            found.append(int(stat.parent.name))
+        pid = int(stat.parent.name)
+        if int(fields[3]) == session and not _exited(pid, fields[0]):
+            found.append(pid)
     return found

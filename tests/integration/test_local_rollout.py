@@ -486,22 +486,26 @@ def test_a_router_killed_during_a_bake_comes_back_with_its_routing(endpoint, cre
     while endpoint.weights().get(green) != 25:
         assert time.monotonic() < deadline and worker.is_alive(), outcome
         time.sleep(0.1)
-    router = endpoint.state()["router"]
-    os.kill(router["pid"], signal.SIGKILL)
-    while processes.alive(router):
-        time.sleep(0.02)
-    endpoint.ensure_router()  # the rollout may have started it again first: either is fine
-    stats = endpoint.stats()
-    # The restarted router serves what is persisted (on a loaded machine the rollout may have
-    # moved on by now: the state file is the truth either way).
-    persisted = json.loads(endpoint.state_file.read_text())
-    assert stats["generation"] == persisted["generation"]
-    weights = {c: v["weight"] for c, v in stats["variants"].items()}
-    assert weights == {c: v["weight"] for c, v in persisted["variants"].items()}
-    assert weights in ({blue: 75, green: 25}, {green: 100}, {blue: 0, green: 100})
-    answered = {endpoint.invoke({"inputs": [TEXTS[0]]}, target_variant=c)[0] for c in (blue, green)}
-    assert answered == {200}
-    worker.join(timeout=120)
+    try:
+        router = endpoint.state()["router"]
+        os.kill(router["pid"], signal.SIGKILL)
+        while processes.alive(router):
+            time.sleep(0.02)
+        endpoint.ensure_router()  # the rollout may have started it again first: either is fine
+        stats = endpoint.stats()
+        # The restarted router serves what is persisted (on a loaded machine the rollout may have
+        # moved on by now: the state file is the truth either way).
+        persisted = json.loads(endpoint.state_file.read_text())
+        assert stats["generation"] == persisted["generation"]
+        weights = {c: v["weight"] for c, v in stats["variants"].items()}
+        assert weights == {c: v["weight"] for c, v in persisted["variants"].items()}
+        assert weights in ({blue: 75, green: 25}, {green: 100}, {blue: 0, green: 100})
+        answered = {
+            endpoint.invoke({"inputs": [TEXTS[0]]}, target_variant=c)[0] for c in (blue, green)
+        }
+        assert answered == {200}
+    finally:  # a failure above must not leave the rollout running into the next test
+        worker.join(timeout=120)
     assert "result" in outcome, outcome
     assert outcome["result"].outcome == "deployed"
     assert endpoint.weights() == {green: 100}

@@ -99,7 +99,14 @@ class PiiCheck(Strict):
 
 class SizeCheck(Check):
     min_rows: int = Field(1, ge=0)
-    max_rows: int = Field(50_000_000, ge=1)
+    max_rows: int = Field(
+        50_000_000,
+        ge=1,
+        description=(
+            "most rows; a data file with more is refused while it is read (CSV, JSON Lines) or "
+            "from its footer (Parquet), whatever the policy"
+        ),
+    )
 
 
 class DuplicateCheck(Check):
@@ -159,6 +166,31 @@ class DataConfig(Strict):
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     evaluation_sample_size: int | None = Field(None, ge=1)
     seed: int = 13
+    # Bounds on every data file, checked before its content is expanded: the whole file from
+    # its size, then the header, the lines or the Parquet footer (fmops.data.loading).
+    max_file_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description=(
+            "largest data file, checked before it is read; for Parquet also the most bytes its "
+            "columns take once decompressed"
+        ),
+    )
+    max_line_bytes: int = Field(
+        8 * 1024**2,
+        ge=1,
+        description="longest line of a CSV or JSON Lines file, refused before it is read whole",
+    )
+    max_columns: int = Field(
+        1000,
+        ge=1,
+        description="most columns: the CSV header, the JSON Lines keys, the Parquet schema",
+    )
+    max_cell_chars: int = Field(
+        100_000,
+        ge=1,
+        description="longest text in one cell (a chat message's text counts on its own)",
+    )
     checks: DataChecks = DataChecks()
 
     @model_validator(mode="after")

@@ -111,8 +111,8 @@ def run_validation(
     from fmops.data.validation import validate_frames
 
     data = config.data
-    train = load_table(train_uri or data.train)
-    evaluation = load_table(evaluation_uri or data.evaluation)
+    train = load_table(train_uri or data.train, data)
+    evaluation = load_table(evaluation_uri or data.evaluation, data)
     tokenizers, limits = tokenizers_for(config)
     reference = _drift_reference(validation_dir(config) / LAST_PASSED)
     return validate_frames(

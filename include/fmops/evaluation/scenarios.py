@@ -108,7 +108,7 @@ def write(config: PipelineConfig, evaluation_dir: Path) -> list[dict[str, Any]]:
     for scenario, item in zip(config.evaluation.scenarios, specs, strict=True):
         if scenario.data == HELDOUT:
             continue
-        frame = load_table(scenario.data)
+        frame = load_table(scenario.data, config.data)  # the config's data limits bound it too
         where = f"evaluation.scenarios {scenario.name} ({scenario.data})"
         if frame.empty:
             raise ScenarioError(f"{where}: the file has no rows")

@@ -23,7 +23,7 @@ def evaluation_sample(config: PipelineConfig, count: int) -> list[dict[str, Any]
 
     from fmops.data.loading import load_table
 
-    frame = load_table(config.data.evaluation)
+    frame = load_table(config.data.evaluation, config.data)
     rows = random.Random(config.data.seed).sample(range(len(frame)), min(count, len(frame)))
     return [frame.iloc[i].to_dict() for i in rows]
 

@@ -12,10 +12,13 @@ registration by `fmops_finetune` (the config, model and version come from the as
 by hand with **Trigger**: a config file, optionally a model name, and a version (empty: the
 version with alias `challenger`).
 
-**Review.** `await_approval` waits in the triggerer (deferred: no worker slot held) until a
-reviewer sets the version's MLflow tag `fmops.approval` (MLflow UI, or `fmops approve|reject
-MODEL VERSION`), at most `deployment.approval_timeout_seconds`.
-- `rejected`: the rest of the run is skipped, nothing is deployed.
+**Review.** `await_approval` asks a person in Airflow, with links to the version in MLflow:
+**Required actions** on this run (Approve or Reject, with a comment), the REST API, or `fmops
+approve|reject MODEL VERSION`. Airflow records who answered from their login, and
+`deployment.reviewers` limits who may; the decision and the reviewer are then written to the
+version's MLflow tags. A tag set in MLflow by hand approves nothing. The task waits in state
+`awaiting_input` (no worker slot held), at most `deployment.approval_timeout_seconds`.
+- Reject: the rest of the run is skipped, nothing is deployed.
 - No decision in time: the task fails, nothing is deployed.
 - Both are recorded on the version (`fmops.deploy_outcome`). `approval: auto` in the config, or
   the trigger form's **Approval** (local target only), approves on the spot and says so on the
@@ -101,7 +104,7 @@ WHAT, REVIEW = "What to deploy", "Review"
         ),
         "target": target_param("Where to deploy; empty: the config's target.", WHAT),
         "approval": approval_param(
-            "Overrides deployment.approval. manual: wait for a reviewer in MLflow; auto: approve "
+            "Overrides deployment.approval. manual: wait for a reviewer in Airflow; auto: approve "
             "without a review (local target only); empty: the registration's override, else the "
             "config's.",
             "the registration's, else the config's deployment.approval",
@@ -113,7 +116,7 @@ def fmops_deploy():
     _resolve_candidate = task(tasks.resolve_candidate, task_display_name="Resolve the version")()
     _await_approval = AwaitApprovalOperator(
         task_id="await_approval",
-        task_display_name="Await approval (MLflow review)",
+        task_display_name="Await approval (review)",
         candidate=_resolve_candidate,
     )
     _deploy = DeployEndpointOperator(

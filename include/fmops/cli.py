@@ -8,7 +8,7 @@
     fmops stack up|down|status
     fmops demo [--config FILE]
     fmops endpoint status|invoke|delete|start|rollback NAME [TEXT ...] [--variant COLOR]
-    fmops approve|reject MODEL VERSION --reviewer NAME [--comment TEXT] [--tracking-uri URI]
+    fmops approve|reject MODEL VERSION [--comment TEXT] [--user USER] [--airflow-url URL] [--run ID]
 
 Exit status: 0 on success, 1 on a failure (a failed validation, an endpoint error), 2 on bad or
 unusable input (config, arguments, a missing or unreadable dataset).
@@ -17,6 +17,7 @@ unusable input (config, arguments, a missing or unreadable dataset).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -26,6 +27,13 @@ from typing import Any
 import yaml
 
 EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
+# The reviewer's Airflow login for fmops approve|reject (never a flag: a password in argv is in
+# the shell's history and in every process listing).
+USER_ENV, PASSWORD_ENV, AIRFLOW_URL_ENV = (
+    "FMOPS_AIRFLOW_USER",
+    "FMOPS_AIRFLOW_PASSWORD",
+    "FMOPS_AIRFLOW_URL",
+)
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -262,38 +270,51 @@ def _endpoint(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace) -> int:
-    """``fmops approve|reject MODEL VERSION``: the review decision, as tags on the version (what a
-    reviewer sets in the MLflow UI). Exit 2 when the version does not exist or the arguments
-    are unusable, 1 when MLflow cannot be reached."""
-    from mlflow.exceptions import MlflowException
+    """``fmops approve|reject MODEL VERSION``: answer fmops_deploy's await_approval through
+    Airflow's REST API as the reviewer's own Airflow user (``fmops.review_client``). Exit 2 for
+    what the reviewer must change (credentials, version, run), 1 when Airflow or MLflow cannot
+    be reached."""
+    from fmops import review_client, stack
+    from fmops.registry import tracking
 
-    from fmops.registry import review, tracking
-
-    decision = {"approve": review.APPROVED, "reject": review.REJECTED}[args.command]
-    uri = args.tracking_uri or tracking.tracking_uri()
-    problem = tracking.unreachable(uri)
-    if problem:
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None and sys.stdin.isatty():
+        password = getpass.getpass(f"Airflow password of {args.user}: ")
+    if not password:
         print(
-            f"fmops {args.command}: MLflow at {uri} cannot be reached ({problem}): is it running "
-            "(`make up` starts the local stack)? Otherwise give its address with --tracking-uri "
-            "or MLFLOW_TRACKING_URI",
+            f"fmops {args.command}: no password for Airflow user {args.user!r}: set "
+            f"{PASSWORD_ENV}, or run in a terminal to be asked",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
-    try:
-        mlflow_client = tracking.client_for(uri)
-        review.set_review(
-            mlflow_client, args.model, args.version, decision, args.reviewer, args.comment
-        )
-    except review.ApprovalError as err:
-        print(f"fmops {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (MlflowException, OSError) as err:
-        print(f"fmops {args.command}: MLflow at {uri} failed: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+    reviewer = review_client.Reviewer(
+        airflow_url=args.airflow_url or os.environ.get(AIRFLOW_URL_ENV) or stack.airflow_url(),
+        username=args.user,
+        password=password,
+    )
+    try:
+        run_id = args.run
+        if not run_id:
+            uri = args.tracking_uri or tracking.tracking_uri()
+            problem = tracking.unreachable(uri)
+            if problem:
+                raise review_client.ReviewError(
+                    f"MLflow at {uri} cannot be reached ({problem}): is it running (`make up` "
+                    "starts the local stack)? Otherwise give its address with --tracking-uri or "
+                    "MLFLOW_TRACKING_URI, or name the waiting run with --run",
+                    exit_code=EXIT_FAILURE,
+                )
+            run_id = review_client.waiting_run(uri, args.model, args.version)
+        answer = review_client.decide(
+            reviewer, args.model, args.version, run_id, args.command == "approve", args.comment
+        )
+    except review_client.ReviewError as err:
+        print(f"fmops {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+    who = (answer.get("responded_by_user") or {}).get("name", args.user)
     print(
-        f"{args.model} version {args.version}: {decision} by {args.reviewer}; "
-        f"{tracking.version_url(args.model, args.version, uri=uri)}"
+        f"{args.model} version {args.version}: {answer['chosen_options'][0]} by {who} "
+        f"(fmops_deploy run {run_id} goes on; the version's MLflow tags record it)"
     )
     return 0
 
@@ -386,16 +407,28 @@ def parser() -> argparse.ArgumentParser:
     )
     endpoint.set_defaults(func=_endpoint)
 
-    for action, verb in (("approve", "approved"), ("reject", "rejected")):
+    for action, effect in (("approve", "deploys it"), ("reject", "ends it without deploying")):
         decide = commands.add_parser(
             action,
-            help=f"record a model version as {verb} (the tag fmops.approval, with the reviewer "
-            "and the comment); fmops_deploy's await_approval goes on or stops",
+            help=f"{action} a model version that an fmops_deploy run waits on (as your Airflow "
+            f"user, through Airflow's REST API); the run {effect}",
         )
         decide.add_argument("model", help="registered model name")
         decide.add_argument("version", help="model version number")
-        decide.add_argument("--reviewer", required=True, help="who decides")
-        decide.add_argument("--comment", default="", help="why (shown on the version)")
+        decide.add_argument("--comment", default="", help="why (recorded on the version)")
+        decide.add_argument(
+            "--user",
+            default=os.environ.get(USER_ENV, "admin"),
+            help=f"your Airflow user (default: ${USER_ENV}, else admin); the password comes "
+            f"from ${PASSWORD_ENV}, else a prompt",
+        )
+        decide.add_argument(
+            "--airflow-url",
+            help=f"Airflow's address (default: ${AIRFLOW_URL_ENV}, else the local stack's)",
+        )
+        decide.add_argument(
+            "--run", help="the fmops_deploy run id (default: the one the version's tags name)"
+        )
         decide.add_argument(
             "--tracking-uri",
             help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)",

@@ -10,7 +10,8 @@ While a run goes on it prints plain lines (readable in a terminal and in a CI lo
 
 - the stage in words whenever it changes, derived from the task instances' states
   (:func:`current_stage`);
-- the task-state changes that matter (running, deferred, success, failed, retries);
+- the task-state changes that matter (running, deferred, awaiting input, success, failed,
+  retries);
 - for each training and evaluation job, at most every ``PROGRESS_SECONDS`` and only when it
   changed, a progress line read from the job itself: the job handle in ``submit_*``'s XCom names
   the job, the job backend's ``describe`` gives its status and times, and ``read_log`` its log
@@ -55,6 +56,7 @@ ACTIVE_STATES = {
     "queued",
     "running",
     "deferred",
+    "awaiting_input",  # a human-in-the-loop task waiting for a person (await_approval)
     "up_for_retry",
     "up_for_reschedule",
     "restarting",

@@ -610,6 +610,112 @@ def test_a_run_marked_failed_by_hand_stops_its_job_and_ends_its_mlflow_runs_kill
         time.sleep(1)
 
 
+# -- the review: a person Airflow authenticated, nobody else ------------------------------------
+
+
+def test_a_review_is_decided_only_by_an_authenticated_reviewer(stack, api, finetune_run):
+    """fmops_deploy with approval manual parks await_approval in Airflow's awaiting_input. An
+    approval written as MLflow tags, a response without a token or with a forged one, and
+    `fmops reject` with a wrong password all leave it waiting; `fmops reject` with the
+    reviewer's password decides, and the version records the user Airflow authenticated."""
+    import requests
+    from mlflow import MlflowClient
+
+    from fmops.registry import review
+
+    version = str(api.xcom(FINETUNE, finetune_run["run_id"], "register")["version"])
+    tracking_uri = f"http://127.0.0.1:{stack.mlflow_port}"
+    mlflow_client = MlflowClient(tracking_uri)
+    conf = {"config_file": TINY, "version": version, "approval": "manual"}
+    api.call("PATCH", f"/dags/{DEPLOY}", json={"is_paused": False})
+    try:
+        run = api.call("POST", f"/dags/{DEPLOY}/dagRuns", json={"logical_date": None, "conf": conf})
+        run_id = run["dag_run_id"]
+        hitl = f"/dags/{DEPLOY}/dagRuns/{run_id}/taskInstances/await_approval/-1/hitlDetails"
+
+        def await_approval() -> dict[str, Any]:
+            (ti,) = [
+                t for t in api.task_instances(DEPLOY, run_id) if t["task_id"] == "await_approval"
+            ]
+            return ti
+
+        deadline = time.monotonic() + 300
+        while (ti := await_approval())["state"] != "awaiting_input":
+            assert ti["state"] not in ("failed", "skipped", "success"), api.log_tail(ti)
+            assert time.monotonic() < deadline, f"await_approval still {ti['state']} after 300 s"
+            time.sleep(1)
+        question = api.get(hitl)
+        assert question["subject"].startswith(f"Deploy {MODEL_NAME} version {version} to ")
+        assert question["options"] == ["Approve", "Reject"] and not question["response_received"]
+        assert f"/models/{MODEL_NAME}/versions/{version}" in question["body"]
+
+        # 1. An approval forged in MLflow, which has no authentication here.
+        for key, value in {
+            review.APPROVAL_TAG: "approved",
+            review.REVIEWER_TAG: "mallory",
+        }.items():
+            mlflow_client.set_model_version_tag(MODEL_NAME, version, key, value)
+        # 2. A response without a token, and one with a token Airflow did not sign.
+        body = {"chosen_options": ["Approve"], "params_input": {"comment": "forged"}}
+        anonymous = requests.patch(f"{stack.airflow_url}/api/v2{hitl}", json=body, timeout=30)
+        assert anonymous.status_code == 401, anonymous.text
+        forged = requests.patch(
+            f"{stack.airflow_url}/api/v2{hitl}",
+            json=body,
+            headers={"Authorization": "Bearer eyJhbGciOiJIUzUxMiJ9.e30.forged"},
+            timeout=30,
+        )
+        assert forged.status_code == 403 and "Invalid JWT" in forged.text, forged.text
+        # 3. The CLI with a wrong password.
+        env = {**stack.env, "FMOPS_AIRFLOW_PASSWORD": "wrong-password"}
+        decide = [str(BIN / "fmops"), "reject", MODEL_NAME, version, "--tracking-uri", tracking_uri]
+        refused = subprocess.run(
+            decide, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert "refused the credentials of 'admin'" in refused.stderr
+
+        assert not api.get(hitl)["response_received"]
+        assert await_approval()["state"] == "awaiting_input", "a forged review decided"
+
+        # The reviewer's own login decides.
+        username, password = api.credentials
+        env = {**stack.env, "FMOPS_AIRFLOW_USER": username, "FMOPS_AIRFLOW_PASSWORD": password}
+        decided = subprocess.run(
+            [*decide, "--comment", "the calibration error is too high"],
+            env=env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert decided.returncode == 0, decided.stderr
+        assert f"{MODEL_NAME} version {version}: Reject by {username}" in decided.stdout
+
+        deadline = time.monotonic() + 300
+        while (found := api.get(f"/dags/{DEPLOY}/dagRuns/{run_id}"))["state"] not in (
+            "success",
+            "failed",
+        ):
+            assert time.monotonic() < deadline, f"{DEPLOY} {run_id} still {found['state']}"
+            time.sleep(2)
+        states = {t["task_id"]: t["state"] for t in api.task_instances(DEPLOY, run_id)}
+        assert found["state"] == "success", states  # a rejection is a decision, not a failure
+        assert states["await_approval"] == "skipped" and states["deploy"] == "skipped", states
+        assert states["close_run"] == "success", states
+        answer = api.get(hitl)
+        assert answer["responded_by_user"] == {"id": username, "name": username}
+        assert answer["chosen_options"] == ["Reject"]
+        tags = mlflow_client.get_model_version(MODEL_NAME, version).tags
+        assert tags[review.APPROVAL_TAG] == "rejected"
+        assert (tags[review.REVIEWER_TAG], tags[review.REVIEWER_ID_TAG]) == (username, username)
+        assert tags[review.COMMENT_TAG] == "the calibration error is too high"
+        assert tags[review.REVIEW_SOURCE_TAG] == f"airflow:{DEPLOY}/{run_id}/await_approval"
+        assert tags[review.DEPLOY_OUTCOME_TAG] == "rejected"
+    finally:
+        api.call("PATCH", f"/dags/{DEPLOY}", json={"is_paused": True})
+
+
 # -- the trigger form in the UI ---------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

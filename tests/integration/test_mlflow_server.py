@@ -76,7 +76,6 @@ def write_config(folder: Path, server: MlflowServer, name: str, **deployment: An
         "endpoint_name": ENDPOINT,
         "port": free_port(),
         "approval": "manual",
-        "approval_poll_seconds": 1,
         **deployment,
     }
     path = folder / name
@@ -87,10 +86,7 @@ def write_config(folder: Path, server: MlflowServer, name: str, **deployment: An
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory, server) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("configs")
-    return {
-        "review": write_config(folder, server, "review.yaml", approval_timeout_seconds=120),
-        "short": write_config(folder, server, "short.yaml", approval_timeout_seconds=2),
-    }
+    return {"review": write_config(folder, server, "review.yaml", approval_timeout_seconds=120)}
 
 
 @pytest.fixture(scope="module")
@@ -492,38 +488,13 @@ def test_task_instances_link_to_mlflow(registered, dags):
 # -- fmops_deploy: review -------------------------------------------------------------------------
 
 
-def deploy(dags, config_file: Path, version: str, during=None):
-    """A run of fmops_deploy for the version; ``during`` runs in a thread meanwhile."""
-    thread = None
-    if during is not None:
-        thread = threading.Thread(target=during, daemon=True)
-        thread.start()
-    run = dags.get_dag("fmops_deploy").test(
-        run_conf={"config_file": str(config_file), "version": version}
+def deploy(dags, config_file: Path, version: str, approval: str | None = None):
+    """A run of fmops_deploy for the version. A person's review (Airflow's human-in-the-loop
+    response, through an api-server) is tested in tests/integration/test_airflow_api.py: the
+    deployment here is approved by ``approval: auto``, the trigger form's override."""
+    return dags.get_dag("fmops_deploy").test(
+        run_conf={"config_file": str(config_file), "version": version, "approval": approval}
     )
-    if thread is not None:
-        thread.join(timeout=60)
-    return run
-
-
-def when_waiting(config, version: str, then: Any, timeout: float = 60) -> Any:
-    """A reviewer who acts once await_approval records that it waits for a review."""
-    from fmops.registry import review, tracking
-
-    def act() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            tags = (
-                tracking.client_for(config.registry.tracking_uri)
-                .get_model_version(MODEL, version)
-                .tags
-            )
-            if tags.get(review.DEPLOY_OUTCOME_TAG) == "awaiting_approval":
-                then()
-                return
-            time.sleep(0.2)
-
-    return act
 
 
 def deploy_mlflow_run(config, run):
@@ -550,88 +521,22 @@ def endpoint(config):
     endpoint.delete()
 
 
-def test_no_review_in_time_fails_the_deploy_run_without_deploying(
+def test_an_approved_version_is_deployed_promoted_and_recorded(
     registered, dags, configs, server, config, endpoint
 ):
-    from fmops.registry import review, tracking
-
-    version = registered["version"].version
-    server.set_version_tag(MODEL, version, review.APPROVAL_TAG, "pending")
-    run = deploy(dags, configs["short"], version)
-
-    found = states(run)
-    assert run.state == "failed", found
-    assert found["await_approval"] == ["failed"]
-    assert task_instance(run, "await_approval").try_number == 1, "a timeout is not retried"
-    for task_id in ("deploy", "smoke_test", "promote"):
-        assert found[task_id] == ["upstream_failed"], found
-    tags = tracking.client(config).get_model_version(MODEL, version).tags
-    assert tags[review.DEPLOY_OUTCOME_TAG] == "approval_timed_out"
-    assert tags[review.DEPLOY_RUN_TAG] == f"fmops_deploy/{run.run_id}"
-    assert "no review within 2 s" in tags[review.DEPLOY_NOTE_TAG]
-    assert tags[review.APPROVAL_TAG] == "pending"
-    assert not endpoint.exists()
-    # the DAG run's MLflow run ends FAILED as the DAG run does, by its last task
-    assert found["close_run"] == ["failed"], found
-    mlflow_run = deploy_mlflow_run(config, run)
-    assert mlflow_run.info.status == "FAILED"
-    assert mlflow_run.data.tags["fmops.outcome"].startswith("a task failed")
-    assert mlflow_run.data.params["version"] == version
-
-
-def test_a_rejection_through_the_rest_api_stops_the_deploy_run(
-    registered, dags, configs, server, config, endpoint
-):
-    from fmops.registry import review, tracking
-
-    version = registered["version"].version
-    server.set_version_tag(MODEL, version, review.APPROVAL_TAG, "pending")
-
-    def reject() -> None:
-        server.set_version_tag(MODEL, version, review.REVIEWER_TAG, "rita")
-        server.set_version_tag(MODEL, version, review.COMMENT_TAG, "accuracy too low for launch")
-        server.set_version_tag(MODEL, version, review.APPROVAL_TAG, "rejected")
-
-    run = deploy(dags, configs["review"], version, during=when_waiting(config, version, reject))
-
-    found = states(run)
-    assert run.state == "success", found  # a decision, not a failure: see fmops.airflow.approval
-    assert found["await_approval"] == ["skipped"], found
-    for task_id in ("deploy", "smoke_test", "promote"):
-        assert found[task_id] == ["skipped"], found
-    tags = tracking.client(config).get_model_version(MODEL, version).tags
-    assert tags[review.DEPLOY_OUTCOME_TAG] == "rejected"
-    assert "rejected by rita: accuracy too low for launch" in tags[review.DEPLOY_NOTE_TAG]
-    assert not endpoint.exists()
-    assert tracking.latest_alias(config, tracking.CHAMPION) is None
-    # a rejection is a result: the DAG run's MLflow run is FINISHED and says why
-    assert found["close_run"] == ["success"], found
-    mlflow_run = deploy_mlflow_run(config, run)
-    assert mlflow_run.info.status == "FINISHED"
-    assert "rejected by rita: accuracy too low for launch" in mlflow_run.data.tags["fmops.outcome"]
-
-
-def test_an_approval_through_the_rest_api_lets_the_deploy_run_proceed(
-    registered, dags, configs, server, config, endpoint
-):
+    from fmops.deployment.flow import AUTO_REVIEWER
     from fmops.registry import tracking
-    from fmops.registry.review import APPROVAL_TAG, DEPLOY_OUTCOME_TAG, DEPLOY_RUN_TAG, REVIEWER_TAG
+    from fmops.registry.review import DEPLOY_OUTCOME_TAG, DEPLOY_RUN_TAG
 
     version = registered["version"].version
-    server.set_version_tag(MODEL, version, APPROVAL_TAG, "pending")  # review reopened
-
-    def approve() -> None:
-        server.set_version_tag(MODEL, version, REVIEWER_TAG, "alice")
-        server.set_version_tag(MODEL, version, APPROVAL_TAG, "approved")
-
-    run = deploy(dags, configs["review"], version, during=when_waiting(config, version, approve))
+    run = deploy(dags, configs["review"], version, approval="auto")
 
     found = states(run)
     assert run.state == "success", found
     for task_id in ("await_approval", "deploy", "smoke_test", "promote"):
         assert found[task_id] == ["success"], found
     (review,) = xcom(run, "await_approval")
-    assert (review["decision"], review["reviewer"]) == ("approved", "alice")
+    assert (review["decision"], review["reviewer"]) == ("approved", AUTO_REVIEWER)
     mlflow_client = tracking.client(config)
     champion = mlflow_client.get_model_version_by_alias(MODEL, tracking.CHAMPION)
     assert champion.version == version

@@ -174,7 +174,10 @@ def test_the_mapped_count_is_unknown_before_expansion():
     ("states", "stage"),
     [
         ({"resolve_candidate": "running"}, "resolving the model version"),
-        ({"resolve_candidate": "success", "await_approval": "deferred"}, "awaiting approval"),
+        (
+            {"resolve_candidate": "success", "await_approval": "awaiting_input"},
+            "awaiting approval",
+        ),
         (
             {"resolve_candidate": "success", "await_approval": "success", "deploy": "deferred"},
             "deploying (blue/green)",

@@ -183,10 +183,16 @@ COMMANDS: dict[str, Where] = {
     ),
     # -- Operations ------------------------------------------------------------------------------
     "fmops --help": Where(HERE),
-    "fmops approve": Where(f"{REVIEW}::test_approve_records_the_decision_reviewer_and_comment"),
+    "fmops approve": Where(
+        f"{REVIEW}::test_an_unreachable_airflow_is_named_at_once_and_is_a_failure",
+        note="approve against a running api-server: the same request as reject in "
+        f"{AIRFLOW_API}::test_a_review_is_decided_only_by_an_authenticated_reviewer; what an "
+        f"approval records: {REVIEW}::test_an_approval_records_the_authenticated_reviewer",
+    ),
     "fmops reject": Where(
-        f"{REVIEW}::test_reject_reads_the_tracking_uri_from_the_environment",
-        note="--tracking-uri: in the approve test",
+        f"{AIRFLOW_API}::test_a_review_is_decided_only_by_an_authenticated_reviewer",
+        note="--user, --airflow-url: the defaults there; a named --airflow-url in "
+        f"{REVIEW}::test_an_unreachable_airflow_is_named_at_once_and_is_a_failure",
     ),
     "fmops endpoint status": Where(f"{ROLLOUT}::test_cli_status_and_invoke"),
     "fmops endpoint invoke": Where(f"{ROLLOUT}::test_cli_status_and_invoke"),

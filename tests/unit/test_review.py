@@ -1,5 +1,6 @@
-"""Review in MLflow without Airflow's scheduler: `fmops approve|reject`, the approval wait
-(ApprovalTrigger and AwaitApprovalOperator), the gate line and the task instances' link URLs.
+"""Review without Airflow's scheduler: what `fmops approve|reject` refuses before asking Airflow,
+the approval task (AwaitApprovalOperator: the question it parks with, the decision it records),
+the gate line and the task instances' link URLs.
 
 The registry is a real MLflow store (SQLite in a temporary folder); fmops_deploy end to end,
 against a real `mlflow server`, is in tests/integration/test_mlflow_server.py.
@@ -7,21 +8,19 @@ against a real `mlflow server`, is in tests/integration/test_mlflow_server.py.
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
-from airflow.sdk.module_loading import import_string
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskAwaitingInput
 
 from fmops import cli
-from fmops.airflow import approval, links, tasks
-from fmops.airflow.approval import ApprovalTrigger, AwaitApprovalOperator
+from fmops.airflow import links, tasks
+from fmops.airflow.approval import AwaitApprovalOperator
 from fmops.config import CONFIGS_DIR, parse_config
 from fmops.deployment import flow
 from fmops.registry import review, tracking
@@ -94,50 +93,61 @@ def context(monkeypatch) -> SimpleNamespace:
     return SimpleNamespace(ti=ti, deploy_run="fmops_deploy/manual__1")
 
 
-# -- fmops approve|reject -------------------------------------------------------------------------
+# -- fmops approve|reject: what is refused before Airflow is asked ------------------------------
+# (the decision through a real api-server, and a forged one refused, is in
+# tests/integration/test_airflow_api.py)
 
 
-def test_approve_records_the_decision_reviewer_and_comment(store, version, capsys):
-    code = cli.main(
-        ["approve", MODEL, version, "--reviewer", "alice", "--comment", "LGTM", "--tracking-uri"]
-        + [store]
-    )
-    assert code == 0
-    found = tags(store, version)
-    assert found[review.APPROVAL_TAG] == "approved"
-    assert found[review.REVIEWER_TAG] == "alice"
-    assert found[review.COMMENT_TAG] == "LGTM"
-    assert found[review.REVIEWED_AT_TAG]  # ISO time
-    assert f"{MODEL} version {version}: approved by alice" in capsys.readouterr().out
+@pytest.fixture
+def reviewer_env(monkeypatch):
+    monkeypatch.setenv("FMOPS_AIRFLOW_PASSWORD", "not-a-real-password")
+    monkeypatch.setenv("FMOPS_AIRFLOW_URL", _dead_url())
 
 
-def test_reject_reads_the_tracking_uri_from_the_environment(store, version, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    assert cli.main(["reject", MODEL, version, "--reviewer", "bob", "--comment", "bias"]) == 0
-    assert tags(store, version)[review.APPROVAL_TAG] == "rejected"
-    assert tags(store, version)[review.COMMENT_TAG] == "bias"
+def test_without_a_password_nothing_is_sent(monkeypatch, capsys):
+    monkeypatch.delenv("FMOPS_AIRFLOW_PASSWORD", raising=False)
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(isatty=lambda: False))
+    assert cli.main(["approve", MODEL, "1", "--run", "manual__1"]) == 2
+    assert "set FMOPS_AIRFLOW_PASSWORD" in capsys.readouterr().err
 
 
-def test_a_missing_version_or_reviewer_is_bad_input(store, version, capsys):
-    assert cli.main(["approve", MODEL, "999", "--reviewer", "a", "--tracking-uri", store]) == 2
-    assert f"{MODEL} has no version 999" in capsys.readouterr().err
-    assert cli.main(["approve", MODEL, version, "--reviewer", " ", "--tracking-uri", store]) == 2
-    assert "needs a reviewer" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:  # argparse: --reviewer is required
-        cli.main(["reject", MODEL, version, "--tracking-uri", store])
+def test_the_reviewer_flag_is_gone_the_identity_is_the_airflow_login(store, version):
+    """A free-text reviewer name is not accepted any more: Airflow says who decided."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["approve", MODEL, version, "--reviewer", "alice", "--tracking-uri", store])
     assert info.value.code == 2
-    assert tags(store, version)[review.APPROVAL_TAG] == "pending"
 
 
-def test_an_unreachable_mlflow_is_named_at_once_and_is_a_failure_not_bad_input(capsys):
+def test_an_unreachable_airflow_is_named_at_once_and_is_a_failure(reviewer_env, capsys):
+    dead = _dead_url()
+    argv = ["approve", MODEL, "1", "--run", "manual__1", "--comment", "ok", "--airflow-url", dead]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"Airflow at {dead} cannot be reached" in err, err
+    assert "--airflow-url" in err and "make up" in err
+
+
+def test_an_unreachable_mlflow_is_named_at_once_and_is_a_failure_not_bad_input(
+    reviewer_env, capsys
+):
     """With MLflow's client retries as they are (about two minutes): the command asks the
     server's /health first, so it names the problem at once, with what to check."""
     dead = _dead_url()
-    code = cli.main(["approve", MODEL, "1", "--reviewer", "a", "--tracking-uri", dead])
+    code = cli.main(["approve", MODEL, "1", "--tracking-uri", dead])
     assert code == 1
     err = capsys.readouterr().err
     assert f"MLflow at {dead} cannot be reached (" in err and "Connection refused" in err, err
     assert "make up" in err and "--tracking-uri" in err
+
+
+def test_a_version_no_run_waits_for_is_bad_input(store, version, reviewer_env, capsys):
+    assert cli.main(["approve", MODEL, "999", "--tracking-uri", store]) == 2
+    assert f"{MODEL} has no version 999" in capsys.readouterr().err
+    assert cli.main(["reject", MODEL, version, "--tracking-uri", store]) == 2
+    err = capsys.readouterr().err
+    assert f"no fmops_deploy run waits for a review of {MODEL} version {version}" in err
+    assert "--run" in err
+    assert tags(store, version)[review.APPROVAL_TAG] == "pending"
 
 
 def _dead_url() -> str:
@@ -160,108 +170,52 @@ def test_an_unknown_tag_value_reads_as_pending():
     assert review.review_of({})["decision"] == "pending"
 
 
-# -- the trigger ----------------------------------------------------------------------------------
-
-
-def run_trigger(trigger: ApprovalTrigger, during=None) -> dict[str, Any]:
-    """The trigger's single event; ``during`` runs in a thread once the trigger is polling."""
-
-    async def main() -> dict[str, Any]:
-        events = trigger.run()
-        if during is not None:
-            asyncio.get_running_loop().call_later(0.3, lambda: asyncio.create_task(later()))
-        event = await asyncio.wait_for(anext(events), timeout=30)
-        return event.payload
-
-    async def later() -> None:
-        await asyncio.to_thread(during)
-
-    return asyncio.run(main())
-
-
-def test_the_trigger_fires_when_a_reviewer_decides(store, version):
-    trigger = ApprovalTrigger(
-        tracking_uri=store,
-        model_name=MODEL,
-        version=version,
-        deadline=time.time() + 30,
-        poll_interval=0.2,
-    )
-    path, kwargs = trigger.serialize()
-    assert import_string(path)(**kwargs).serialize() == (path, kwargs)
-
-    def decide() -> None:
-        review.set_review(tracking.client_for(store), MODEL, version, "approved", "carol", "ok")
-
-    started = time.monotonic()
-    event = run_trigger(trigger, during=decide)
-    assert event["status"] == "approved"
-    assert event["review"]["reviewer"] == "carol" and event["review"]["comment"] == "ok"
-    assert (event["model_name"], event["version"]) == (MODEL, version)
-    assert time.monotonic() - started < 10
-
-
-def test_the_trigger_times_out_at_its_deadline(store, version):
-    deadline = time.time() + 0.5
-    event = run_trigger(
-        ApprovalTrigger(
-            tracking_uri=store,
-            model_name=MODEL,
-            version=version,
-            deadline=deadline,
-            poll_interval=5,
-        )
-    )
-    assert event["status"] == "timed_out"
-    assert time.time() - deadline < 2, "it sleeps no longer than the time left"
-
-
-def test_the_trigger_reports_a_missing_version(store):
-    event = run_trigger(
-        ApprovalTrigger(tracking_uri=store, model_name=MODEL, version="999", deadline=time.time())
-    )
-    assert event["status"] == "missing"
-    assert "no version 999" in event["message"]
-
-
-def test_the_trigger_waits_through_an_mlflow_outage(monkeypatch):
-    looks = iter(
-        [
-            {"state": "unreachable", "message": "ConnectionError: refused"},
-            {"state": "pending", "review": {"decision": "pending"}},
-            {"state": "decided", "review": {"decision": "rejected", "reviewer": "dan"}},
-        ]
-    )
-    monkeypatch.setattr(approval, "read_review", lambda *args: next(looks))
-    event = run_trigger(
-        ApprovalTrigger(
-            tracking_uri="http://x",
-            model_name=MODEL,
-            version="1",
-            deadline=time.time() + 30,
-            poll_interval=0.01,
-        )
-    )
-    assert event["status"] == "rejected" and event["review"]["reviewer"] == "dan"
-
-
 # -- the operator ---------------------------------------------------------------------------------
 
 
-def test_pending_defers_and_records_that_the_run_waits(store, version, context):
+@pytest.fixture
+def asked(monkeypatch) -> list[dict[str, Any]]:
+    """The HITL requests await_approval writes (through the task's supervisor in Airflow; here
+    recorded, so that execute runs to the point where the task parks)."""
+    import airflow.providers.standard.operators.hitl as hitl
+
+    requests: list[dict[str, Any]] = []
+    monkeypatch.setattr(hitl, "upsert_hitl_detail", lambda **kwargs: requests.append(kwargs))
+    return requests
+
+
+TASK_CONTEXT = {"task_instance": SimpleNamespace(id="0199a3b0-0000-7000-8000-000000000001")}
+
+
+def response(option: str, user: dict[str, str] | None, comment: str = "") -> dict[str, Any]:
+    """The event Airflow resumes execute_complete with once a person answered."""
+    return {
+        "chosen_options": [option],
+        "params_input": {"comment": comment},
+        "responded_at": datetime.now(UTC),
+        "responded_by_user": user,
+        "timedout": False,
+    }
+
+
+def test_pending_parks_the_task_with_the_question_and_records_that_the_run_waits(
+    store, version, context, asked
+):
     task = AwaitApprovalOperator(
         task_id="await_approval",
-        candidate=candidate(store, version, approval_timeout_seconds=3600),
+        candidate=candidate(store, version, approval_timeout_seconds=3600, reviewers=["rita"]),
     )
-    before = time.time()
-    with pytest.raises(TaskDeferred) as deferred:
-        task.execute({})
-    trigger = deferred.value.trigger
-    assert isinstance(trigger, ApprovalTrigger)
-    assert deferred.value.method_name == "execute_complete"
-    assert (trigger.model_name, trigger.version, trigger.tracking_uri) == (MODEL, version, store)
-    assert before + 3600 <= trigger.deadline <= time.time() + 3600
-    assert trigger.poll_interval == 30
+    with pytest.raises(TaskAwaitingInput) as parked:
+        task.execute(TASK_CONTEXT)
+    assert parked.value.method_name == "execute_complete"
+    assert parked.value.timeout == timedelta(seconds=3600)
+    (request,) = asked
+    assert request["options"] == ["Approve", "Reject"]
+    assert request["subject"].startswith(f"Deploy {MODEL} version {version} to endpoint ")
+    assert f"/models/{MODEL}/versions/{version}" in request["body"]
+    assert "the gate: promote x (a=0.9)" in request["body"].lower()
+    assert request["assigned_users"] == [{"id": "rita", "name": "rita"}]
+    assert set(request["params"]) == {"comment"}, "the form asks for a comment only"
     found = tags(store, version)
     assert found[review.DEPLOY_RUN_TAG] == context.deploy_run
     assert found[review.DEPLOY_OUTCOME_TAG] == "awaiting_approval"
@@ -271,48 +225,76 @@ def test_pending_defers_and_records_that_the_run_waits(store, version, context):
         links.MLFLOW_RUN: "http://mlflow.example/#/experiments/1/runs/abc",
     }
 
-    # A retry of the same run keeps the deadline.
-    with pytest.raises(TaskDeferred) as again:
-        task.execute({})
-    assert again.value.trigger.deadline == pytest.approx(trigger.deadline, abs=1)
 
-
-def test_approved_in_the_trigger_goes_on(store, version, context):
+def test_an_approval_tag_written_in_mlflow_approves_nothing(store, version, context, asked):
+    """Anyone who reaches MLflow can write tags: a forged approval still waits for a person."""
+    client = tracking.client_for(store)
+    review.set_review(client, MODEL, version, "approved", "mallory", "trust me")
     task = AwaitApprovalOperator(task_id="await_approval", candidate=candidate(store, version))
-    review = {"decision": "approved", "reviewer": "erin", "comment": "", "reviewed_at": "t"}
-    event = {"status": "approved", "model_name": MODEL, "version": version, "review": review}
-    assert task.execute_complete({}, event=event) == {**review, "version": version}
+    with pytest.raises(TaskAwaitingInput):
+        task.execute(TASK_CONTEXT)
+    assert len(asked) == 1
+
+
+def test_an_approval_records_the_authenticated_reviewer(store, version, context):
+    task = AwaitApprovalOperator(task_id="await_approval", candidate=candidate(store, version))
+    user = {"id": "erin", "name": "Erin Ode"}
+    result = task.execute_complete(
+        TASK_CONTEXT, event=response("Approve", user, "calibration is fine")
+    )
+    assert (result["decision"], result["reviewer"], result["version"]) == (
+        "approved",
+        "Erin Ode",
+        version,
+    )
+    found = tags(store, version)
+    assert found[review.APPROVAL_TAG] == "approved"
+    assert (found[review.REVIEWER_TAG], found[review.REVIEWER_ID_TAG]) == ("Erin Ode", "erin")
+    assert found[review.COMMENT_TAG] == "calibration is fine"
+    assert found[review.REVIEW_SOURCE_TAG] == f"airflow:{context.deploy_run}/await_approval"
 
 
 def test_a_rejection_skips_the_run_and_is_recorded(store, version, context):
-    review.set_review(tracking.client_for(store), MODEL, version, "rejected", "frank", "drift")
     task = AwaitApprovalOperator(task_id="await_approval", candidate=candidate(store, version))
     with pytest.raises(AirflowSkipException, match="rejected by frank: drift"):
-        task.execute({})
+        task.execute_complete(
+            TASK_CONTEXT, event=response("Reject", {"id": "frank", "name": "frank"}, "drift")
+        )
     found = tags(store, version)
+    assert found[review.APPROVAL_TAG] == "rejected"
     assert found[review.DEPLOY_OUTCOME_TAG] == "rejected"
     assert found[review.DEPLOY_RUN_TAG] == context.deploy_run
     assert "ended without deploying: rejected by frank: drift" in found[review.DEPLOY_NOTE_TAG]
+    assert context.ti.pushed[tasks.REJECTED_KEY].endswith("rejected by frank: drift")
+
+
+def test_a_response_without_an_authenticated_user_deploys_nothing(store, version, context):
+    task = AwaitApprovalOperator(task_id="await_approval", candidate=candidate(store, version))
+    with pytest.raises(AirflowFailException, match="no authenticated reviewer"):
+        task.execute_complete(TASK_CONTEXT, event=response("Approve", None))
+    assert tags(store, version)[review.APPROVAL_TAG] == "pending"
 
 
 def test_a_timeout_fails_the_task_without_retries_and_is_recorded(store, version, context):
     task = AwaitApprovalOperator(
         task_id="await_approval", candidate=candidate(store, version, approval_timeout_seconds=60)
     )
-    event = {"status": "timed_out", "model_name": MODEL, "version": version, "waited_seconds": 60}
+    # what Airflow's scheduler resumes the task with once its response timeout passed
+    event = {"error": "The Human-in-the-loop response timeout has passed", "error_type": "timeout"}
     with pytest.raises(AirflowFailException, match="no review within 60 s"):
-        task.execute_complete({}, event=event)
+        task.execute_complete(TASK_CONTEXT, event=event)
     found = tags(store, version)
     assert found[review.DEPLOY_OUTCOME_TAG] == "approval_timed_out"
     assert found[review.APPROVAL_TAG] == "pending", "a timeout is not a rejection"
 
 
-def test_auto_approval_says_who_approved_and_why(store, version, context):
+def test_auto_approval_says_who_approved_and_why(store, version, context, asked):
     task = AwaitApprovalOperator(
         task_id="await_approval", candidate=candidate(store, version, approval="auto")
     )
-    result = task.execute({})
+    result = task.execute(TASK_CONTEXT)
     assert result["decision"] == "approved" and result["version"] == version
+    assert asked == [], "nobody is asked"
     found = tags(store, version)
     assert found[review.APPROVAL_TAG] == "approved"
     assert found[review.REVIEWER_TAG] == flow.AUTO_REVIEWER
@@ -327,7 +309,7 @@ def test_auto_approval_does_not_overrule_a_person(store, version, context):
         task_id="await_approval", candidate=candidate(store, version, approval="auto")
     )
     with pytest.raises(AirflowSkipException):
-        task.execute({})
+        task.execute(TASK_CONTEXT)
     assert tags(store, version)[review.REVIEWER_TAG] == "gina"
 
 
@@ -336,7 +318,10 @@ def test_the_approval_settings_are_checked():
 
     with pytest.raises(ConfigError, match="approval_timeout_seconds"):
         config("sqlite:///x.db", approval_timeout_seconds=0)
+    with pytest.raises(ConfigError, match="reviewers"):
+        config("sqlite:///x.db", reviewers=[""])
     assert config("sqlite:///x.db").deployment.approval_timeout_seconds == 7 * 24 * 3600
+    assert config("sqlite:///x.db").deployment.reviewers == []
 
 
 # -- the gate on the card and the tag -------------------------------------------------------------

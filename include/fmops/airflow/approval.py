@@ -1,27 +1,32 @@
-"""await_approval: fmops_deploy's wait for a reviewer's decision, without holding a worker slot.
+"""await_approval: fmops_deploy's review, by a person Airflow has authenticated.
 
-A reviewer decides in the MLflow UI, by setting the model version's tag ``fmops.approval`` to
-``approved`` or ``rejected`` (with ``fmops.reviewer`` and ``fmops.review_comment``), or with
-``fmops approve|reject MODEL VERSION --reviewer NAME --comment TEXT``.
+The reviewer looks at the version in MLflow (the model card, the leaderboard, the evaluation
+report: the task's body links them) and decides in Airflow: the DAG run's **Required actions**
+(Approve or Reject, with a comment), Airflow's REST API (``PATCH .../hitlDetails``), or ``fmops
+approve|reject MODEL VERSION``, which calls that API with the reviewer's Airflow credentials.
 
-``AwaitApprovalOperator.execute`` reads the version's review (``approval: auto`` approves on the
-spot, saying so on the version). Approved: it returns at once. Rejected: the run ends without
-deploying. Pending: it records on the version that this run waits, and until when
-(``fmops.approval_requested_at``, ``fmops.approval_deadline``), and defers to
-``ApprovalTrigger``, which polls the version's tags from the triggerer every
-``deployment.approval_poll_seconds`` until a decision or the deadline
-(``deployment.approval_timeout_seconds``). The deadline is an absolute time, so a restarted
-triggerer (or a retried task of the same run) keeps it. MLflow being unreachable for a while does
-not end the wait: the trigger logs it and looks again.
+Why Airflow and not an MLflow tag: the decision is only as trustworthy as the identity behind
+it. Airflow records who responded from the authenticated request (``responded_by_user``), and
+``deployment.reviewers`` restricts who may (Airflow answers 403 to anyone else). MLflow tags
+carry whatever a client writes, and the MLflow server of the local and compose setups has no
+authentication, so a tag can never approve: fmops writes the decision to the version's tags
+afterwards (``fmops.approval``, ``fmops.reviewer``, ``fmops.reviewer_id``,
+``fmops.review_comment``, ``fmops.review_source``) as the record a person reads in MLflow.
+
+``AwaitApprovalOperator`` is Airflow's ``HITLOperator`` with two options. ``execute`` handles
+``approval: auto`` on the spot (the pipeline approves and says so on the version); otherwise it
+records on the version that this run waits, and until when, and parks the task in Airflow's
+``awaiting_input`` state: no worker slot and no triggerer are held while a person decides.
 
 How a run ends without deploying, and why:
 
 - **rejected**: ``await_approval`` and everything after it are *skipped*; the run ends in
   success with nothing deployed. The review did its job; nothing broke, so nobody is paged and
   nothing is retried.
-- **no decision before the deadline**: ``await_approval`` *fails* (no retry), and the run with
-  it: a review that never happened is a process failure someone should see. The version stays
-  ``pending``; approve it and trigger fmops_deploy by hand with the version.
+- **no decision before the deadline** (``deployment.approval_timeout_seconds``, enforced by the
+  scheduler): ``await_approval`` *fails* (no retry), and the run with it: a review that never
+  happened is a process failure someone should see. Decide, then trigger fmops_deploy by hand
+  with the version.
 
 Both are recorded on the version: ``fmops.deploy_run``, ``fmops.deploy_outcome`` (``rejected``,
 ``approval_timed_out``) and ``fmops.deploy_note`` (who, why, how long it waited).
@@ -29,146 +34,75 @@ Both are recorded on the version: ``fmops.deploy_run``, ``fmops.deploy_outcome``
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseOperator
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import Param
+from airflow.sdk.definitions.param import ParamsDict
 
 # fmops' own modules are imported inside the methods: this module is imported when a DAG file
 # is parsed, and parsing must stay fast (no pydantic or mlflow at import time).
-DECIDED = ("approved", "rejected")
+from fmops.review_client import APPROVE, COMMENT, REJECT
+
+MAX_COMMENT = 2000
 
 
-def read_review(tracking_uri: str, model_name: str, version: str) -> dict[str, Any]:
-    """One look at the version's review, blocking (run it in a thread): ``{"state": "decided" |
-    "pending" | "missing" | "unreachable", "review": ..., "message": ...}``."""
-    from mlflow.exceptions import MlflowException
-
-    import fmops.registry.review
-
-    try:
-        review = fmops.registry.review.read_review(tracking_uri, model_name, version)
-    except fmops.registry.review.ApprovalError as err:
-        return {"state": "missing", "message": str(err)}
-    except (MlflowException, OSError) as err:
-        return {"state": "unreachable", "message": f"{type(err).__name__}: {err}"[:500]}
-    state = "decided" if review["decision"] in DECIDED else "pending"
-    return {"state": state, "review": review}
-
-
-class ApprovalTrigger(BaseTrigger):
-    """Polls a model version's review until it is decided or ``deadline`` (epoch seconds)
-    passes; fires once with ``{"status": "approved" | "rejected" | "timed_out" | "missing",
-    "model_name", "version", "review" (decided), "waited_seconds", "message"}``."""
-
-    def __init__(
-        self,
-        *,
-        tracking_uri: str,
-        model_name: str,
-        version: str,
-        deadline: float,
-        poll_interval: float = 30.0,
-        started_at: float | None = None,
-    ):
-        super().__init__()
-        self.tracking_uri = tracking_uri
-        self.model_name = model_name
-        self.version = str(version)
-        self.deadline = float(deadline)
-        self.poll_interval = float(poll_interval)
-        self.started_at = time.time() if started_at is None else float(started_at)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "tracking_uri": self.tracking_uri,
-                "model_name": self.model_name,
-                "version": self.version,
-                "deadline": self.deadline,
-                "poll_interval": self.poll_interval,
-                "started_at": self.started_at,
-            },
-        )
-
-    def _event(self, status: str, **fields: Any) -> TriggerEvent:
-        return TriggerEvent(
-            {
-                "status": status,
-                "model_name": self.model_name,
-                "version": self.version,
-                "waited_seconds": round(time.time() - self.started_at, 1),
-                **fields,
-            }
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        label = f"{self.model_name} version {self.version}"
-        while True:
-            look = await asyncio.to_thread(
-                read_review, self.tracking_uri, self.model_name, self.version
-            )
-            if look["state"] == "decided":
-                review = look["review"]
-                self.log.info("%s: %s by %s", label, review["decision"], review["reviewer"])
-                yield self._event(review["decision"], review=review)
-                return
-            if look["state"] == "missing":
-                yield self._event("missing", message=look["message"])
-                return
-            if look["state"] == "unreachable":
-                self.log.warning(
-                    "%s: MLflow unreachable (%s); looking again", label, look["message"]
-                )
-            left = self.deadline - time.time()
-            if left <= 0:
-                self.log.warning("%s: no review before the deadline", label)
-                yield self._event("timed_out", message=f"no review of {label} before the deadline")
-                return
-            self.log.info("%s: review pending; %.0f s left", label, left)
-            await asyncio.sleep(min(self.poll_interval, left))
-
-
-class AwaitApprovalOperator(BaseOperator):
+class AwaitApprovalOperator(HITLOperator):
     """fmops_deploy's await_approval: returns the review once the version is approved; see the
     module docstring for a rejection and a timeout.
 
     :param candidate: what resolve_candidate returned (the resolved config and the version).
     """
 
-    template_fields = ("candidate",)
+    template_fields = (*HITLOperator.template_fields, "candidate")
     ui_color = "#fbf3e8"
 
     def __init__(self, *, candidate: Any, **kwargs: Any):
-        super().__init__(**kwargs)
+        # The DAG's params arrive merged into ``params``; the HITL form shows the task's own.
+        params = ParamsDict(kwargs.pop("params", None) or {})
+        params[COMMENT] = Param(
+            "",
+            type="string",
+            maxLength=MAX_COMMENT,
+            title="Comment",
+            description="Why: recorded on the version in MLflow with your decision.",
+            source="task",
+        )
+        super().__init__(
+            subject="Review a registered model version",  # the version's, once it is resolved
+            options=[APPROVE, REJECT],
+            params=params,
+            **kwargs,
+        )
         self.candidate = candidate
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Any) -> Any:
         from fmops.airflow.tasks import start_approval
 
         started = start_approval(self.candidate)
         if "result" in started:
             return started["result"]
-        wait = started["wait"]
+        request = started["request"]
+        self.subject, self.body = request["subject"], request["body"]
+        self.response_timeout = timedelta(seconds=request["timeout_seconds"])
+        self.assigned_users = request["assigned_users"] or None
         self.log.info(
-            "waiting for a review of %s version %s (at most %.0f s, a look every %.0f s): set "
-            "the tag fmops.approval to approved or rejected in the MLflow UI, or run `fmops "
-            "approve|reject %s %s --reviewer NAME --comment TEXT`; %s",
-            wait["model_name"],
-            wait["version"],
-            wait["deadline"] - time.time(),
-            wait["poll_interval"],
-            wait["model_name"],
-            wait["version"],
-            self.candidate.get("url", ""),
+            "waiting for a review of %s version %s (at most %.0f s): Approve or Reject in this "
+            "run's Required actions, or `fmops approve|reject %s %s --comment TEXT`; %s",
+            request["model_name"],
+            request["version"],
+            request["timeout_seconds"],
+            request["model_name"],
+            request["version"],
+            request["url"],
         )
-        self.defer(trigger=ApprovalTrigger(**wait), method_name="execute_complete")
+        return super().execute(context)  # parks the task until a person responds
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         from fmops.airflow.tasks import finish_approval
 
-        return finish_approval(self.candidate, event)
+        if event.get("error_type") == "timeout":
+            return finish_approval(self.candidate, None)
+        response = super().execute_complete(context, event)  # checks the options and params
+        return finish_approval(self.candidate, dict(response))

@@ -13,7 +13,7 @@ from fmops.paths import config_file_choices
 # String(value)), which otherwise reads as the word "null".
 TARGETS = {"null": "the config's target", "local": "local", "sagemaker": "sagemaker (AWS)"}
 APPROVAL_CHOICES = {
-    "manual": "manual: a reviewer approves in MLflow",
+    "manual": "manual: a reviewer approves in Airflow",
     "auto": "auto: approve without review (local target only)",
 }
 

@@ -439,53 +439,59 @@ def _open_deploy_run(candidate: dict) -> None:
 @fail_fast
 def start_approval(candidate: dict) -> dict:
     """await_approval up to its wait (``AwaitApprovalOperator.execute``): ``{"result": the
-    review}`` when it is decided (approved; ``approval: auto`` approves here), else ``{"wait":
-    the ApprovalTrigger's arguments}`` after recording on the version that this run waits and
-    until when. A rejected version ends the run without deploying (``_rejected``)."""
+    review}`` when ``approval: auto`` approved here, else ``{"request": what the reviewer is
+    asked, for how long, and who may answer}`` after recording on the version that this run
+    waits and until when. A version rejected before ends the run without deploying.
+
+    A version's ``fmops.approval`` tag never approves a manual review: anyone who reaches MLflow
+    can write it (see ``fmops.airflow.approval``). Each run asks its reviewer in Airflow."""
     from fmops.deployment import flow
-    from fmops.registry import tracking
-    from fmops.registry.review import APPROVED, REJECTED
+    from fmops.registry.review import REJECTED
 
     _push_candidate_links(candidate)
     config, version = _config(candidate["resolved"]), candidate["version"]
-    found = flow.review(config, version, candidate["resolved"]["config_file"])
-    if found["decision"] == APPROVED:
+    if config.deployment.approval == "auto":
+        found = flow.review(config, version, candidate["resolved"]["config_file"])
+        if found["decision"] == REJECTED:  # a person rejected it before: it stays rejected
+            _rejected(config, version, found)
         return {"result": {**found, "version": version}}
-    if found["decision"] == REJECTED:
-        _rejected(config, version, found)
-    deadline = flow.request_review(config, version, _deploy_run())
-    return {
-        "wait": {
-            "tracking_uri": tracking.tracking_uri(config),
-            "model_name": config.registry.model_name,
-            "version": str(version),
-            "deadline": deadline,
-            "poll_interval": float(config.deployment.approval_poll_seconds),
-        }
-    }
+    flow.request_review(config, version, _deploy_run())
+    return {"request": flow.review_request(config, version, candidate)}
 
 
 @fail_fast
-def finish_approval(candidate: dict, event: dict) -> dict:
-    """await_approval after ``ApprovalTrigger`` fired: the review when approved; a rejection
-    skips the rest of the run, a timeout fails it, both without deploying and recorded on the
-    version (``fmops.deploy_outcome``, ``fmops.deploy_note``)."""
+def finish_approval(candidate: dict, response: dict | None) -> dict:
+    """await_approval once a person answered (``response``: Airflow's HITL payload, with the
+    authenticated ``responded_by_user``) or the deadline passed (``None``): the review when
+    approved; a rejection skips the rest of the run, a timeout fails it, both without deploying
+    and recorded on the version (``fmops.deploy_outcome``, ``fmops.deploy_note``)."""
     from fmops.deployment import flow
     from fmops.registry.review import APPROVED, REJECTED
+    from fmops.review_client import APPROVE, COMMENT
 
     config, version = _config(candidate["resolved"]), candidate["version"]
-    status = event["status"]
-    if status == APPROVED:
-        review = event["review"]
-        log.info("%s version %s: approved by %s", event["model_name"], version, review["reviewer"])
-        return {**review, "version": version}
-    if status == REJECTED:
-        _rejected(config, version, event["review"])
-    if status == "timed_out":
+    if response is None:
         note = flow.timed_out_note(_deploy_run(), config.deployment.approval_timeout_seconds)
         flow.record_deploy(config, version, _deploy_run(), "approval_timed_out", note)
         raise AirflowFailException(note)
-    raise AirflowFailException(event.get("message") or f"approval wait ended {status}")
+    user = response.get("responded_by_user") or {}
+    if not user.get("id"):  # Airflow fills it from the request's authenticated user
+        raise AirflowFailException(
+            "the review has no authenticated reviewer: decide again in Airflow's Required actions"
+        )
+    decision = APPROVED if response["chosen_options"] == [APPROVE] else REJECTED
+    review = flow.record_review(
+        config,
+        version,
+        decision,
+        reviewer=user,
+        comment=str((response.get("params_input") or {}).get(COMMENT) or ""),
+        source=f"airflow:{_deploy_run()}/await_approval",
+    )
+    if decision == REJECTED:
+        _rejected(config, version, review)
+    log.info("%s version %s: approved by %s", config.registry.model_name, version, user["name"])
+    return {**review, "version": version}
 
 
 def _rejected(config: Any, version: str, found: dict) -> None:

@@ -102,6 +102,72 @@ def review(config: PipelineConfig, version: str, config_file: str | None = None)
     return found
 
 
+def review_request(config: PipelineConfig, version: str, candidate: dict[str, Any]) -> dict:
+    """What await_approval asks its reviewer in Airflow (subject and body, with the links to
+    what they review in MLflow and the digest that pins those files), for how long, and who may
+    answer (``deployment.reviewers``)."""
+    from fmops.registry import digests, tracking
+
+    name = config.registry.model_name
+    tags = tracking.client(config).get_model_version(name, str(version)).tags
+    where = f"endpoint {config.deployment.endpoint_name} ({config.target} target)"
+    lines = [
+        f"**{name} version {version}** (candidate {candidate.get('candidate') or '?'}) is to "
+        f"serve on {where}.",
+        "",
+        f"- [The model version in MLflow]({candidate['url']}): its card, metrics and files",
+    ]
+    if candidate.get("run_url"):
+        lines.append(f"- [The training run]({candidate['run_url']})")
+    if tags.get("fmops.gate"):
+        lines.append(f"- The gate: {tags['fmops.gate']}")
+    if tags.get(digests.TAG):
+        lines.append(
+            f"- The files it serves are pinned by `{digests.TAG}` = `{tags[digests.TAG]}`; a "
+            "deployment refuses any that differ"
+        )
+    lines += [
+        "",
+        "**Approve** deploys it blue/green; **Reject** ends the run without deploying. Your "
+        "Airflow user and comment are recorded on the version.",
+    ]
+    return {
+        "model_name": name,
+        "version": str(version),
+        "url": candidate["url"],
+        "subject": f"Deploy {name} version {version} to {where}?",
+        "body": "\n".join(lines),
+        "timeout_seconds": config.deployment.approval_timeout_seconds,
+        "assigned_users": [{"id": r, "name": r} for r in config.deployment.reviewers],
+    }
+
+
+def record_review(
+    config: PipelineConfig,
+    version: str,
+    decision: str,
+    reviewer: dict[str, str],
+    comment: str,
+    source: str,
+) -> dict[str, str]:
+    """Write a person's decision (taken in Airflow, by the authenticated ``reviewer``: ``{"id",
+    "name"}``) to the version's tags, the record a reader of the MLflow registry sees."""
+    from fmops.registry import tracking
+    from fmops.registry.review import review_of, set_review
+
+    written = set_review(
+        tracking.client(config),
+        config.registry.model_name,
+        str(version),
+        decision,
+        reviewer["name"] or reviewer["id"],
+        comment,
+        reviewer_id=reviewer["id"],
+        source=source,
+    )
+    return review_of(written)
+
+
 def request_review(
     config: PipelineConfig, version: str, deploy_run: str, now: float | None = None
 ) -> float:

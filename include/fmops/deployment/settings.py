@@ -353,8 +353,9 @@ class DeploymentConfig(Strict):
     approval: Literal["auto", "manual"] = Field(
         "manual",
         description=(
-            "manual: await_approval waits for a reviewer's fmops.approval tag on the model "
-            "version; auto: the pipeline approves on the spot and says so on the version"
+            "manual: await_approval waits for a person to Approve or Reject in Airflow (Required "
+            "actions, the REST API, or fmops approve and reject), who is recorded on the version; "
+            "auto: the pipeline approves on the spot and says so on the version"
         ),
     )
     approval_timeout_seconds: int = Field(
@@ -363,11 +364,16 @@ class DeploymentConfig(Strict):
         le=90 * 24 * 3600,
         description=(
             "how long await_approval waits for a review before the deploy run fails without "
-            "deploying (the version stays pending: approve it and trigger fmops_deploy by hand)"
+            "deploying (decide, then trigger fmops_deploy by hand with the version)"
         ),
     )
-    approval_poll_seconds: int = Field(
-        30, ge=1, le=3600, description="seconds between two looks at the version's review tags"
+    reviewers: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description=(
+            "Airflow user ids who may approve or reject (Airflow answers 403 to anyone else); "
+            "empty: any user Airflow lets respond to fmops_deploy's required actions"
+        ),
     )
     port: int = Field(8090, ge=1024, le=65535)
     smoke_requests: int = Field(20, ge=1, le=10_000)

@@ -1,9 +1,10 @@
 """The review of a registered version, what fmops_deploy records on it, and the champion.
 
-A reviewer sets the version tag ``fmops.approval`` (``approved`` or ``rejected``, with
-``fmops.reviewer`` and ``fmops.review_comment``) in the MLflow UI or with ``fmops approve|reject``
-(``set_review``); fmops_deploy waits for it and records on the version how its run ended
-(``fmops.deploy_outcome``). After a good rollout ``promote`` moves ``champion``, and the version
+A reviewer decides in Airflow (fmops_deploy's await_approval, see ``fmops.airflow.approval``);
+fmops then records the decision on the version (``set_review``: ``fmops.approval``, the
+authenticated ``fmops.reviewer`` and the comment) and how the run ended
+(``fmops.deploy_outcome``). The tags are the record, never the decision: they can be written by
+anyone who reaches MLflow. After a good rollout ``promote`` moves ``champion``, and the version
 it replaces keeps ``fmops.replaced_at``; ``champion_artifacts`` is the champion the evaluation
 compares new candidates with.
 """
@@ -30,6 +31,8 @@ REVIEWER_TAG, COMMENT_TAG, REVIEWED_AT_TAG = (
     "fmops.review_comment",
     "fmops.reviewed_at",
 )
+# Who decided as Airflow authenticated them, and where (the HITL task); see fmops.airflow.approval
+REVIEWER_ID_TAG, REVIEW_SOURCE_TAG = "fmops.reviewer_id", "fmops.review_source"
 # What fmops_deploy records on a version: the run that handled it last and how that run ended.
 DEPLOY_RUN_TAG, DEPLOY_OUTCOME_TAG, DEPLOY_NOTE_TAG = (
     "fmops.deploy_run",
@@ -59,30 +62,26 @@ def review_of(tags: dict[str, str]) -> dict[str, str]:
     return {
         "decision": decision,
         "reviewer": tags.get(REVIEWER_TAG, ""),
+        "reviewer_id": tags.get(REVIEWER_ID_TAG, ""),
         "comment": tags.get(COMMENT_TAG, ""),
         "reviewed_at": tags.get(REVIEWED_AT_TAG, ""),
+        "source": tags.get(REVIEW_SOURCE_TAG, ""),
     }
 
 
-def read_review(uri: str, name: str, version: str) -> dict[str, str]:
-    """The review of ``name`` version ``version`` in the registry at ``uri`` (for the approval
-    trigger, which has no config). Raises ApprovalError when the version does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        found = tracking.client_for(uri).get_model_version(name, version)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise ApprovalError(f"{name} has no version {version} in {uri}") from err
-        raise
-    return review_of(found.tags)
-
-
 def set_review(
-    mlflow_client: Any, name: str, version: str, decision: str, reviewer: str, comment: str = ""
+    mlflow_client: Any,
+    name: str,
+    version: str,
+    decision: str,
+    reviewer: str,
+    comment: str = "",
+    reviewer_id: str = "",
+    source: str = "",
 ) -> dict[str, str]:
     """Record a review decision on a version: ``fmops.approval``, ``fmops.reviewer``,
-    ``fmops.review_comment`` and ``fmops.reviewed_at``. Returns the tags it set.
+    ``fmops.review_comment`` and ``fmops.reviewed_at``, with ``fmops.reviewer_id`` and
+    ``fmops.review_source`` (who Airflow authenticated, which task). Returns the tags it set.
 
     Raises ApprovalError for a decision other than approved/rejected, an empty reviewer, or a
     version that does not exist."""
@@ -106,6 +105,8 @@ def set_review(
         REVIEWER_TAG: reviewer.strip(),
         COMMENT_TAG: comment,
         REVIEWED_AT_TAG: now_iso(),
+        REVIEWER_ID_TAG: reviewer_id,
+        REVIEW_SOURCE_TAG: source,
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(

@@ -83,7 +83,7 @@ def decide(
         f"{reviewer.airflow_url.rstrip('/')}/api/v2/dags/{DAG_ID}/dagRuns/"
         f"{quote(run_id, safe='')}/taskInstances/{TASK_ID}/-1/hitlDetails"
     )
-    detail = _call(session, "GET", path, reviewer, run_id)
+    detail = _airflow_request(session, "GET", path, reviewer, run_id)
     if f"{model} version {version} " not in detail.get("subject", ""):
         raise ReviewError(
             f"the review that {DAG_ID} run {run_id} asks for is not of {model} version {version} "
@@ -96,7 +96,7 @@ def decide(
             f"{detail.get('chosen_options')} by {who}"
         )
     body = {"chosen_options": [APPROVE if approve else REJECT], "params_input": {COMMENT: comment}}
-    return _call(session, "PATCH", path, reviewer, run_id, json=body)
+    return _airflow_request(session, "PATCH", path, reviewer, run_id, json=body)
 
 
 def _token(session: requests.Session, reviewer: Reviewer) -> str:
@@ -130,7 +130,7 @@ def _token(session: requests.Session, reviewer: Reviewer) -> str:
     return response.json()["access_token"]
 
 
-def _call(
+def _airflow_request(
     session: requests.Session,
     method: str,
     url: str,

@@ -51,6 +51,18 @@ def local_file(uri: str, folder: Path, aws_conn_id: str | None = None) -> Path:
     return target
 
 
+def s3_identity(uri: str, aws_conn_id: str | None = None) -> dict[str, str]:
+    """What identifies the current content of the S3 object at ``uri`` (HeadObject): its
+    ``etag``, and its ``version_id`` in a versioned bucket; ``{}`` for a local file."""
+    if not uri.startswith("s3://"):
+        return {}
+    bucket, key = _s3_parts(uri)
+    head = _s3_hook(aws_conn_id).get_conn().head_object(Bucket=bucket, Key=key)
+    found = {"etag": head.get("ETag"), "version_id": head.get("VersionId")}
+    # VersionId "null": written while the bucket was not versioned
+    return {k: v for k, v in found.items() if v and v != "null"}
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 

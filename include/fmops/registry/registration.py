@@ -184,6 +184,19 @@ def _manifest_sha256(mlflow_client: Any, run_id: str) -> str:
     return digests.manifest_sha256(_manifest(mlflow_client, run_id))
 
 
+def registered_manifest(config: PipelineConfig, version: str) -> dict[str, Any]:
+    """The digests of the files the version serves and of the archive they came from
+    (``fmops.registry.digests``), once their list matches the version's tag: else
+    ``ArtifactDigestError`` (registered without them, or the list changed since)."""
+    mlflow_client = tracking.client(config)
+    name = config.registry.model_name
+    found = mlflow_client.get_model_version(name, version)
+    pinned = found.tags.get(digests.TAG)
+    listed = _manifest(mlflow_client, found.run_id) if pinned else {}
+    digests.check_pinned(listed, pinned, f"{name} version {version}")
+    return listed
+
+
 def verify_download(config: PipelineConfig, version: str, model_dir: Path, code_dir: Path) -> None:
     """Refuse to serve a downloaded version whose files are not the registered ones
     (``fmops.registry.digests``), naming each file that differs."""
@@ -206,13 +219,23 @@ def find_version(mlflow_client: Any, model_name: str, dag_run: str) -> Any | Non
     return found[0] if found else None
 
 
-def _unpack(model_artifacts: str, target: Path, aws_conn_id: str | None = None) -> Path:
+def unpack_model(
+    model_artifacts: str, target: Path, aws_conn_id: str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The job's model archive unpacked into ``target``, and what the version's manifest records
+    of it (``digests.archive_record``: in a versioned bucket, the S3 object version read)."""
     from fmops import storage
 
+    before = storage.s3_identity(model_artifacts, aws_conn_id)
     archive = storage.local_file(model_artifacts, target.parent / "archive", aws_conn_id)
+    if storage.s3_identity(model_artifacts, aws_conn_id) != before:
+        raise RuntimeError(
+            f"{model_artifacts} was overwritten while it was read for the registration: what "
+            "was read may be neither version; try again"
+        )
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")
-    return target
+    return target, digests.archive_record(model_artifacts, archive, before.get("version_id"))
 
 
 def _logged_model(mlflow_client: Any, experiment_id: str, run_id: str) -> Any | None:
@@ -246,15 +269,17 @@ def _log_model(config: PipelineConfig, winner: dict, run_id: str) -> Any:
 
     kind = kind_of(config)
     with tempfile.TemporaryDirectory(prefix="fmops-register-") as scratch:
-        model_dir = _unpack(
+        model_dir, archive = unpack_model(
             winner["model_artifacts"],
             Path(scratch) / "model",
             config.sagemaker.aws_conn_id if config.sagemaker else None,
         )
         code = [SCRIPTS_DIR / name for name in kind.handler_code]
+        # A SageMaker endpoint serves the archive itself: its digest goes with its files'.
+        listed = {**digests.manifest(model_dir, code), digests.ARCHIVE: archive}
         with mlflow.start_run(run_id=run_id):
             # First: a retry that finds the model logged finds its digests too.
-            mlflow.log_dict(digests.manifest(model_dir, code), digests.MANIFEST)
+            mlflow.log_dict(listed, digests.MANIFEST)
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(kind.mlflow_code_path()),

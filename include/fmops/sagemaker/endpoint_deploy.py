@@ -37,11 +37,17 @@ new endpoint is deleted (``DeleteEndpoint``; it never served) and, once gone, cr
 rolled back update is followed by another blue/green ``UpdateEndpoint``. A pinned type does not
 fall back, and a ranking tried to its end stops with ``NoCapacityError`` naming every type tried.
 
-The model archive must hold what its serving container reads: ``check_model_archive`` refuses,
-before anything is created, a classifier's archive without ``code/inference.py`` (without it the
-Hugging Face inference toolkit silently serves a default pipeline inferred from ``config.json``:
-embeddings instead of labels), and a generative model's (TGI reads the folder itself) without
-``config.json`` and ``*.safetensors`` at its root.
+The model archive must be the one registered and hold what its serving container reads:
+``check_model_archive`` reads it from S3 as a stream before anything is created and refuses an
+archive whose bytes are not those the version's manifest records (``fmops.registry.digests``:
+whoever can write the object could otherwise change what serves after the review), naming each
+file that changed, was added or is missing; a classifier's archive without ``code/inference.py``
+(without it the Hugging Face inference toolkit silently serves a default pipeline inferred from
+``config.json``: embeddings instead of labels); and a generative model's (TGI reads the folder
+itself) without ``config.json`` and ``*.safetensors`` at its root. SageMaker reads the object
+again when it starts the fleet, and CreateModel's ``ModelDataUrl`` names no object version: the
+check leaves that window open (an S3 Object Lock or a bucket policy that lets no one overwrite
+``training/`` closes it).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import json
 import logging
 import tarfile
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -114,40 +121,51 @@ def _weights_complete(names: set[str]) -> bool:
     return "config.json" in names and any(n.endswith(".safetensors") for n in names)
 
 
-def check_model_archive(s3: Any, model_data_url: str, archive: str = "code") -> None:
-    """Refuse a model archive its container cannot serve (streamed, stops once satisfied):
-    ``archive`` "code" (a classifier) needs ``code/inference.py``; "weights" (a generative
-    model, served by TGI) ``config.json`` and ``*.safetensors`` at the root."""
+def check_model_archive(
+    s3: Any,
+    model_data_url: str,
+    archive: str = "code",
+    registered: dict[str, Any] | None = None,
+    what: str = "the model version",
+) -> None:
+    """Refuse a model archive that is not the one registered or that its container cannot
+    serve, reading it once, streamed to its end (never whole in memory).
+
+    ``registered``: the version's manifest (``fmops.registry.registration.registered_manifest``):
+    ``ArtifactDigestError`` unless the archive's bytes are the registered ones (or, for a
+    version registered before fmops recorded them, its files are), naming each file that
+    differs. Then ``archive`` "code" (a classifier) needs ``code/inference.py``; "weights" (a
+    generative model, served by TGI) ``config.json`` and ``*.safetensors`` at the root."""
+    from fmops.registry import digests
     from fmops.sagemaker.staging import split_uri
 
     bucket, key = split_uri(check_model_data_url(model_data_url))
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-    at_root: set[str] = set()
+    found = s3.get_object(Bucket=bucket, Key=key)
+    body = found["Body"]
     try:
-        with tarfile.open(fileobj=body, mode="r|gz") as packed:
-            for member in packed:
-                name = member.name.removeprefix("./")
-                if not member.isfile():
-                    continue
-                if archive == "code" and name == ARCHIVE_CODE:
-                    return
-                if "/" not in name:
-                    at_root.add(name)
-                    if archive == "weights" and _weights_complete(at_root):
-                        return
-    except tarfile.TarError as err:
+        read = digests.archive_digests(body)
+    except (tarfile.TarError, EOFError, zlib.error) as err:
         raise EndpointError(f"{model_data_url} is not a gzipped tar archive: {err}") from None
     finally:
         body.close()
+    if registered is not None:
+        digests.verify_archive(registered, read, model_data_url, what, found.get("VersionId"))
+        log.info("%s: %s (sha256 %s) is the archive registered", what, model_data_url, read.sha256)
+    names = set(read.files)
     if archive == "code":
-        raise EndpointError(MISSING_CODE.format(uri=model_data_url, code=ARCHIVE_CODE))
+        if ARCHIVE_CODE not in names:
+            raise EndpointError(MISSING_CODE.format(uri=model_data_url, code=ARCHIVE_CODE))
+        return
+    at_root = {name for name in names if "/" not in name}
+    if _weights_complete(at_root):
+        return
     missing = [
-        what
-        for what, found in (
+        label
+        for label, present in (
             ("config.json", "config.json" in at_root),
             ("*.safetensors", any(n.endswith(".safetensors") for n in at_root)),
         )
-        if not found
+        if not present
     ]
     raise EndpointError(MISSING_WEIGHTS.format(uri=model_data_url, missing=" or ".join(missing)))
 
@@ -379,10 +397,12 @@ def start_deployment(
     cloudwatch: Any,
     autoscaling: Any,
     s3: Any = None,
+    registered: dict[str, Any] | None = None,
     now: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """Start one deployment of ``plan_endpoint``'s plan, up to and including CreateEndpoint or
-    UpdateEndpoint; does not wait. Idempotent on retry.
+    UpdateEndpoint; does not wait. Idempotent on retry. With ``s3``, the model archive is
+    checked first (``check_model_archive``), against the version's ``registered`` manifest.
 
     Returns the deployment's handle (JSON-able): ``action`` is ``created``, ``updated``,
     ``reattached`` (a deployment of this version was already under way) or ``unchanged``
@@ -392,7 +412,8 @@ def start_deployment(
     conclude with ``finish_deployment``, or with ``fall_back`` when it failed. Raises
     ``DeploymentFailedError`` when the endpoint cannot be updated (Failed, or a rollback alarm
     already in ALARM), ``EndpointBusyError`` when another deployment holds the endpoint,
-    ``EndpointError`` when the model archive lacks its serving code (``s3`` given).
+    ``EndpointError`` when the model archive lacks its serving code and ``ArtifactDigestError``
+    when it is not the registered one (``s3`` given): then nothing is created.
 
     Capacity: CreateEndpoint or UpdateEndpoint refused with ``ResourceLimitExceeded`` for the
     instance type moves the plan to the next type of its ranking (``next_instance``) and tries
@@ -403,7 +424,8 @@ def start_deployment(
     """
     if s3 is not None:
         archive = (plan.get("serving") or {}).get("archive", "code")
-        check_model_archive(s3, plan["model_data_url"], archive)
+        what = f"model version {plan['model_version']}"
+        check_model_archive(s3, plan["model_data_url"], archive, registered, what)
     while True:
         try:
             return _start(
@@ -668,6 +690,7 @@ def deploy(
     cloudwatch: Any,
     autoscaling: Any,
     s3: Any = None,
+    registered: dict[str, Any] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
@@ -683,7 +706,7 @@ def deploy(
     instance type of the ranking had capacity.
     """
     aws = {"sagemaker": sagemaker, "cloudwatch": cloudwatch, "autoscaling": autoscaling}
-    handle = start_deployment(plan, s3=s3, **aws)
+    handle = start_deployment(plan, s3=s3, registered=registered, **aws)
     while handle["action"] != "unchanged":
         name = handle["endpoint_name"]
         if handle["action"] == "deleting":

@@ -158,7 +158,9 @@ class SageMakerTarget(Target):
 
 class SageMakerDeployer(Deployer):
     """CreateEndpoint, or UpdateEndpoint blue/green with the rollback alarms; the wait runs in
-    the triggerer (``start`` / ``finish``), or in the call (``deploy``)."""
+    the triggerer (``start`` / ``finish``), or in the call (``deploy``). Before anything is
+    created, the version's ``model.tar.gz`` is read from S3 and must be the archive it was
+    registered with (``ArtifactDigestError`` naming the files that differ: never retried)."""
 
     waits = True
 
@@ -169,8 +171,8 @@ class SageMakerDeployer(Deployer):
         serves the version is left as it is: ``{"result": ...}``."""
         from fmops.sagemaker import endpoint_deploy
 
-        plan, settings, aws = _deployment(self.config, version)
-        handle = endpoint_deploy.start_deployment(plan, **aws)
+        plan, settings, aws, registered = _deployment(self.config, version)
+        handle = endpoint_deploy.start_deployment(plan, registered=registered, **aws)
         wait = {
             "target": NAME,
             "version": str(version),
@@ -223,8 +225,8 @@ class SageMakerDeployer(Deployer):
         from fmops.deployment.flow import record_endpoint
         from fmops.sagemaker import endpoint_deploy
 
-        plan, _, aws = _deployment(self.config, version)
-        deployed = _deployed(endpoint_deploy.deploy(plan, **aws), version)
+        plan, _, aws, registered = _deployment(self.config, version)
+        deployed = _deployed(endpoint_deploy.deploy(plan, registered=registered, **aws), version)
         record_endpoint(self.config, deployed)
         return deployed
 
@@ -270,12 +272,15 @@ def _concluded(wait: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     return deployed
 
 
-def _deployment(config: PipelineConfig, version: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """The endpoint plan of a registered version, the config's SageMaker settings, and the
-    clients a deployment calls (keyword arguments of ``endpoint_deploy.start_deployment`` and
-    ``deploy``)."""
+def _deployment(
+    config: PipelineConfig, version: str
+) -> tuple[dict[str, Any], Any, dict[str, Any], dict[str, Any]]:
+    """The endpoint plan of a registered version, the config's SageMaker settings, the clients
+    a deployment calls (keyword arguments of ``endpoint_deploy.start_deployment`` and
+    ``deploy``), and the version's registered digests, which its model archive must match
+    before anything is created (``ArtifactDigestError`` here for a version without them)."""
     from fmops.jobs.specs import base_model_parameters
-    from fmops.registry import tracking
+    from fmops.registry import registration, tracking
     from fmops.sagemaker import endpoint_plan, endpoint_watch, hosting, jumpstart, options, run
 
     settings = options.settings_of(config)
@@ -288,6 +293,7 @@ def _deployment(config: PipelineConfig, version: str) -> tuple[dict[str, Any], A
             f"{artifacts!r}): only versions that fmops_finetune trained on the sagemaker target "
             "can be served by SageMaker"
         )
+    registered = registration.registered_manifest(config, str(version))
     candidate = config.candidate(tags["fmops.candidate"])
     served_by = None
     if hosting.family_of(config, candidate) == hosting.JUMPSTART:
@@ -313,7 +319,7 @@ def _deployment(config: PipelineConfig, version: str) -> tuple[dict[str, Any], A
         "autoscaling": made.autoscaling,
         "s3": run.s3_client(config),
     }
-    return plan, settings, aws
+    return plan, settings, aws, registered
 
 
 def _deployed(result: dict[str, Any], version: str) -> dict[str, Any]:

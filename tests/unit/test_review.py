@@ -288,6 +288,30 @@ def test_a_timeout_fails_the_task_without_retries_and_is_recorded(store, version
     assert found[review.APPROVAL_TAG] == "pending", "a timeout is not a rejection"
 
 
+@pytest.mark.parametrize(
+    "returned",
+    [None, {"decision": "pending"}, "approved"],
+    ids=["marked success by hand", "not approved", "not a review"],
+)
+def test_deploy_refuses_to_run_without_an_approval(monkeypatch, returned):
+    """await_approval marked success by hand returns nothing: deploy must not go on."""
+    ti = SimpleNamespace(xcom_pull=lambda task_ids: returned if task_ids == "await_approval" else 0)
+    monkeypatch.setattr(tasks, "get_current_context", lambda: {"ti": ti})
+    monkeypatch.setattr(flow, "start_deploy", lambda *args: pytest.fail("deployed"))
+    with pytest.raises(AirflowFailException, match="await_approval returned no approval"):
+        tasks.start_deploy({"resolved": {}, "version": "1"})
+
+
+def test_deploy_goes_on_after_an_approval(monkeypatch):
+    review = {"decision": "approved", "reviewer": "erin"}
+    ti = SimpleNamespace(xcom_pull=lambda task_ids: review, xcom_push=lambda **kwargs: None)
+    monkeypatch.setattr(tasks, "get_current_context", lambda: {"ti": ti})
+    monkeypatch.setattr(tasks, "_push_candidate_links", lambda candidate: None)
+    monkeypatch.setattr(tasks, "_config", lambda resolved: "the config")
+    monkeypatch.setattr(flow, "start_deploy", lambda config, version: {"result": (config, version)})
+    assert tasks.start_deploy({"resolved": {}, "version": "1"}) == {"result": ("the config", "1")}
+
+
 def test_auto_approval_says_who_approved_and_why(store, version, context, asked):
     task = AwaitApprovalOperator(
         task_id="await_approval", candidate=candidate(store, version, approval="auto")

@@ -559,8 +559,27 @@ def start_deploy(candidate: dict) -> dict:
     SageMaker deployment to wait for."""
     from fmops.deployment.flow import start_deploy as start
 
+    _require_approval()
     _push_candidate_links(candidate)
     return start(_config(candidate["resolved"]), candidate["version"])
+
+
+def _require_approval() -> None:
+    """deploy goes on only after await_approval returned an approval. A task marked success by
+    hand (UI or REST) returns nothing: that would skip the review, so the deploy refuses."""
+    from fmops.registry.review import APPROVED
+
+    try:
+        ti = get_current_context()["ti"]
+    except RuntimeError:  # called outside a task (a script, a test): no DAG run to check
+        return
+    review = ti.xcom_pull(task_ids="await_approval")
+    if not isinstance(review, dict) or review.get("decision") != APPROVED:
+        raise AirflowFailException(
+            "await_approval returned no approval (was it marked success by hand?): nothing is "
+            "deployed without a review decided in Airflow, or approval: auto; trigger "
+            "fmops_deploy again and decide in its Required actions"
+        )
 
 
 @fail_fast

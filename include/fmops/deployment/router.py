@@ -242,7 +242,11 @@ class Router(ThreadingHTTPServer):
     # -- bounds on clients ------------------------------------------------------------------------
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """One thread per connection, up to ``max_connections``; past it, 503 and close."""
+        """One thread per connection, up to ``max_connections``; past it, 503 and close.
+
+        The refusal is written at once, in the accept loop, without reading the request (a slow
+        client must not hold the loop): a client still sending its body when the connection
+        closes may see a reset instead of the 503. Either way it should retry later."""
         with self.lock:
             admitted = self.connections < self.max_connections
             if admitted:

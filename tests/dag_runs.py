@@ -47,3 +47,24 @@ def xcom_key(run: Any, task_id: str, key: str) -> Any:
     with create_session() as session:
         (row,) = session.scalars(query).all()
         return XComModel.deserialize_value(row)
+
+
+def model_card(client: Any, version: Any) -> str:
+    """A registered version's whole model card (``model_card.md`` on its source run), after
+    checking the version's description: at most MLflow's 5,000 characters, and the card itself
+    or some of its sections, with a line naming the whole."""
+    import tempfile
+    from pathlib import Path
+
+    from fmops.registry.card import CARD_ARTIFACT, MAX_DESCRIPTION
+
+    with tempfile.TemporaryDirectory() as folder:
+        card = Path(client.download_artifacts(version.run_id, CARD_ARTIFACT, folder)).read_text()
+    description = version.description
+    assert len(description) <= MAX_DESCRIPTION, len(description)
+    if description != card:
+        kept, note = description.split("\n\n_Left out here (an MLflow description holds")
+        for section in kept.split("\n## "):
+            assert section.strip() in card, f"not in the card: {section[:80]!r}"
+        assert CARD_ARTIFACT in note
+    return card

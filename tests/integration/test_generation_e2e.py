@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dag_runs import task_states, xcom
+from dag_runs import model_card, task_states, xcom
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHAT = PROJECT_ROOT / "include" / "data" / "banking77-chat"
@@ -132,7 +132,7 @@ def test_finetune_registers_a_generative_winner(finetune_run, llm_config, tmp_pa
     challenger = client.get_model_version_by_alias(name, tracking.CHALLENGER)
     assert challenger.tags["fmops.candidate"] == "smol-lora"
     assert challenger.tags["fmops.base_model"] == "smollm2-135m-instruct"
-    card = challenger.description
+    card = model_card(client, challenger)
     assert "## Prompt format" in card and "## Sample answers (banking77-chat" in card
     assert "| input | reference | answer | token F1 |" in card
     assert "- smol-broken: training job" in card

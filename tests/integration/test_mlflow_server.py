@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dag_runs import model_card
 from mlflow_server import MlflowServer, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -306,7 +307,7 @@ def test_the_version_carries_its_card_tags_and_lineage(registered, config, serve
     assert source.data.tags["fmops.job_name"] == version.tags["fmops.training_job"]
     assert source.info.status == "FINISHED"
 
-    card = version.description
+    card = model_card(tracking.client(config), version)
     for heading in ("## Data", "## Training", "## Evaluation", "### Gate decision", "## Hosting"):
         assert heading in card, heading
     assert "## Known limits" in card and "## Review" in card

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dag_runs import task_states, try_numbers, xcom, xcom_key
+from dag_runs import model_card, task_states, try_numbers, xcom, xcom_key
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
@@ -59,8 +59,9 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config, tmp_path):
     challenger = client.get_model_version_by_alias(name, tracking.CHALLENGER)
     assert challenger.tags["fmops.dag_run"] == f"fmops_finetune/{finetune_run.run_id}"
     assert challenger.tags["fmops.candidate"] in {"tiny-full", "tiny-lora"}
-    assert "| model | mean win rate | primary |" in challenger.description
-    assert "no champion is registered: the bounds alone decide" in challenger.description
+    card = model_card(client, challenger)
+    assert "| model | mean win rate | primary |" in card
+    assert "no champion is registered: the bounds alone decide" in card
 
     experiment = client.get_experiment_by_name(tiny_config.pipeline)
     runs = client.search_runs(
@@ -100,7 +101,7 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config, tmp_path):
     (failure,) = json.loads(Path(failed).read_text())["failed"]
     assert failure["candidate"] == "tiny-broken" and failure["status"] == "Failed"
     assert "no_such_module" in failure["reason"]
-    assert "- tiny-broken: training job" in challenger.description
+    assert "- tiny-broken: training job" in card
 
     # Every job has a nested run of its own, ended with the job's status; the DAG run's run is
     # ended by close_run with the run's outcome.

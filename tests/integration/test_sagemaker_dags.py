@@ -36,6 +36,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
+from dag_runs import model_card
 from moto_server import aws_env_module_fixture, moto_server_fixture  # noqa: F401
 from sagemaker_containers import SageMakerContainers
 
@@ -372,7 +373,7 @@ def test_the_winner_is_registered_in_mlflow(finetune, training_jobs, config):
     assert challenger.tags["fmops.model_artifacts"] == full["ModelArtifacts"]["S3ModelArtifacts"]
     assert challenger.tags["fmops.training_job"] == full["TrainingJobName"]
     assert challenger.tags[review.APPROVAL_TAG] == "pending"
-    assert "- tiny-broken: training job" in challenger.description
+    assert "- tiny-broken: training job" in model_card(client, challenger)
 
     experiment = client.get_experiment_by_name(PIPELINE)
     runs = client.search_runs(

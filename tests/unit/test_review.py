@@ -24,7 +24,13 @@ from fmops.airflow.approval import AwaitApprovalOperator
 from fmops.config import CONFIGS_DIR, parse_config
 from fmops.deployment import flow
 from fmops.registry import review, tracking
-from fmops.registry.card import comparison_line, gate_summary, model_card
+from fmops.registry.card import (
+    MAX_DESCRIPTION,
+    comparison_line,
+    fit_description,
+    gate_summary,
+    model_card,
+)
 from fmops.targets.sagemaker import console_url
 
 MODEL = "review-classifier"
@@ -557,6 +563,38 @@ def test_the_model_card_has_what_a_reviewer_needs(store):
     assert "Recommended instance `ml.g4dn.xlarge` at $0.736/h (catalog)" in card
     assert "no abstention" in card
     assert "fmops approve|reject review-classifier VERSION" in card
+    assert "--reviewer" not in card  # a review names its Airflow user, not a typed-in name
+    assert fit_description(card, "http://m/card") == card  # it fits: the description is whole
+
+
+def test_a_card_longer_than_mlflow_holds_leaves_out_what_a_reviewer_needs_least():
+    """PostgreSQL's model_versions.description is VARCHAR(5000): a longer card failed `register`
+    on the team stack (SQLite had taken it). The description leaves out whole sections, the
+    least needed first, and says which and where the whole card is."""
+    titles = ["Data", "Training", "Evaluation", "Sample answers (x)", "Hosting", "Cost"]
+    titles += ["Known limits", "Review"]
+    body = {title: f"## {title}\n{title[0] * 800}\n" for title in titles}
+    card = f"# m: a\n\n- lineage {'x' * 200}\n" + "\n".join(body.values())
+    assert len(card) > MAX_DESCRIPTION
+    url = "http://m/#/experiments/1/runs/w/artifacts/model_card.md"
+    described = fit_description(card, url)
+    assert len(described) <= MAX_DESCRIPTION
+    assert described.startswith("# m: a\n\n- lineage ")
+    for kept in ("Data", "Training", "Evaluation", "Known limits", "Review"):
+        assert body[kept].strip() in described, kept
+    for left_out in ("Sample answers (x)", "Hosting", "Cost"):
+        assert f"## {left_out}" not in described, left_out
+    assert described.endswith(
+        "Left out here (an MLflow description holds 5,000 characters): Sample answers (x), "
+        f"Hosting, Cost. The whole card is `model_card.md` on the winner's run: {url}_\n"
+    )
+    # The sections kept keep their order.
+    positions = [described.index(f"## {title}") for title in ("Data", "Evaluation", "Review")]
+    assert positions == sorted(positions)
+    # A title and lineage longer than the bound alone are cut at a line.
+    huge = "# m: a\n" + "\n".join("y" * 99 for _ in range(80))
+    cut = fit_description(huge, "http://c")
+    assert len(cut) <= MAX_DESCRIPTION and cut.split("\n\n_Left out")[0].endswith("y" * 99)
 
 
 def test_fmops_deploy_takes_the_newest_registration_from_the_asset_events(monkeypatch):

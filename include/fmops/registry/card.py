@@ -299,8 +299,69 @@ Candidates that failed and were not compared:
 {_known_limits(config, staged, decision, winner["candidate"])}
 
 ## Review
-Approve or reject by setting the version tag `{APPROVAL_TAG}` to `{APPROVED}` or `{REJECTED}`
-(with `{REVIEWER_TAG}` and `{COMMENT_TAG}`), or with
-`fmops approve|reject {config.registry.model_name} VERSION --reviewer NAME --comment TEXT`.
+Approve or reject in Airflow: the `await_approval` task of the `fmops_deploy` run that this
+version scheduled (the UI's required actions), or
+`fmops approve|reject {config.registry.model_name} VERSION --comment TEXT` with an Airflow login.
+The decision, who made it and the comment are recorded on this version's tags (`{APPROVAL_TAG}`:
+`{APPROVED}` or `{REJECTED}`, `{REVIEWER_TAG}`, `{COMMENT_TAG}`); setting those tags by hand
+decides nothing.
 {review}
 """
+
+
+MAX_DESCRIPTION = 5000  # MLflow's model_versions.description is VARCHAR(5000) on PostgreSQL/MySQL
+CARD_ARTIFACT = "model_card.md"
+
+
+# Which sections a description too long for MLflow leaves out first (titles' beginnings); any
+# section not named here goes before them, and the card's title and lineage always stay.
+DROP_FIRST = (
+    "Sample answers",
+    "Cost",
+    "Hosting",
+    "Prompt format",
+    "Training",
+    "Data",
+    "Review",
+    "Known limits",
+    "Evaluation",
+)
+
+
+def fit_description(card: str, full_card_url: str) -> str:
+    """The card as a version's description: whole when it fits MLflow's 5,000 characters, else
+    without the sections a reviewer needs least (:data:`DROP_FIRST`), with a line naming them
+    and where the whole card is.
+
+    SQLite stores a longer description; PostgreSQL (the team stack, compose) refuses it, so the
+    bound holds on every store. The gate's decision, the known limits and how to review stay
+    longest; a card whose title and lineage alone are too long is cut at a line."""
+    if len(card) <= MAX_DESCRIPTION:
+        return card
+    head, *sections = card.split("\n## ")
+
+    def rank(section: str) -> int:
+        title = section.split("\n", 1)[0]
+        order = [i for i, name in enumerate(DROP_FIRST) if title.startswith(name)]
+        return order[0] if order else -1  # a section not listed goes first
+
+    def note(left_out: list[str]) -> str:
+        titles = ", ".join(section.split("\n", 1)[0] for section in left_out)
+        return (
+            f"\n\n_Left out here (an MLflow description holds {MAX_DESCRIPTION:,} characters): "
+            f"{titles}. The whole card is `{CARD_ARTIFACT}` on the winner's run: "
+            f"{full_card_url}_\n"
+        )
+
+    kept = list(sections)
+    for section in sorted(sections, key=rank):
+        text = "\n## ".join([head, *kept]).rstrip()
+        if len(text) + len(note([s for s in sections if s not in kept])) <= MAX_DESCRIPTION:
+            break
+        kept.remove(section)
+    left_out = [s for s in sections if s not in kept]
+    text = "\n## ".join([head, *kept]).rstrip()
+    budget = MAX_DESCRIPTION - len(note(left_out))
+    if len(text) > budget:
+        text = text[:budget].rsplit("\n", 1)[0]
+    return text + note(left_out)

@@ -25,7 +25,13 @@ from fmops.config import PipelineConfig
 from fmops.kinds import kind_of
 from fmops.paths import SCRIPTS_DIR
 from fmops.registry import digests, tracking
-from fmops.registry.card import gate_summary, hosting_recommendation, model_card
+from fmops.registry.card import (
+    CARD_ARTIFACT,
+    fit_description,
+    gate_summary,
+    hosting_recommendation,
+    model_card,
+)
 from fmops.registry.review import APPROVAL_TAG, PENDING
 from fmops.registry.runs import candidate_of, job_run_of, record_runs, run_costs
 
@@ -148,24 +154,27 @@ def _create_version(
     if winner["model_artifacts"].startswith("s3://"):
         # What a SageMaker model (CreateModel's ModelDataUrl) is made from.
         tags["fmops.sagemaker.model_data_url"] = winner["model_artifacts"]
+    card = model_card(
+        config,
+        staged,
+        decision,
+        winner,
+        dag_id,
+        run_id,
+        failed,
+        links=links,
+        evaluation=next(
+            (e for e in evaluations if e and e["candidate"] == winner["candidate"]), None
+        ),
+    )
+    # The whole card stays with the winner's run; the description holds what fits.
+    mlflow_client.log_text(winner_run, card, CARD_ARTIFACT)
     version = mlflow_client.create_model_version(
         name,
         model.model_uri,
         run_id=winner_run,
         tags={k: str(v)[: tracking.MAX_TAG_VALUE] for k, v in tags.items()},
-        description=model_card(
-            config,
-            staged,
-            decision,
-            winner,
-            dag_id,
-            run_id,
-            failed,
-            links=links,
-            evaluation=next(
-                (e for e in evaluations if e and e["candidate"] == winner["candidate"]), None
-            ),
-        ),
+        description=fit_description(card, f"{links['winner_run']}/artifacts/{CARD_ARTIFACT}"),
         model_id=model.model_id,
     )
     return str(version.version)

@@ -90,7 +90,7 @@ def set_review(
     if decision not in (APPROVED, REJECTED):
         raise ApprovalError(f"decision {decision!r}; allowed: {APPROVED}, {REJECTED}")
     if not reviewer.strip():
-        raise ApprovalError("a review needs a reviewer: name who decided (--reviewer NAME)")
+        raise ApprovalError("a review needs a reviewer: the Airflow user who decided")
     try:
         previous = review_of(mlflow_client.get_model_version(name, str(version)).tags)
     except MlflowException as err:

@@ -406,17 +406,25 @@ def record_job_end(
 
 
 def end_dag_run(
-    where: dict[str, str], config: PipelineConfig | None, dag_id: str, run_id: str, reason: str
+    where: dict[str, str],
+    config: PipelineConfig | None,
+    dag_id: str,
+    run_id: str,
+    reason: str,
+    jobs: set[str] | None = None,
 ) -> dict[str, list[str]]:
     """A DAG run that ended without closing its MLflow runs (``fmops.airflow.listener``: marked
     failed or success by hand, timed out): stop the jobs it started that still run (nobody
     waits for them any more, and on SageMaker they bill), then end its runs still ``RUNNING``
     ``KILLED`` with ``reason``. ``config`` gives the job backends' settings (None: no jobs to
-    stop). A job that cannot be stopped (it ended meanwhile, its backend is unreachable) is
-    logged and the rest go on. Returns the jobs stopped and the runs ended."""
+    stop). ``jobs``: only these jobs and their runs (a task instance marked failed by hand), not
+    the DAG run's own run. A job that cannot be stopped (it ended meanwhile, its backend is
+    unreachable) is logged and the rest go on. Returns the jobs stopped and the runs ended."""
     from fmops.registry import runs
 
     found = runs.open_runs(where, dag_id, run_id)
+    if jobs is not None:
+        found = [run for run in found if (runs.started_job(run) or {}).get("name") in jobs]
     stopped = []
     for job in filter(None, map(runs.started_job, found)) if config is not None else []:
         handle = {"target": job["target"], "settings": backend_settings(config)}

@@ -216,7 +216,8 @@ def test_a_dag_run_ended_without_close_run_stops_its_jobs_and_leaves_no_run_runn
     """What fmops' listener does for a DAG run marked failed by hand
     (``fmops.pipeline.end_dag_run``): the job it started that still runs is stopped, and the
     runs still RUNNING, the DAG run's own and that job's, end KILLED with the reason; a job run
-    that ended keeps its status, and another DAG run's runs are not touched."""
+    that ended keeps its status, and another DAG run's runs are not touched. For a task instance
+    marked failed by hand, only its own job and that job's run."""
     from fmops.jobs.backend import describe, status_of
     from fmops.pipeline import backend_for, end_dag_run
     from fmops.registry import job_runs, runs, tracking
@@ -245,10 +246,25 @@ def test_a_dag_run_ended_without_close_run_stops_its_jobs_and_leaves_no_run_runn
     backend = backend_for(running)
     assert status_of("training", describe(backend, "training", running["name"])) == "InProgress"
 
+    # A task instance marked failed by hand (the listener's on_task_instance_failed): only its
+    # job, and only that job's run; another job's name stops nothing.
+    by_hand = "await_training[0] was set failed by hand"
+    untouched = end_dag_run(where, config, "fmops_finetune", "manual__stopped", by_hand, {"x"})
+    assert untouched == {"stopped_jobs": [], "ended_runs": []}
+    ended = end_dag_run(
+        where, config, "fmops_finetune", "manual__stopped", by_hand, {running["name"]}
+    )
+    assert ended == {
+        "stopped_jobs": [running["name"]],
+        "ended_runs": [running["mlflow"]["run_id"]],
+    }
+    mlflow_client = tracking.client_for(server.url)
+    assert mlflow_client.get_run(where["run_id"]).info.status == "RUNNING"
+    assert mlflow_client.get_run(running["mlflow"]["run_id"]).info.status == "KILLED"
+
     reason = "the DAG run ended failed before close_run ended this run: marked failed"
     ended = end_dag_run(where, config, "fmops_finetune", "manual__stopped", reason)
 
-    assert ended["stopped_jobs"] == [running["name"]]
     deadline = time.monotonic() + 30
     while (status := status_of("training", describe(backend, "training", running["name"]))) in (
         "InProgress",
@@ -257,13 +273,13 @@ def test_a_dag_run_ended_without_close_run_stops_its_jobs_and_leaves_no_run_runn
         assert time.monotonic() < deadline, f"the job is still {status} 30 s after its stop"
         time.sleep(0.5)
     assert status == "Stopped"
-    assert sorted(ended["ended_runs"]) == sorted([where["run_id"], running["mlflow"]["run_id"]])
-    mlflow_client = tracking.client_for(server.url)
+    # The DAG run marked failed: what is still running (the DAG run's own run) ends.
+    assert ended == {"stopped_jobs": [], "ended_runs": [where["run_id"]]}
     parent = mlflow_client.get_run(where["run_id"])
     assert parent.info.status == "KILLED" and parent.data.tags["fmops.outcome"] == reason
     killed = mlflow_client.get_run(running["mlflow"]["run_id"])
     assert killed.info.status == "KILLED"
-    assert killed.data.tags["fmops.failure_reason"] == reason
+    assert killed.data.tags["fmops.failure_reason"] == by_hand
     assert mlflow_client.get_run(done["run_id"]).info.status == "FINISHED"
     for untouched in (opened["manual__other"]["run_id"], other["run_id"]):
         assert mlflow_client.get_run(untouched).info.status == "RUNNING"

@@ -1,4 +1,5 @@
-"""fmops' Airflow listener: a DAG run that ends leaves no MLflow run RUNNING and no job running.
+"""fmops' Airflow listener: a DAG run that ends leaves no MLflow run RUNNING and no job running,
+and a job task that a person marks failed stops its job.
 
 Each DAG's last task (``close_run``, trigger rule all done) ends the DAG run's MLflow run with
 its outcome. A DAG run can end without it: marked failed or success by hand (the UI's "Mark
@@ -35,9 +36,64 @@ log = logging.getLogger(__name__)
 OPENED_BY = {"fmops_finetune": "load_config", "fmops_deploy": "resolve_candidate"}
 
 
+# fmops_finetune's tasks whose mapped instance stands for one job, and the task whose XCom (the
+# job handle, at the same map index) names that job.
+JOB_OF = {
+    "submit_training": "submit_training",
+    "await_training": "submit_training",
+    "submit_evaluation": "submit_evaluation",
+    "await_evaluation": "submit_evaluation",
+}
+
+
 @hookimpl
 def on_dag_run_failed(dag_run: Any, msg: str) -> None:
     _start(dag_run, "failed", msg)
+
+
+@hookimpl
+def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any) -> None:
+    """A person set a task instance failed (the UI's "Mark as", ``PATCH .../taskInstances/...``):
+    the api-server calls this with no previous state. A job task's job is stopped and its run
+    ended KILLED, as a DAG run marked failed does for all of them; the DAG run goes on with its
+    other tasks and ends failed. A task that fails by itself (previous state RUNNING) is left to
+    its own handling: a failed wait has ended its job's run already."""
+    try:
+        if previous_state is not None or task_instance.dag_id != "fmops_finetune":
+            return
+        submit = JOB_OF.get(task_instance.task_id)
+        if submit is None:
+            return
+        label = f"{task_instance.task_id}[{task_instance.map_index}]"
+        thread = threading.Thread(
+            target=_end_job,
+            args=(task_instance.dag_id, task_instance.run_id, submit, task_instance.map_index),
+            kwargs={"reason": f"{label} was set failed by hand: {error}"},
+            name=f"fmops-end-job-{task_instance.run_id}-{label}",
+            daemon=True,
+        )
+        thread.start()
+    except Exception:
+        log.exception("fmops: could not start stopping the job of a task marked failed")
+
+
+def _end_job(dag_id: str, run_id: str, submit: str, map_index: int, reason: str) -> None:
+    """Stop the job of ``submit``'s instance ``map_index`` and end its run, on this thread."""
+    from fmops.pipeline import config_of, end_dag_run
+
+    try:
+        handle = _xcom(dag_id, run_id, submit, "return_value", map_index)
+        where = _xcom(dag_id, run_id, OPENED_BY[dag_id], MLFLOW_RUN_KEY)
+        resolved = _xcom(dag_id, run_id, "load_config", "return_value")
+        if not (handle and where and resolved):  # no job was started for it
+            return
+        ended = end_dag_run(
+            where, config_of(resolved), dag_id, run_id, reason, jobs={handle["name"]}
+        )
+    except Exception:
+        log.exception("fmops: could not stop the job of %s %s %s", dag_id, run_id, submit)
+        return
+    log.info("fmops: %s %s: %s (%s)", dag_id, run_id, ended, reason)
 
 
 @hookimpl
@@ -87,7 +143,7 @@ def _end(dag_id: str, run_id: str, reason: str) -> None:
         log.info("fmops: %s %s: %s (%s)", dag_id, run_id, ended, reason)
 
 
-def _xcom(dag_id: str, run_id: str, task_id: str, key: str) -> Any:
+def _xcom(dag_id: str, run_id: str, task_id: str, key: str, map_index: int = -1) -> Any:
     """The XCom ``key`` of the DAG run's task ``task_id``; None when it has none. Read from the
     metadata database (listeners run in Airflow's own processes, which have it) in a session of
     the calling thread's own (``_end``'s thread: never the scheduler's)."""
@@ -96,7 +152,12 @@ def _xcom(dag_id: str, run_id: str, task_id: str, key: str) -> Any:
 
     with create_session() as session:
         query = XComModel.get_many(
-            run_id=run_id, key=key, task_ids=task_id, dag_ids=dag_id, map_indexes=-1, limit=1
+            run_id=run_id,
+            key=key,
+            task_ids=task_id,
+            dag_ids=dag_id,
+            map_indexes=map_index,
+            limit=1,
         )
         row = session.scalars(query).first()
         return XComModel.deserialize_value(row) if row is not None else None

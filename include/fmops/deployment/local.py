@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fmops import processes
+from fmops.deployment.router import IDENTITY_FILE
 from fmops.paths import state_dir
 from fmops.schema import NAME_PATTERN, NAME_RULE
 
@@ -204,6 +205,13 @@ class LocalEndpoint:
                     f"delete it first (fmops endpoint delete {self.name}) to move it"
                 )
             return False
+        own = self._own_router()
+        if own is not None:  # started by a deploy that was killed before it recorded it
+            if own["port"] == port:
+                state["router"], state["port"] = {"pid": own["pid"], "start": own["start"]}, port
+                log.info("endpoint %s: adopted its router (pid %s)", self.name, own["pid"])
+                return False
+            processes.stop(own)
         if not port_free(port):
             raise EndpointError(
                 f"port {port} on 127.0.0.1 is taken by another process, so endpoint {self.name} "
@@ -225,6 +233,16 @@ class LocalEndpoint:
         state["port"] = port
         log.info("endpoint %s: router started on 127.0.0.1:%s", self.name, port)
         return True
+
+    def _own_router(self) -> dict[str, Any] | None:
+        """The router of this endpoint that runs, by its own record (``router.record_identity``);
+        None when there is none."""
+        path = self.dir / IDENTITY_FILE
+        try:
+            identity = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return identity if processes.alive(identity) else None
 
     def _await_router(self, port: int, identity: dict[str, Any] | None) -> None:
         deadline = time.monotonic() + ROUTER_START_SECONDS
@@ -531,6 +549,7 @@ class LocalEndpoint:
             for variant in state["variants"].values():
                 processes.stop(variant.get("process"))
             processes.stop(state.get("router"))
+            processes.stop(self._own_router())  # one a killed deploy started and never recorded
         self.state_file.unlink(missing_ok=True)
         log.info("endpoint %s deleted", self.name)
         return True

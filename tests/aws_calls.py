@@ -75,6 +75,12 @@ NOT_AWS = {
         "MlflowClient.create_experiment (MLflow), not sagemaker:CreateExperiment"
     ),
     ("*", "search"): "re.search / Pattern.search; fmops never calls sagemaker:Search",
+    **{
+        ("include/fmops/team_stack.py", method): (
+            "the native team stack's own S3 store on 127.0.0.1 (compose's MinIO), never AWS"
+        )
+        for method in ("list_buckets", "create_bucket")
+    },
 }
 
 # Methods that exist in several services: (module, method) -> service.

@@ -54,3 +54,16 @@ def dagbag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(str(PROJECT_ROOT / "dags"))
+
+
+# The test module that runs beside the rest under `make test` (pytest -n 2 --dist loadgroup): it
+# starts a stack of its own (own FMOPS_HOME, free ports, its own config's endpoint port) and spends
+# most of its time waiting for its faults (heartbeat timeouts, an MLflow outage), so it shares the
+# machine with the rest without crowding it. Everything else stays in one group, on one worker, in
+# its usual order, as without xdist.
+BESIDE = {"test_team_stack.py": "team-stack"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(BESIDE.get(item.path.name, "serial")))

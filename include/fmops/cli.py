@@ -209,18 +209,34 @@ def _listed(list_jobs: Any, field: str, limit: int) -> list[dict[str, Any]]:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from fmops import stack
+    from fmops import stack, team_stack
 
-    if args.action == "up":
+    if args.action == "up" and args.profile == "team":
+        print(
+            "starting the team stack: PostgreSQL, Redis, S3 (moto), MLflow, the Airflow api-server,"
+            f" scheduler, dag-processor, triggerer and {team_stack.WORKERS} Celery workers"
+        )
+        team_stack.start()
+        user, _ = team_stack.admin_credentials()
+        print(
+            f"Airflow UI:  {team_stack.airflow_url()}  (user {user}, password "
+            f"_AIRFLOW_WWW_USER_PASSWORD in {team_stack.secrets_file()})"
+        )
+        print(f"MLflow UI:   {team_stack.mlflow_url()}")
+    elif args.action == "up":
+        if team_stack.running():
+            raise stack.StackError("the team stack is running; `make down` first")
         print("starting airflow standalone and mlflow server (first start: a minute or two)")
         stack.start()
         print(
             f"Airflow UI:  {stack.airflow_url()}  (user admin, password in {stack.password_file()})"
         )
         print(f"MLflow UI:   {stack.mlflow_url()}")
-    elif args.action == "down":
-        stopped = stack.stop()
+    elif args.action == "down":  # whichever profile runs
+        stopped = stack.stop() + team_stack.stop()
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    elif args.profile == "team":
+        print(json.dumps(team_stack.status(), indent=1))
     else:
         print(json.dumps(stack.status(), indent=1))
     return 0
@@ -385,8 +401,16 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("--follow", action="store_true", help="logs: until the job ends")
     jobs.set_defaults(func=_jobs)
 
-    stack = commands.add_parser("stack", help="the local Airflow + MLflow stack")
+    stack = commands.add_parser("stack", help="the local or the team Airflow + MLflow stack")
     stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument(
+        "--profile",
+        choices=["local", "team"],
+        default="local",
+        help="local: airflow standalone + mlflow server (default); team: docker-compose.yaml's "
+        "services natively (CeleryExecutor with 2 workers, PostgreSQL, Redis, S3). "
+        "down stops either",
+    )
     stack.set_defaults(func=_stack)
 
     demo = commands.add_parser("demo", help="run both DAGs on the local stack, end to end")

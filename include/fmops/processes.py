@@ -23,9 +23,14 @@ def start_time(pid: int) -> str | None:
 
 
 def spawn_detached(
-    command: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    command: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
 ) -> dict[str, object]:
     """Start ``command`` in a new session, output appended to ``log_path``; return its identity.
+    ``user``: the account it runs as (a server that refuses root: PostgreSQL), when we are root.
 
     The log is the user's alone (0600): a server's output can carry what only its user may
     read (a generated password, a URL with a token)."""
@@ -41,6 +46,7 @@ def spawn_detached(
             start_new_session=True,
             env=env,
             cwd=cwd,
+            user=user,
         )
     return {"pid": process.pid, "start": start_time(process.pid)}
 
@@ -71,9 +77,13 @@ def _exited(pid: int, state: str) -> bool:
         return True
 
 
-def stop(identity: dict[str, object] | None, grace_seconds: float = 10.0) -> bool:
-    """SIGTERM our process and its session, SIGKILL what of the session is left after the grace
-    period. True if it ran.
+def stop(
+    identity: dict[str, object] | None,
+    grace_seconds: float = 10.0,
+    first_signal: int = signal.SIGTERM,
+) -> bool:
+    """SIGTERM (or ``first_signal``) our process and its session, SIGKILL what of the session is
+    left after the grace period. True if it ran.
 
     The whole session, not only the leader: a server that starts others (``airflow
     standalone``: scheduler, api-server, triggerer, their workers) may exit while one of them
@@ -82,7 +92,7 @@ def stop(identity: dict[str, object] | None, grace_seconds: float = 10.0) -> boo
         return False
     pid = int(identity["pid"])  # type: ignore[index]
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, first_signal)
     for sig, wait in ((None, grace_seconds), (signal.SIGKILL, 5.0)):
         if sig is not None:
             for member in session_pids(pid):

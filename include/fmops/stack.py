@@ -114,12 +114,17 @@ def _state() -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _up(url: str) -> bool:
+def answers(url: str) -> bool:
+    """A GET of ``url`` (our own 127.0.0.1) answers 200."""
     try:
         with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - our own 127.0.0.1
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def running() -> bool:
+    return any(processes.alive(identity) for identity in _state().values())
 
 
 def status() -> dict[str, Any]:
@@ -129,7 +134,7 @@ def status() -> dict[str, Any]:
             "pid": state.get(name, {}).get("pid"),
             "running": processes.alive(state.get(name)),
             "url": url,
-            "healthy": _up(health),
+            "healthy": answers(health),
         }
         for name, url, health in (
             ("airflow", airflow_url(), f"{airflow_url()}/api/v2/monitor/health"),
@@ -144,7 +149,7 @@ def start(timeout: float = START_TIMEOUT_SECONDS) -> dict[str, Any]:
     state_dir().mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     if not processes.alive(state.get("mlflow")):
-        if _up(f"{mlflow_url()}/health"):
+        if answers(f"{mlflow_url()}/health"):
             raise StackError(
                 f"port {MLFLOW_PORT} already serves an MLflow we did not start; "
                 "stop it or set FMOPS_MLFLOW_PORT"
@@ -168,7 +173,7 @@ def start(timeout: float = START_TIMEOUT_SECONDS) -> dict[str, Any]:
             state_dir() / "logs" / "mlflow.log",
         )
     if not processes.alive(state.get("airflow")):
-        if _up(f"{airflow_url()}/api/v2/monitor/health"):
+        if answers(f"{airflow_url()}/api/v2/monitor/health"):
             raise StackError(
                 f"port {AIRFLOW_PORT} already serves an Airflow we did not start; "
                 "stop it or set FMOPS_AIRFLOW_PORT"

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +42,17 @@ from typing import Any
 
 import pytest
 import yaml
+from airflow_rest import (
+    RestApi,
+    clean_env,
+    free_port,
+    label,
+    password_file_credentials,
+    port_open,
+    session_members,
+)
 
-from fmops.demo import ACTIVE_STATES, retrying_session
+from fmops.demo import ACTIVE_STATES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -53,42 +61,11 @@ CANDIDATE = "tiny-full"
 CONF = {"config_file": TINY, "models": [CANDIDATE], "approval": "auto"}
 MODEL_NAME = "fmops-e2e-classifier"  # registry.model_name in tests/configs/tiny.yaml
 FINETUNE, DEPLOY = "fmops_finetune", "fmops_deploy"
-RESERVED_PORTS = {8080, 5000, 8090}  # a developer's own stack and endpoint use these
 START_TIMEOUT_SECONDS = 420
 RUN_TIMEOUT_SECONDS = 15 * 60
 SCREENSHOT = PROJECT_ROOT / "test-artifacts" / "airflow-trigger-form.png"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 600)]
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def session_members(session_ids: set[int]) -> list[str]:
-    """The processes (pid and command line) in any of these sessions: ``fmops stack`` starts
-    each server as a session leader, so its session holds everything it started."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
-            continue  # exited while we looked
-        if fields[0] != "Z" and int(fields[3]) in session_ids:
-            found.append(f"{stat.parent.name}: {cmdline.strip()[:160]}")
-    return found
 
 
 @dataclass
@@ -102,15 +79,8 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        # A clean shell's environment, as `make up` sees it: without the test session's Airflow
-        # and MLflow settings (unit-test mode, its AIRFLOW_HOME) or any FMOPS_* override.
-        inherited = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("AIRFLOW", "MLFLOW_", "FMOPS_"))
-        }
         return {
-            **inherited,
+            **clean_env(),
             "FMOPS_HOME": str(self.home),
             "FMOPS_AIRFLOW_PORT": str(self.airflow_port),
             "FMOPS_MLFLOW_PORT": str(self.mlflow_port),
@@ -226,103 +196,13 @@ def _stop_stack(local: Stack) -> None:
     assert not (local.home / "stack.json").exists(), "stack.json outlived `fmops stack down`"
 
 
-class RestApi:
-    """Airflow's REST API (v2) as the simple auth manager's admin: a JWT from POST /auth/token."""
-
-    def __init__(self, base_url: str, password_file: Path, server_log: Path):
-        self.base = base_url
-        self.password_file = password_file
-        self.server_log = server_log  # its tail goes into the message of a server error
-        # Retries what SQLite's locking makes transient (fmops.demo.retrying_session).
-        self.session = retrying_session()
-        # A fresh connection per request: a kept-alive one that the server closes while idle
-        # would answer the next request with a connection reset.
-        self.session.headers["Connection"] = "close"
-
-    @property
-    def credentials(self) -> tuple[str, str]:
-        username, password = next(iter(json.loads(self.password_file.read_text()).items()))
-        return username, password
-
-    def login(self) -> None:
-        username, password = self.credentials
-        response = self.session.post(
-            f"{self.base}/auth/token",
-            json={"username": username, "password": password},
-            timeout=30,
-        )
-        assert response.status_code in (200, 201), f"POST /auth/token: {response.text}"
-        self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-
-    def call(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> Any:
-        response = self.session.request(method, f"{self.base}/api/v2{path}", timeout=60, **kwargs)
-        if response.status_code == 401:  # the token expired: once more with a new one
-            self.login()
-            response = self.session.request(
-                method, f"{self.base}/api/v2{path}", timeout=60, **kwargs
-            )
-        if response.status_code != expect:
-            tail = ""
-            if response.status_code >= 500:
-                tail = "\n".join(self.server_log.read_text().splitlines()[-60:])
-            raise AssertionError(
-                f"{method} /api/v2{path} answered {response.status_code}: "
-                f"{response.text[:2000]}\n{tail}"
-            )
-        return response.json() if response.content else None
-
-    def get(self, path: str, **params: Any) -> Any:
-        return self.call("GET", path, params=params)
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=500)[
-            "task_instances"
-        ]
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
-        entry = self.get(
-            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
-            deserialize="true",
-            map_index=-1,
-        )
-        value = entry["value"]
-        return json.loads(value) if isinstance(value, str) else value
-
-    def log_tail(self, ti: dict[str, Any], lines: int = 30) -> str:
-        """The end of a task instance's log of its latest try, read through the API."""
-        path = (
-            f"/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}"
-            f"/logs/{max(ti['try_number'], 1)}"
-        )
-        response = self.session.get(
-            f"{self.base}/api/v2{path}",
-            params={"map_index": ti["map_index"], "full_content": "true"},
-            headers={"Accept": "application/json"},
-            timeout=60,
-        )
-        if response.status_code != 200:
-            return f"(no log: {response.status_code} {response.text[:300]})"
-        content = response.json()["content"]
-        events = content if isinstance(content, list) else [{"event": content}]
-        return "\n".join(
-            " ".join(str(e[k]) for k in ("timestamp", "level", "event", "error_detail") if e.get(k))
-            for e in events[-lines:]
-        )
-
-
-def _label(ti: dict[str, Any]) -> str:
-    if ti["map_index"] < 0:
-        return ti["task_id"]
-    return f"{ti['task_id']}[{ti.get('rendered_map_index') or ti['map_index']}]"
-
-
 def _stop_run(api: RestApi, dag_id: str, run_id: str, timeout: float = 120) -> dict[str, Any]:
     """Mark a run failed and wait until none of its tasks has work ahead of it."""
     stopped = api.call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": "failed"})
     assert stopped["state"] == "failed", stopped
     deadline = time.monotonic() + timeout
     while active := [
-        _label(ti) for ti in api.task_instances(dag_id, run_id) if ti["state"] in ACTIVE_STATES
+        label(ti) for ti in api.task_instances(dag_id, run_id) if ti["state"] in ACTIVE_STATES
     ]:
         assert time.monotonic() < deadline, f"{dag_id} {run_id}: still active after stop: {active}"
         time.sleep(1)
@@ -332,7 +212,11 @@ def _stop_run(api: RestApi, dag_id: str, run_id: str, timeout: float = 120) -> d
 @pytest.fixture(scope="module")
 def api(stack: Stack) -> RestApi:
     """A logged-in client, once both DAGs are parsed without import errors."""
-    client = RestApi(stack.airflow_url, stack.password_file, stack.home / "logs" / "airflow.log")
+    client = RestApi(
+        stack.airflow_url,
+        password_file_credentials(stack.password_file),
+        stack.home / "logs" / "airflow.log",
+    )
     client.login()
     deadline = time.monotonic() + 180
     while True:
@@ -378,9 +262,9 @@ def finetune_run(api: RestApi) -> dict[str, Any]:
         instances = api.task_instances(FINETUNE, run_id)
         for ti in sorted(instances, key=lambda t: (t["start_date"] or "~", t["task_id"])):
             state = ti["state"] or "none"
-            if seen.get(_label(ti)) != state:
-                seen[_label(ti)] = state
-                print(f"  {time.monotonic() - started:6.1f}s  {_label(ti):32} {state}", flush=True)
+            if seen.get(label(ti)) != state:
+                seen[label(ti)] = state
+                print(f"  {time.monotonic() - started:6.1f}s  {label(ti):32} {state}", flush=True)
         if run["state"] in ("success", "failed"):
             break
         assert time.monotonic() - started < RUN_TIMEOUT_SECONDS, (
@@ -389,10 +273,10 @@ def finetune_run(api: RestApi) -> dict[str, Any]:
         time.sleep(3)
     if run["state"] != "success":
         failed = [ti for ti in instances if ti["state"] == "failed"]
-        logs = "\n\n".join(f"--- {_label(ti)}:\n{api.log_tail(ti)}" for ti in failed)
+        logs = "\n\n".join(f"--- {label(ti)}:\n{api.log_tail(ti)}" for ti in failed)
         pytest.fail(
             f"{FINETUNE} {run_id} ended {run['state']}; failed tasks "
-            f"{[_label(ti) for ti in failed]}; states {seen}\n{logs}"
+            f"{[label(ti) for ti in failed]}; states {seen}\n{logs}"
         )
     print(f"{FINETUNE} {run_id}: success in {time.monotonic() - started:.0f} s", flush=True)
     return {"run": run, "run_id": run_id, "instances": instances}
@@ -434,14 +318,14 @@ def test_the_triggered_run_succeeds_with_every_task(api, finetune_run):
     assert {ti["task_id"] for ti in instances} == tasks
     # With a fresh registry (no champion) and tiny-full over the gate's bound, nothing in this
     # run has a reason to skip: register skips only when the gate does not promote.
-    not_success = {_label(ti): ti["state"] for ti in instances if ti["state"] != "success"}
+    not_success = {label(ti): ti["state"] for ti in instances if ti["state"] != "success"}
     assert not not_success, f"tasks that did not succeed: {not_success}"
 
 
 def test_the_training_job_log_reaches_the_task_log(api, finetune_run):
     (ti,) = [ti for ti in finetune_run["instances"] if ti["task_id"] == "await_training"]
     log = api.log_tail(ti, lines=100_000)
-    assert "train_loss" in log, f"no training progress in {_label(ti)}'s log:\n{log[-3000:]}"
+    assert "train_loss" in log, f"no training progress in {label(ti)}'s log:\n{log[-3000:]}"
 
 
 def test_mapped_task_instances_show_their_candidate(finetune_run):
@@ -582,10 +466,10 @@ def test_a_run_marked_failed_by_hand_stops_its_job_and_ends_its_mlflow_runs_kill
         if r.data.tags["fmops.role"] == "training" and "train_loss" in r.data.metrics
     ]:
         instances = api.task_instances(FINETUNE, run_id)
-        states = {_label(ti): ti["state"] for ti in instances}
+        states = {label(ti): ti["state"] for ti in instances}
         assert time.monotonic() < deadline, f"no training step logged within 600 s: {states}"
         failed = [ti for ti in instances if ti["state"] == "failed"]
-        assert not failed, "\n\n".join(f"--- {_label(ti)}:\n{api.log_tail(ti)}" for ti in failed)
+        assert not failed, "\n\n".join(f"--- {label(ti)}:\n{api.log_tail(ti)}" for ti in failed)
         time.sleep(2)
     _stop_run(api, FINETUNE, run_id)
 

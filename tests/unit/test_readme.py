@@ -93,7 +93,7 @@ COMMANDS: dict[str, Where] = {
         recipe="$(BIN)/fmops demo --config include/configs/local-llm.yaml",
         evidence='"demo", "--config", str(demo_llm_config["path"])',
     ),
-    "make test": Where(CI, recipe="$(BIN)/pytest"),
+    "make test": Where(CI, recipe="$(BIN)/pytest -n 2 --dist loadgroup"),
     "make test-quick": Where(
         "tests/unit/test_readme.py::test_make_test_quick_deselects_a_registered_marker",
         STATIC,
@@ -106,6 +106,14 @@ COMMANDS: dict[str, Where] = {
         recipe="$(BIN)/fmops stack up",
         evidence='local.fmops("up"',
     ),
+    "make up-team": Where(
+        "tests/integration/test_team_stack.py::"
+        "test_the_pipeline_runs_on_the_team_stack_through_a_killed_worker_and_an_mlflow_outage",
+        note="`fmops stack up --profile team` in the module's `team` fixture (and again after "
+        "each fault); its teardown runs `fmops stack down` and checks nothing is left",
+        recipe="$(BIN)/fmops stack up --profile team",
+        evidence='"stack", "up", "--profile", "team"',
+    ),
     "make down": Where(
         f"{AIRFLOW_API}::test_the_trigger_form_params_have_titles_and_sections",
         note="`fmops stack down` in the teardown of the `stack` fixture, which then checks that no "
@@ -116,8 +124,9 @@ COMMANDS: dict[str, Where] = {
     # -- Scheduled runs: an asset event through the REST API -------------------------------------
     "curl POST /auth/token": Where(
         f"{AIRFLOW_API}::test_an_asset_event_for_the_training_data_starts_a_run",
-        note="the login of the `api` fixture (simple auth manager, admin password file)",
-        evidence="/auth/token",
+        note="the login of the `api` fixture (simple auth manager, admin password file): "
+        "tests/airflow_rest.py's RestApi.login posts to /auth/token",
+        evidence="client.login()",
     ),
     "curl GET /api/v2/assets": Where(
         f"{AIRFLOW_API}::test_an_asset_event_for_the_training_data_starts_a_run",

@@ -24,9 +24,9 @@ demo-llm: $(STAMP)  ## the same for a generative LM: SmolLM2 instruction-tuned, 
 	$(BIN)/fmops demo --config include/configs/local-llm.yaml
 
 # Two pytest-xdist workers: the team stack's tests (mostly waiting on its faults) on one, everything
-# else on the other, in order (tests/conftest.py groups them).
+# else on the other, in order (tests/conftest.py's scheduler).
 test: $(STAMP)  ## the whole test suite (what CI runs)
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest -n 2
 
 test-quick: $(STAMP)  ## everything but the slow end-to-end tests
 	$(BIN)/pytest -m "not e2e"

@@ -93,7 +93,7 @@ COMMANDS: dict[str, Where] = {
         recipe="$(BIN)/fmops demo --config include/configs/local-llm.yaml",
         evidence='"demo", "--config", str(demo_llm_config["path"])',
     ),
-    "make test": Where(CI, recipe="$(BIN)/pytest -n 2 --dist loadgroup"),
+    "make test": Where(CI, recipe="$(BIN)/pytest -n 2"),
     "make test-quick": Where(
         "tests/unit/test_readme.py::test_make_test_quick_deselects_a_registered_marker",
         STATIC,

@@ -89,7 +89,25 @@ def client_for(uri: str) -> Any:
     """A client of the tracking server and registry at ``uri``, changing no global state."""
     from mlflow import MlflowClient
 
+    _scope_sagemaker_headers()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _scope_sagemaker_headers() -> None:
+    """Keep sagemaker-mlflow's request-header provider to SageMaker's own tracking servers.
+
+    sagemaker-mlflow (installed with the sagemaker SDK) registers a provider that says it is
+    always in context and then fails on any tracking URI that is not a SageMaker ARN
+    (aws/sagemaker-mlflow#15, open in 0.5.0, the latest): against an http:// server MLflow logs
+    "Encountered unexpected error during resolving request headers" on every request, which
+    fills task logs at error level. Its ``in_context`` is made to hold for ARN URIs only, the
+    one case it serves; MLflow has no setting to leave a plugin out."""
+    import mlflow
+    from mlflow.tracking.request_header.registry import _request_header_provider_registry
+
+    for provider in _request_header_provider_registry:
+        if type(provider).__module__.startswith("sagemaker_mlflow."):
+            provider.in_context = lambda: str(mlflow.get_tracking_uri()).startswith("arn:")
 
 
 def alias_version(mlflow_client: Any, name: str, alias: str) -> Any | None:

@@ -628,6 +628,15 @@ def test_a_task_and_then_the_run_marked_failed_stop_their_jobs(team: Team, api: 
         )
         stop_and_release(first)
         assert team.jobs(since=started)[second]["status"] == "InProgress"
+        # its run ended too (right after the stop) before the DAG run is set failed
+        deadline = time.monotonic() + 60
+        while {
+            run.info.status
+            for run in _mlflow_runs(team, run_id)["training"]
+            if run.data.tags["fmops.job_name"] == first
+        } != {"KILLED"}:
+            assert time.monotonic() < deadline, f"the run of {first} was not ended KILLED"
+            time.sleep(0.5)
         stopped = api.call("PATCH", f"/dags/{FINETUNE}/dagRuns/{run_id}", json={"state": "failed"})
         assert stopped["state"] == "failed", stopped
         stop_and_release(second)

@@ -25,14 +25,32 @@ class Calls(list):
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """What reaches the job's end: the real ``_end_job`` with its grace period (0.3 s here),
+    ``end_dag_run`` recorded instead of run."""
     recorded = Calls()
-    done = recorded.done
+    monkeypatch.setattr(listener, "DAG_RUN_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(
+        listener,
+        "_xcom",
+        lambda dag_id, run_id, task_id, key, map_index=-1: (
+            {"name": f"job-{task_id}-{map_index}"}
+            if key == "return_value" and task_id.startswith("submit")
+            else {"config": {}}
+            if key == "return_value"
+            else {"run_id": "r"}
+        ),
+    )
+    monkeypatch.setattr("fmops.pipeline.config_of", lambda resolved: "config")
 
-    def end_job(*args: object, reason: str) -> None:
-        recorded.append((*args, reason))
-        done.set()
+    def end_dag_run(where, config, dag_id, run_id, reason, jobs=None):
+        recorded.append((dag_id, run_id, sorted(jobs or []), reason))
+        recorded.done.set()
+        return {"stopped_jobs": sorted(jobs or []), "ended_runs": []}
 
-    monkeypatch.setattr(listener, "_end_job", end_job)
+    monkeypatch.setattr("fmops.pipeline.end_dag_run", end_dag_run)
+    ended_runs: list[tuple] = []
+    monkeypatch.setattr(listener, "_end", lambda *args: ended_runs.append(args))
+    recorded.dag_runs = ended_runs  # type: ignore[attr-defined]
     return recorded
 
 
@@ -52,9 +70,26 @@ def ti(task_id: str, dag_id: str = "fmops_finetune", map_index: int = 1) -> Simp
 def test_a_job_task_marked_failed_by_hand_stops_its_job(calls, task_id, submit):
     listener.on_task_instance_failed(None, ti(task_id), MANUAL)
     assert calls.done.wait(10)
-    ((dag_id, run_id, task, map_index, reason),) = calls
-    assert (dag_id, run_id, task, map_index) == ("fmops_finetune", "manual__1", submit, 1)
+    ((dag_id, run_id, jobs, reason),) = calls
+    assert (dag_id, run_id, jobs) == ("fmops_finetune", "manual__1", [f"job-{submit}-1"])
     assert reason == f"{task_id}[1] was set failed by hand: {MANUAL}"
+    assert listener._ending == {}  # nothing kept once it is done
+
+
+def test_task_instances_failed_with_their_dag_run_are_left_to_the_dag_run(calls):
+    """A DAG run set failed by hand: Airflow fails its running task instances and calls this
+    hook for each, then the DAG run's hook, in one request. Only the DAG run's hook acts (one
+    pass over every job, with its reason), not one more per task instance."""
+    listener.on_task_instance_failed(None, ti("await_training", map_index=0), MANUAL)
+    listener.on_task_instance_failed(None, ti("await_training", map_index=1), MANUAL)
+    listener.on_dag_run_failed(
+        SimpleNamespace(dag_id="fmops_finetune", run_id="manual__1"), "set failed"
+    )
+    assert not calls.done.wait(1.0)  # past the grace period: no task instance acted
+    assert calls == []
+    assert listener._ending == {}
+    (ended,) = calls.dag_runs  # the DAG run's own pass
+    assert ended[:2] == ("fmops_finetune", "manual__1")
 
 
 @pytest.mark.parametrize(

@@ -51,25 +51,38 @@ def on_dag_run_failed(dag_run: Any, msg: str) -> None:
     _start(dag_run, "failed", msg)
 
 
+# A DAG run set failed (or success) by hand fails its unfinished task instances first and calls
+# on_task_instance_failed for each, then on_dag_run_failed, in the same request. Those task
+# instances are the DAG run's to handle (one pass, its reason): a task instance's hook waits this
+# long for its DAG run's hook before it acts alone.
+DAG_RUN_GRACE_SECONDS = 5.0
+_ending: dict[tuple[str, str], threading.Event] = {}  # DAG runs whose task hooks are waiting
+_ending_lock = threading.Lock()
+
+
 @hookimpl
 def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any) -> None:
     """A person set a task instance failed (the UI's "Mark as", ``PATCH .../taskInstances/...``):
     the api-server calls this with no previous state. A job task's job is stopped and its run
     ended KILLED, as a DAG run marked failed does for all of them; the DAG run goes on with its
     other tasks and ends failed. A task that fails by itself (previous state RUNNING) is left to
-    its own handling: a failed wait has ended its job's run already."""
+    its own handling: a failed wait has ended its job's run already. When the whole DAG run was
+    set failed, its own hook does it (:data:`DAG_RUN_GRACE_SECONDS`)."""
     try:
         if previous_state is not None or task_instance.dag_id != "fmops_finetune":
             return
         submit = JOB_OF.get(task_instance.task_id)
         if submit is None:
             return
+        dag_id, run_id = task_instance.dag_id, task_instance.run_id
+        with _ending_lock:
+            ending = _ending.setdefault((dag_id, run_id), threading.Event())
         label = f"{task_instance.task_id}[{task_instance.map_index}]"
         thread = threading.Thread(
             target=_end_job,
-            args=(task_instance.dag_id, task_instance.run_id, submit, task_instance.map_index),
-            kwargs={"reason": f"{label} was set failed by hand: {error}"},
-            name=f"fmops-end-job-{task_instance.run_id}-{label}",
+            args=(dag_id, run_id, submit, task_instance.map_index),
+            kwargs={"reason": f"{label} was set failed by hand: {error}", "ending": ending},
+            name=f"fmops-end-job-{run_id}-{label}",
             daemon=True,
         )
         thread.start()
@@ -77,10 +90,25 @@ def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any)
         log.exception("fmops: could not start stopping the job of a task marked failed")
 
 
-def _end_job(dag_id: str, run_id: str, submit: str, map_index: int, reason: str) -> None:
-    """Stop the job of ``submit``'s instance ``map_index`` and end its run, on this thread."""
+def _end_job(
+    dag_id: str,
+    run_id: str,
+    submit: str,
+    map_index: int,
+    reason: str,
+    ending: threading.Event | None = None,
+) -> None:
+    """Stop the job of ``submit``'s instance ``map_index`` and end its run, on this thread;
+    nothing when ``ending`` is set within the grace period (the DAG run ends: its hook does it)."""
     from fmops.pipeline import config_of, end_dag_run
 
+    if ending is not None:
+        taken = ending.wait(DAG_RUN_GRACE_SECONDS)
+        with _ending_lock:
+            if _ending.get((dag_id, run_id)) is ending:
+                del _ending[(dag_id, run_id)]
+        if taken:
+            return
     try:
         handle = _xcom(dag_id, run_id, submit, "return_value", map_index)
         where = _xcom(dag_id, run_id, OPENED_BY[dag_id], MLFLOW_RUN_KEY)
@@ -110,6 +138,10 @@ def _start(dag_run: Any, state: str, msg: str) -> threading.Thread | None:
         dag_id, run_id = dag_run.dag_id, dag_run.run_id
         if dag_id not in OPENED_BY:
             return None
+        with _ending_lock:
+            waiting = _ending.get((dag_id, run_id))
+        if waiting is not None:  # its task instances' hooks leave their jobs to this one
+            waiting.set()
         reason = f"the DAG run ended {state} before close_run ended this run: {msg}"
         thread = threading.Thread(
             target=_end,

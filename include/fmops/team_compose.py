@@ -26,7 +26,6 @@ from fmops.paths import PROJECT_ROOT, state_dir
 from fmops.stack import AIRFLOW_PORT, MLFLOW_PORT, StackError
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
-OPTIONAL_SERVICES = ("airflow-cli", "flower")
 # The secrets compose asks for in .env, generated here (see docker-compose.yaml's header).
 SECRETS = (
     "FERNET_KEY",
@@ -275,9 +274,15 @@ def airflow_env(spec: dict[str, Any], values: dict[str, str], ports: Ports) -> d
     """The environment every native Airflow process starts from: compose's x-airflow-common
     environment (mapped), then :func:`native_airflow_env`."""
     common = spec["x-airflow-common"]["environment"]
-    env = {**os.environ, **service_env(common, values, ports, container_paths(spec))}
-    for name in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
-    env.update(service_env(common, values, ports, container_paths(spec)))
-    env.update(native_airflow_env(ports))
-    return env
+    # Not inherited: an AWS-wide endpoint (it would send the sagemaker target's calls to the S3
+    # store) and the caller's MLflow; compose sets the MLflow it means.
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
+    }
+    return {
+        **inherited,
+        **service_env(common, values, ports, container_paths(spec)),
+        **native_airflow_env(ports),
+    }

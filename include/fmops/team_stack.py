@@ -41,7 +41,6 @@ listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -86,8 +85,6 @@ __all__ = [
     "s3_url",
     "secrets_file",
 ]
-
-log = logging.getLogger(__name__)
 
 WORKERS = 2
 START_TIMEOUT_SECONDS = 300
@@ -572,14 +569,6 @@ def plan(ports: Ports | None = None) -> list[list[Process]]:
         ],
     ]
     return waves
-
-
-def process(name: str, ports: Ports | None = None) -> Process:
-    for wave in plan(ports):
-        for item in wave:
-            if item.name == name:
-                return item
-    raise StackError(f"the team stack has no process {name!r}")
 
 
 # -- start, stop, status ------------------------------------------------------------

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/demo.py                 # a fresh FMOPS_HOME: first run + re-run
     .venv/bin/python benchmarks/demo.py --keep-stack    # leave the stack and the endpoint up
     .venv/bin/python benchmarks/demo.py --json demo.json
+    .venv/bin/python benchmarks/demo.py --stacks local,team   # first runs, side by side
 
 Runs ``make demo`` twice, one after the other, against a fresh state folder (``FMOPS_HOME`` in a
 temporary folder, so that the first run finds no cached job and no champion, as after install):
@@ -22,12 +23,20 @@ refuses to start when one of them is taken (``make down`` stops a stack of this 
 ``make install`` runs first, untimed (a no-op when the virtualenv is up to date). At the end it
 stops the stack (``make down``) and deletes the demo's endpoint, unless ``--keep-stack``.
 
+With ``--stacks local,team``: the first run only, once on each stack, one after the other, each
+with a fresh state folder: ``fmops demo`` on the local stack (``airflow standalone``,
+LocalExecutor, PostgreSQL; MLflow on SQLite) and ``fmops demo --profile team`` on the team stack
+(``make up-team``: CeleryExecutor with two workers, PostgreSQL, Redis, MLflow on PostgreSQL with
+S3 artifacts). Each stack is stopped before the next starts (they share ports 8080 and 5000).
+The table puts the stages side by side; the local stack is the baseline.
+
 Goals (issue 10): the re-run under 10% of the first run's wall time, every training job reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -61,15 +70,17 @@ def stamp(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def run_make_demo(env: dict[str, str], log: Path, target: str = "demo") -> dict[str, Any]:
-    """``make <target>`` (``demo``, ``demo-llm``) as a process: its wall time and output lines
-    (echoed as they come)."""
+def run_make_demo(
+    env: dict[str, str], log: Path, target: str = "demo", command: list[str] | None = None
+) -> dict[str, Any]:
+    """``make <target>`` (``demo``, ``demo-llm``), or ``command``, as a process: its wall time and
+    output lines (echoed as they come)."""
     started_at = datetime.now(UTC)
     began = time.perf_counter()
     lines = []
     with log.open("w") as out:
         process = subprocess.Popen(
-            ["make", target],
+            command or ["make", target],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -310,11 +321,108 @@ def print_goals(first: dict, second: dict) -> bool:
     return ratio < GOAL_RERUN_RATIO and reused
 
 
+def compare_stacks(profiles: list[str], json_path: Path | None) -> None:
+    """The first run of the demo on each stack in ``profiles``, side by side."""
+    from fmops import team_stack
+
+    taken = [
+        f":{port}"
+        for port in {*PORTS.values(), *dataclasses.asdict(team_stack.Ports.from_env()).values()}
+        if port_taken(port)
+    ]
+    if taken:
+        raise SystemExit(f"ports taken: {', '.join(sorted(taken))}; `make down` and run again")
+    subprocess.run(["make", "install"], cwd=ROOT, check=True)
+    results = {}
+    for profile in profiles:
+        work = Path(tempfile.mkdtemp(prefix=f"fmops-bench-demo-{profile}-"))
+        fmops_home = work / "fmops"
+        env = {**os.environ, "FMOPS_HOME": str(fmops_home)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        print(f"\n== fmops demo --profile {profile}, FMOPS_HOME={fmops_home} (fresh)", flush=True)
+        command = [str(BIN / "fmops"), "demo", "--config", CONFIG, "--profile", profile]
+        try:
+            demo = run_make_demo(env, work / "demo.log", command=command)
+            results[profile] = _measure_in(env, profile, fmops_home, demo)
+            print(f"   {profile}: {demo['wall_s']:.1f} s", flush=True)
+        finally:
+            subprocess.run(
+                [str(BIN / "fmops"), "endpoint", "delete", "banking77"], env=env, check=False
+            )
+            subprocess.run([str(BIN / "fmops"), "stack", "down"], cwd=ROOT, env=env, check=False)
+            shutil.rmtree(work, ignore_errors=True)
+    print_side_by_side(results)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1, default=str))
+        print(f"figures written to {json_path}")
+
+
+def _measure_in(env: dict[str, str], profile: str, fmops_home: Path, demo: dict) -> dict:
+    """measure() against the stack of ``profile`` (fmops reads FMOPS_HOME on each call)."""
+    from fmops.demo import AirflowApi, DemoStack
+
+    os.environ["FMOPS_HOME"] = env["FMOPS_HOME"]
+    on = DemoStack.of(profile)
+    api = AirflowApi(on.airflow_url, on.credentials)
+    api.login()
+    return measure(api, fmops_home, demo, set())
+
+
+def print_side_by_side(results: dict[str, dict]) -> None:
+    profiles = list(results)
+    width = 12
+    print(f"\n{'stage (s)':52}" + "".join(f"{p:>{width}}" for p in profiles))
+    print("-" * (52 + width * len(profiles)))
+    stages = list(dict.fromkeys(s for r in results.values() for s in r["stages"]))
+
+    def cell(value: float | None) -> str:
+        return f"{'-' if value is None else f'{value:.1f}':>{width}}"
+
+    for stage in stages:
+        print(f"{stage:52}" + "".join(cell(results[p]["stages"].get(stage)) for p in profiles))
+    print("-" * (52 + width * len(profiles)))
+    for label, key in (
+        ("fmops demo, wall", "wall_s"),
+        ("  fmops_finetune run, queued -> end", "finetune_s"),
+        ("  start -> the last DAG run ended", "until_last_dag_end_s"),
+        ("jobs' own run times, summed", "jobs_own_s"),
+        ("jobs' critical path (longest training + evaluation)", "jobs_critical_path_s"),
+    ):
+        print(f"{label:52}" + "".join(cell(results[p][key]) for p in profiles))
+    base = profiles[0]
+    for other in profiles[1:]:
+        ratio = results[other]["wall_s"] / results[base]["wall_s"]
+        overhead = (results[other]["wall_s"] - results[other]["jobs_critical_path_s"]) - (
+            results[base]["wall_s"] - results[base]["jobs_critical_path_s"]
+        )
+        print(
+            f"{other} against {base}: wall {ratio:.2f}x; wall minus the jobs' critical path "
+            f"{overhead:+.1f} s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep-stack", action="store_true", help="leave the stack running")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--stacks",
+        help="first runs on these stacks side by side, e.g. local,team (the first "
+        "is the baseline); without it: the first run and the re-run on the local stack",
+    )
     args = parser.parse_args()
+    if args.stacks:
+        print("fmops demo benchmark (benchmarks/demo.py), stacks side by side")
+        for line in _common.machine(("apache-airflow", "mlflow", "torch", "transformers")):
+            print(line)
+        began = time.perf_counter()
+        compare_stacks(args.stacks.split(","), args.json)
+        load = os.getloadavg()
+        print(
+            f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+            f"total benchmark time {time.perf_counter() - began:.0f} s"
+        )
+        return
     began = time.perf_counter()
     print("fmops demo benchmark (benchmarks/demo.py)")
     for line in _common.machine(("apache-airflow", "mlflow", "torch", "transformers")):

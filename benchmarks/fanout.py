@@ -5,11 +5,15 @@
     .venv/bin/python benchmarks/fanout.py --sizes 64 --modes standalone --sleep 30
     .venv/bin/python benchmarks/fanout.py --slots 0            # without the worker-slot check
     .venv/bin/python benchmarks/fanout.py --json fanout.json
+    .venv/bin/python benchmarks/fanout.py --sizes 8,64 --modes standalone,celery --slots 0
 
 What runs: the real ``fmops_finetune`` DAG (dags/fmops_finetune.py) on a config with N candidates,
 under ``airflow dags test`` and under the real scheduler (``airflow standalone``, LocalExecutor,
-SQLite, started by this script on port 18180 with its own AIRFLOW_HOME and FMOPS_HOME in a
-temporary folder, and stopped at the end). Every training and evaluation job is a no-op that
+on a PostgreSQL of its own as the local stack runs it, started by this script on port 18180 with
+its own AIRFLOW_HOME and FMOPS_HOME in a temporary folder, and stopped at the end); with
+``--modes celery``, also on the team stack (``fmops.team_stack``: CeleryExecutor with two
+workers, Redis, PostgreSQL, MLflow on PostgreSQL with S3 artifacts; on free ports, stopped at the
+end). Every training and evaluation job is a no-op that
 sleeps S seconds (benchmarks/_noop_job.py) and then writes the model folder, the log and the
 evaluation outputs of a real job of the same config, so that packing, ``describe``, the
 deferrable waits, ``select`` and ``register`` (MLflow, SQLite store) run on real artifacts.
@@ -53,9 +57,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -67,6 +73,10 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
+
+import psycopg2
+import psycopg2.extras
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402 - beside this script
@@ -225,13 +235,26 @@ def parse_time(value: Any) -> datetime | None:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
-def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+# Airflow's metadata database: a SQLite file (``airflow dags test``) or a PostgreSQL URL (the
+# scheduler modes, as the local and team stacks run it).
+Db = Path | str
+DB_ERRORS = (sqlite3.OperationalError, psycopg2.Error)
+
+
+def query(db: Db, sql: str, *args: Any) -> list[Any]:
+    if isinstance(db, str):
+        with (
+            contextlib.closing(psycopg2.connect(db)) as con,
+            con.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor,
+        ):
+            cursor.execute(sql.replace("?", "%s"), args)
+            return cursor.fetchall()
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as con:
         con.row_factory = sqlite3.Row
         return con.execute(sql, args).fetchall()
 
 
-def dag_run(db: Path, run_id: str | None = None) -> sqlite3.Row:
+def dag_run(db: Db, run_id: str | None = None) -> Any:
     if run_id is None:
         rows = query(db, "SELECT * FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", DAG_ID)
     else:
@@ -241,7 +264,7 @@ def dag_run(db: Path, run_id: str | None = None) -> sqlite3.Row:
     return rows[0]
 
 
-def task_instances(db: Path, run_id: str) -> list[sqlite3.Row]:
+def task_instances(db: Db, run_id: str) -> list[Any]:
     return query(
         db,
         "SELECT task_id, map_index, state, start_date, end_date, try_number FROM task_instance "
@@ -301,7 +324,7 @@ def spread(stamps: list[datetime | None]) -> float | None:
     return (max(known) - min(known)).total_seconds() if known else None
 
 
-def analyse(run: sqlite3.Row, tis: list[sqlite3.Row], jobs: list[dict], sleep: float) -> dict:
+def analyse(run: Any, tis: list[Any], jobs: list[dict], sleep: float) -> dict:
     """The figures of one DAG run: wall, overhead over 2 x S, job spreads, where time went."""
     start = parse_time(run["start_date"])
     queued = parse_time(run["queued_at"]) or start
@@ -409,12 +432,34 @@ def log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-class Standalone:
-    """``airflow standalone`` with the benchmark's environment, stopped by pid on exit."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
-    def __init__(self, env: dict[str, str], log: Path, port: int):
+
+class Standalone:
+    """``airflow standalone`` with the benchmark's environment on a PostgreSQL of its own (as
+    the local stack runs it), both stopped by pid on exit."""
+
+    executor = "LocalExecutor"
+
+    def __init__(self, env: dict[str, str], log: Path, port: int, work: Path):
+        from fmops import postgres
+
         self.env, self.log, self.port = env, log, port
+        self.database = postgres.Server(
+            name="bench-airflow-db",
+            data=work / "postgres",
+            port=free_port(),
+            user="airflow",
+            password=os.urandom(12).hex(),
+            database="airflow",
+        )
+        self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database.url()
+        self.db: Db = self.database.url(driver="postgresql")
         self.identity: dict | None = None
+        self.db_identity: dict | None = None
         self.api: Any = None
 
     def __enter__(self) -> Standalone:
@@ -423,6 +468,18 @@ class Standalone:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", self.port)) == 0:
                 raise SystemExit(f"port {self.port} is in use; pass --port")
+        self.database.initdb()
+        self.db_identity = processes.spawn_detached(
+            self.database.command(),
+            self.log.with_name("postgres.log"),
+            env=self.database.env(),
+            user=self.database.os_user,
+        )
+        deadline = time.monotonic() + 60
+        while not self.database.healthy():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"PostgreSQL did not start: {self.log.with_name('postgres.log')}")
+            time.sleep(0.5)
         self.identity = processes.spawn_detached(
             [str(BIN / "airflow"), "standalone"], self.log, env=self.env, cwd=ROOT
         )
@@ -447,10 +504,13 @@ class Standalone:
                 )
             time.sleep(2)
 
-    def connect(self) -> Any:
+    def client(self) -> Any:
         from fmops.demo import AirflowApi
 
-        self.api = AirflowApi(f"http://127.0.0.1:{self.port}")
+        return AirflowApi(f"http://127.0.0.1:{self.port}")
+
+    def connect(self) -> Any:
+        self.api = self.client()
         self.api.login()
         deadline = time.monotonic() + 300
         while True:
@@ -475,6 +535,81 @@ class Standalone:
 
         if self.identity and processes.stop(self.identity, 30):
             print("  airflow standalone stopped", flush=True)
+        if self.db_identity:
+            processes.stop(self.db_identity, 20, first_signal=signal.SIGINT)
+
+
+class TeamStack(Standalone):
+    """The team stack (``make up-team``: CeleryExecutor with two workers, PostgreSQL, Redis, MLflow
+    on PostgreSQL with S3 artifacts) under the benchmark's FMOPS_HOME, on free ports; its
+    processes inherit this process's environment (the no-op shim's PYTHONPATH and control file),
+    as ``make up-team`` passes its caller's on. Stopped on exit."""
+
+    executor = "CeleryExecutor"
+
+    def __init__(self, log: Path):  # noqa: D107 - no standalone, no database of its own
+        from fmops import team_compose
+
+        self.log = log
+        self.names = [f.name for f in dataclasses.fields(team_compose.Ports)]
+        self.saved = {key: os.environ.get(key) for key in [self._env_name(n) for n in self.names]}
+        self.identity = self.db_identity = None
+        self.api = None
+
+    @staticmethod
+    def _env_name(field: str) -> str:
+        name = {"api": "AIRFLOW", "scheduler_health": "SCHEDULER_HEALTH"}.get(field, field)
+        return f"FMOPS_TEAM_{name.upper()}_PORT"
+
+    def __enter__(self) -> TeamStack:
+        from fmops import team_compose, team_stack
+
+        ports: set[int] = set()
+        while len(ports) < len(self.names):
+            ports.add(free_port())
+        for name, port in zip(self.names, sorted(ports), strict=True):
+            os.environ[self._env_name(name)] = str(port)
+        self.ports = team_compose.Ports.from_env()
+        self.port = self.ports.api
+        # compose sets PYTHONPATH (the include folder), which would leave the no-op shim off the
+        # team stack's processes: it goes first, as on the standalone's.
+        shipped = team_compose.airflow_env
+
+        def with_shim(*args: Any) -> dict[str, str]:
+            env = shipped(*args)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")]))
+            return env
+
+        began = time.perf_counter()
+        with mock.patch.object(team_stack, "airflow_env", with_shim):
+            team_stack.start(self.ports)
+        self.started_s = time.perf_counter() - began
+        env = with_shim(team_compose.compose(), team_compose.ensure_secrets(), self.ports)
+        self.env = env
+        self.db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
+            "postgresql+psycopg2://", "postgresql://"
+        )
+        return self
+
+    def wait_healthy(self, timeout: float = 600) -> float:
+        return self.started_s  # team_stack.start health-checks every process before returning
+
+    def client(self) -> Any:
+        from fmops import team_compose
+        from fmops.demo import AirflowApi
+
+        return AirflowApi(team_compose.airflow_url(self.ports), team_compose.admin_credentials)
+
+    def __exit__(self, *exc: object) -> None:
+        from fmops import team_stack
+
+        stopped = team_stack.stop()
+        print(f"  team stack stopped ({len(stopped)} processes)", flush=True)
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 AIRFLOW_SETTINGS = (
@@ -498,16 +633,41 @@ def airflow_settings(env: dict[str, str]) -> str:
     return ", ".join(x for x in done.stdout.splitlines() if "=" in x)
 
 
-def wait_for_run(db: Path, run_id: str, timeout: float) -> sqlite3.Row:
+def wait_for_run(db: Db, run_id: str, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(sqlite3.OperationalError, SystemExit):
+        with contextlib.suppress(*DB_ERRORS, SystemExit):
             run = dag_run(db, run_id)
             if run["state"] in TERMINAL_RUN and run["end_date"]:
                 return run
         if time.monotonic() > deadline:
             raise SystemExit(f"run {run_id} did not end within {timeout:.0f} s")
         time.sleep(0.5)
+
+
+def scheduler_runs(
+    server: Standalone, mode: str, sizes: list[int], configs: dict[int, Path], args: Any
+) -> list[dict]:
+    """One run per N under a running scheduler, one after the other."""
+    fmops_home = Path(os.environ["FMOPS_HOME"])
+    results = []
+    for n in sizes:
+        print(f"{mode}, N = {n} ...", flush=True)
+        run_id = server.trigger({"config_file": str(configs[n]), "force_rerun": True})
+        run = wait_for_run(server.db, run_id, 3600)
+        jobs = jobs_of(fmops_home, run_id)
+        result = analyse(run, task_instances(server.db, run_id), jobs, args.sleep)
+        result.update(mode=mode, load=os.getloadavg()[0])
+        results.append(result)
+        if result["state"] != "success":
+            print(f"  FAILED at {result['failed_tasks']}")
+        print(
+            f"  {result['wall_s']:.1f} s, overhead {result['overhead_s']:.1f} s, "
+            f"state {result['state']}, all no-op {result['all_noop']}, "
+            f"load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+    return results
 
 
 # -- the executor alone (baseline) -----------------------------------------------------------
@@ -559,7 +719,7 @@ def executor_baseline(fmops_home: Path, run_jobs: list[dict], sleep: float, tag:
 
 
 def worker_slots(
-    server: Standalone, db: Path, fmops_home: Path, config: Path, n: int, observe: float
+    server: Standalone, db: Db, fmops_home: Path, config: Path, n: int, observe: float
 ) -> dict:
     run_id = server.trigger({"config_file": str(config), "force_rerun": True})
     began = time.monotonic()
@@ -569,7 +729,7 @@ def worker_slots(
     while time.monotonic() < deadline:
         try:
             tis = task_instances(db, run_id)
-        except sqlite3.OperationalError:
+        except DB_ERRORS:
             time.sleep(0.5)
             continue
         now = time.monotonic() - began
@@ -660,6 +820,8 @@ def print_runs(results: list[dict], sleep: float) -> None:
         f"S = {sleep:g} s per job (training and evaluation: 2 x S on the critical path)\n"
         "  wall: the DAG run's queueing (scheduler) or start (dags test) to its end, from\n"
         "    Airflow's database\n"
+        "  scheduler (standalone): airflow standalone, LocalExecutor, on PostgreSQL;\n"
+        "  scheduler (celery): the team stack, CeleryExecutor with 2 workers (Redis, PostgreSQL)\n"
         "  executor alone: the same requests straight to the local executor, all at once\n"
         "  spread: first to last job entry-point start (the executor's records)\n"
         "  load: the 1-minute load average as the run ended (its own processes included)"
@@ -667,9 +829,11 @@ def print_runs(results: list[dict], sleep: float) -> None:
 
 
 def short(r: dict) -> str:
-    mode = {"airflow dags test": "dags test", "scheduler (standalone)": "scheduler"}.get(
-        r["mode"], "executor"
-    )
+    mode = {
+        "airflow dags test": "dags test",
+        "scheduler (standalone)": "local",
+        "scheduler (celery)": "celery",
+    }.get(r["mode"], "executor")
     return f"{mode} {r['candidates']}"
 
 
@@ -758,7 +922,9 @@ def main() -> None:  # noqa: C901 - one linear script
     )
     parser.add_argument("--sleep", type=float, default=30.0, help="S: seconds each job sleeps")
     parser.add_argument(
-        "--modes", default="dags-test,standalone", help="dags-test, standalone or both"
+        "--modes",
+        default="dags-test,standalone",
+        help="any of dags-test, standalone (LocalExecutor), celery (the team stack)",
     )
     parser.add_argument(
         "--slots", type=int, default=32, help="worker-slot check with N jobs; 0: skip"
@@ -885,40 +1051,32 @@ def main() -> None:  # noqa: C901 - one linear script
                 }
             )
             (fmops_home / "airflow").mkdir(exist_ok=True)
-            db = fmops_home / "airflow" / "airflow.db"
-            print(f"airflow standalone on 127.0.0.1:{args.port} ...", flush=True)
-            print(f"  settings: {airflow_settings(env)} (Airflow's defaults)", flush=True)
-            with Standalone(env, work / "standalone.log", args.port) as server:
+            print(f"airflow standalone on 127.0.0.1:{args.port}, PostgreSQL ...", flush=True)
+            with Standalone(env, work / "standalone.log", args.port, work) as server:
+                print(f"  settings: {airflow_settings(server.env)} (Airflow's defaults)")
                 ready = server.wait_healthy()
                 server.connect()
                 print(f"  healthy after {ready:.0f} s", flush=True)
                 if "standalone" in modes:
-                    for n in sizes:
-                        print(f"scheduler, N = {n} ...", flush=True)
-                        run_id = server.trigger(
-                            {"config_file": str(configs[n]), "force_rerun": True}
-                        )
-                        run = wait_for_run(db, run_id, 3600)
-                        jobs = jobs_of(fmops_home, run_id)
-                        result = analyse(run, task_instances(db, run_id), jobs, args.sleep)
-                        result.update(mode="scheduler (standalone)", load=os.getloadavg()[0])
-                        results.append(result)
-                        if result["state"] != "success":
-                            print(f"  FAILED at {result['failed_tasks']}")
-                        print(
-                            f"  {result['wall_s']:.1f} s, overhead {result['overhead_s']:.1f} s, "
-                            f"state {result['state']}, all no-op {result['all_noop']}, "
-                            f"load {os.getloadavg()[0]:.2f}",
-                            flush=True,
-                        )
+                    results += scheduler_runs(
+                        server, "scheduler (standalone)", sizes, configs, args
+                    )
                 if args.slots:
                     name = f"bench-slots-n{args.slots}"
                     config = write_config(work, name, args.slots, base, max_runtime)
                     control.set(name, args.slots_sleep, None)
                     print(f"worker slots, N = {args.slots} ...", flush=True)
                     slots = worker_slots(
-                        server, db, fmops_home, config, args.slots, args.slots_observe
+                        server, server.db, fmops_home, config, args.slots, args.slots_observe
                     )
+
+        if "celery" in modes:
+            print("the team stack (CeleryExecutor, 2 workers) on free ports ...", flush=True)
+            with TeamStack(work / "team.log") as server:
+                print(f"  settings: {airflow_settings(server.env)} (compose's and Airflow's)")
+                print(f"  healthy after {server.wait_healthy():.0f} s", flush=True)
+                server.connect()
+                results += scheduler_runs(server, "scheduler (celery)", sizes, configs, args)
     finally:
         from fmops.jobs.local import LocalJobBackend
 

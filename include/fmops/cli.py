@@ -6,7 +6,7 @@
     fmops data validate --config FILE [--train URI] [--eval URI] [--report-dir DIR]
     fmops jobs list|describe|logs|stop [NAME] [--follow] [--status S]
     fmops stack up|down|status
-    fmops demo [--config FILE]
+    fmops demo [--config FILE] [--profile local|team]
     fmops endpoint status|invoke|delete|start|rollback NAME [TEXT ...] [--variant COLOR]
     fmops approve|reject MODEL VERSION [--comment TEXT] [--user USER] [--airflow-url URL] [--run ID]
 
@@ -224,10 +224,11 @@ def _stack(args: argparse.Namespace) -> int:
         )
         print(f"MLflow UI:   {team_stack.mlflow_url()}")
     elif args.action == "up":
-        if team_stack.running():
-            raise stack.StackError("the team stack is running; `make down` first")
-        print("starting airflow standalone and mlflow server (first start: a minute or two)")
-        stack.start()
+        print(
+            "starting PostgreSQL, airflow standalone and mlflow server (first start: a minute"
+            " or two)"
+        )
+        team_stack.start_local()
         print(
             f"Airflow UI:  {stack.airflow_url()}  (user admin, password in {stack.password_file()})"
         )
@@ -245,7 +246,7 @@ def _stack(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from fmops.demo import run_demo
 
-    return run_demo(args.config)
+    return run_demo(args.config, args.profile)
 
 
 def _endpoint(args: argparse.Namespace) -> int:
@@ -415,6 +416,12 @@ def parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run both DAGs on the local stack, end to end")
     demo.add_argument("--config", default="include/configs/local.yaml")
+    demo.add_argument(
+        "--profile",
+        choices=("local", "team"),
+        default="local",
+        help="the stack to run it on: local (make up) or team (make up-team)",
+    )
     demo.set_defaults(func=_demo)
 
     endpoint = commands.add_parser(

@@ -143,16 +143,62 @@ def retrying_session() -> requests.Session:
     return session
 
 
-class AirflowApi:
-    """A small client of Airflow 3's REST API (v2) with the simple auth manager's admin user."""
+def _local_credentials() -> tuple[str, str]:
+    passwords = json.loads(stack.password_file().read_text())
+    return next(iter(passwords.items()))
 
-    def __init__(self, base_url: str):
+
+@dataclass(frozen=True)
+class DemoStack:
+    """The stack a demo runs on: ``local`` (``make up``) or ``team`` (``make up-team``)."""
+
+    profile: str
+    start: Callable[[], Any]
+    airflow_url: str
+    mlflow_url: str
+    credentials: Callable[[], tuple[str, str]]
+    password_hint: str  # where a person finds the admin's password
+    task_logs: str
+
+    @classmethod
+    def of(cls, profile: str) -> DemoStack:
+        if profile == "team":
+            from fmops import team_compose, team_stack
+
+            return cls(
+                profile,
+                team_stack.start,
+                team_stack.airflow_url(),
+                team_stack.mlflow_url(),
+                team_compose.admin_credentials,
+                f"_AIRFLOW_WWW_USER_PASSWORD in {team_compose.secrets_file()}",
+                str(team_compose.home() / "logs" / "airflow"),
+            )
+        from fmops import team_stack
+
+        return cls(
+            profile,
+            team_stack.start_local,
+            stack.airflow_url(),
+            stack.mlflow_url(),
+            _local_credentials,
+            str(stack.password_file()),
+            str(stack.airflow_home() / "logs"),
+        )
+
+
+class AirflowApi:
+    """A small client of Airflow 3's REST API (v2) as the stack's admin user."""
+
+    def __init__(
+        self, base_url: str, credentials: Callable[[], tuple[str, str]] = _local_credentials
+    ):
         self.base = base_url
+        self.credentials = credentials
         self.session = retrying_session()
 
     def login(self) -> None:
-        passwords = json.loads(stack.password_file().read_text())
-        username, password = next(iter(passwords.items()))
+        username, password = self.credentials()
         response = self.session.post(
             f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=30
         )
@@ -570,28 +616,28 @@ def stage_durations(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, floa
     return {task: round((max(s) - min(s)).total_seconds(), 1) for task, s in spans.items()}
 
 
-def _failure_hint(api: AirflowApi, dag_id: str, run_id: str) -> str:
+def _failure_hint(api: AirflowApi, dag_id: str, run_id: str, task_logs: str) -> str:
     instances = api.call(
         "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 500}
     )["task_instances"]
     failed = [t["task_id"] for t in instances if t["state"] == "failed"]
     return (
         f"{dag_id} run {run_id} failed at {failed}; read the task logs in the Airflow UI "
-        f"({api.base}/dags/{dag_id}/runs/{run_id}) or under "
-        f"{stack.airflow_home() / 'logs'}"
+        f"({api.base}/dags/{dag_id}/runs/{run_id}) or under {task_logs}"
     )
 
 
-def run_demo(config_file: str = "include/configs/local.yaml") -> int:
+def run_demo(config_file: str = "include/configs/local.yaml", profile: str = "local") -> int:
     config = config_of(resolve(config_file))
+    on = DemoStack.of(profile)
     started = time.monotonic()
     print(
-        f"Starting the local stack (Airflow {stack.airflow_url()}, MLflow {stack.mlflow_url()})",
+        f"Starting the {profile} stack (Airflow {on.airflow_url}, MLflow {on.mlflow_url})",
         flush=True,
     )
-    stack.start()
-    print(f"  Airflow admin password: {stack.password_file()}", flush=True)
-    api = AirflowApi(stack.airflow_url())
+    on.start()
+    print(f"  Airflow admin password: {on.password_hint}", flush=True)
+    api = AirflowApi(on.airflow_url, on.credentials)
     api.login()
     _wait_for_dags(api, ["fmops_finetune", "fmops_deploy"])
     print(f"Triggering fmops_finetune with {config_file}", flush=True)
@@ -604,7 +650,7 @@ def run_demo(config_file: str = "include/configs/local.yaml") -> int:
     run_id = run["dag_run_id"]
     finetune = follow(api, "fmops_finetune", run_id, started)
     if finetune["state"] != "success":
-        raise DemoError(_failure_hint(api, "fmops_finetune", run_id))
+        raise DemoError(_failure_hint(api, "fmops_finetune", run_id, on.task_logs))
     decision = api.xcom("fmops_finetune", run_id, "select")
     print_decision(decision)
     from fmops.airflow.links import MLFLOW_RUN_KEY
@@ -637,7 +683,7 @@ def run_demo(config_file: str = "include/configs/local.yaml") -> int:
             time.sleep(POLL_SECONDS)
     deploy = follow(api, "fmops_deploy", deploy_run["dag_run_id"], started)
     if deploy["state"] != "success":
-        raise DemoError(_failure_hint(api, "fmops_deploy", deploy_run["dag_run_id"]))
+        raise DemoError(_failure_hint(api, "fmops_deploy", deploy_run["dag_run_id"], on.task_logs))
     deployed = api.xcom("fmops_deploy", deploy_run["dag_run_id"], "deploy")
     smoke = api.xcom("fmops_deploy", deploy_run["dag_run_id"], "smoke_test")
     total = time.monotonic() - started
@@ -661,7 +707,7 @@ def run_demo(config_file: str = "include/configs/local.yaml") -> int:
     _print_durations(api, [("fmops_finetune", run_id), ("fmops_deploy", deploy_run["dag_run_id"])])
     print(
         f"\nDemo wall time: {total:.0f} s (stack start included). The stack keeps running: "
-        f"Airflow {stack.airflow_url()}, MLflow {stack.mlflow_url()}; `make down` stops it."
+        f"Airflow {on.airflow_url}, MLflow {on.mlflow_url}; `make down` stops it."
     )
     return 0
 

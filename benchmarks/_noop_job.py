@@ -3,8 +3,10 @@ then writes what a real job of the same config wrote, so that everything after i
 packing, ``describe``, the await tasks, selection, registration) runs on real artifacts.
 
 It stands in for a training job's ``train.py`` or a processing job's ``evaluate.py``. The
-settings come from the JSON file named by ``FMOPS_BENCH_NOOP``, keyed by the job's pipeline (its
-request's ``fmops:pipeline`` tag)::
+settings come from the JSON file ``bench-noop.json`` in the state folder that holds the job
+(``$FMOPS_HOME/bench-noop.json`` for ``$FMOPS_HOME/jobs/<job>``), keyed by the job's pipeline (its
+request's ``fmops:pipeline`` tag). A file beside the job, not a variable: a local job inherits
+only an allow-list of the environment (fmops.jobs.local.INHERITED_ENV)::
 
     {"bench-fanout-8": {"seconds": 30, "reference": "/tmp/.../reference"}}
 
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 MARKER = "fmops-bench no-op job"
+CONTROL_NAME = "bench-noop.json"
 
 
 def job_dir_of(script: str) -> Path | None:
@@ -41,9 +44,10 @@ def job_dir_of(script: str) -> Path | None:
 
 
 def settings_for(job_dir: Path) -> dict | None:
-    """This job's settings from the FMOPS_BENCH_NOOP file, or None when it is not a no-op job."""
-    control = os.environ.get("FMOPS_BENCH_NOOP")
-    if not control or not Path(control).exists():
+    """This job's settings from the control file of its state folder, or None when it is not a
+    no-op job."""
+    control = job_dir.parent.parent / CONTROL_NAME
+    if not control.exists():
         return None
     request = json.loads((job_dir / "request.json").read_text())
     tags = {t["Key"]: t["Value"] for t in request.get("Tags", [])}
@@ -76,7 +80,7 @@ def main() -> int:
     job_dir = job_dir_of(sys.argv[0]) or job_dir_of(os.path.join(os.getcwd(), "x"))
     settings = settings_for(job_dir) if job_dir else None
     if settings is None:
-        print(f"{MARKER}: no settings for this job (FMOPS_BENCH_NOOP)", file=sys.stderr)
+        print(f"{MARKER}: no settings for this job ({CONTROL_NAME})", file=sys.stderr)
         return 2
     return run(settings, sys.argv[1:])
 

@@ -21,8 +21,9 @@ deferrable waits, ``select`` and ``register`` (MLflow, SQLite store) run on real
 How the no-op replaces the job script: fmops' job spec always names include/scripts/train.py and
 evaluate.py, and has no setting for another entry point. This script therefore puts
 benchmarks/_noop on ``PYTHONPATH`` for the Airflow it starts; its ``sitecustomize.py`` runs the
-no-op instead of a job's script when the job's pipeline is listed in ``FMOPS_BENCH_NOOP`` (a JSON
-file this script writes), and does nothing in any other process. Everything else (the DAG, the
+no-op instead of a job's script when the job's pipeline is listed in ``$FMOPS_HOME/bench-noop.json``
+(a JSON file this script writes; a file, because a local job inherits only an allow-list of the
+environment), and does nothing in any other process. Everything else (the DAG, the
 scheduler, the triggerer, the local executor and its supervisor processes) is fmops as shipped.
 
 Before the no-op runs, one reference run trains and evaluates a real tiny model (a 2-layer BERT
@@ -177,7 +178,8 @@ def write_config(work: Path, name: str, candidates: int, base: Path, max_runtime
 
 
 class NoopControl:
-    """The FMOPS_BENCH_NOOP file: which pipelines' jobs are no-ops, and how long they sleep."""
+    """The no-op control file (``$FMOPS_HOME/bench-noop.json``, read by benchmarks/_noop_job.py
+    from the job's state folder): which pipelines' jobs are no-ops, and how long they sleep."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -197,7 +199,7 @@ class NoopControl:
         os.replace(tmp, self.path)
 
 
-def base_env(work: Path, airflow_home: Path, control: Path) -> dict[str, str]:
+def base_env(work: Path, airflow_home: Path) -> dict[str, str]:
     """Environment of every Airflow process the benchmark starts (both modes)."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "MLFLOW_TRACKING"))
@@ -215,7 +217,6 @@ def base_env(work: Path, airflow_home: Path, control: Path) -> dict[str, str]:
             # Only the runs the benchmark triggers: no cron schedule, whose catch-up run (the
             # latest past slot, started when the DAG appears) would train beside them.
             "FMOPS_FINETUNE_CRON": "",
-            "FMOPS_BENCH_NOOP": str(control),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")])),
         }
     )
@@ -542,7 +543,7 @@ class Standalone:
 class TeamStack(Standalone):
     """The team stack (``make up-team``: CeleryExecutor with two workers, PostgreSQL, Redis, MLflow
     on PostgreSQL with S3 artifacts) under the benchmark's FMOPS_HOME, on free ports; its
-    processes inherit this process's environment (the no-op shim's PYTHONPATH and control file),
+    processes inherit this process's environment (the no-op shim's PYTHONPATH),
     as ``make up-team`` passes its caller's on. Stopped on exit."""
 
     executor = "CeleryExecutor"
@@ -949,14 +950,10 @@ def main() -> None:  # noqa: C901 - one linear script
     work = Path(tempfile.mkdtemp(prefix="fmops-bench-fanout-"))
     fmops_home = work / "fmops"
     fmops_home.mkdir()
-    control = NoopControl(work / "noop.json")
+    control = NoopControl(fmops_home / "bench-noop.json")
     # The executor baseline creates jobs from this process: they inherit its environment.
     os.environ.update(
-        {
-            k: v
-            for k, v in base_env(work, work, control.path).items()
-            if k.startswith(("FMOPS_", "PYTHONPATH"))
-        }
+        {k: v for k, v in base_env(work, work).items() if k.startswith(("FMOPS_", "PYTHONPATH"))}
     )
     results: list[dict] = []
     slots: dict | None = None
@@ -966,7 +963,7 @@ def main() -> None:  # noqa: C901 - one linear script
         subprocess.run([sys.executable, "-c", TINY_MODEL, str(base)], check=True, cwd=ROOT)
         max_runtime = int(max(args.sleep, args.slots_sleep) * 2 + 600)
         test_home = work / "airflow-dags-test"
-        test_env = base_env(work, test_home, control.path)
+        test_env = base_env(work, test_home)
         subprocess.run(
             [str(BIN / "airflow"), "db", "migrate"],
             env=test_env,
@@ -1034,7 +1031,7 @@ def main() -> None:  # noqa: C901 - one linear script
                 )
 
         if "standalone" in modes or args.slots:
-            env = base_env(work, fmops_home / "airflow", control.path)
+            env = base_env(work, fmops_home / "airflow")
             env.update(
                 {
                     "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",

@@ -1,5 +1,6 @@
 """Benchmark shim (benchmarks/fanout.py): a local job's ``train.py`` or ``evaluate.py`` becomes the
-no-op job of ``benchmarks/_noop_job.py`` when its pipeline is listed in ``FMOPS_BENCH_NOOP``.
+no-op job of ``benchmarks/_noop_job.py`` when its pipeline is listed in the ``bench-noop.json``
+of the job's state folder.
 
 Python imports ``sitecustomize`` at start-up from the first folder on ``sys.path`` that has one;
 fanout.py puts this folder on ``PYTHONPATH`` for the Airflow it starts (the local executor passes
@@ -12,9 +13,7 @@ import sys
 
 
 def _intercept() -> None:
-    if not os.environ.get("FMOPS_BENCH_NOOP") or not sys.argv:
-        return
-    if not sys.argv[0].endswith(("/train.py", "/evaluate.py")):
+    if not sys.argv or not sys.argv[0].endswith(("/train.py", "/evaluate.py")):
         return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:

@@ -13,9 +13,12 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 USER airflow
 
-# 1. The lock, and only the lock: requirements.txt pins every distribution (apache-airflow==3.3.2
-#    included, so pip can neither upgrade nor downgrade Airflow). The providers that the base image
-#    already ships (celery, fab, postgres, redis, ...) stay installed; the lock does not list them.
+# 1. The runtime lock, and only it: requirements.txt pins every distribution fmops runs with
+#    (apache-airflow==3.3.2 included, so pip can neither upgrade nor downgrade Airflow), and no test
+#    tool (those are in requirements-dev.txt). The providers the base image ships that the lock
+#    lists (amazon, celery, fab, postgres, standard) are set to the lock's versions, the ones the
+#    tests ran with; the others (redis, ...) stay as the image has them. The lock is not yet
+#    checked against Airflow's constraints-3.3.2 file (on GitHub, out of reach where it was made).
 COPY --chown=airflow:0 requirements.txt /requirements.txt
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r /requirements.txt
 

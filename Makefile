@@ -31,7 +31,7 @@ test: $(STAMP)  ## the whole test suite (what CI runs)
 test-quick: $(STAMP)  ## everything but the slow end-to-end tests
 	$(BIN)/pytest -m "not e2e"
 
-up: $(STAMP)  ## start airflow standalone (127.0.0.1:8080) and mlflow server (127.0.0.1:5000)
+up: $(STAMP)  ## start PostgreSQL (127.0.0.1:5434), airflow standalone on it (127.0.0.1:8080) and mlflow server (127.0.0.1:5000)
 	$(BIN)/fmops stack up
 
 up-team: $(STAMP)  ## docker-compose.yaml's services natively: CeleryExecutor (2 workers), PostgreSQL, Redis, S3, MLflow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -34,13 +35,34 @@ def password_file_credentials(path: Path) -> Callable[[], tuple[str, str]]:
     return read
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
+    """A port nothing holds, below the kernel's ephemeral range.
+
+    Not one the kernel hands out (``bind(0)``): those come from the ephemeral range, which every
+    outgoing connection also draws its local port from. A server the tests stop and start again
+    on its port (a killed scheduler's health server, a restarted PostgreSQL or MLflow) then finds
+    it taken by some client's connection in between and exits at start; on the team stack's
+    tests that happened in CI. A server's port outside that range is never a client's."""
+    low, _ = _ephemeral_range()
+    top = max(low - 1, 20_001)
     while True:
+        port = random.randint(20_000, top)
+        if port in RESERVED_PORTS:
+            continue
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def port_open(port: int) -> bool:

@@ -56,13 +56,23 @@ def dagbag(airflow_db):
     return DagBag(str(PROJECT_ROOT / "dags"))
 
 
-# The test module that runs beside the rest under `make test` (pytest -n 2): it starts a stack of
-# its own (own FMOPS_HOME, free ports, its own config's endpoint port) and spends most of its time
-# waiting for its faults (heartbeat timeouts, an MLflow outage), so it shares the machine with the
-# rest without crowding it. Everything else is one scope, on one worker, in its usual order, as
-# without xdist. (A scheduler of our own: xdist 3.8's --dist loadgroup leaves the groups of its
-# xdist_group marks unapplied under pytest 9.2; its load-scope scheduler with our scopes does it.)
+# `make test` (pytest -n 2) runs three scopes on two workers, in this order:
+# - "serial": the integration tests, on one worker, in their usual order, as without xdist;
+# - "team-stack": the team stack's module, on the other. It starts a stack of its own (own
+#   FMOPS_HOME, free ports, its own config's endpoint port) and spends most of its time waiting for
+#   its faults (heartbeat timeouts, an MLflow outage), so it shares the machine without crowding;
+# - "unit": the unit tests, on whichever worker is free first (the team stack's, in practice).
+# (A scheduler of our own: xdist 3.8's --dist loadgroup leaves the groups of its xdist_group marks
+# unapplied under pytest 9.2; its load-scope scheduler with our scopes does it. Its reordering of
+# scopes by size is turned off, so the two long scopes start first.)
 BESIDE = {"test_team_stack.py": "team-stack"}
+
+
+def _scope_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    if path.startswith("tests/unit/"):
+        return "unit"
+    return BESIDE.get(path.rsplit("/", 1)[-1], "serial")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
@@ -70,6 +80,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     class Beside(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return BESIDE.get(nodeid.split("::", 1)[0].rsplit("/", 1)[-1], "serial")
+            return _scope_of(nodeid)
 
+    config.option.loadscopereorder = False  # collection order: serial, team-stack, unit
     return Beside(config, log)

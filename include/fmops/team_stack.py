@@ -41,6 +41,7 @@ listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -86,7 +87,10 @@ __all__ = [
 ]
 
 WORKERS = 2
+log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 300
+START_RETRIES = 2  # a server that exits during start is started again this many times
+START_RETRY_PAUSE_SECONDS = 5.0  # times the retry's number
 
 
 def _state_file() -> Path:
@@ -483,14 +487,42 @@ def spawn(item: Process) -> dict[str, object]:
     return identity
 
 
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"({err})"
+
+
 def wait_healthy(items: list[Process], timeout: float = START_TIMEOUT_SECONDS) -> None:
+    """Wait until every item answers its health check. A server that exits before it does is
+    started again, at most START_RETRIES times with a growing pause (compose's ``restart:
+    always`` does it without end), then the start fails with the end of its log."""
     deadline = time.monotonic() + timeout
     pending = list(items)
+    retries: dict[str, int] = {}
     while pending:
         state = _state()
         for item in list(pending):
             if item.kind == "server" and not processes.alive(state.get(item.name)):
-                raise StackError(f"{item.name} exited during start; see {_log(item.name)}")
+                tail = _tail(_log(item.name))
+                tried = retries.get(item.name, 0)
+                if tried >= START_RETRIES:
+                    raise StackError(
+                        f"{item.name} exited during start, {tried + 1} times; the end of "
+                        f"{_log(item.name)}:\n{tail}"
+                    )
+                retries[item.name] = tried + 1
+                log.warning(
+                    "%s exited during start; starting it again (%d of %d). The end of its log:\n%s",
+                    item.name,
+                    tried + 1,
+                    START_RETRIES,
+                    tail,
+                )
+                time.sleep(START_RETRY_PAUSE_SECONDS * (tried + 1))
+                spawn(item)
+                continue
             if item.healthy():
                 pending.remove(item)
         if pending:

@@ -518,7 +518,12 @@ class Standalone:
     def client(self) -> Any:
         from fmops.demo import AirflowApi
 
-        return AirflowApi(f"http://127.0.0.1:{self.port}")
+        # The admin's password, as airflow standalone wrote it in this Airflow's own home.
+        passwords = Path(self.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+        return AirflowApi(
+            f"http://127.0.0.1:{self.port}",
+            lambda: next(iter(json.loads(passwords.read_text()).items())),
+        )
 
     def connect(self) -> Any:
         self.api = self.client()

@@ -481,20 +481,7 @@ class Standalone:
         return self
 
     def _start_database(self) -> None:
-        from fmops import processes
-
-        self.database.initdb()
-        self.db_identity = processes.spawn_detached(
-            self.database.command(),
-            self.log.with_name("postgres.log"),
-            env=self.database.env(),
-            user=self.database.os_user,
-        )
-        deadline = time.monotonic() + 60
-        while not self.database.healthy():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"PostgreSQL did not start: {self.log.with_name('postgres.log')}")
-            time.sleep(0.5)
+        self.db_identity = self.database.start(self.log.with_name("postgres.log"))
 
     def wait_healthy(self, timeout: float = 600) -> float:
         import requests
@@ -563,29 +550,19 @@ class TeamStack(Standalone):
 
     executor = "CeleryExecutor"
 
-    def __init__(self, log: Path):  # noqa: D107 - no standalone, no database of its own
-        from fmops import team_compose
-
+    def __init__(self, log: Path):  # no standalone, no database of its own
         self.log = log
-        self.names = [f.name for f in dataclasses.fields(team_compose.Ports)]
-        self.saved = {key: os.environ.get(key) for key in [self._env_name(n) for n in self.names]}
         self.identity = self.db_identity = None
         self.api = None
-
-    @staticmethod
-    def _env_name(field: str) -> str:
-        name = {"api": "AIRFLOW", "scheduler_health": "SCHEDULER_HEALTH"}.get(field, field)
-        return f"FMOPS_TEAM_{name.upper()}_PORT"
 
     def __enter__(self) -> TeamStack:
         from fmops import team_compose, team_stack
 
+        fields = [f.name for f in dataclasses.fields(team_compose.Ports)]
         ports: set[int] = set()
-        while len(ports) < len(self.names):
+        while len(ports) < len(fields):
             ports.add(free_port())
-        for name, port in zip(self.names, sorted(ports), strict=True):
-            os.environ[self._env_name(name)] = str(port)
-        self.ports = team_compose.Ports.from_env()
+        self.ports = team_compose.Ports(**dict(zip(fields, sorted(ports), strict=True)))
         self.port = self.ports.api
         # compose sets PYTHONPATH (the include folder) in every Airflow service's environment,
         # which would leave the no-op shim off the team stack's processes: it goes first, as on
@@ -627,11 +604,6 @@ class TeamStack(Standalone):
 
         stopped = team_stack.stop()
         print(f"  team stack stopped ({len(stopped)} processes)", flush=True)
-        for key, value in self.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 AIRFLOW_SETTINGS = (

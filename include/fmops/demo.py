@@ -162,9 +162,9 @@ class DemoStack:
 
     @classmethod
     def of(cls, profile: str) -> DemoStack:
-        if profile == "team":
-            from fmops import team_compose, team_stack
+        from fmops import team_compose, team_stack
 
+        if profile == "team":
             return cls(
                 profile,
                 team_stack.start,
@@ -174,8 +174,6 @@ class DemoStack:
                 f"_AIRFLOW_WWW_USER_PASSWORD in {team_compose.secrets_file()}",
                 str(team_compose.home() / "logs" / "airflow"),
             )
-        from fmops import team_stack
-
         return cls(
             profile,
             team_stack.start_local,

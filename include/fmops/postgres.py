@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,18 +133,46 @@ class Server:
         finally:
             password_file.unlink(missing_ok=True)
 
+    def start(self, log_path: Path, timeout: float = 60) -> dict[str, object]:
+        """Create the cluster if need be, start the server detached (its own session, output to
+        ``log_path``) and wait until its database accepts logins; returns the server's identity
+        (fmops.processes). A server that exits or does not answer in time is stopped, and the
+        error names its log."""
+        from fmops import processes
+
+        self.initdb()
+        identity = processes.spawn_detached(
+            self.command(), log_path, env=self.env(), user=self.os_user
+        )
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if not processes.alive(identity):
+                raise PostgresError(f"PostgreSQL exited during start; see {log_path}")
+            if time.monotonic() > deadline:
+                processes.stop(identity, 20, first_signal=signal.SIGINT)
+                raise PostgresError(
+                    f"PostgreSQL did not accept connections within {timeout:.0f} s; see {log_path}"
+                )
+            time.sleep(0.5)
+        return identity
+
+    def _connect(self, database: str) -> Any:
+        import psycopg2
+
+        return psycopg2.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=database,
+            connect_timeout=3,
+        )
+
     def connects(self, database: str | None = None) -> bool:
         import psycopg2
 
         try:
-            connection = psycopg2.connect(
-                host="127.0.0.1",
-                port=self.port,
-                user=self.user,
-                password=self.password,
-                dbname=database or self.database,
-                connect_timeout=3,
-            )
+            connection = self._connect(database or self.database)
         except psycopg2.Error:
             return False
         connection.close()
@@ -158,15 +188,7 @@ class Server:
         return self.connects()
 
     def create_database(self) -> None:
-        import psycopg2
-
-        connection = psycopg2.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user=self.user,
-            password=self.password,
-            dbname="postgres",
-        )
+        connection = self._connect("postgres")
         connection.autocommit = True
         try:
             with connection.cursor() as cursor:

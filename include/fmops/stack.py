@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 import urllib.error
@@ -147,12 +146,6 @@ def _state() -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(1)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def answers(url: str) -> bool:
     """A GET of ``url`` (our own 127.0.0.1) answers 200."""
     try:
@@ -198,28 +191,18 @@ def start(timeout: float = START_TIMEOUT_SECONDS) -> dict[str, Any]:
     bin_dir = Path(sys.executable).parent
     database = airflow_db()
     if not processes.alive(state.get("postgres")):
-        if _port_taken(database.port):
+        from fmops.deployment.local import port_free
+
+        if not port_free(database.port):
             raise StackError(
                 f"port {database.port} is taken by a server we did not start; "
                 "stop it or set FMOPS_AIRFLOW_DB_PORT"
             )
-        database.initdb()
-        state["postgres"] = processes.spawn_detached(
-            database.command(),
-            state_dir() / "logs" / "postgres.log",
-            env=database.env(),
-            user=database.os_user,
-        )
+        try:
+            state["postgres"] = database.start(state_dir() / "logs" / "postgres.log")
+        except postgres.PostgresError as err:
+            raise StackError(str(err)) from err
         write_json(_state_file(), state)
-        deadline = time.monotonic() + 60
-        while not database.healthy():
-            if not processes.alive(state["postgres"]):
-                raise StackError(
-                    f"PostgreSQL exited during start; see {state_dir() / 'logs' / 'postgres.log'}"
-                )
-            if time.monotonic() > deadline:
-                raise StackError("PostgreSQL did not accept connections within 60 s")
-            time.sleep(0.5)
     if not processes.alive(state.get("mlflow")):
         if answers(f"{mlflow_url()}/health"):
             raise StackError(

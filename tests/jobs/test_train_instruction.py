@@ -296,7 +296,14 @@ def test_lora_at_bf16_holds_the_base_in_bf16_and_saves_bf16(tmp_path, pretrained
     import generation
 
     job = tmp_path / "bf16"
-    result = run(job_env(job, pretrained[0] / "model", channels, epochs="10", precision="bf16"))
+    # At this file's learning rate (0.01) ten epochs overshoot after the fifth, in fp32 too, and
+    # by how much depends on the CPU's kernels (on an Intel Xeon bf16 ended at 0.62x the first
+    # epoch's loss, over this test's 0.6x); at 0.005 it followed fp32 to within 0.3% at every
+    # epoch there and ends near 0.31x.
+    env = job_env(
+        job, pretrained[0] / "model", channels, epochs="10", precision="bf16", learning_rate="0.005"
+    )
+    result = run(env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "precision=bf16 weights_dtype=bfloat16" in result.stdout
     losses = epoch_losses(result.stdout)

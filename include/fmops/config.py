@@ -343,7 +343,16 @@ class TrainingConfig(Strict):
         ),
     ] = "ml.g5.xlarge"
     max_runtime_seconds: int = Field(3600, ge=1, le=28 * 24 * 3600)
-    max_concurrent_jobs: int = Field(3, ge=1, le=64)
+    max_concurrent_jobs: int = Field(
+        3,
+        ge=1,
+        le=256,
+        description=(
+            "how many jobs the local executor runs at once; later ones wait (SecondaryStatus "
+            "Pending) and start in the order they were submitted. The sagemaker target does not "
+            "apply it: there the account's quotas limit concurrent jobs"
+        ),
+    )
 
     @property
     def pinned_instance_type(self) -> str | None:

@@ -30,6 +30,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,8 @@ class LocalJobBackend:
             slots_dir=str(self.root / ".slots"),
             max_concurrent=self.max_concurrent_jobs,
             stop_grace_seconds=self.stop_grace_seconds,
+            # the order jobs beyond the cap start in (runner.acquire_slot)
+            submitted_ns=time.time_ns(),
         )
         write_json(job_dir / "request.json", request)
         write_json(job_dir / "plan.json", plan)

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,8 @@ def read_json(path: Path) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic write: a reader never sees half a record."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # per process and thread: a phase's jobs are submitted from several threads at once
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
 
@@ -73,19 +75,82 @@ class Record:
         write_json(self.path, data)
 
 
-def acquire_slot(slots_dir: Path, count: int, should_stop) -> object | None:
-    """Hold one of ``count`` flock slots; the lock dies with this process, never leaks."""
+def acquire_slot(
+    slots_dir: Path, count: int, should_stop, ticket: str | None = None
+) -> object | None:
+    """Hold one of ``count`` flock slots; the lock dies with this process, never leaks.
+
+    Jobs beyond the cap wait in the order of their ``ticket`` (the job's submission time, then
+    its name): a waiter takes a slot only when fewer waiters are ahead of it than there are
+    free slots, so a later job never starts before an earlier one. Each waiter holds a flock on
+    its ticket file in ``queue/``; a ticket whose holder died (no lock) is removed by the next
+    waiter that looks at it. Written here rather than taken from a library: the supervisor
+    imports only the standard library (see the module docstring).
+    """
     slots_dir.mkdir(parents=True, exist_ok=True)
-    while not should_stop():
+    queue = slots_dir / "queue"
+    queue.mkdir(exist_ok=True)
+    ticket = ticket or f"{time.time_ns():020d}-{os.getpid()}"
+    # Locked before it gets its name, so that no waiter ever sees it unlocked and removes it.
+    mine = open(queue / f".{ticket}", "w")  # noqa: SIM115 (held while waiting)
+    fcntl.flock(mine, fcntl.LOCK_EX)
+    os.rename(queue / f".{ticket}", queue / ticket)
+    try:
+        while not should_stop():
+            ahead = _live_tickets_ahead(queue, ticket, limit=count)
+            if ahead < count:
+                slot = _take_slot(slots_dir, count, skip=ahead)
+                if slot is not None:
+                    return slot
+            time.sleep(POLL_SECONDS)
+        return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (queue / ticket).unlink()
+        mine.close()
+
+
+def _live_tickets_ahead(queue: Path, ticket: str, limit: int) -> int:
+    """How many waiters are ahead of ``ticket`` (counted up to ``limit``); removes the tickets
+    of waiters that died on the way."""
+    ahead = 0
+    for name in sorted(n for n in os.listdir(queue) if not n.startswith(".")):
+        if name >= ticket or ahead >= limit:
+            break
+        try:
+            handle = open(queue / name)  # noqa: SIM115 (closed below)
+        except FileNotFoundError:  # it took its slot meanwhile
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                ahead += 1  # its waiter holds it: alive
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (queue / name).unlink()  # nobody holds it: its waiter died
+    return ahead
+
+
+def _take_slot(slots_dir: Path, count: int, skip: int) -> object | None:
+    """A free slot, leaving the first ``skip`` free ones to the waiters ahead; None when there
+    are not more than ``skip`` free."""
+    held = []
+    try:
         for index in range(count):
             handle = open(slots_dir / f"slot-{index}", "w")  # noqa: SIM115 (held until exit)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return handle
             except BlockingIOError:
                 handle.close()
-        time.sleep(POLL_SECONDS)
-    return None
+                continue
+            held.append(handle)
+            if len(held) > skip:
+                return held.pop()
+        return None
+    finally:
+        for handle in held:
+            handle.close()
 
 
 def scan_metrics(log_path: Path, definitions: list[dict]) -> dict[str, dict]:
@@ -161,7 +226,12 @@ def main(job_dir: Path) -> int:
         return stop["requested"] or (job_dir / STOP_REQUEST).exists()
 
     record.transition("Pending", "Waiting for a free slot of the local executor")
-    slot = acquire_slot(Path(plan["slots_dir"]), plan["max_concurrent"], stop_requested)
+    slot = acquire_slot(
+        Path(plan["slots_dir"]),
+        plan["max_concurrent"],
+        stop_requested,
+        ticket=f"{plan.get('submitted_ns', time.time_ns()):020d}-{job_dir.name}",
+    )
     if slot is None:
         record.transition("Stopped", "Stopped before it started", status="Stopped", end_time=now())
         return 0

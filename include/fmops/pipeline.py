@@ -384,11 +384,7 @@ def submit_phase(plans: list[dict], on_submitted: Any = None) -> list[dict]:
         recorded: list[dict | BaseException] = []
         if on_submitted is not None:
             started = [(p, r) for p, r in zip(plans, results, strict=True) if isinstance(r, dict)]
-            # The first alone: MLflow makes a dataset's row on first use without a lock (two
-            # runs logging a new dataset at once: a UNIQUE constraint error), and a phase's jobs
-            # read the same staged data, so the first run makes the rows the others find.
-            recorded = [after(pair) for pair in started[:1]]
-            recorded += pool.map(after, started[1:])
+            recorded = list(pool.map(after, started))
     unrecorded = [r for r in recorded if isinstance(r, BaseException)]
     if unrecorded:
         log.warning(

@@ -211,21 +211,3 @@ def test_a_candidate_the_quota_never_let_start_is_named_among_the_failures():
 
     assert (failure["candidate"], failure["status"]) == ("b", "NotStarted")
     assert "ResourceLimitExceeded" in failure["reason"]
-
-
-def test_the_first_run_is_opened_alone_before_the_others(submissions):
-    """MLflow makes a dataset's row on first use without a lock; a phase's jobs share their
-    data, so the first job's run (which makes the rows) is opened before any other starts."""
-    submissions()
-    spans: dict[str, list[float]] = {}
-
-    def open_run(plan: dict, handle: dict) -> dict:
-        spans[plan["candidate"]] = [time.monotonic()]
-        time.sleep(0.05)
-        spans[plan["candidate"]].append(time.monotonic())
-        return handle
-
-    pipeline.submit_phase([plan(f"c{i}") for i in range(6)], open_run)
-
-    first_end = spans["c0"][1]
-    assert all(start >= first_end for name, (start, _) in spans.items() if name != "c0"), spans

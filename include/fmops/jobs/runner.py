@@ -45,7 +45,7 @@ def read_json(path: Path) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic write: a reader never sees half a record."""
-    # per process and thread: a phase's jobs are submitted from several threads at once
+    # per process and thread: two writers of the same file never share a temporary file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)

@@ -544,11 +544,6 @@ class RouterHandler(BaseHTTPRequestHandler):
                 record = Record(
                     time.monotonic(), generation, 504, (time.monotonic() - started) * 1000, True
                 )
-                self._json(
-                    HTTPStatus.GATEWAY_TIMEOUT,
-                    {"error": f"variant {name} did not answer within {self.server.timeout:g} s"},
-                )
-                return
             except RefusedError as err:
                 record = Record(
                     time.monotonic(), generation, 502, (time.monotonic() - started) * 1000
@@ -556,7 +551,15 @@ class RouterHandler(BaseHTTPRequestHandler):
                 log.warning("variant %s did not take a request (%s); trying another", name, err)
                 continue
             finally:
+                # Counted before the client hears back: a client that reads /admin/stats
+                # right after its answer sees its own request in them.
                 self.server.release(stats, record)
+            if record.timed_out:
+                self._json(
+                    HTTPStatus.GATEWAY_TIMEOUT,
+                    {"error": f"variant {name} did not answer within {self.server.timeout:g} s"},
+                )
+                return
             headers = {VARIANT_HEADER: name, VERSION_HEADER: str(variant.get("version", ""))}
             self._reply(status, payload, headers)
             return

@@ -329,9 +329,15 @@ def _decide(args: argparse.Namespace) -> int:
         print(f"fmops {args.command}: {err}", file=sys.stderr)
         return err.exit_code
     who = (answer.get("responded_by_user") or {}).get("name", args.user)
+    goes_on = (
+        "goes on; the version's MLflow tags record it"
+        if answer.get("confirmed", True)
+        else f"has not acted on it within {review_client.CONFIRM_SECONDS:.0f} s: see its "
+        "await_approval in the Airflow UI"
+    )
     print(
         f"{args.model} version {args.version}: {answer['chosen_options'][0]} by {who} "
-        f"(fmops_deploy run {run_id} goes on; the version's MLflow tags record it)"
+        f"(fmops_deploy run {run_id} {goes_on})"
     )
     return 0
 

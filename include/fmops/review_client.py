@@ -12,6 +12,8 @@ version, so a tag pointing elsewhere cannot make a reviewer decide on another ve
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -25,6 +27,9 @@ DAG_ID, TASK_ID = "fmops_deploy", "await_approval"
 APPROVE, REJECT = "Approve", "Reject"
 COMMENT = "comment"
 TIMEOUT = 10.0  # seconds per request: a reviewer waits on it
+# How long a decision is followed until the task that was answered ends (``_follow``).
+CONFIRM_SECONDS = 120.0
+ENDED = ("success", "skipped", "failed", "upstream_failed", "removed")
 
 
 class ReviewError(Exception):
@@ -95,8 +100,54 @@ def decide(
             f"{model} version {version} was decided already in run {run_id}: "
             f"{detail.get('chosen_options')} by {who}"
         )
+    task = path.rsplit("/-1/hitlDetails", 1)[0]
+    answered = _airflow_request(session, "GET", task, reviewer, run_id)["try_number"]
     body = {"chosen_options": [APPROVE if approve else REJECT], "params_input": {COMMENT: comment}}
-    return _airflow_request(session, "PATCH", path, reviewer, run_id, json=body)
+    response = _airflow_request(session, "PATCH", path, reviewer, run_id, json=body)
+    return _follow(
+        lambda method, url, **kw: _airflow_request(session, method, url, reviewer, run_id, **kw),
+        task,
+        path,
+        body,
+        answered,
+        response,
+    )
+
+
+def _follow(
+    call: Callable[..., dict[str, Any]],
+    task: str,
+    question: str,
+    body: dict[str, Any],
+    answered: int,
+    response: dict[str, Any],
+    seconds: float = CONFIRM_SECONDS,
+    poll: float = 1.0,
+) -> dict[str, Any]:
+    """Follow the answered task until the try that got the answer ends; returns Airflow's record
+    of the response, with ``confirmed`` False when it had not ended within ``seconds``.
+
+    Why: Airflow 3.3.2 can drop an answer given in the first seconds after the question appears.
+    The answer moves the task on at once, but the worker process that parked the task may still
+    be exiting (5 s on a busy machine). When the scheduler then reads that process's exit, it
+    takes the task for one killed from outside and retries it: the retry asks afresh and clears
+    the answer (``scheduler_job_runner``'s "state attribute is queued" check spares a resumed task
+    only while it is ``scheduled``). Here the retry's new question gets the same answer, once
+    per try; a person answering in the UI sees the question again and answers again."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        instance = call("GET", task)
+        state, attempt = instance["state"], instance["try_number"]
+        if attempt == answered and state in ENDED:
+            return {**response, "confirmed": True}
+        if attempt > answered and state == "awaiting_input":
+            detail = call("GET", question)
+            if detail.get("response_received"):  # someone answered the new question
+                return {**detail, "confirmed": True}
+            response = call("PATCH", question, json=body)
+            answered = attempt
+        time.sleep(poll)
+    return {**response, "confirmed": False}
 
 
 def _token(session: requests.Session, reviewer: Reviewer) -> str:

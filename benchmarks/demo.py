@@ -147,19 +147,17 @@ def task_spans(instances: list[dict]) -> dict[str, tuple[datetime, datetime]]:
     return spans
 
 
-def submit_actions(api: Any, run_id: str, count: int, task_id: str = "submit_training") -> list:
-    """Each mapped submit's action: created, cached (reused from the cache) or attached."""
-    actions = []
-    for index in range(count):
-        entry = api.call(
-            "GET",
-            f"/dags/{FINETUNE}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
-            params={"map_index": index, "deserialize": "true"},
-        )
-        value = entry["value"]
-        value = json.loads(value) if isinstance(value, str) else value
-        actions.append(value.get("action", "?"))
-    return actions
+def submit_actions(api: Any, run_id: str, task_id: str = "submit_training") -> list:
+    """Each job's action, in the submit task's order: created, cached (reused from the cache),
+    reattached, reused or refused (the submit task returns its phase's handles as one list)."""
+    entry = api.call(
+        "GET",
+        f"/dags/{FINETUNE}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
+        params={"map_index": -1, "deserialize": "true"},
+    )
+    value = entry["value"]
+    value = json.loads(value) if isinstance(value, str) else value
+    return [handle.get("action", "?") for handle in value]
 
 
 def run_jobs(fmops_home: Path, run_id: str) -> list[dict]:
@@ -227,10 +225,8 @@ def measure(
     jobs = run_jobs(fmops_home, run_id)
     training = [j for j in jobs if j["kind"] == "training"]
     evaluation = [j for j in jobs if j["kind"] == "processing"]
-    count = sum(1 for ti in instances if ti["task_id"] == "submit_training")
-    actions = submit_actions(api, run_id, count)
-    evaluations = sum(1 for ti in instances if ti["task_id"] == "submit_evaluation")
-    evaluation_actions = submit_actions(api, run_id, evaluations, "submit_evaluation")
+    actions = submit_actions(api, run_id)
+    evaluation_actions = submit_actions(api, run_id, "submit_evaluation")
     new_training = [j["name"] for j in training if j["name"] not in training_jobs_before]
     return {
         "run_id": run_id,

@@ -5,8 +5,8 @@ Validate the data, fine-tune every candidate model in parallel, evaluate each ca
 untuned baseline and the registry's champion on the configured benchmark scenarios, let the gate
 select the winner, and register it in MLflow for review. The registration starts `fmops_deploy`.
 
-`load_config -> validate_data -> plan_jobs -> submit_training[] -> await_training[] ->
-plan_evaluation -> submit_evaluation[] -> await_evaluation[] -> select -> register ->
+`load_config -> validate_data -> plan_jobs -> submit_training -> await_training[] ->
+plan_evaluation -> submit_evaluation -> await_evaluation[] -> select -> register ->
 close_run` (all done)
 
 **When it runs.** On a cron schedule *and* whenever the training data's asset is updated
@@ -27,10 +27,12 @@ README), and by hand with **Trigger**.
 - `load_config` and `validate_data`: a bad config fails the first, bad data the second (its
   task link **Validation report** opens the Great Expectations report); either way the run
   fails before any job starts, without retries.
-- `await_training[candidate]`: the job's own log lines, streamed into the task log. Every job
-  of a run is submitted before the first wait starts, so the jobs run concurrently; the waits
-  are deferred (no worker slot is held while a job runs). A failed candidate does not stop the
-  others.
+- `submit_training`: one task starts every candidate's job at once (its log lists each job and
+  whether it was created, reattached or taken from the cache).
+- `await_training[candidate]`: the job's own log lines, streamed into the task log, and its
+  links. The jobs run concurrently; the waits are deferred (no worker slot is held while a job
+  runs). A failed candidate does not stop the others: a request refused at submission, or a
+  job that failed, fails that candidate's wait with the reason.
 - `select`: the gate (per-metric bounds, a paired bootstrap against the champion) and the link
   **Evaluation report** (leaderboard, decision, plots in MLflow). Its XCom is the leaderboard.
   A winner not shown to beat the champion is not registered (`register` is skipped).
@@ -144,11 +146,8 @@ def fmops_finetune():
         _load_config, _validate_data
     )
     _submit_training = task(
-        tasks.submit_job,
-        task_id="submit_training",
-        task_display_name="Submit training",
-        map_index_template="{{ fmops_candidate }}",
-    ).expand(plan=_plan_jobs)
+        tasks.submit_jobs, task_id="submit_training", task_display_name="Submit training"
+    )(_plan_jobs)
     _await_training = AwaitJobOperator.partial(
         task_id="await_training",
         task_display_name="Await training",
@@ -161,11 +160,8 @@ def fmops_finetune():
         trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
     )(_await_training.output)
     _submit_evaluation = task(
-        tasks.submit_job,
-        task_id="submit_evaluation",
-        task_display_name="Submit evaluation",
-        map_index_template="{{ fmops_candidate }}",
-    ).expand(plan=_plan_evaluation)
+        tasks.submit_jobs, task_id="submit_evaluation", task_display_name="Submit evaluation"
+    )(_plan_evaluation)
     _await_evaluation = AwaitJobOperator.partial(
         task_id="await_evaluation",
         task_display_name="Await evaluation",

@@ -63,7 +63,7 @@ ACTIVE_STATES = {
 }
 # States not worth a line of their own: every task passes through them on its way to running.
 QUIET_STATES = {"none", "scheduled", "queued", "removed"}
-# The tasks whose XCom is a job handle (fmops.pipeline.submit), per DAG.
+# The tasks whose XCom is a phase's list of job handles (fmops.pipeline.submit_phase), per DAG.
 SUBMIT_TASKS = {"fmops_finetune": ("submit_training", "submit_evaluation")}
 # Progress is informational: a job backend that cannot answer now is asked again next time.
 PROGRESS_ERRORS = (ClientError, BotoCoreError, OSError, ValueError)
@@ -89,14 +89,14 @@ STAGES: dict[str, tuple[Stage, ...]] = {
         Stage(
             ("submit_training", "await_training"),
             "training {count}",
-            "submit_training",
+            "await_training",
             "candidate",
         ),
         Stage(("plan_evaluation",), "planning the evaluation"),
         Stage(
             ("submit_evaluation", "await_evaluation"),
             "evaluating {count}",
-            "submit_evaluation",
+            "await_evaluation",
             "model",
         ),
         Stage(("select",), "gate / selecting the winner"),
@@ -579,7 +579,9 @@ def follow(api: AirflowApi, dag_id: str, run_id: str, started: float) -> dict[st
                 and handle_key not in fetched
             ):
                 try:
-                    watcher.add(api.xcom(dag_id, run_id, ti["task_id"], ti["map_index"]))
+                    # a phase's handles, one list (add skips a refused request: no job)
+                    for handle in api.xcom(dag_id, run_id, ti["task_id"], ti["map_index"]):
+                        watcher.add(handle)
                     fetched.add(handle_key)
                 except requests.RequestException as err:
                     log.debug("job handle of %s not readable yet: %s", handle_key, err)

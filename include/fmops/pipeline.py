@@ -284,6 +284,150 @@ def submit(plan: dict) -> dict:
     return records.job_handle(plan, name, action)
 
 
+# Submitting a phase: how many requests are in flight at once. The work per request is
+# I/O (describe, create, MLflow), so threads overlap it; 8 keeps 64 local creates within a
+# couple of seconds on 2 cores without crowding the scheduler, and stays far below SageMaker's
+# request rates.
+SUBMIT_THREADS = 8
+# Errors a retry of the submit task may fix: everything else about one request is that
+# candidate's own (its wait fails with it) and does not stop the others.
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalServerError",
+        "RequestTimeout",
+    }
+)
+
+
+def is_transient(err: BaseException) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(err, ClientError):
+        return err.response.get("Error", {}).get("Code") in TRANSIENT_CODES
+    # Connection failures (botocore's, requests' and the MLflow client's) are OSErrors.
+    return isinstance(err, BotoCoreError | OSError)
+
+
+# SageMaker's answer when the account's quota (instances of a type, concurrent jobs) is used up.
+QUOTA_CODE = "ResourceLimitExceeded"
+WAITING_FOR_QUOTA = "waiting_for_quota"
+
+
+def is_quota_refusal(err: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") == QUOTA_CODE
+
+
+def _jobless_handle(source: dict, action: str, **why: Any) -> dict:
+    """A handle with no job behind it (yet): what the plan ``source`` says of its candidate, the
+    action and why."""
+    keys = ("kind", "candidate", "target")
+    return {k: source[k] for k in keys} | {
+        "settings": source.get("settings", {}),
+        "name": None,
+        "action": action,
+        **why,
+    }
+
+
+def waiting_handle(plan: dict, err: BaseException) -> dict:
+    """The handle of a request that the account's quota refused on every instance type it may
+    run on: no job yet. Its wait sends the request again with backoff
+    (``fmops.airflow.operators.QuotaTrigger``) rather than failing the candidate: the quota frees
+    up as other jobs end."""
+    return _jobless_handle(plan, WAITING_FOR_QUOTA, plan=plan, reason=str(err)[:1000])
+
+
+def refused_handle(plan: dict, err: BaseException) -> dict:
+    """The handle of a request that was refused for good: no job, and why (its wait fails with
+    the reason, the other candidates go on)."""
+    return _jobless_handle(plan, "refused", error=f"{type(err).__name__}: {err}"[:2000])
+
+
+def submit_phase(plans: list[dict], on_submitted: Any = None) -> list[dict]:
+    """Start (or find) every job of a phase at once, ``SUBMIT_THREADS`` requests at a time: one
+    handle per plan, in the plans' order.
+
+    ``on_submitted(plan, handle)`` runs for each started job once every job is started (the
+    jobs' MLflow runs: their jobs must not wait for them) and returns the handle to keep. Its
+    errors are never a candidate's own (MLflow down, its store busy): the first is raised once
+    every call is done, for the task's retry.
+
+    A request refused for good gets :func:`refused_handle`, so that one bad candidate does not
+    stop the others; one the account's quota refused gets :func:`waiting_handle`. A transient
+    error (throttling, a connection) is raised once every other
+    request has been sent: the task's retry sends them all again and finds the jobs already
+    started (describe before create), so no job is started twice.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(plan: dict) -> dict | BaseException:
+        try:
+            return submit(plan)
+        except Exception as err:  # classified below, per request
+            return err
+
+    def after(pair: tuple[dict, dict]) -> dict | BaseException:
+        try:
+            return on_submitted(*pair)
+        except Exception as err:
+            return err
+
+    with ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="fmops-submit") as pool:
+        results = list(pool.map(one, plans))
+        recorded: list[dict | BaseException] = []
+        if on_submitted is not None:
+            started = [(p, r) for p, r in zip(plans, results, strict=True) if isinstance(r, dict)]
+            # The first alone: MLflow makes a dataset's row on first use without a lock (two
+            # runs logging a new dataset at once: a UNIQUE constraint error), and a phase's jobs
+            # read the same staged data, so the first run makes the rows the others find.
+            recorded = [after(pair) for pair in started[:1]]
+            recorded += pool.map(after, started[1:])
+    unrecorded = [r for r in recorded if isinstance(r, BaseException)]
+    if unrecorded:
+        log.warning(
+            "%d of %d jobs started but their runs could not be recorded; the task's retry finds "
+            "the jobs and records them",
+            len(unrecorded),
+            len(recorded),
+        )
+        raise unrecorded[0]
+    if recorded:
+        finished = iter(recorded)
+        results = [next(finished) if isinstance(r, dict) else r for r in results]
+    transient = [r for r in results if isinstance(r, BaseException) and is_transient(r)]
+    handles = []
+    for plan, result in zip(plans, results, strict=True):
+        if isinstance(result, BaseException) and is_quota_refusal(result):
+            log.warning(
+                "%s: the account's quota refused the %s request on every instance type it may "
+                "use (%s); its wait asks again with backoff",
+                plan["candidate"],
+                plan["kind"],
+                result,
+            )
+            result = waiting_handle(plan, result)
+        elif isinstance(result, BaseException) and not is_transient(result):
+            log.error("%s: the %s request was refused: %s", plan["candidate"], plan["kind"], result)
+            result = refused_handle(plan, result)
+        handles.append(result)
+    if transient:
+        log.warning(
+            "%d of %d requests met a transient error; the task's retry sends them again and "
+            "finds the jobs already started",
+            len(transient),
+            len(plans),
+        )
+        raise transient[0]
+    return handles
+
+
 def _create_with_fallback(plan: dict) -> tuple[str, str, dict]:
     """ensure_job, moving to the next instance type while the account's quota refuses one."""
     from botocore.exceptions import ClientError
@@ -471,11 +615,32 @@ def _end_ms(kind: str, description: dict) -> int:
 
 
 def training_failures(handles: list[dict], trained: list[dict]) -> list[dict]:
-    """The submitted training jobs without an outcome, with SageMaker's reason for each."""
-    done = {t["job_name"] for t in trained}
+    """The training jobs without an outcome, with SageMaker's reason for each (or the reason
+    their request was refused)."""
+    done = {t["candidate"] for t in trained}
     failures = []
     for handle in handles:
-        if handle["name"] in done:
+        if handle["candidate"] in done:
+            continue
+        if handle.get("error"):  # refused at submission: no job
+            failures.append(
+                {
+                    "candidate": handle["candidate"],
+                    "job_name": None,
+                    "status": "Refused",
+                    "reason": handle["error"][:1000],
+                }
+            )
+            continue
+        if not handle.get("name"):  # the quota never let it start (its wait says more)
+            failures.append(
+                {
+                    "candidate": handle["candidate"],
+                    "job_name": None,
+                    "status": "NotStarted",
+                    "reason": (handle.get("reason") or "")[:1000],
+                }
+            )
             continue
         description = describe(backend_for(handle), handle["kind"], handle["name"])
         failures.append(

@@ -87,6 +87,10 @@ def test_finetune_pipeline_shape(dagbag):
         )
     outlets = [o.uri.rstrip("/") for o in dag.get_task("register").outlets]
     assert outlets == ["fmops://registered-models"]
+    # One task submits a phase's jobs (they start together); one wait per candidate.
+    for phase in ("training", "evaluation"):
+        assert not dag.get_task(f"submit_{phase}").is_mapped, f"submit_{phase} must not be mapped"
+        assert dag.get_task(f"await_{phase}").is_mapped, f"await_{phase} must be mapped"
 
 
 def test_deploy_pipeline_shape(dagbag):

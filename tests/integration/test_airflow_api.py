@@ -375,10 +375,9 @@ def test_mapped_task_instances_show_their_candidate(finetune_run):
             names.setdefault(ti["task_id"], []).append(ti["rendered_map_index"])
     # The untuned baseline is evaluated next to the candidate (tiny.yaml: baseline: true).
     evaluated = sorted([CANDIDATE, "baseline"])
+    # One submit task per phase (not mapped), one wait per candidate.
     assert {task_id: sorted(found) for task_id, found in names.items()} == {
-        "submit_training": [CANDIDATE],
         "await_training": [CANDIDATE],
-        "submit_evaluation": evaluated,
         "await_evaluation": evaluated,
     }, names
 

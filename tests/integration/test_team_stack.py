@@ -399,12 +399,12 @@ def test_the_pipeline_runs_on_the_team_stack_through_a_killed_worker_and_an_mlfl
     """``fmops_finetune`` and the ``fmops_deploy`` run it schedules, on CeleryExecutor with two
     workers, Airflow and MLflow on PostgreSQL and model artifacts in S3, while:
 
-    - the worker running a ``submit_training`` is SIGKILLed (and started again). Airflow: the
-      task instance's heartbeats stop; the scheduler fails it after the heartbeat timeout and
-      its retry runs on a live worker (the Redis broker does not redeliver an unacknowledged
-      task before its visibility timeout, 24 h, so it is not run twice). fmops: the retry
-      reattaches to the job the killed try may have started (a job's name is a digest of its
-      request): exactly one job per candidate.
+    - the worker running ``submit_training`` (one task for every candidate's job) is SIGKILLed
+      (and started again). Airflow: the task instance's heartbeats stop; the scheduler fails it
+      after the heartbeat timeout and its retry runs on a live worker (the Redis broker does not
+      redeliver an unacknowledged task before its visibility timeout, 24 h, so it is not run
+      twice). fmops: the retry reattaches to the jobs the killed try may have started (a job's
+      name is a digest of its request): exactly one job per candidate.
     - the MLflow server is stopped for a minute while ``register`` runs. MLflow's client retries
       an unreachable server (about two minutes); fmops' registration is idempotent (a version
       of this DAG run is found again, not made twice), so a retried ``register`` cannot make a
@@ -421,7 +421,7 @@ def test_the_pipeline_runs_on_the_team_stack_through_a_killed_worker_and_an_mlfl
         if dag_id == FINETUNE and "submit" not in faults:
             ti = _running(instances, "submit_training")
             if ti and ti["hostname"] in WORKERS:
-                faults["submit"] = (ti["map_index"], ti["hostname"])
+                faults["submit"] = ti["hostname"]
                 team.kill(ti["hostname"])
                 team.up_in_background()
         if dag_id == FINETUNE and "mlflow" not in faults and _running(instances, "register"):
@@ -451,11 +451,7 @@ def test_the_pipeline_runs_on_the_team_stack_through_a_killed_worker_and_an_mlfl
     # The killed tries were retried, on the workers (task instances name their worker).
     finetune_tis = api.task_instances(FINETUNE, run_id)
     deploy_tis = api.task_instances(DEPLOY, deploy_id)
-    (killed,) = [
-        ti
-        for ti in finetune_tis
-        if ti["task_id"] == "submit_training" and ti["map_index"] == faults["submit"][0]
-    ]
+    (killed,) = [ti for ti in finetune_tis if ti["task_id"] == "submit_training"]
     assert killed["try_number"] >= 2, killed
     (deploy_ti,) = [ti for ti in deploy_tis if ti["task_id"] == "deploy"]
     assert deploy_ti["try_number"] >= 2, deploy_ti
@@ -603,9 +599,7 @@ def test_a_task_and_then_the_run_marked_failed_stop_their_jobs(team: Team, api: 
     with contextlib.suppress(StopIteration):
         _follow(api, [(FINETUNE, run_id)], hold)
     assert len(held) == 2, held
-    first, second = (
-        api.xcom(FINETUNE, run_id, "submit_training", map_index=index)["name"] for index in (0, 1)
-    )
+    first, second = (h["name"] for h in api.xcom(FINETUNE, run_id, "submit_training"))
 
     def stop_and_release(name: str) -> dict[str, Any]:
         deadline = time.monotonic() + 60

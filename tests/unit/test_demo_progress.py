@@ -89,10 +89,10 @@ DONE_BEFORE_TRAINING = {
 # A run the gate declined, up to its last task (with register queued: one it promoted).
 DECLINED = {
     **DONE_BEFORE_TRAINING,
-    "submit_training": ["success"],
+    "submit_training": "success",
     "await_training": ["success"],
     "plan_evaluation": "success",
-    "submit_evaluation": ["success"] * 2,
+    "submit_evaluation": "success",
     "await_evaluation": ["success"] * 2,
     "select": "success",
     "register": "skipped",
@@ -110,7 +110,7 @@ DECLINED = {
         (
             {
                 **DONE_BEFORE_TRAINING,
-                "submit_training": ["success"] * 3,
+                "submit_training": "success",
                 "await_training": ["deferred", "running", "queued"],
             },
             "training 3 candidates",
@@ -118,7 +118,7 @@ DECLINED = {
         (
             {
                 **DONE_BEFORE_TRAINING,
-                "submit_training": ["success"],
+                "submit_training": "success",
                 "await_training": ["up_for_retry"],
             },
             "training 1 candidate",
@@ -127,7 +127,7 @@ DECLINED = {
             # Between two tasks nothing is active: the stage is the next one to run.
             {
                 **DONE_BEFORE_TRAINING,
-                "submit_training": ["success"] * 3,
+                "submit_training": "success",
                 "await_training": ["success", "failed", "success"],
             },
             "planning the evaluation",
@@ -135,10 +135,10 @@ DECLINED = {
         (
             {
                 **DONE_BEFORE_TRAINING,
-                "submit_training": ["success"] * 3,
+                "submit_training": "success",
                 "await_training": ["success"] * 3,
                 "plan_evaluation": "success",
-                "submit_evaluation": ["success", "success", "running", "scheduled"],
+                "submit_evaluation": "success",
                 "await_evaluation": ["deferred", "deferred", None, None],
             },
             "evaluating 4 models",
@@ -146,10 +146,10 @@ DECLINED = {
         (
             {
                 **DONE_BEFORE_TRAINING,
-                "submit_training": ["success"] * 2,
+                "submit_training": "success",
                 "await_training": ["success"] * 2,
                 "plan_evaluation": "success",
-                "submit_evaluation": ["success"] * 3,
+                "submit_evaluation": "success",
                 "await_evaluation": ["success"] * 3,
                 "select": "running",
             },
@@ -165,8 +165,8 @@ def test_finetune_stage_from_task_instances(states, stage):
 
 
 def test_the_mapped_count_is_unknown_before_expansion():
-    # Before plan_jobs returns, a mapped task has one unexpanded instance, map_index -1.
-    rows = finetune({**DONE_BEFORE_TRAINING, "submit_training": "scheduled"})
+    # Before submit_training returns, the waits have one unexpanded instance, map_index -1.
+    rows = finetune({**DONE_BEFORE_TRAINING, "submit_training": "running"})
     assert current_stage("fmops_finetune", rows) == "training candidates"
 
 
@@ -625,19 +625,31 @@ def test_follow_prints_stages_task_changes_and_progress(monkeypatch, capsys):
     }
     backend.log = "step=3/12 epoch=1 train_loss=2.25 learning_rate=1e-4 samples_per_sec=9 eta_s=8\n"
     monkeypatch.setattr(demo, "backend_for", lambda handle: backend)
+    # submit_training (not mapped) returns the phase's handles as one list; a refused request
+    # has no job to follow.
     handles = {
-        0: {"kind": "training", "candidate": "cand-a", "name": "job-a", "target": "local"},
-        1: {
-            "kind": "training",
-            "candidate": "cand-b",
-            "name": "job-old",
-            "target": "local",
-            "action": "cached",
-        },
+        -1: [
+            {"kind": "training", "candidate": "cand-a", "name": "job-a", "target": "local"},
+            {
+                "kind": "training",
+                "candidate": "cand-b",
+                "name": "job-old",
+                "target": "local",
+                "action": "cached",
+            },
+            {
+                "kind": "training",
+                "candidate": "cand-c",
+                "name": None,
+                "target": "local",
+                "action": "refused",
+                "error": "ClientError: ValidationException",
+            },
+        ]
     }
     training = {
         **DONE_BEFORE_TRAINING,
-        "submit_training": ["success", "success"],
+        "submit_training": "success",
         "await_training": ["deferred", "deferred"],
     }
     snapshots = [
@@ -674,7 +686,8 @@ def test_follow_prints_stages_task_changes_and_progress(monkeypatch, capsys):
     )
     # The cached job's line, whatever the scripted describe says of its status, names the cache.
     assert any("cand-b" in line and "reused from cache (job job-old" in line for line in progress)
-    assert sorted(api.xcom_calls) == [("submit_training", 0), ("submit_training", 1)]
+    assert not any("cand-c" in line for line in progress), progress
+    assert api.xcom_calls == [("submit_training", -1)]
     assert out[-1].endswith("Run success")
 
 

@@ -33,8 +33,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
         listener,
         "_xcom",
         lambda dag_id, run_id, task_id, key, map_index=-1: (
-            {"name": f"job-{task_id}-{map_index}"}
-            if key == "return_value" and task_id.startswith("submit")
+            # a submit task (not mapped) returns its phase's handles as one list
+            [{"name": f"job-{task_id}-{i}"} for i in range(3)] + [{"name": None}]
+            if key == "return_value" and task_id.startswith("submit") and map_index == -1
             else {"config": {}}
             if key == "return_value"
             else {"run_id": "r"}
@@ -60,20 +61,43 @@ def ti(task_id: str, dag_id: str = "fmops_finetune", map_index: int = 1) -> Simp
 
 @pytest.mark.parametrize(
     ("task_id", "submit"),
-    [
-        ("await_training", "submit_training"),
-        ("submit_training", "submit_training"),
-        ("await_evaluation", "submit_evaluation"),
-        ("submit_evaluation", "submit_evaluation"),
-    ],
+    [("await_training", "submit_training"), ("await_evaluation", "submit_evaluation")],
 )
-def test_a_job_task_marked_failed_by_hand_stops_its_job(calls, task_id, submit):
+def test_a_wait_marked_failed_by_hand_stops_its_candidates_job(calls, task_id, submit):
     listener.on_task_instance_failed(None, ti(task_id), MANUAL)
     assert calls.done.wait(10)
     ((dag_id, run_id, jobs, reason),) = calls
+    # the handle at the wait's map index, not its neighbours'
     assert (dag_id, run_id, jobs) == ("fmops_finetune", "manual__1", [f"job-{submit}-1"])
     assert reason == f"{task_id}[1] was set failed by hand: {MANUAL}"
     assert listener._ending == {}  # nothing kept once it is done
+
+
+def test_a_wait_marked_failed_stops_the_job_it_moved_to(calls, monkeypatch):
+    """A wait whose job started later (after a quota refusal) or moved (capacity fallback) keeps
+    that job in its own XCom: marking it failed stops that one too."""
+    real = listener._xcom
+
+    def xcom(dag_id, run_id, task_id, key, map_index=-1):
+        if task_id == "await_training" and key == "job":
+            return {"name": f"moved-{map_index}"}
+        return real(dag_id, run_id, task_id, key, map_index)
+
+    monkeypatch.setattr(listener, "_xcom", xcom)
+    listener.on_task_instance_failed(None, ti("await_training"), MANUAL)
+    assert calls.done.wait(10)
+    ((_, _, jobs, _),) = calls
+    assert jobs == ["job-submit_training-1", "moved-1"]
+
+
+@pytest.mark.parametrize("submit", ["submit_training", "submit_evaluation"])
+def test_a_submit_task_marked_failed_by_hand_stops_every_job_of_its_phase(calls, submit):
+    listener.on_task_instance_failed(None, ti(submit, map_index=-1), MANUAL)
+    assert calls.done.wait(10)
+    ((_, _, jobs, reason),) = calls
+    # every job it started; the refused request (no name) has none to stop
+    assert jobs == [f"job-{submit}-{i}" for i in range(3)]
+    assert reason == f"{submit}[-1] was set failed by hand: {MANUAL}"
 
 
 def test_task_instances_failed_with_their_dag_run_are_left_to_the_dag_run(calls):

@@ -96,11 +96,11 @@ def _write_to_db(dag):
 def _context(error: BaseException | None = None, map_index: int = -1) -> dict:
     ti = SimpleNamespace(
         dag_id="fmops_finetune",
-        task_id="submit_training",
+        task_id="await_training",
         run_id="manual__2026-01-01T00:00:00+00:00",
         map_index=map_index,
         try_number=3,
-        log_url="http://airflow.example/dags/fmops_finetune/runs/r/tasks/submit_training",
+        log_url="http://airflow.example/dags/fmops_finetune/runs/r/tasks/await_training",
     )
     return {"ti": ti, "exception": error or RuntimeError("job failed: out of memory")}
 
@@ -155,7 +155,7 @@ def test_no_connection_logs_the_message_and_posts_nothing(monkeypatch, webhook, 
     [record] = [r for r in caplog.records if r.name == "fmops.airflow.notify"]
     assert record.levelno == logging.WARNING
     assert "fmops_alerts" in record.getMessage()
-    assert "submit_training" in record.getMessage()
+    assert "await_training" in record.getMessage()
     assert "RuntimeError: job failed: out of memory" in record.getMessage()
 
 
@@ -193,7 +193,7 @@ def test_client_error_is_not_retried_and_does_not_raise(alerts_conn, caplog):
     message = error.getMessage()
     assert "HTTP 400 (invalid_payload)" in message
     assert "check that it accepts Slack's" in message
-    assert "submit_training" in message  # the undelivered message is kept in the log
+    assert "await_training" in message  # the undelivered message is kept in the log
 
 
 def test_giving_up_after_the_last_try_logs_an_error(alerts_conn, caplog):
@@ -317,11 +317,11 @@ def test_the_message_names_the_mapped_task_and_the_first_line_of_the_reason():
     text = failure_message({**_context(error, map_index=4)}, reason_limit=80)
 
     assert text.splitlines() == [
-        "Airflow task failed: fmops_finetune / submit_training[4]",
+        "Airflow task failed: fmops_finetune / await_training[4]",
         "Run: manual__2026-01-01T00:00:00+00:00",
         "Try: 3",
         f"Reason: {describe_error(error, 80)}",
-        "Log: http://airflow.example/dags/fmops_finetune/runs/r/tasks/submit_training",
+        "Log: http://airflow.example/dags/fmops_finetune/runs/r/tasks/await_training",
     ]
     assert len(describe_error(error, 80)) == 80
     assert describe_error(error, 80).startswith("KeyError: 'xxx")

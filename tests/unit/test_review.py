@@ -422,7 +422,9 @@ class FakeXComs:
     def __init__(self, values: dict[tuple[str, str], Any]):
         self.values = values
 
-    def __call__(self, ti_key: Any, key: str, task_id: str | None = None) -> Any:
+    def __call__(
+        self, ti_key: Any, key: str, task_id: str | None = None, map_index: int | None = None
+    ) -> Any:
         return self.values.get((task_id or ti_key.task_id, key))
 
 
@@ -455,24 +457,55 @@ def test_the_run_link_of_a_report_task_is_the_reports_run(monkeypatch):
     )
 
 
-def test_the_job_link_comes_from_the_submit_tasks_handle(monkeypatch):
-    handle = {
-        "kind": "training",
-        "name": "train-a-6041a125df",
-        "target": "sagemaker",
-        "candidate": "a",
-        "settings": {"aws_conn_id": "aws_default", "region_name": "eu-west-1"},
-    }
-    values = {("submit_training", "return_value"): handle}
+SAGEMAKER_HANDLE = {
+    "kind": "training",
+    "name": "train-a-6041a125df",
+    "target": "sagemaker",
+    "candidate": "a",
+    "settings": {"aws_conn_id": "aws_default", "region_name": "eu-west-1"},
+}
+
+
+def test_the_job_link_comes_from_the_submit_tasks_handle_at_the_waits_index(monkeypatch):
+    handle = dict(SAGEMAKER_HANDLE)
+    refused = {**handle, "candidate": "b", "name": None, "action": "refused", "error": "no"}
+    # submit_training returns the phase's handles as one list; the wait at map index 0 is "a".
+    values = {("submit_training", "return_value"): [handle, refused]}
     url = link(monkeypatch, links.SAGEMAKER_JOB, "await_training", values, ("submit_training",))
     assert url.endswith("?region=eu-west-1#/jobs/train-a-6041a125df")
-    assert link(monkeypatch, links.SAGEMAKER_JOB, "submit_training", values).endswith(
-        "#/jobs/train-a-6041a125df"
-    )
-    local = {("submit_training", "return_value"): {**handle, "target": "local"}}
+    # The submit task stands for every job of its phase: no single job to link.
+    assert link(monkeypatch, links.SAGEMAKER_JOB, "submit_training", values) == ""
+    local = {("submit_training", "return_value"): [{**handle, "target": "local"}]}
     assert (
         link(monkeypatch, links.SAGEMAKER_JOB, "await_training", local, ("submit_training",)) == ""
     )
+
+
+def test_the_wait_pushes_its_jobs_links(monkeypatch):
+    """The wait of a job pushes its console page and its MLflow run when it starts, so the
+    links are there while it is deferred."""
+    from fmops.airflow.operators import AwaitJobOperator
+
+    monkeypatch.delenv("FMOPS_MLFLOW_UI", raising=False)
+    handle = {
+        **SAGEMAKER_HANDLE,
+        "mlflow": {
+            "tracking_uri": "http://127.0.0.1:5000",
+            "experiment_id": "7",
+            "parent_run_id": "p",
+            "run_id": "j",
+        },
+    }
+    pushed = {}
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
+    AwaitJobOperator(task_id="await_training", handle=handle)._push_links({"ti": ti})
+    assert pushed == {
+        links.LINKS_KEY: {
+            links.SAGEMAKER_JOB: "https://eu-west-1.console.aws.amazon.com/sagemaker/home"
+            "?region=eu-west-1#/jobs/train-a-6041a125df",
+            links.MLFLOW_RUN: "http://127.0.0.1:5000/#/experiments/7/runs/j",
+        }
+    }
 
 
 def test_the_plugin_registers_the_links():

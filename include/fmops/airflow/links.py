@@ -13,8 +13,8 @@ Airflow 3 computes links in two places, which is why there are two kinds:
   computed by the API server, for every task instance the UI shows. They read the XCom
   ``LINKS_KEY`` (a ``{link name: url}`` dict) that fmops' tasks push as soon as they know the
   addresses, so a link is there while a task still waits (a deferred ``await_approval``), and
-  for a job the handle its submit task returned. A task with nothing to link returns no URL,
-  and the UI shows no button.
+  for a job's wait its job's console page and MLflow run. A task with nothing to link returns
+  no URL, and the UI shows no button.
 
 The API server reads XComs from the metadata database (``read_xcom``): in that process there is
 no task runner to ask.
@@ -53,9 +53,12 @@ def job_console_url(handle: Any) -> str | None:
     return get_target(handle["target"]).job_console_url(handle)
 
 
-def read_xcom(ti_key: Any, key: str, task_id: str | None = None) -> Any:
-    """An XCom of the task instance ``ti_key`` (or of ``task_id`` in the same DAG run and map
-    index), read from the metadata database, as the API server can. None when there is none."""
+def read_xcom(
+    ti_key: Any, key: str, task_id: str | None = None, map_index: int | None = None
+) -> Any:
+    """An XCom of the task instance ``ti_key`` (or of ``task_id`` in the same DAG run, at the
+    same map index or ``map_index``), read from the metadata database, as the API server can.
+    None when there is none."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
@@ -64,7 +67,7 @@ def read_xcom(ti_key: Any, key: str, task_id: str | None = None) -> Any:
         key=key,
         task_ids=task_id or ti_key.task_id,
         dag_ids=ti_key.dag_id,
-        map_indexes=ti_key.map_index,
+        map_indexes=ti_key.map_index if map_index is None else map_index,
         limit=1,
     )
     with create_session() as session:
@@ -109,19 +112,21 @@ class ModelVersionLink(FmopsLink):
 
 
 class SageMakerJobLink(FmopsLink):
-    """'SageMaker job': the console page of the task's training or processing job, from the
-    job handle the task returned or, for an await_* task, the one its submit task returned."""
+    """'SageMaker job': the console page of the task's training or processing job. An await_*
+    task pushes it when it starts; for one that has not (its request was refused, or it ran
+    before this link existed) it comes from the handle its submit task returned at the wait's
+    map index (the submit task returns a phase's handles as one list)."""
 
     name = SAGEMAKER_JOB
 
     def fallback(self, operator: Any, ti_key: Any) -> str | None:
-        own = job_console_url(read_xcom(ti_key, "return_value"))
-        if own:
-            return own
+        index = ti_key.map_index
         for upstream in sorted(getattr(operator, "upstream_task_ids", ()) or ()):
-            url = job_console_url(read_xcom(ti_key, "return_value", task_id=upstream))
-            if url:
-                return url
+            handles = read_xcom(ti_key, "return_value", task_id=upstream, map_index=-1)
+            if isinstance(handles, list) and 0 <= index < len(handles):
+                url = job_console_url(handles[index])
+                if url:
+                    return url
         return None
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 from fmops.airflow.links import MLFLOW_RUN_KEY
+from fmops.airflow.operators import JOB_KEY
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ log = logging.getLogger(__name__)
 OPENED_BY = {"fmops_finetune": "load_config", "fmops_deploy": "resolve_candidate"}
 
 
-# fmops_finetune's tasks whose mapped instance stands for one job, and the task whose XCom (the
-# job handle, at the same map index) names that job.
+# fmops_finetune's tasks that stand for jobs, and the task whose XCom (the phase's list of job
+# handles) names them: a wait's mapped instance stands for the handle at its map index, the
+# submit task (not mapped) for all of its phase's.
 JOB_OF = {
     "submit_training": "submit_training",
     "await_training": "submit_training",
@@ -80,7 +82,7 @@ def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any)
         label = f"{task_instance.task_id}[{task_instance.map_index}]"
         thread = threading.Thread(
             target=_end_job,
-            args=(dag_id, run_id, submit, task_instance.map_index),
+            args=(dag_id, run_id, submit, task_instance.map_index, task_instance.task_id),
             kwargs={"reason": f"{label} was set failed by hand: {error}", "ending": ending},
             name=f"fmops-end-job-{run_id}-{label}",
             daemon=True,
@@ -95,10 +97,12 @@ def _end_job(
     run_id: str,
     submit: str,
     map_index: int,
-    reason: str,
+    task_id: str | None = None,
+    reason: str = "",
     ending: threading.Event | None = None,
 ) -> None:
-    """Stop the job of ``submit``'s instance ``map_index`` and end its run, on this thread;
+    """Stop the job(s) the task instance at ``map_index`` stands for (``_job_names`` of
+    ``submit``'s handles) and end their runs, on this thread;
     nothing when ``ending`` is set within the grace period (the DAG run ends: its hook does it)."""
     from fmops.pipeline import config_of, end_dag_run
 
@@ -110,18 +114,30 @@ def _end_job(
         if taken:
             return
     try:
-        handle = _xcom(dag_id, run_id, submit, "return_value", map_index)
+        names = _job_names(_xcom(dag_id, run_id, submit, "return_value"), map_index)
+        if task_id and task_id != submit:
+            # a wait keeps the job it stands for when that is another (quota, capacity fallback)
+            moved = _xcom(dag_id, run_id, task_id, JOB_KEY, map_index)
+            if isinstance(moved, dict) and moved.get("name"):
+                names.add(moved["name"])
         where = _xcom(dag_id, run_id, OPENED_BY[dag_id], MLFLOW_RUN_KEY)
         resolved = _xcom(dag_id, run_id, "load_config", "return_value")
-        if not (handle and where and resolved):  # no job was started for it
+        if not (names and where and resolved):  # no job was started for it
             return
-        ended = end_dag_run(
-            where, config_of(resolved), dag_id, run_id, reason, jobs={handle["name"]}
-        )
+        ended = end_dag_run(where, config_of(resolved), dag_id, run_id, reason, jobs=names)
     except Exception:
         log.exception("fmops: could not stop the job of %s %s %s", dag_id, run_id, submit)
         return
     log.info("fmops: %s %s: %s (%s)", dag_id, run_id, ended, reason)
+
+
+def _job_names(handles: Any, map_index: int) -> set[str]:
+    """The jobs of a submit task's handles that the task instance at ``map_index`` stands for:
+    the one at that index for a wait, all of them for the submit task itself (-1)."""
+    if not isinstance(handles, list):
+        return set()
+    chosen = handles if map_index < 0 else handles[map_index : map_index + 1]
+    return {h["name"] for h in chosen if isinstance(h, dict) and h.get("name")}
 
 
 @hookimpl

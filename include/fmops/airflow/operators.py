@@ -3,9 +3,10 @@ without holding a worker slot, and validate_data with its report link.
 
 ``AwaitJobOperator`` describes a submitted job; if it is still running it defers to
 ``JobTrigger``, which polls the job from the triggerer (and streams the job's new log lines into
-the task log) until the job ends. Submission is a separate task, so that every job of a run is
-started before the first wait begins, under the real scheduler and under ``airflow dags test``
-alike (the latter runs mapped task instances one after another).
+the task log) until the job ends. Submission is one task per phase (``tasks.submit_jobs``), so
+that every job of a run is started before the first wait begins, within seconds of each other,
+under the real scheduler and under ``airflow dags test`` alike (the latter runs mapped task
+instances one after another).
 
 ``DeployEndpointOperator`` is fmops_deploy's deploy task: it starts a SageMaker deployment and
 defers to ``EndpointTrigger``, which polls DescribeEndpoint from the triggerer through minutes to
@@ -33,6 +34,10 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 # fmops' own modules are imported inside the methods: this module is imported when a DAG file
 # is parsed, and parsing must stay fast (no pydantic, botocore or pandas at import time).
 MAX_LOG_CHARS = 20_000
+# The XCom in which a wait keeps the job it stands for when that is not the one its submit task
+# returned (started after a quota refusal, or moved by a capacity fallback).
+JOB_KEY = "job"
+WAITING_FOR_QUOTA = "waiting_for_quota"  # fmops.pipeline.WAITING_FOR_QUOTA, without importing it
 
 
 class JobTrigger(BaseTrigger):
@@ -126,16 +131,89 @@ class LiveMetrics:
         self.pending, self.warned = [], False
 
 
+class QuotaTrigger(BaseTrigger):
+    """Sends a request that the account's quota refused again, backing off, until a job starts;
+    fires once with ``{"status": "submitted", "handle": ...}``, or with ``{"status": "refused",
+    "error": ...}`` when it is refused otherwise or still refused ``give_up_seconds`` after
+    ``started_at`` (epoch seconds, so that a restarted triggerer keeps the deadline).
+
+    Each try is ``pipeline.submit`` (describe before create, every instance type the plan may
+    use), so a try whose answer was lost never starts a second job. Throttling and connection
+    errors back off too."""
+
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        started_at: float,
+        delay: float = 60.0,
+        max_delay: float = 900.0,
+        give_up_seconds: float = 24 * 3600.0,
+    ):
+        super().__init__()
+        self.plan = plan
+        self.started_at = started_at
+        self.delay = delay
+        self.max_delay = max_delay
+        self.give_up_seconds = give_up_seconds
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "plan": self.plan,
+                "started_at": self.started_at,
+                "delay": self.delay,
+                "max_delay": self.max_delay,
+                "give_up_seconds": self.give_up_seconds,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from fmops.pipeline import is_quota_refusal, is_transient, submit
+
+        delay, name = self.delay, f"{self.plan['candidate']} {self.plan['kind']}"
+        while True:
+            try:
+                handle = await asyncio.to_thread(submit, self.plan)
+            except Exception as err:  # classified: back off, or the candidate's failure
+                waited = time.time() - self.started_at
+                if not (is_quota_refusal(err) or is_transient(err)):
+                    yield TriggerEvent(
+                        {"status": "refused", "error": f"{type(err).__name__}: {err}"}
+                    )
+                    return
+                if waited + delay > self.give_up_seconds:
+                    yield TriggerEvent(
+                        {
+                            "status": "refused",
+                            "error": f"still refused after {waited / 3600:.1f} h of asking "
+                            f"again: {type(err).__name__}: {err}",
+                        }
+                    )
+                    return
+                self.log.warning("%s: %s; asking again in %.0f s", name, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            self.log.info("%s: job %s %s", name, handle["name"], handle["action"])
+            yield TriggerEvent({"status": "submitted", "handle": handle})
+            return
+
+
 class AwaitJobOperator(BaseOperator):
     """Wait for a job submitted by an earlier task; return its small outcome dict.
 
-    :param handle: what the submit task returned (kind, name, target, candidate, ...).
-    :param poll_interval: seconds between two describes in the triggerer.
+    :param handle: one of the handles the submit task returned (kind, name, target, candidate,
+        ...); a handle with an ``error`` is a request that was refused: the task fails with it.
+    :param poll_interval: seconds between two describes in the triggerer; None: the target's
+        (``Target.job_poll_seconds``: 1 s for local jobs, 30 s for SageMaker's).
     """
 
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, handle: dict[str, Any], poll_interval: float = 5.0, **kwargs: Any):
+    def __init__(
+        self, *, handle: dict[str, Any], poll_interval: float | None = None, **kwargs: Any
+    ):
         super().__init__(**kwargs)
         self.handle = handle
         self.poll_interval = poll_interval
@@ -145,6 +223,26 @@ class AwaitJobOperator(BaseOperator):
         from fmops.pipeline import backend_for
         from fmops.storage import jsonable
 
+        if self.handle.get("error"):
+            # Refused when it was submitted (a bad request, a quota with no other type left):
+            # deterministic, so no retry; the other candidates go on.
+            raise AirflowFailException(
+                f"the {self.handle['kind']} request of {self.handle['candidate']} was refused: "
+                f"{self.handle['error']}"
+            )
+        if self.handle.get("action") == WAITING_FOR_QUOTA:
+            self.log.warning(
+                "%s: the account's quota refused the %s job on every instance type it may use "
+                "(%s); asking again with backoff",
+                self.handle["candidate"],
+                self.handle["kind"],
+                self.handle.get("reason"),
+            )
+            self.defer(
+                trigger=QuotaTrigger(self.handle["plan"], started_at=time.time()),
+                method_name="execute_started",
+            )
+        self._push_links(context)
         backend = backend_for(self.handle)
         description = describe(backend, self.handle["kind"], self.handle["name"])
         status = status_of(self.handle["kind"], description)
@@ -159,7 +257,7 @@ class AwaitJobOperator(BaseOperator):
         if status in TERMINAL:
             return self._outcome(jsonable(description), context)
         self.defer(
-            trigger=JobTrigger(self.handle, self.poll_interval), method_name="execute_complete"
+            trigger=JobTrigger(self.handle, self._poll_seconds()), method_name="execute_complete"
         )
 
     def execute_complete(
@@ -172,6 +270,48 @@ class AwaitJobOperator(BaseOperator):
             "%s job %s ended %s", self.handle["kind"], self.handle["name"], event["status"]
         )
         return self._outcome(event["description"], context)
+
+    def execute_started(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        """The quota let the job start (or the candidate failed): open its MLflow run, as the
+        submit task does for the jobs it started, and wait on it."""
+        from fmops.pipeline import config_of
+        from fmops.registry import job_runs
+
+        if event["status"] != "submitted":
+            raise AirflowFailException(
+                f"the {self.handle['kind']} request of {self.handle['candidate']} was refused: "
+                f"{event['error']}"
+            )
+        plan, self.handle = self.handle["plan"], event["handle"]
+        resolved = context["ti"].xcom_pull(task_ids="load_config")
+        if resolved:
+            self.handle["mlflow"] = job_runs.open_job_run(
+                config_of(resolved), context["dag"].dag_id, context["run_id"], plan, self.handle
+            )
+        # the job this wait stands for, for the listener when it is marked failed by hand
+        context["ti"].xcom_push(key=JOB_KEY, value=self.handle)
+        return self.execute(context)
+
+    def _push_links(self, context: Any) -> None:
+        """This candidate's job links on its wait ("SageMaker job", "MLflow run")."""
+        from fmops.airflow.links import MLFLOW_RUN, SAGEMAKER_JOB, job_console_url, push_links
+        from fmops.registry.tracking import ui_url
+
+        if context is None or "ti" not in context:
+            return
+        where = self.handle.get("mlflow") or {}
+        run = None
+        if where.get("run_id"):
+            run = f"{ui_url(uri=where['tracking_uri'])}/#/experiments/{where['experiment_id']}"
+            run += f"/runs/{where['run_id']}"
+        push_links(context["ti"], {SAGEMAKER_JOB: job_console_url(self.handle), MLFLOW_RUN: run})
+
+    def _poll_seconds(self) -> float:
+        from fmops.targets import get_target
+
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return get_target(self.handle["target"]).job_poll_seconds
 
     def _outcome(self, description: dict[str, Any], context: Any = None) -> dict[str, Any]:
         from fmops.pipeline import JobFailedError, capacity_fallback, job_outcome, record_job_end
@@ -196,8 +336,10 @@ class AwaitJobOperator(BaseOperator):
                 moved["name"],
                 moved["instance"]["instance_type"],
             )
+            if context is not None and "ti" in context:
+                context["ti"].xcom_push(key=JOB_KEY, value=moved)
             self.defer(
-                trigger=JobTrigger(moved, self.poll_interval),
+                trigger=JobTrigger(moved, self._poll_seconds()),
                 method_name="execute_complete",
                 kwargs={"handle": moved},
             )

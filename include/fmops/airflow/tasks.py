@@ -176,25 +176,44 @@ def plan_jobs(resolved: dict, staged: dict) -> list[dict]:
 
 
 @fail_fast
-def submit_job(plan: dict) -> dict:
-    """Start (or find) the planned job, and open its MLflow run under the DAG run's parent run
-    (``fmops.registry.job_runs``): the handle carries the run's ids to the wait, which feeds it
-    the job's metrics while it runs. MLflow being unreachable fails this task for a retry, which
-    finds the job and the run it started."""
-    from fmops.pipeline import submit
-    from fmops.registry import job_runs
+def submit_jobs(plans: list[dict]) -> list[dict]:
+    """Start (or find) every job of a phase from this one task, and open each job's MLflow run
+    under the DAG run's parent run (``fmops.registry.job_runs``); return their handles in the
+    plans' order (``fmops.pipeline.submit_phase``).
+
+    One task for a phase instead of one per candidate: the jobs start within seconds of each
+    other however many there are, and a run costs two task processes less per candidate. The
+    waits stay one per candidate (mapped over the handles). A request refused for good becomes
+    that candidate's handle with its error, so its wait fails with the reason and the others go
+    on. MLflow being unreachable fails this task for a retry, which finds the jobs and the runs
+    it started."""
+    from fmops.pipeline import submit_phase
+    from fmops.registry import job_runs, runs
 
     context = None
     with contextlib.suppress(RuntimeError):  # RuntimeError: called outside a task
         context = get_current_context()
-        # The mapped task's name in the UI (map_index_template "{{ fmops_candidate }}").
-        context["fmops_candidate"] = plan["candidate"]
-    handle = submit(plan)
-    if context is None:  # no DAG run to record it under
-        return handle
-    resolved = context["ti"].xcom_pull(task_ids="load_config")
-    handle["mlflow"] = job_runs.open_job_run(_config(resolved), *_run_ids(), plan, handle)
-    return handle
+    if context is None:  # no DAG run to record them under
+        return submit_phase(plans)
+    config = _config(context["ti"].xcom_pull(task_ids="load_config"))
+    dag_id, run_id = _run_ids()
+
+    parent = runs.parent_run(config, dag_id, run_id) if plans else None
+
+    def open_run(plan: dict, handle: dict) -> dict:
+        where = job_runs.open_job_run(config, dag_id, run_id, plan, handle, parent)
+        return handle | {"mlflow": where}
+
+    handles = submit_phase(plans, open_run)
+    for handle in handles:
+        log.info(
+            "%s: %s job %s %s",
+            handle["candidate"],
+            handle["kind"],
+            handle["name"] or "-",
+            handle.get("error") or handle["action"],
+        )
+    return handles
 
 
 @fail_fast
@@ -211,9 +230,7 @@ def plan_evaluation(trained: list[dict]) -> list[dict]:
     ti = get_current_context()["ti"]
     resolved = ti.xcom_pull(task_ids="load_config")
     staged = ti.xcom_pull(task_ids="validate_data")
-    pulled = ti.xcom_pull(task_ids="submit_training") or []
-    # One mapped instance comes back as the value itself, not as a list of one.
-    handles = [h for h in ([pulled] if isinstance(pulled, dict) else pulled) if h]
+    handles = ti.xcom_pull(task_ids="submit_training") or []
     trained = [t for t in trained if t]
     failed = training_failures(handles, trained)
     for failure in failed:

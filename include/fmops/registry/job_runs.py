@@ -39,13 +39,19 @@ LOG_FILE = "job.log"  # the job's whole log, on its run
 
 
 def open_job_run(
-    config: Any, dag_id: str, run_id: str, plan: dict[str, Any], handle: dict[str, Any]
+    config: Any,
+    dag_id: str,
+    run_id: str,
+    plan: dict[str, Any],
+    handle: dict[str, Any],
+    parent_run: tuple[Any, str, str] | None = None,
 ) -> dict[str, str]:
     """The job's run under the DAG run's parent, created on first use; returns the ids the
-    trigger and the await task need (``handle["mlflow"]``)."""
+    trigger and the await task need (``handle["mlflow"]``). ``parent_run``: what
+    ``runs.parent_run`` returned, when the caller opens the runs of many jobs."""
     from fmops.registry import runs
 
-    mlflow_client, experiment_id, parent = runs.parent_run(config, dag_id, run_id)
+    mlflow_client, experiment_id, parent = parent_run or runs.parent_run(config, dag_id, run_id)
     candidate = runs.candidate_of(config, handle["candidate"])
     return open_attempt(
         {

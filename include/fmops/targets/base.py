@@ -102,6 +102,8 @@ class Target(ABC):
     name: ClassVar[str]
     auto_approval_override: ClassVar[bool] = False
     unbilled_note: ClassVar[str]
+    # Seconds between two describes of a running job by its wait (in the triggerer).
+    job_poll_seconds: ClassVar[float] = 30.0
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
         """Problems with the config for this target, one line each: its own settings block

@@ -46,6 +46,9 @@ class LocalTarget(Target):
     name = NAME
     auto_approval_override = True  # nothing leaves this machine: the trigger form may auto-approve
     unbilled_note = "not billed (the local executor ran it on this machine)"
+    # A describe reads two small files: polling every second ends a phase within a second of
+    # its last job, which is what a short local job notices.
+    job_poll_seconds = 1.0
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
         if config.target != NAME:

@@ -40,6 +40,10 @@ def console_url(kind: str, name: str, region: str | None = None) -> str:
 class SageMakerTarget(Target):
     name = NAME
     unbilled_note = "no billed time reported"
+    # Training jobs run for minutes to hours; one DescribeTrainingJob per job every 30 s keeps
+    # 256 concurrent waits near 8.5 requests a second (a throttled describe is retried by
+    # botocore's retry mode, and the trigger's next poll asks again).
+    job_poll_seconds = 30.0
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
         from fmops.sagemaker import hosting, images, options

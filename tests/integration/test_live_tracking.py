@@ -11,9 +11,11 @@ whose script prints train.py's step lines, one a second, each with the ``time=``
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -286,3 +288,53 @@ def test_a_dag_run_ended_without_close_run_stops_its_jobs_and_leaves_no_run_runn
     # nothing is left to stop or end a second time
     again = end_dag_run(where, config, "fmops_finetune", "manual__stopped", reason)
     assert again == {"stopped_jobs": [], "ended_runs": []}
+
+
+def test_a_job_that_succeeded_ends_its_wait_in_the_triggerer(server, setting):
+    """Run by the triggerer (the trigger has its task instance), a Completed job's wait ends
+    there: its MLflow run is closed with the outcome and the trigger fires Airflow's
+    TaskSuccessEvent with the outcome as the task's return value, so no worker resumes the task.
+    When MLflow does not take the run's end, the trigger fires the plain event instead and the
+    task resumes on a worker to record it (AwaitJobOperator._outcome, with the task's retries)."""
+    from airflow.triggers.base import TaskSuccessEvent
+
+    from fmops.airflow.operators import JobTrigger
+    from fmops.registry import tracking
+
+    config, code, data, folder = setting
+    (code / "entry.py").write_text(
+        "print('step=1/1 epoch=1 train_loss=0.5 learning_rate=0.001 samples_per_sec=8 eta_s=0')\n"
+    )
+
+    def events_of(handle: dict) -> list:
+        trigger = JobTrigger(handle, poll_interval=0.5)
+        # the triggerer sets the deferred task instance (here only what BaseTrigger reads)
+        trigger.task_instance = SimpleNamespace(task_id="await_training", map_index=0)
+
+        async def follow() -> list:
+            return [event async for event in trigger.run()]
+
+        return asyncio.run(follow())
+
+    handle, _ = submit(setting, "quick", "manual__quick")
+    (event,) = events_of(handle)
+    assert isinstance(event, TaskSuccessEvent), event
+    outcome = event.xcoms["return_value"]
+    assert outcome["candidate"] == "quick" and outcome["job_name"] == handle["name"], outcome
+    assert json.loads(json.dumps(outcome)) == outcome  # an XCom Airflow stores as JSON
+    run = tracking.client_for(server.url).get_run(handle["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["fmops.model_artifacts"] == outcome["model_artifacts"]
+    assert run.data.metrics["train_loss"] == 0.5  # the whole log's points, at the run's end
+
+    second, _ = submit(setting, "quick-2", "manual__quick")
+    server.stop()  # MLflow is down when the job ends
+    try:
+        (event,) = events_of(second)
+    finally:
+        server.start()
+    assert not isinstance(event, TaskSuccessEvent)
+    assert event.payload["status"] == "Completed" and event.payload["handle"] == second
+    assert tracking.client_for(server.url).get_run(second["mlflow"]["run_id"]).info.status == (
+        "RUNNING"
+    )  # left for the resumed task to close

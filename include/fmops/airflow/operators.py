@@ -3,7 +3,10 @@ without holding a worker slot, and validate_data with its report link.
 
 ``AwaitJobOperator`` describes a submitted job; if it is still running it defers to
 ``JobTrigger``, which polls the job from the triggerer (and streams the job's new log lines into
-the task log) until the job ends. Submission is one task per phase (``tasks.submit_jobs``), so
+the task log) until the job ends. A job that succeeded ends its wait in the triggerer
+(Airflow's ``TaskSuccessEvent``, with the outcome as the task's return value); a failed one
+resumes the task on a worker, which records the reason or starts a capacity fallback.
+Submission is one task per phase (``tasks.submit_jobs``), so
 that every job of a run is started before the first wait begins, within seconds of each other,
 under the real scheduler and under ``airflow dags test`` alike (the latter runs mapped task
 instances one after another).
@@ -29,7 +32,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 # fmops' own modules are imported inside the methods: this module is imported when a DAG file
 # is parsed, and parsing must stay fast (no pydantic, botocore or pandas at import time).
@@ -76,18 +79,53 @@ class JobTrigger(BaseTrigger):
             await live.send(text)
             status = status_of(kind, description)
             if status in TERMINAL:
+                description = jsonable(description)
+                ended = await self._end_here(description)
+                if ended is not None:
+                    yield ended
+                    return
                 # The handle travels in the event: a resumed task is not always given the
                 # defer() kwargs (dag.test() drops them), and a capacity fallback moves it.
                 yield TriggerEvent(
                     {
                         "status": status,
-                        "description": jsonable(description),
+                        "description": description,
                         "log_offset": offset,
                         "handle": self.handle,
                     }
                 )
                 return
             await asyncio.sleep(self.poll_interval)
+
+    async def _end_here(self, description: dict[str, Any]) -> TaskSuccessEvent | None:
+        """A job that succeeded ends its wait here, in the triggerer: its outcome is read and
+        its MLflow run closed as ``AwaitJobOperator._outcome`` does, and the task instance ends
+        ``success`` with the outcome as its return value, without a worker process to resume it
+        (one task process fewer per candidate: BENCHMARKS.md, "Fan-out"). None: the task
+        resumes on a worker (``execute_complete``), as it does for a failed job (its reason, a
+        capacity fallback) and when MLflow did not take the run's end (the task's retries).
+
+        ``airflow dags test`` runs the trigger inline, with no task instance, and resumes the
+        task with whatever event it gets (it does not apply task-end events): there the task
+        resumes as before."""
+        if self.task_instance is None:
+            return None
+        from fmops.pipeline import JobFailedError, job_outcome, record_job_end
+
+        try:
+            outcome = await asyncio.to_thread(job_outcome, self.handle, description)
+            await asyncio.to_thread(record_job_end, self.handle, description, outcome)
+        except JobFailedError:
+            return None
+        except Exception as err:  # noqa: BLE001 - whatever it is, the worker's retries handle it
+            self.log.warning(
+                "the job's outcome was not recorded here (%s): the task resumes on a worker to "
+                "record it",
+                err,
+            )
+            return None
+        self.log.info("outcome: %s", outcome)
+        return TaskSuccessEvent(xcoms={"return_value": outcome})
 
 
 class LiveMetrics:

@@ -229,3 +229,15 @@ def test_the_first_run_is_opened_alone_before_the_others(submissions):
 
     first_end = spans["c0"][1]
     assert all(start >= first_end for name, (start, _) in spans.items() if name != "c0"), spans
+
+
+def test_outcomes_a_wait_returned_from_the_triggerer_are_decoded():
+    """A wait ended by JobTrigger's TaskSuccessEvent reaches the next task as a JSON string
+    (Airflow 3.3.2 encodes those XComs once more); a worker's outcome and a failed wait's None
+    pass as they are."""
+    import json
+
+    from fmops.airflow.tasks import job_outcomes
+
+    outcome = {"candidate": "tiny-full", "status": "Completed", "cost": None, "metrics": {"a": 1}}
+    assert job_outcomes([json.dumps(outcome), outcome, None]) == [outcome, outcome, None]

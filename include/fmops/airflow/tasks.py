@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -65,6 +66,17 @@ def fail_fast(fn: F) -> F:
             raise AirflowFailException(f"{type(err).__name__}: {err}") from err
 
     return wrapper  # type: ignore[return-value]
+
+
+def job_outcomes(values: Iterable[Any]) -> list[Any]:
+    """The await tasks' outcomes as the tasks after them pull them (None for a failed wait).
+
+    A wait that ended in the triggerer (``JobTrigger._end_here``) returned its outcome through
+    Airflow's ``TaskSuccessEvent``, whose XComs Airflow 3.3.2 stores JSON-encoded once more than
+    a worker's: the scheduler's ``TaskInstance.xcom_push`` serializes the value, where the
+    Execution API stores what the worker serialized as it is. Such an outcome arrives as a JSON
+    string, decoded here."""
+    return [json.loads(value) if isinstance(value, str) else value for value in values]
 
 
 def _run_ids() -> tuple[str, str]:
@@ -231,7 +243,7 @@ def plan_evaluation(trained: list[dict]) -> list[dict]:
     resolved = ti.xcom_pull(task_ids="load_config")
     staged = ti.xcom_pull(task_ids="validate_data")
     handles = ti.xcom_pull(task_ids="submit_training") or []
-    trained = [t for t in trained if t]
+    trained = [t for t in job_outcomes(trained) if t]
     failed = training_failures(handles, trained)
     for failure in failed:
         log.error(
@@ -252,7 +264,7 @@ def select(resolved: dict, evaluations: list[dict]) -> dict:
     from fmops.registry import runs
 
     config = _config(resolved)
-    decision = choose(config, list(evaluations), *_run_ids())
+    decision = choose(config, job_outcomes(evaluations), *_run_ids())
     get_current_context()["ti"].xcom_push(key=EVALUATION_REPORT_KEY, value=decision["report_url"])
     runs.log_decision(config, *_run_ids(), decision)
     return decision
@@ -315,7 +327,7 @@ def register(resolved: dict, staged: dict, evaluations: list[dict], decision: di
         resolved,
         staged,
         trained,
-        list(evaluations),
+        job_outcomes(evaluations),
         decision,
         dag_id,
         run_id,

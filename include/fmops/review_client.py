@@ -84,10 +84,11 @@ def decide(
 
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {_token(session, reviewer)}"
-    path = (
+    task = (
         f"{reviewer.airflow_url.rstrip('/')}/api/v2/dags/{DAG_ID}/dagRuns/"
-        f"{quote(run_id, safe='')}/taskInstances/{TASK_ID}/-1/hitlDetails"
+        f"{quote(run_id, safe='')}/taskInstances/{TASK_ID}"
     )
+    path = f"{task}/-1/hitlDetails"
     detail = _airflow_request(session, "GET", path, reviewer, run_id)
     if f"{model} version {version} " not in detail.get("subject", ""):
         raise ReviewError(
@@ -100,7 +101,6 @@ def decide(
             f"{model} version {version} was decided already in run {run_id}: "
             f"{detail.get('chosen_options')} by {who}"
         )
-    task = path.rsplit("/-1/hitlDetails", 1)[0]
     answered = _airflow_request(session, "GET", task, reviewer, run_id)["try_number"]
     body = {"chosen_options": [APPROVE if approve else REJECT], "params_input": {COMMENT: comment}}
     response = _airflow_request(session, "PATCH", path, reviewer, run_id, json=body)

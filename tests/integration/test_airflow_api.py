@@ -215,15 +215,15 @@ def _stop_run(api: RestApi, dag_id: str, run_id: str, timeout: float = 120) -> d
 
 
 def _run_report(api: RestApi, dag_id: str, run_id: str) -> str:
-    """Each task instance's state, try and host, with the log tail of each that has not ended:
-    what a run that does not finish is waiting on."""
+    """Each task instance's state, try and host, with the log tail of each that has work ahead
+    of it: what a run that does not finish is waiting on."""
     lines = []
     for ti in api.task_instances(dag_id, run_id):
         lines.append(
             f"{label(ti)}: {ti['state']} (try {ti['try_number']}, host {ti.get('hostname')!r}, "
             f"queued {ti.get('queued_when')}, started {ti.get('start_date')})"
         )
-        if ti["state"] not in ("success", "skipped", "failed", "upstream_failed"):
+        if ti["state"] in ACTIVE_STATES:
             lines.append(api.log_tail(ti))
     return "\n".join(lines)
 

@@ -110,11 +110,10 @@ class JobTrigger(BaseTrigger):
         resumes as before."""
         if self.task_instance is None:
             return None
-        from fmops.pipeline import JobFailedError, job_outcome, record_job_end
+        from fmops.pipeline import JobFailedError
 
         try:
-            outcome = await asyncio.to_thread(job_outcome, self.handle, description)
-            await asyncio.to_thread(record_job_end, self.handle, description, outcome)
+            outcome = await asyncio.to_thread(completed, self.handle, description)
         except JobFailedError:
             return None
         except Exception as err:  # noqa: BLE001 - whatever it is, the worker's retries handle it
@@ -352,11 +351,11 @@ class AwaitJobOperator(BaseOperator):
         return get_target(self.handle["target"]).job_poll_seconds
 
     def _outcome(self, description: dict[str, Any], context: Any = None) -> dict[str, Any]:
-        from fmops.pipeline import JobFailedError, capacity_fallback, job_outcome, record_job_end
+        from fmops.pipeline import JobFailedError, capacity_fallback, record_job_end
         from fmops.registry.job_runs import open_attempt
 
         try:
-            outcome = job_outcome(self.handle, description)
+            outcome = completed(self.handle, description)
         except JobFailedError as err:
             record_job_end(self.handle, description, error=str(err))
             moved = capacity_fallback(self.handle, description)
@@ -381,9 +380,19 @@ class AwaitJobOperator(BaseOperator):
                 method_name="execute_complete",
                 kwargs={"handle": moved},
             )
-        record_job_end(self.handle, description, outcome)
         self.log.info("outcome: %s", outcome)
         return outcome
+
+
+def completed(handle: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
+    """A Completed job's outcome, with its MLflow run closed on it; ``JobFailedError`` for a job
+    that failed or was stopped (nothing recorded). Where a wait ends: on a worker
+    (``AwaitJobOperator._outcome``) or in the triggerer (``JobTrigger._end_here``)."""
+    from fmops.pipeline import job_outcome, record_job_end
+
+    outcome = job_outcome(handle, description)
+    record_job_end(handle, description, outcome)
+    return outcome
 
 
 class EndpointTrigger(BaseTrigger):

@@ -39,7 +39,9 @@ Figures per run, N in ``--sizes``:
 * the spread of the jobs' start times (first to last entry-point start, from the executor's
   records), for training and for evaluation;
 * where the time goes: before the first job, the submission spread, between the phases, after
-  the last job; task time by task.
+  the last job; task time by task;
+* CPU seconds by process group over the run (benchmarks/_cpu.py): the scheduler's own share
+  apart from the task processes', the triggerer's, the api-server's, PostgreSQL's and the jobs'.
 
 Baseline, in the same invocation: the same N training requests and N evaluation requests (copied
 from the DAG run's own jobs) submitted straight to the local executor, all at once, without
@@ -82,6 +84,7 @@ import psycopg2.extras
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402 - beside this script
+import _cpu  # noqa: E402 - beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -649,11 +652,12 @@ def scheduler_runs(
     results = []
     for n in sizes:
         print(f"{mode}, N = {n} ...", flush=True)
-        run_id = server.trigger({"config_file": str(configs[n]), "force_rerun": True})
-        run = wait_for_run(server.db, run_id, 3600)
+        with _cpu.CpuSampler() as cpu:
+            run_id = server.trigger({"config_file": str(configs[n]), "force_rerun": True})
+            run = wait_for_run(server.db, run_id, 3600)
         jobs = jobs_of(fmops_home, run_id)
         result = analyse(run, task_instances(server.db, run_id), jobs, args.sleep)
-        result.update(mode=mode, load=os.getloadavg()[0])
+        result.update(mode=mode, load=os.getloadavg()[0], cpu=cpu.result())
         results.append(result)
         if result["state"] != "success":
             print(f"  FAILED at {result['failed_tasks']}")
@@ -1019,12 +1023,16 @@ def main() -> None:  # noqa: C901 - one linear script
             for n in sizes:
                 print(f"dags test, N = {n} ...", flush=True)
                 log = work / f"dags-test-{n}.log"
-                wall = dags_test(test_env, configs[n], log, {"force_rerun": True})
+                with _cpu.CpuSampler() as cpu:
+                    wall = dags_test(test_env, configs[n], log, {"force_rerun": True})
                 run = dag_run(test_db)
                 jobs = jobs_of(fmops_home, run["run_id"])
                 result = analyse(run, task_instances(test_db, run["run_id"]), jobs, args.sleep)
                 result.update(
-                    mode="airflow dags test", process_wall_s=wall, load=os.getloadavg()[0]
+                    mode="airflow dags test",
+                    process_wall_s=wall,
+                    load=os.getloadavg()[0],
+                    cpu=cpu.result(),
                 )
                 results.append(result)
                 print(
@@ -1112,6 +1120,9 @@ def main() -> None:  # noqa: C901 - one linear script
     )
     print_runs(results, args.sleep)
     print_phases(results)
+    for r in results:
+        if r.get("cpu"):
+            _cpu.print_cpu(f"{short(r)} (the DAG run)", r["cpu"])
     if slots:
         print_slots(slots)
     for r in results:

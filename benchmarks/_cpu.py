@@ -66,9 +66,11 @@ class CpuSampler:
         self.interval = interval
         self._last: dict[tuple[int, float], tuple[str, float]] = {}
         self._base: dict[tuple[int, float], float] = {}
+        self._names: dict[tuple[int, float], str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
         self.samples = 0
+        self._own = 0.0
 
     def _sample(self) -> None:
         for proc in psutil.process_iter(["pid", "create_time", "cmdline", "name", "cpu_times"]):
@@ -80,11 +82,14 @@ class CpuSampler:
             cmdline = " ".join(info["cmdline"] or []) or (info["name"] or "")
             # a forked task runner renames itself after its first sample: the latest name wins
             self._last[key] = (group_of(cmdline), times.user + times.system)
+            self._names[key] = cmdline.replace("\n", " ")[:90]
         self.samples += 1
 
     def _loop(self) -> None:
+        began = time.thread_time()
         while not self._stop.wait(self.interval):
             self._sample()
+        self._own = time.thread_time() - began  # the sampling's own cost, inside "other"
 
     def __enter__(self) -> CpuSampler:
         self._machine0 = psutil.cpu_times()
@@ -108,6 +113,13 @@ class CpuSampler:
         for key, (group, seconds) in self._last.items():
             groups[group] += seconds - self._base.get(key, 0.0)
         counted = sum(groups.values())
+        # the biggest processes of the catch-all groups, to name what they hold
+        loose = [
+            (seconds - self._base.get(key, 0.0), group, self._names[key])
+            for key, (group, seconds) in self._last.items()
+            if group in ("other", "airflow (other)")
+        ]
+        loose.sort(reverse=True)
         return {
             "wall_s": self._wall,
             "cores": os.cpu_count(),
@@ -115,6 +127,10 @@ class CpuSampler:
             "groups_s": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
             "unattributed_s": self._machine - counted,
             "samples": self.samples,
+            "sampler_s": self._own,
+            "largest_unsorted": [
+                {"cpu_s": round(c, 2), "group": g, "cmdline": n} for c, g, n in loose[:6] if c > 0
+            ],
         }
 
 
@@ -132,3 +148,6 @@ def print_cpu(label: str, cpu: dict[str, Any]) -> None:
         f"  {'unattributed':22} {cpu['unattributed_s']:8.1f} s "
         f"{cpu['unattributed_s'] / busy * 100:5.1f}%  (ended between samples; kernel)"
     )
+    print(f"  the sampling itself: {cpu['sampler_s']:.1f} s ({cpu['samples']} samples), in other")
+    for item in cpu["largest_unsorted"]:
+        print(f"    {item['group']:16} {item['cpu_s']:6.1f} s  {item['cmdline']}")

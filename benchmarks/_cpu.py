@@ -43,13 +43,16 @@ GROUPS = (
     ("scheduler", ("airflow scheduler", "scheduler_command")),
     ("dag processor", ("dag-processor", "dag_processor")),
     ("triggerer", ("triggerer",)),
-    ("jobs", ("fmops.jobs.runner", "_noop_job", "include/scripts/")),
+    ("jobs", ("fmops.jobs.runner", "_noop_job", "train.py", "evaluate.py")),
     ("mlflow", ("mlflow",)),
     ("api server", ("api_server", "api-server", "uvicorn", "gunicorn")),
     ("postgres", ("postgres",)),
     ("redis", ("redis-server",)),
     ("airflow (other)", ("airflow",)),
 )
+
+
+CATCH_ALL = frozenset({"airflow (other)", "other"})
 
 
 def group_of(cmdline: str) -> str:
@@ -62,7 +65,7 @@ def group_of(cmdline: str) -> str:
 class CpuSampler:
     """``with CpuSampler() as cpu: ...``, then ``cpu.result()``: CPU seconds per group."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 0.5):
         self.interval = interval
         self._last: dict[tuple[int, float], tuple[str, float]] = {}
         self._base: dict[tuple[int, float], float] = {}
@@ -80,8 +83,14 @@ class CpuSampler:
                 continue  # gone, or not ours to read
             key = (info["pid"], info["create_time"])
             cmdline = " ".join(info["cmdline"] or []) or (info["name"] or "")
-            # a forked task runner renames itself after its first sample: the latest name wins
-            self._last[key] = (group_of(cmdline), times.user + times.system)
+            group = group_of(cmdline)
+            known = self._last.get(key)
+            # A forked task runner renames itself after its first sample: the latest name wins,
+            # unless it says less (a process that is exiting shows no command line, only a
+            # 15-character name).
+            if known and group in CATCH_ALL and known[0] not in CATCH_ALL:
+                group = known[0]
+            self._last[key] = (group, times.user + times.system)
             self._names[key] = cmdline.replace("\n", " ")[:90]
         self.samples += 1
 
@@ -117,7 +126,7 @@ class CpuSampler:
         loose = [
             (seconds - self._base.get(key, 0.0), group, self._names[key])
             for key, (group, seconds) in self._last.items()
-            if group in ("other", "airflow (other)")
+            if group in CATCH_ALL
         ]
         loose.sort(reverse=True)
         return {

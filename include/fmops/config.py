@@ -348,9 +348,10 @@ class TrainingConfig(Strict):
         ge=1,
         le=256,
         description=(
-            "how many jobs the local executor runs at once; later ones wait (SecondaryStatus "
-            "Pending) and start in the order they were submitted. The sagemaker target does not "
-            "apply it: there the account's quotas limit concurrent jobs"
+            "how many jobs of a phase run at once; later ones wait and start in their order. "
+            "The local executor holds them itself (SecondaryStatus Pending, across runs); on "
+            "the sagemaker target each phase queues its own jobs beyond it in their waits, in "
+            "the triggerer, and the account's quotas still apply"
         ),
     )
 

@@ -17,7 +17,14 @@ from typing import Any
 
 from fmops.config import PipelineConfig, load_config
 from fmops.jobs import records
-from fmops.jobs.backend import JobBackend, describe, ensure_job, get_backend, status_of
+from fmops.jobs.backend import (
+    JobBackend,
+    describe,
+    ensure_job,
+    get_backend,
+    is_not_found,
+    status_of,
+)
 from fmops.jobs.runner import write_json
 from fmops.jobs.specs import base_model_files
 from fmops.paths import state_dir
@@ -344,15 +351,29 @@ def waiting_handle(plan: dict, err: BaseException) -> dict:
     return _jobless_handle(plan, WAITING_FOR_QUOTA, plan=plan, reason=str(err)[:1000])
 
 
+QUEUED = "queued"
+
+
+def queued_handle(plan: dict, position: int, cap: int) -> dict:
+    """The handle of a request beyond ``cap`` jobs at once in its phase, at ``position`` in the
+    phase's order: no job yet. Its wait sends the request once fewer than ``cap`` of the jobs
+    ahead of it are unfinished (``fmops.airflow.job_queue``)."""
+    return _jobless_handle(plan, QUEUED, plan=plan, position=position, cap=cap)
+
+
 def refused_handle(plan: dict, err: BaseException) -> dict:
     """The handle of a request that was refused for good: no job, and why (its wait fails with
     the reason, the other candidates go on)."""
     return _jobless_handle(plan, "refused", error=f"{type(err).__name__}: {err}"[:2000])
 
 
-def submit_phase(plans: list[dict], on_submitted: Any = None) -> list[dict]:
+def submit_phase(plans: list[dict], on_submitted: Any = None, cap: int | None = None) -> list[dict]:
     """Start (or find) every job of a phase at once, ``SUBMIT_THREADS`` requests at a time: one
     handle per plan, in the plans' order.
+
+    With ``cap`` (``training.max_concurrent_jobs`` on a target that does not apply it itself),
+    only the first ``cap`` plans are sent; each later one gets :func:`queued_handle`, and its
+    wait starts it in the phase's order as slots free up.
 
     ``on_submitted(plan, handle)`` runs for each started job once every job is started (the
     jobs' MLflow runs: their jobs must not wait for them) and returns the handle to keep. Its
@@ -379,6 +400,16 @@ def submit_phase(plans: list[dict], on_submitted: Any = None) -> list[dict]:
         except Exception as err:
             return err
 
+    queued = [queued_handle(p, i, cap) for i, p in enumerate(plans) if cap and i >= cap]
+    if queued:
+        log.info(
+            "%d of %d %s requests wait for a slot: %d jobs at once (training.max_concurrent_jobs)",
+            len(queued),
+            len(plans),
+            plans[0]["kind"],
+            cap,
+        )
+        plans = plans[:cap]
     with ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="fmops-submit") as pool:
         results = list(pool.map(one, plans))
         recorded: list[dict | BaseException] = []
@@ -425,7 +456,7 @@ def submit_phase(plans: list[dict], on_submitted: Any = None) -> list[dict]:
             len(plans),
         )
         raise transient[0]
-    return handles
+    return handles + queued
 
 
 def _create_with_fallback(plan: dict) -> tuple[str, str, dict]:
@@ -614,6 +645,22 @@ def _end_ms(kind: str, description: dict) -> int:
     return int(datetime.now().timestamp() * 1000)
 
 
+def _started_since(handle: dict) -> str | None:
+    """The job a queued or quota-refused request's wait started (attempt 1), or None."""
+    from botocore.exceptions import ClientError
+
+    name = handle["plan"].get("base_name")
+    if not name:
+        return None
+    try:
+        describe(backend_for(handle), handle["kind"], name)
+    except ClientError as err:
+        if is_not_found(err):
+            return None
+        raise
+    return name
+
+
 def training_failures(handles: list[dict], trained: list[dict]) -> list[dict]:
     """The training jobs without an outcome, with SageMaker's reason for each (or the reason
     their request was refused)."""
@@ -632,6 +679,9 @@ def training_failures(handles: list[dict], trained: list[dict]) -> list[dict]:
                 }
             )
             continue
+        if not handle.get("name") and handle.get("plan"):
+            # queued or waiting for the quota: its wait may have started the job since
+            handle = {**handle, "name": _started_since(handle)}
         if not handle.get("name"):  # the quota never let it start (its wait says more)
             failures.append(
                 {

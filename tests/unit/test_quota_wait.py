@@ -196,3 +196,108 @@ def test_the_trigger_survives_a_triggerer_restart():
     again = QuotaTrigger(**kwargs)
     assert again.serialize() == (path, kwargs)
     assert kwargs["started_at"] == 1.5  # the deadline is kept across restarts
+
+
+def description(name: str, status: str) -> dict[str, Any]:
+    return {
+        "TrainingJobName": name,
+        "TrainingJobArn": ARN + name,
+        "TrainingJobStatus": status,
+        "SecondaryStatus": "Training" if status == "InProgress" else status,
+        "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "CreationTime": time.time(),
+        "ModelArtifacts": {"S3ModelArtifacts": ""},
+    }
+
+
+def test_a_job_beyond_the_cap_waits_for_a_slot_then_starts(stub, plan, monkeypatch):
+    from fmops.airflow import job_queue
+
+    ahead_name = "train-ahead-0123456789"
+    ahead = [
+        {
+            "kind": "training",
+            "name": ahead_name,
+            "base": ahead_name,
+            "map_index": 0,
+            "target": plan["target"],
+            "settings": plan["settings"],
+        }
+    ]
+    for status in ("InProgress", "Completed"):
+        stub.add_response(
+            "describe_training_job",
+            description(ahead_name, status),
+            {"TrainingJobName": ahead_name},
+        )
+    accept(stub, plan)
+    queue = {"ahead": ahead, "cap": 1, "poll": 30.0}
+    trigger = QuotaTrigger(plan, started_at=time.time() - 7200, queue=queue)
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        job_queue._described.clear()  # the describes' lifetime (15 s) passes in the pause
+
+    monkeypatch.setattr(operators.asyncio, "sleep", pause)
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger fired nothing")
+
+    event = asyncio.run(first())
+
+    assert pauses == [30.0]  # one look while the job ahead ran, then its slot was free
+    assert event["status"] == "submitted"
+    assert (event["handle"]["name"], event["handle"]["action"]) == (plan["base_name"], "created")
+    assert trigger.started_at > time.time() - 60  # the quota's deadline counts from the slot
+    job_queue._described.clear()
+
+
+def test_a_queued_wait_defers_with_the_jobs_ahead_of_it_from_the_submit_task():
+    from airflow.sdk.exceptions import TaskDeferred
+
+    plans = [
+        {
+            "kind": "training",
+            "candidate": f"c{i}",
+            "target": "sagemaker",
+            "settings": {"region_name": "us-east-1"},
+            "base_name": f"train-c{i}-012345678{i}",
+        }
+        for i in range(4)
+    ]
+    handles = [
+        {**pipeline.queued_handle(plans[0], 0, 2), "name": plans[0]["base_name"]}
+        | {"action": "created", "base_name": plans[0]["base_name"]},
+        pipeline.refused_handle(plans[1], RuntimeError("bad request")),
+        *[
+            {**pipeline.queued_handle(p, i, 2), "submitted_by": "submit_training"}
+            for i, p in enumerate(plans[2:], 2)
+        ],
+    ]
+    pulled: list[str] = []
+
+    class Ti:
+        def xcom_pull(self, task_ids: str) -> list[dict]:
+            pulled.append(task_ids)
+            return handles
+
+    wait = AwaitJobOperator(task_id="await_training", handle=handles[3])
+    with pytest.raises(TaskDeferred) as deferred:
+        wait.execute({"ti": Ti()})
+
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, QuotaTrigger) and deferred.value.method_name == "execute_started"
+    assert pulled == ["submit_training"]
+    assert trigger.plan == plans[3]
+    assert [e["name"] for e in trigger.queue["ahead"]] == [
+        plans[0]["base_name"],  # started by the submit task
+        plans[2]["base_name"],  # queued ahead of it; the refused request is not in the line
+    ]
+    assert (trigger.queue["cap"], trigger.queue["poll"]) == (2, 30.0)
+    path, kwargs = trigger.serialize()
+    assert QuotaTrigger(**kwargs).queue == trigger.queue  # kept across a triggerer restart

@@ -41,6 +41,7 @@ MAX_LOG_CHARS = 20_000
 # returned (started after a quota refusal, or moved by a capacity fallback).
 JOB_KEY = "job"
 WAITING_FOR_QUOTA = "waiting_for_quota"  # fmops.pipeline.WAITING_FOR_QUOTA, without importing it
+QUEUED = "queued"  # fmops.pipeline.QUEUED
 
 
 class JobTrigger(BaseTrigger):
@@ -176,7 +177,12 @@ class QuotaTrigger(BaseTrigger):
 
     Each try is ``pipeline.submit`` (describe before create, every instance type the plan may
     use), so a try whose answer was lost never starts a second job. Throttling and connection
-    errors back off too."""
+    errors back off too.
+
+    With a ``queue`` (``{"ahead": job_queue.ahead_of(...), "cap": n, "poll": seconds}``: a job
+    beyond ``training.max_concurrent_jobs`` on a target that does not cap jobs itself), the first
+    try waits for a slot in the phase's order (``fmops.airflow.job_queue``), looking every
+    ``poll`` seconds."""
 
     def __init__(
         self,
@@ -185,6 +191,7 @@ class QuotaTrigger(BaseTrigger):
         delay: float = 60.0,
         max_delay: float = 900.0,
         give_up_seconds: float = 24 * 3600.0,
+        queue: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.plan = plan
@@ -192,6 +199,7 @@ class QuotaTrigger(BaseTrigger):
         self.delay = delay
         self.max_delay = max_delay
         self.give_up_seconds = give_up_seconds
+        self.queue = queue
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -202,6 +210,7 @@ class QuotaTrigger(BaseTrigger):
                 "delay": self.delay,
                 "max_delay": self.max_delay,
                 "give_up_seconds": self.give_up_seconds,
+                "queue": self.queue,
             },
         )
 
@@ -209,6 +218,8 @@ class QuotaTrigger(BaseTrigger):
         from fmops.pipeline import is_quota_refusal, is_transient, submit
 
         delay, name = self.delay, f"{self.plan['candidate']} {self.plan['kind']}"
+        if self.queue:
+            await self._slot(name)
         while True:
             try:
                 handle = await asyncio.to_thread(submit, self.plan)
@@ -235,6 +246,26 @@ class QuotaTrigger(BaseTrigger):
             self.log.info("%s: job %s %s", name, handle["name"], handle["action"])
             yield TriggerEvent({"status": "submitted", "handle": handle})
             return
+
+    async def _slot(self, name: str) -> None:
+        """Until fewer than ``cap`` of the jobs ahead in the line are unfinished."""
+        from fmops.airflow.job_queue import Slots, wait_states_of
+
+        cap, poll = self.queue["cap"], self.queue["poll"]
+        slots = Slots(self.queue["ahead"], cap, wait_states_of(self.task_instance), ttl=poll / 2)
+        shown = None
+        while len(holding := await asyncio.to_thread(slots.blocking)) >= cap:
+            if holding != shown:
+                self.log.info(
+                    "%s: waiting for a slot (%d jobs at once); held by %s",
+                    name,
+                    cap,
+                    ", ".join(holding),
+                )
+                shown = holding
+            await asyncio.sleep(poll)
+        self.log.info("%s: a slot is free (%d of %d held ahead)", name, len(holding), cap)
+        self.started_at = time.time()  # the quota's deadline counts from here, not the line's
 
 
 class AwaitJobOperator(BaseOperator):
@@ -279,6 +310,8 @@ class AwaitJobOperator(BaseOperator):
                 trigger=QuotaTrigger(self.handle["plan"], started_at=time.time()),
                 method_name="execute_started",
             )
+        if self.handle.get("action") == QUEUED:
+            self._queue(context)
         self._push_links(context)
         backend = backend_for(self.handle)
         description = describe(backend, self.handle["kind"], self.handle["name"])
@@ -328,6 +361,28 @@ class AwaitJobOperator(BaseOperator):
         # the job this wait stands for, for the listener when it is marked failed by hand
         context["ti"].xcom_push(key=JOB_KEY, value=self.handle)
         return self.execute(context)
+
+    def _queue(self, context: Any) -> None:
+        """A job beyond ``training.max_concurrent_jobs``: wait in the phase's order for a slot,
+        then start it (``QuotaTrigger`` with a queue; ``fmops.airflow.job_queue``)."""
+        from fmops.airflow.job_queue import ahead_of
+
+        position, cap = self.handle["position"], self.handle["cap"]
+        handles = context["ti"].xcom_pull(task_ids=self.handle["submitted_by"]) or []
+        ahead = ahead_of(handles, position)
+        self.log.info(
+            "%s: %d jobs of this phase are ahead of this %s job; it starts when fewer than %d of "
+            "them are unfinished (training.max_concurrent_jobs)",
+            self.handle["candidate"],
+            len(ahead),
+            self.handle["kind"],
+            cap,
+        )
+        queue = {"ahead": ahead, "cap": cap, "poll": self._poll_seconds()}
+        self.defer(
+            trigger=QuotaTrigger(self.handle["plan"], started_at=time.time(), queue=queue),
+            method_name="execute_started",
+        )
 
     def _push_links(self, context: Any) -> None:
         """This candidate's job links on its wait ("SageMaker job", "MLflow run")."""

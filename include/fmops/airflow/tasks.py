@@ -198,9 +198,12 @@ def submit_jobs(plans: list[dict]) -> list[dict]:
     waits stay one per candidate (mapped over the handles). A request refused for good becomes
     that candidate's handle with its error, so its wait fails with the reason and the others go
     on. MLflow being unreachable fails this task for a retry, which finds the jobs and the runs
-    it started."""
+    it started. On a target that does not cap jobs itself (SageMaker), the jobs beyond
+    ``training.max_concurrent_jobs`` are queued: their waits start them in order
+    (``fmops.airflow.job_queue``)."""
     from fmops.pipeline import submit_phase
     from fmops.registry import job_runs, runs
+    from fmops.targets import get_target
 
     context = None
     with contextlib.suppress(RuntimeError):  # RuntimeError: called outside a task
@@ -216,8 +219,11 @@ def submit_jobs(plans: list[dict]) -> list[dict]:
         where = job_runs.open_job_run(config, dag_id, run_id, plan, handle, parent)
         return handle | {"mlflow": where}
 
-    handles = submit_phase(plans, open_run)
+    cap = None if get_target(config.target).caps_jobs else config.training.max_concurrent_jobs
+    handles = submit_phase(plans, open_run, cap=cap)
     for handle in handles:
+        if handle["action"] == "queued":  # its wait reads the line ahead of it from this XCom
+            handle["submitted_by"] = context["ti"].task_id
         log.info(
             "%s: %s job %s %s",
             handle["candidate"],

@@ -45,6 +45,7 @@ class JobHandle(TypedDict):
     target: str
     settings: dict[str, Any]
     name: str  # the job's name (an attempt may have a suffix)
+    base_name: str  # the plan's name for attempt 1 (a cached job's name differs from it)
     action: str  # created | reattached | reused | cached
     zero_shot: NotRequired[bool]
     price: NotRequired[dict[str, Any]]
@@ -144,7 +145,7 @@ def evaluation_plan(
 def job_handle(plan: JobPlan, name: str, action: str) -> JobHandle:
     """The handle of the job ``name`` started (or found) for ``plan``."""
     handle: dict[str, Any] = {key: plan[key] for key in ("kind", "candidate", "target", "settings")}
-    handle |= {"name": name, "action": action}
+    handle |= {"name": name, "action": action, "base_name": plan["base_name"]}
     if plan.get("zero_shot"):
         handle["zero_shot"] = True
     if plan.get("cost"):

@@ -104,6 +104,9 @@ class Target(ABC):
     unbilled_note: ClassVar[str]
     # Seconds between two describes of a running job by its wait (in the triggerer).
     job_poll_seconds: ClassVar[float] = 30.0
+    # Whether the job backend itself holds jobs beyond training.max_concurrent_jobs (the local
+    # executor does); if not, the pipeline queues them (fmops.airflow.job_queue).
+    caps_jobs: ClassVar[bool] = False
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
         """Problems with the config for this target, one line each: its own settings block

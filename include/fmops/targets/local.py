@@ -49,6 +49,7 @@ class LocalTarget(Target):
     # A describe reads two small files: polling every second ends a phase within a second of
     # its last job, which is what a short local job notices.
     job_poll_seconds = 1.0
+    caps_jobs = True  # the local executor holds jobs beyond max_concurrent_jobs itself
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
         if config.target != NAME:

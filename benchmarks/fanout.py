@@ -952,6 +952,11 @@ def main() -> None:  # noqa: C901 - one linear script
     parser.add_argument("--slots-sleep", type=float, default=600.0, help="their sleep, seconds")
     parser.add_argument("--slots-observe", type=float, default=60.0, help="seconds to sample")
     parser.add_argument("--port", type=int, default=PORT, help="airflow standalone's port")
+    parser.add_argument(
+        "--max-active-tasks",
+        type=int,
+        help="[core] max_active_tasks_per_dag for airflow standalone (default: Airflow's, 16)",
+    )
     parser.add_argument("--quick", action="store_true", help="N = 1, 8; S = 10 s; slots with 8")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -1074,6 +1079,8 @@ def main() -> None:  # noqa: C901 - one linear script
                     "NO_PROXY": "127.0.0.1,localhost",
                 }
             )
+            if args.max_active_tasks:
+                env["AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG"] = str(args.max_active_tasks)
             airflow_home.mkdir(exist_ok=True)
             database = "SQLite" if sqlite else "PostgreSQL"
             print(f"airflow standalone on 127.0.0.1:{args.port}, {database} ...", flush=True)

@@ -129,21 +129,6 @@ def test_the_started_job_is_waited_on_like_any_other(stub, plan, monkeypatch):
     waiting = pipeline.waiting_handle(plan, RuntimeError(QUOTA))
     started = {**waiting, "name": plan["base_name"], "action": "created"}
     del started["reason"]
-    stub.add_response(
-        "describe_training_job",
-        {
-            "TrainingJobName": plan["base_name"],
-            "TrainingJobArn": ARN + plan["base_name"],
-            "TrainingJobStatus": "InProgress",
-            "SecondaryStatus": "Starting",
-            "AlgorithmSpecification": {"TrainingInputMode": "File"},
-            "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 30},
-            "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
-            "CreationTime": time.time(),
-            "ModelArtifacts": {"S3ModelArtifacts": ""},
-        },
-        {"TrainingJobName": plan["base_name"]},
-    )
     pushed: dict[str, Any] = {}
 
     class Ti:

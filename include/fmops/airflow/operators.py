@@ -1,9 +1,8 @@
 """The few Airflow adapters that fmops' DAGs need: waiting on jobs and endpoint deployments
 without holding a worker slot, and validate_data with its report link.
 
-``AwaitJobOperator`` describes a submitted job; if it is still running it defers to
-``JobTrigger``, which polls the job from the triggerer (and streams the job's new log lines into
-the task log) until the job ends. A job that succeeded ends its wait in the triggerer
+``AwaitJobOperator`` defers at once to ``JobTrigger``, which polls the submitted job from the
+triggerer (and streams the job's new log lines into the task log) until the job ends. A job that succeeded ends its wait in the triggerer
 (Airflow's ``TaskSuccessEvent``, with the outcome as the task's return value); a failed one
 resumes the task on a worker, which records the reason or starts a capacity fallback.
 Submission is one task per phase (``tasks.submit_jobs``), so
@@ -287,10 +286,11 @@ class AwaitJobOperator(BaseOperator):
         self.poll_interval = poll_interval
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from fmops.jobs.backend import TERMINAL, describe, status_of
-        from fmops.pipeline import backend_for
-        from fmops.storage import jsonable
-
+        """Defer to ``JobTrigger`` at once, without describing the job here: the trigger's
+        first poll does, and a job that already succeeded ends its wait in the triggerer, so
+        this task process neither imports MLflow nor records the outcome (at N = 256 most waits
+        start after their job ended, and recording it here cost about 1.5 s of CPU per wait:
+        BENCHMARKS.md, "Fan-out: where the CPU goes")."""
         if self.handle.get("error"):
             # Refused when it was submitted (a bad request, a quota with no other type left):
             # deterministic, so no retry; the other candidates go on.
@@ -313,19 +313,13 @@ class AwaitJobOperator(BaseOperator):
         if self.handle.get("action") == QUEUED:
             self._queue(context)
         self._push_links(context)
-        backend = backend_for(self.handle)
-        description = describe(backend, self.handle["kind"], self.handle["name"])
-        status = status_of(self.handle["kind"], description)
         self.log.info(
-            "%s job %s (%s, %s): %s",
+            "%s job %s (%s, %s): waiting in the triggerer",
             self.handle["kind"],
             self.handle["name"],
             self.handle["candidate"],
             self.handle.get("action", "submitted"),
-            status,
         )
-        if status in TERMINAL:
-            return self._outcome(jsonable(description), context)
         self.defer(
             trigger=JobTrigger(self.handle, self._poll_seconds()), method_name="execute_complete"
         )

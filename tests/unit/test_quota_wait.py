@@ -286,3 +286,28 @@ def test_a_queued_wait_defers_with_the_jobs_ahead_of_it_from_the_submit_task():
     assert (trigger.queue["cap"], trigger.queue["poll"]) == (2, 30.0)
     path, kwargs = trigger.serialize()
     assert QuotaTrigger(**kwargs).queue == trigger.queue  # kept across a triggerer restart
+
+
+def test_a_wait_tells_airflow_dags_test_from_a_task_process(monkeypatch):
+    """Under dags test (the task SDK's in-process supervisor) a wait concludes a job that already
+    ended itself; in a task process it defers at once (its trigger ends it in the triggerer)."""
+    from airflow.sdk.execution_time import supervisor, task_runner
+
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", object(), raising=False)
+    assert operators.runs_inline() is False
+    inline = supervisor.InProcessSupervisorComms(supervisor=None)
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", inline, raising=False)
+    assert operators.runs_inline() is True
+
+
+def test_a_wait_defers_without_describing_its_job(monkeypatch):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    monkeypatch.setattr(operators, "runs_inline", lambda: False)
+    monkeypatch.setattr(pipeline, "backend_for", lambda handle: pytest.fail("described"))
+    handle = {"kind": "training", "candidate": "a", "target": "local", "settings": {}}
+    handle |= {"name": "train-a-0123456789", "action": "created"}
+    with pytest.raises(TaskDeferred) as deferred:
+        AwaitJobOperator(task_id="await_training", handle=handle).execute({})
+    assert isinstance(deferred.value.trigger, JobTrigger)
+    assert deferred.value.trigger.poll_interval == 1.0  # local jobs: every second

@@ -268,3 +268,32 @@ def test_a_queued_job_that_started_and_failed_is_named_with_its_status(plans, mo
         (plans[1]["candidate"], plans[1]["base_name"], "Failed"),
         (plans[2]["candidate"], None, "NotStarted"),  # never started: no job to name
     ]
+
+
+def test_the_waits_states_are_read_from_airflow_for_the_triggers_own_task(monkeypatch):
+    """In the triggerer a queued wait asks Airflow (the task SDK's GetTaskStates, which the
+    triggerer serves) for the states of its task's mapped instances in its DAG run."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    asked = {}
+
+    def get_task_states(**kwargs: Any) -> dict:
+        asked.update(kwargs)
+        # the Execution API's answer: "<task id>_<map index>" for a mapped instance
+        return {
+            RUN: {
+                "await_training_0": "success",
+                "await_training_7": "deferred",
+                "await_training_12": None,
+                "await_training": "failed",  # an unmapped task of the same id: not a sibling
+            }
+        }
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
+    ti = SimpleNamespace(dag_id="fmops_finetune", run_id=RUN, task_id="await_training")
+
+    assert job_queue.wait_states_of(ti)() == {0: "success", 7: "deferred", 12: None}
+    assert asked == {"dag_id": "fmops_finetune", "task_ids": ["await_training"], "run_ids": [RUN]}
+    assert job_queue.wait_states_of(None) is None  # airflow dags test: no task instance

@@ -35,11 +35,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fmops.jobs.backend import MAX_ATTEMPTS, TERMINAL, describe, is_not_found, status_of
+from fmops.jobs.naming import attempt_name
+
 # Wait states in which a task instance will not run again in this DAG run.
 WAIT_ENDED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
-_TERMINAL = frozenset({"Completed", "Failed", "Stopped"})  # fmops.jobs.backend.TERMINAL
-_RETRIED = frozenset({"Failed", "Stopped"})  # a later attempt (-aN) may follow
-MAX_ATTEMPTS = 5  # fmops.jobs.backend.ensure_job's
+_RETRIED = TERMINAL - {"Completed"}  # a later attempt (-aN) may follow
 
 _described: dict[tuple[str, str, str, str], tuple[float, str | None]] = {}
 _lock = threading.Lock()
@@ -71,13 +72,12 @@ def ahead_of(handles: list[dict[str, Any]], position: int) -> list[dict[str, Any
 def job_status(entry: dict[str, Any], name: str, ttl: float) -> str | None:
     """The status of the job ``name`` (``entry`` gives its kind and where it runs), None while it
     does not exist; an answer younger than ``ttl`` seconds is reused, an ended one always."""
-    from fmops.jobs.backend import describe, is_not_found, status_of
     from fmops.pipeline import backend_for
 
     key = (entry["target"], json.dumps(entry["settings"], sort_keys=True), entry["kind"], name)
     with _lock:
         seen = _described.get(key)
-    if seen and (seen[1] in _TERMINAL or time.monotonic() - seen[0] < ttl):
+    if seen and (seen[1] in TERMINAL or time.monotonic() - seen[0] < ttl):
         return seen[1]
     try:
         status = status_of(entry["kind"], describe(backend_for(entry), entry["kind"], name))
@@ -93,8 +93,6 @@ def job_status(entry: dict[str, Any], name: str, ttl: float) -> str | None:
 def latest_status(entry: dict[str, Any], ttl: float) -> str | None:
     """The status of the job's latest attempt (``name``, then ``base-a2``, ... while an attempt
     failed and a later one exists); None when no attempt exists."""
-    from fmops.jobs.naming import attempt_name
-
     status = job_status(entry, entry["name"], ttl)
     base = entry.get("base")
     if status not in _RETRIED or not base:
@@ -151,7 +149,7 @@ class Slots:
                 if self.wait_states is None or states.get(index) in WAIT_ENDED:
                     self.ended.add(index)  # refused for good, or its run ended: out of the line
                     continue
-            elif status in _TERMINAL:
+            elif status in TERMINAL:
                 self.ended.add(index)
                 continue
             holding.append(f"{entry['name']} ({status or 'not started'})")

@@ -201,7 +201,7 @@ def submit_jobs(plans: list[dict]) -> list[dict]:
     it started. On a target that does not cap jobs itself (SageMaker), the jobs beyond
     ``training.max_concurrent_jobs`` are queued: their waits start them in order
     (``fmops.airflow.job_queue``)."""
-    from fmops.pipeline import submit_phase
+    from fmops.pipeline import QUEUED, submit_phase
     from fmops.registry import job_runs, runs
     from fmops.targets import get_target
 
@@ -222,7 +222,7 @@ def submit_jobs(plans: list[dict]) -> list[dict]:
     cap = None if get_target(config.target).caps_jobs else config.training.max_concurrent_jobs
     handles = submit_phase(plans, open_run, cap=cap)
     for handle in handles:
-        if handle["action"] == "queued":  # its wait reads the line ahead of it from this XCom
+        if handle["action"] == QUEUED:  # its wait reads the line ahead of it from this XCom
             handle["submitted_by"] = context["ti"].task_id
         log.info(
             "%s: %s job %s %s",

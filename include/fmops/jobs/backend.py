@@ -36,6 +36,8 @@ BACKENDS = {
 }
 UNAVAILABLE: dict[str, str] = {}
 TERMINAL = {"Completed", "Failed", "Stopped"}
+# Attempts of one job in one run (``base``, ``base-a2``, ...): ensure_job's default.
+MAX_ATTEMPTS = 5
 ACTIVE = {"InProgress", "Stopping"}
 KIND_FIELDS = {
     "training": ("TrainingJobName", "TrainingJobStatus"),
@@ -79,7 +81,11 @@ def status_of(kind: str, description: dict[str, Any]) -> str:
 
 
 def ensure_job(
-    backend: JobBackend, kind: str, base_name: str, request: dict[str, Any], max_attempts: int = 5
+    backend: JobBackend,
+    kind: str,
+    base_name: str,
+    request: dict[str, Any],
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> tuple[str, str]:
     """Start the job unless this run already has it: describe before create.
 

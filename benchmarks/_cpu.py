@@ -43,7 +43,7 @@ GROUPS = (
     ("scheduler", ("airflow scheduler", "scheduler_command")),
     ("dag processor", ("dag-processor", "dag_processor")),
     ("triggerer", ("triggerer",)),
-    ("jobs", ("fmops.jobs.runner", "_noop_job", "train.py", "evaluate.py")),
+    ("jobs", ("fmops.jobs.runner", "fmops/jobs/runner.py", "_noop_job", "train.py", "evaluate.py")),
     ("mlflow", ("mlflow",)),
     ("api server", ("api_server", "api-server", "uvicorn", "gunicorn")),
     ("postgres", ("postgres",)),

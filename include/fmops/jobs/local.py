@@ -38,6 +38,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from fmops import processes
+from fmops.jobs import runner
 from fmops.jobs.naming import JOB_NAME_RE
 from fmops.jobs.runner import STOP_REQUEST, now, read_json, write_json
 from fmops.jobs.specs import JOB_ENV, validate_request
@@ -207,7 +208,8 @@ class LocalJobBackend:
         # the supervisor, like the job, holds no credential
         env = inherited_env()
         identity = processes.spawn_detached(
-            [sys.executable, "-m", "fmops.jobs.runner", str(job_dir)],
+            # by its path, without site: the supervisor is standard library only (its docstring)
+            [sys.executable, "-S", runner.__file__, str(job_dir)],
             job_dir / "supervisor.log",
             env=env,
             cwd=job_dir,

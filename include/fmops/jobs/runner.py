@@ -1,4 +1,4 @@
-"""The supervisor of one local job: ``python -m fmops.jobs.runner JOB_DIR``.
+"""The supervisor of one local job: ``python -S .../fmops/jobs/runner.py JOB_DIR``.
 
 The local executor starts this process detached (its own session), so that the job outlives the
 Airflow task that submitted it. It plays SageMaker's control plane for one job:
@@ -10,7 +10,11 @@ Airflow task that submitted it. It plays SageMaker's control plane for one job:
 4. matches ``MetricDefinitions`` over the log, packs ``model.tar.gz`` / copies outputs on success,
    and records the final status with SageMaker's field values in ``record.json``.
 
-Standard library only: it starts in a fraction of a second and has nothing to fail on import.
+Standard library only: it starts in a fraction of a second and has nothing to fail on import. The
+executor runs it by its path with ``-S`` (no ``site``: no site-packages, no ``.pth`` files, no
+``sitecustomize``), and the modules it needs only at the end (``tarfile``, ``shutil``) are imported
+there: a fan-out of 256 jobs starts 256 of these at once, and each one's start-up is CPU taken from
+the others (see BENCHMARKS.md, "Fan-out").
 """
 
 from __future__ import annotations
@@ -20,11 +24,9 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -195,6 +197,9 @@ def failure_reason(job_dir: Path, plan: dict, code: int) -> str:
 
 
 def finish_outputs(plan: dict) -> None:
+    import shutil  # here, not at the top: see the module docstring
+    import tarfile
+
     if plan.get("pack_model"):
         source = Path(plan["pack_model"]["source"])
         target = Path(plan["pack_model"]["target"])

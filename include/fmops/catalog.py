@@ -1,10 +1,13 @@
-"""The instance catalog: which SageMaker GPU instance a model needs, and the cheapest that fits.
+"""The instance catalog: which SageMaker instance a model needs, and the cheapest that fits.
 
 Facts per instance type: GPU count and total GPU memory from the sagemaker SDK's
 ``sagemaker/core/image_uri_config/instance_gpu_info.json`` (read as a file: importing ``sagemaker``
 creates AWS clients and needs a region), and from ``catalog_data.yaml`` next to this module the GPU
-model, bf16 support, the NVMe flag (SageMaker rejects ``VolumeKmsKeyId`` on types with local NVMe
-storage), whether endpoints may use the type, and an on-demand price with its source.
+model, bf16 support and memory bandwidth, the NVMe flag (SageMaker rejects ``VolumeKmsKeyId`` on
+types with local NVMe storage), whether endpoints may use the type, and an on-demand price with its
+source. The same file lists CPU types (vCPUs, memory) for endpoints: ``fit`` holds them to host
+memory, they never train, and ``rank``/``choose`` consider them only when asked
+(``processors=("cpu", "gpu")``: ``fmops.sizing``, which ranks by cost at a latency goal).
 
 Choosing: ``training_memory()`` or ``hosting_memory()`` estimates the GPU memory a model needs;
 ``Catalog.rank()`` lists every type that fits, cheapest first, each with the arithmetic as its
@@ -39,15 +42,18 @@ large-model-inference containers), FSDP or DeepSpeed ZeRO-3 for training. Either
 fit on one instance; multi-node jobs are out of scope. bf16 needs an Ampere or newer GPU (A10G,
 A100, H100), which rules out T4 (g4dn) and V100 (p3, p3dn).
 
-The catalog holds GPU types only: a 22M-parameter encoder is served on the cheapest GPU, though a
-CPU type would cost less (``GUIDANCE`` and ``differences()`` compare every pick with the seed
-guidance, and say where and why fmops picks differently).
+CPU types (hosting only): the weights at the serving precision with the same 20% headroom, plus a
+1 GiB reserve for the OS and the inference server, in the instance's memory; fp16 is refused (CPUs
+do not compute in it: serve at fp32, bf16 or int8).
+
+Memory and price alone rank the GPU types (``fmops.catalog_guidance`` compares those picks with
+the seed guidance, and says where and why fmops picks differently). Which type serves a model at
+its latency goal for the least is ``fmops.sizing``'s.
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import importlib.util
 import json
 import logging
@@ -75,6 +81,8 @@ HOSTING_PRECISIONS = tuple(BYTES_PER_PARAM)
 HOSTING_HEADROOM = 0.20  # of the weights: activations and KV cache
 TRAINING_ACTIVATIONS = 0.50  # of the weights at the compute precision
 RUNTIME_RESERVE_GIB = 2.0  # per GPU: CUDA context, nominal-vs-usable memory
+CPU_RESERVE_GIB = 1.0  # per CPU instance: the OS and the inference server
+GPU_ONLY = ("gpu",)
 ADAMW_BYTES = 8  # two fp32 moments per trainable parameter
 LORA_DEFAULT_TRAINABLE_FRACTION = 0.01
 
@@ -111,16 +119,25 @@ class InstanceType:
     price_per_hour: float | None  # on-demand USD
     price_source: str | None
     gpu_info_source: str
+    vcpus: int | None = None  # CPU types: vCPUs (two per physical core)
+    memory_gib: float | None = None  # CPU types: host memory
+    bandwidth_gbs: float | None = None  # GPU types: one GPU's memory bandwidth, GB/s
+
+    @property
+    def processor(self) -> str:
+        return "gpu" if self.gpus else "cpu"
 
     @property
     def gib_per_gpu(self) -> float:
-        return self.gpu_memory_gib / self.gpus
+        return self.gpu_memory_gib / self.gpus if self.gpus else 0.0
 
     @property
     def price(self) -> str:
         return "no known price" if self.price_per_hour is None else f"${self.price_per_hour:.2f}/h"
 
     def describe(self) -> str:
+        if not self.gpus:
+            return f"{self.name} ({self.vcpus} vCPUs, {self.memory_gib:g} GiB, {self.price})"
         return f"{self.name} ({self.gpus} x {self.gpu}, {self.gpu_memory_gib:g} GiB, {self.price})"
 
 
@@ -154,8 +171,13 @@ class MemoryEstimate:
             return f"LoRA fine-tuning {size} parameters ({trainable} trainable) at {self.precision}"
         return f"full fine-tuning {size} parameters at {self.precision}"
 
-    def explain(self) -> str:
+    def explain(self, processor: str = "gpu") -> str:
         parts = " + ".join(f"{label} {_gib(gib)} GiB" for label, gib in self.parts)
+        if processor == "cpu":
+            return (
+                f"{self.summary()}: {parts} = {_gib(self.gib)} GiB in the instance's memory, "
+                f"plus a {CPU_RESERVE_GIB:g} GiB reserve"
+            )
         if self.sharded:
             how = "tensor parallel" if self.purpose == "hosting" else "FSDP or DeepSpeed ZeRO-3"
             layout = f"sharded over the instance's GPUs ({how})"
@@ -193,6 +215,8 @@ class Choice:
         return {
             "instance_type": self.name,
             "pinned": self.pinned,
+            "processor": self.instance.processor,
+            "vcpus": self.instance.vcpus,
             "gpus": self.instance.gpus,
             "gpu": self.instance.gpu,
             "gpu_memory_gib": self.instance.gpu_memory_gib,
@@ -352,6 +376,15 @@ class Catalog:
         unable = _unable(inst, need)
         if unable:
             return False, unable
+        if not inst.gpus:
+            held = need.gib + CPU_RESERVE_GIB
+            arithmetic = (
+                f"{_gib(need.gib)} GiB + {CPU_RESERVE_GIB:g} GiB reserve = {_gib(held)} GiB in "
+                f"{inst.memory_gib:g} GiB of memory ({inst.vcpus} vCPUs)"
+            )
+            if held > (inst.memory_gib or 0):
+                return False, f"{inst.name} is too small: {arithmetic}"
+            return True, f"{arithmetic}, {_gib(inst.memory_gib - held)} GiB to spare; {inst.price}"
         per_gpu, have = need.per_gpu_gib(inst.gpus), inst.gib_per_gpu
         if need.sharded and inst.gpus > 1:
             sums = (
@@ -374,9 +407,11 @@ class Catalog:
         *,
         allowed: Sequence[str] | None = None,
         max_price: float | None = None,
+        processors: Sequence[str] = GPU_ONLY,
     ) -> list[Choice]:
-        """Every priced type that fits, cheapest first (then fewer GPUs, then more memory)."""
-        candidates = self._filtered(allowed, max_price)
+        """Every priced type that fits, cheapest first (then fewer GPUs, then more memory), of
+        the ``processors`` asked for (GPU types unless told)."""
+        candidates = [i for i in self._filtered(allowed, max_price) if i.processor in processors]
         choices = []
         for inst in candidates:
             fits, reason = self.fit(inst, need)
@@ -399,9 +434,10 @@ class Catalog:
         allowed: Sequence[str] | None = None,
         max_price: float | None = None,
         model: str = "the model",
+        processors: Sequence[str] = GPU_ONLY,
     ) -> Choice:
         """The cheapest type that fits, with the rest of the ranking as fallbacks; logs why."""
-        ranked = self.rank(need, allowed=allowed, max_price=max_price)
+        ranked = self.rank(need, allowed=allowed, max_price=max_price, processors=processors)
         if not ranked:
             raise CatalogError(self._nothing_fits(need, allowed, max_price))
         first = ranked[0]
@@ -465,9 +501,10 @@ class Catalog:
             def room(inst: InstanceType) -> float:
                 return inst.gpu_memory_gib if need.sharded else inst.gib_per_gpu
 
-            # the largest of the types whose GPUs could run it at all (bf16, endpoints)
-            able = [i for i in self.instances.values() if not _unable(i, need)]
-            biggest = max(able or self.instances.values(), key=room)
+            # the largest of the GPU types that could run it at all (bf16, endpoints)
+            gpus = [i for i in self.instances.values() if i.gpus]
+            able = [i for i in gpus if not _unable(i, need)]
+            biggest = max(able or gpus, key=room)
             lines.append(f"The largest: {self.fit(biggest, need)[1]}")
             hints = []
             if not need.sharded:
@@ -483,6 +520,15 @@ class Catalog:
 
 def _unable(inst: InstanceType, need: MemoryEstimate) -> str | None:
     """Why ``inst`` cannot run ``need`` whatever its memory, or None."""
+    if not inst.gpus:
+        if need.purpose == "training":
+            return f"{inst.name} is a CPU type: fmops trains on GPU types only"
+        if need.precision == "fp16":
+            return (
+                f"{inst.name} is a CPU type, and CPUs do not compute in fp16: serve at fp32, bf16 "
+                "or int8, or use a GPU type"
+            )
+        return None
     if need.purpose == "hosting" and not inst.hosting:
         return f"{inst.name} is offered for training jobs only, not for endpoints"
     if need.precision == "bf16" and not inst.bf16:
@@ -585,6 +631,24 @@ def load_catalog(
             price_per_hour=usd,
             price_source=source,
             gpu_info_source=gpu_source,
+            bandwidth_gbs=facts["bandwidth_gbs"],
+        )
+    for name, facts in data["cpu_types"].items():
+        usd, source = shipped.get(name, (None, None))
+        instances[name] = InstanceType(
+            name=name,
+            family=name.split(".")[1],
+            gpus=0,
+            gpu_memory_gib=0.0,
+            gpu="none",
+            bf16=True,  # PyTorch computes bf16 on any x86 CPU (fast with AMX: c7i)
+            nvme=False,
+            hosting=True,
+            price_per_hour=usd,
+            price_source=source,
+            gpu_info_source=f"{DATA_FILE} (a CPU type)",
+            vcpus=facts["vcpus"],
+            memory_gib=float(facts["memory_gib"]),
         )
     if skipped:
         # A newer SDK may list families catalog_data.yaml does not describe yet; their bf16 and
@@ -670,109 +734,3 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
         total += _first(config, "max_position_embeddings", "n_positions", default=0) * hidden
     total += config.get("type_vocab_size", 0) * hidden
     return int(total)
-
-
-@dataclass(frozen=True)
-class GuidanceCase:
-    """A model from the seed guidance, the seed's pick, and where fmops differs and why."""
-
-    model: str
-    params: int
-    task: Literal["hosting", "full fine-tune", "LoRA fine-tune"]
-    precision: str
-    sharded: bool
-    seed: str  # the seed's words
-    seed_picks: tuple[str, ...]  # instance types (fnmatch patterns) the seed's guidance names
-    why: str
-
-    def need(self) -> MemoryEstimate:
-        if self.task == "hosting":
-            return hosting_memory(self.params, self.precision, sharded=self.sharded)
-        method: Method = "lora" if self.task == "LoRA fine-tune" else "full"
-        return training_memory(self.params, method, precision=self.precision, sharded=self.sharded)
-
-    def agrees(self, instance_type: str) -> bool:
-        return any(fnmatch.fnmatchcase(instance_type, p) for p in self.seed_picks)
-
-
-_SPEED = "fmops ranks by price among types that fit, not by speed"
-GUIDANCE: tuple[GuidanceCase, ...] = (
-    GuidanceCase(
-        "all-MiniLM-L6-v2", 22_713_728, "hosting", "fp32", False,
-        "no size class below 3B: the cheapest GPU", ("ml.g4dn.xlarge",),
-        "a CPU type would cost less still; the catalog holds GPU types only",
-    ),
-    GuidanceCase(
-        "FLAN-T5 XL", 2_849_757_184, "hosting", "bf16", False,
-        "ml.g5.2xlarge", ("ml.g5.2xlarge",),
-        "the same A10G with half the vCPUs and host memory (16 GiB), for less; bf16 because T5 "
-        "overflows in fp16, which rules out the cheaper T4",
-    ),
-    GuidanceCase(
-        "GPT-J 6B", 6_053_381_344, "hosting", "fp16", True,
-        "ml.g5.12xlarge (3B-10B class: at least ml.g5.2xlarge)", ("ml.g5.12xlarge",),
-        "at fp16 the weights and 20% headroom fit one 16 GiB T4; the seed's four A10Gs buy "
-        f"latency, batch size and context length; {_SPEED}",
-    ),
-    GuidanceCase(
-        "FLAN-T5 XXL", 11_135_332_352, "hosting", "bf16", True,
-        "ml.g5.12xlarge", ("ml.g5.12xlarge",),
-        "too big for one A10G with headroom; tensor parallel over four",
-    ),
-    GuidanceCase(
-        "GPT-NeoX-20B", 20_554_567_680, "hosting", "fp16", True,
-        "ml.g5.24xlarge (11B-20B class: at least ml.g5.12xlarge)", ("ml.g5.24xlarge",),
-        f"at fp16 it fits four T4s (64 GiB), which are slower and lack bf16; {_SPEED}",
-    ),
-    GuidanceCase(
-        "falcon-40b-instruct (bf16)", 40_000_000_000, "hosting", "bf16", True,
-        "between the 11B-20B and 100B+ classes: ml.p4d.24xlarge or ml.p4de.24xlarge",
-        ("ml.p4d.24xlarge", "ml.p4de.24xlarge"),
-        "with headroom and reserve it misses four A10Gs (96 GiB) and fits eight (179 GiB) for "
-        "about half a p4d's price; A10Gs have no NVLink, so tensor-parallel decoding is slower",
-    ),
-    GuidanceCase(
-        "all-MiniLM-L6-v2", 22_713_728, "full fine-tune", "fp32", False,
-        "G4dn (< 100M parameters)", ("ml.g4dn.*",), "",
-    ),
-    GuidanceCase(
-        "BERT-base", 109_482_240, "full fine-tune", "fp32", False,
-        "P3 (100M-300M parameters)", ("ml.p3.*",),
-        f"fits one T4 with room to spare; a V100 trains faster at five times the price; {_SPEED}",
-    ),
-    GuidanceCase(
-        "BERT-large", 335_141_888, "full fine-tune", "fp32", False,
-        "P3dn or P4d (> 300M parameters; multi-node)", ("ml.p3dn.24xlarge", "ml.p4d.24xlarge"),
-        "fits one T4; the seed's families are for multi-node training, which fmops does not run",
-    ),
-    GuidanceCase(
-        "GPT-J 6B", 6_053_381_344, "LoRA fine-tune", "bf16", False,
-        "P3dn or P4d (> 300M parameters)", ("ml.p3dn.24xlarge", "ml.p4d.24xlarge"),
-        "LoRA freezes the base: bf16 weights, 1% trainable and activations fit one A10G",
-    ),
-    GuidanceCase(
-        "GPT-J 6B", 6_053_381_344, "full fine-tune", "bf16", True,
-        "P3dn or P4d (> 300M parameters)", ("ml.p3dn.24xlarge", "ml.p4d.24xlarge"),
-        "sharded over eight A10Gs it fits for about half a p4d's price, over PCIe (no NVLink), "
-        "so steps are slower; P3dn's V100s lack bf16",
-    ),
-)  # fmt: skip
-
-
-def differences(catalog: Catalog | None = None) -> str:
-    """A markdown table: the seed guidance against fmops' pick for every ``GUIDANCE`` case."""
-    catalog = catalog or load_catalog()
-    rows = [
-        "| model | parameters | task | precision | seed guidance | fmops | agrees | why |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for case in GUIDANCE:
-        choice = catalog.choose(case.need(), model=case.model)
-        agrees = "yes" if case.agrees(choice.name) else "no"
-        layout = ", sharded" if case.sharded else ""
-        rows.append(
-            f"| {case.model} | {_count(case.params)} | {case.task} | {case.precision}{layout} | "
-            f"{case.seed} | {choice.name} ({choice.instance.price}) | {agrees} | "
-            f"{case.why or '-'} |"
-        )
-    return "\n".join(rows)

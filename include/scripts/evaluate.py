@@ -52,7 +52,9 @@ run through the model again.
 
 Efficiency: latency percentiles of the clean pass's batch calls, throughput, model size and
 parameters; with generation scenarios also the median time to the first token of a batch,
-generated tokens per second and the tokens generated. Writes ``metrics.json`` and
+generated tokens per second and the tokens generated. A classifier on the CPU also gets the p50
+and p95 of 32 single-text requests on one thread (``request_ms_p50``/``p95``): what an endpoint
+request costs one core, for the hosting choice (``fmops.sizing``). Writes ``metrics.json`` and
 ``per_example.json`` (each example's scores, for the paired bootstrap against the champion) and
 ``predictions-<scenario>.jsonl``. Imports torch, transformers, numpy, rouge_score (generation
 only) and the sibling scripts.
@@ -716,7 +718,45 @@ class Models:
         return self.loaded.parameters()
 
 
-def efficiency(args: argparse.Namespace, timing: Timing, model_dir: Path, models: Models) -> dict:
+SINGLE_REQUESTS = 32  # timed single-text requests, after SINGLE_WARMUP untimed ones
+SINGLE_WARMUP = 3
+
+
+def single_requests(classifier: Classifier, texts: list[str]) -> dict[str, Any]:
+    """What one single-text request costs on one CPU core: the shape of an endpoint's traffic
+    (the inference toolkit answers each request alone, one worker per core), which the batched
+    pass does not show. fmops.sizing turns it into requests per second per instance type."""
+    import torch
+
+    if not texts:
+        return {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ordered = [texts[i % len(texts)] for i in range(SINGLE_WARMUP + SINGLE_REQUESTS)]
+        seconds = []
+        for number, text in enumerate(ordered):
+            tick = time.perf_counter()
+            classifier([text])
+            if number >= SINGLE_WARMUP:
+                seconds.append(time.perf_counter() - tick)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "request_ms_p50": round(metrics.percentile(seconds, 50) * 1000, 3),
+        "request_ms_p95": round(metrics.percentile(seconds, 95) * 1000, 3),
+        "request_threads": 1,
+        "request_samples": len(seconds),
+    }
+
+
+def efficiency(
+    args: argparse.Namespace,
+    timing: Timing,
+    model_dir: Path,
+    models: Models,
+    texts: list[str] | None = None,
+) -> dict:
     import torch
 
     latency = metrics.summarize_latencies(timing.seconds, timing.sizes, timing.total)
@@ -729,7 +769,10 @@ def efficiency(args: argparse.Namespace, timing: Timing, model_dir: Path, models
         "model_size_mb": round(folder_bytes(model_dir) / 2**20, 2),
         "parameters": models.parameters(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),  # the batched pass's CPU threads
     }
+    if isinstance(models.loaded, Classifier) and not torch.cuda.is_available():
+        report.update(single_requests(models.loaded, texts or []))
     if timing.first_token:  # a generation scenario ran: the generation batches' figures
         report["time_to_first_token_ms_p50"] = round(
             metrics.percentile(timing.first_token, 50) * 1000, 2
@@ -755,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     per_example: dict[str, dict[str, list[float]]] = {}
     timing = Timing()
     models = Models(model_dir, kind, args)
+    texts: list[str] = []  # a classification scenario's, for the single-request figures
     for scenario in scenarios:
         if scenario.task not in MODEL_TASKS[kind]:
             why = f"a {kind} model cannot be evaluated on a {scenario.task} scenario"
@@ -769,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         examples = load_examples(scenario)
+        if scenario.task == "classification" and not texts:
+            texts = [str(t) for t in examples.inputs[: SINGLE_WARMUP + SINGLE_REQUESTS]]
         predict = models.predictor(scenario.task, examples)
         result, scores, records = evaluate_scenario(scenario, examples, predict, args, timing)
         results[scenario.name] = result
@@ -782,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": evaluation_mode(model_dir, kind, args.zero_shot),
         "model_kind": kind,
         "scenarios": results,
-        "efficiency": efficiency(args, timing, model_dir, models),
+        "efficiency": efficiency(args, timing, model_dir, models, texts),
         "seed": args.seed,
     }
     (output / "metrics.json").write_text(json.dumps(document, indent=1))

@@ -298,6 +298,9 @@ def test_the_version_carries_its_card_tags_and_lineage(registered, config, serve
     assert tags["fmops.approval"] == "pending"
     assert tags["fmops.model_artifacts"].startswith("file://")
     assert tags["fmops.hosting_instance"].startswith("ml.")
+    # the winner's measured request cost, from which the deploy sizes its endpoint
+    profile = json.loads(tags["fmops.request_profile"])
+    assert 0 < profile["request_ms_p50"] <= profile["request_ms_p95"] and profile["parameters"] > 0
     assert tags["fmops.evaluation_report"] == decision["report_url"]
     assert tags["fmops.evaluation_report"].startswith(server.url)
     # the version's source run is the winner's training run, nested under the DAG run's run
@@ -320,7 +323,7 @@ def test_the_version_carries_its_card_tags_and_lineage(registered, config, serve
     assert "against the untuned baseline: " in card and "95% CI [" in card
     assert "(paired bootstrap, " in card
     assert decision["report_url"] in card
-    assert f"Recommended instance `{tags['fmops.hosting_instance']}` at $" in card
+    assert f"Recommended instance `{tags['fmops.hosting_instance']}` x " in card
     assert f"fmops approve|reject {MODEL} VERSION" in card
 
 

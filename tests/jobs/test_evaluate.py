@@ -81,7 +81,14 @@ QUESTIONS = [
     ("Can I get a refund for this item?", ["request_refund", "refund not showing up"], 1),
 ]
 SKIPPED = "a {model} model cannot be evaluated on a {task} scenario"
-TIMINGS = ("latency_p50_ms", "latency_p95_ms", "example_latency_p50_ms", "throughput_per_s")
+TIMINGS = (
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "example_latency_p50_ms",
+    "throughput_per_s",
+    "request_ms_p50",
+    "request_ms_p95",
+)
 NOT_A_MODEL = (
     "is neither an fmops classifier (label_map.json) nor a causal LM (a *ForCausalLM "
     "config.json, or prompt_format.json from train.py); pass --zero-shot for an untuned encoder"
@@ -402,6 +409,10 @@ def test_zero_shot_classification_reports_every_family(zero_shot, encoder):
     assert efficiency["model_size_mb"] == round(sum(f.stat().st_size for f in files) / 2**20, 2)
     assert efficiency["parameters"] == parameter_count(encoder, labels=77)
     assert not set(GENERATION_EFFICIENCY) & set(efficiency)  # nothing was generated
+    # One text per request on one thread, as an endpoint worker answers (fmops.sizing).
+    assert 0 < efficiency["request_ms_p50"] <= efficiency["request_ms_p95"]
+    assert efficiency["request_threads"] == 1 and efficiency["request_samples"] == 32
+    assert efficiency["threads"] >= 1
     assert document["seed"] == 13
 
 
@@ -562,6 +573,7 @@ def test_a_tuned_causal_lm_on_the_generation_scenario(generation_run):
     assert 0 < efficiency["generated_tokens"] <= 8 * 60
     assert 0 < efficiency["time_to_first_token_ms_p50"] <= efficiency["latency_p95_ms"]
     assert efficiency["tokens_per_second"] > 0
+    assert "request_ms_p50" not in efficiency  # single-text requests: classifiers only
 
 
 def assert_calibration(calibration: dict, confidences: list[float], correct: list[float]) -> None:

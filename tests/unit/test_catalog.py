@@ -14,15 +14,14 @@ import pytest
 
 from fmops import catalog as cat
 from fmops.catalog import (
-    GUIDANCE,
     CatalogError,
     count_parameters,
-    differences,
     estimate_parameters,
     hosting_memory,
     load_catalog,
     training_memory,
 )
+from fmops.catalog_guidance import GUIDANCE, differences
 
 GIB = 2**30
 # The seed file's prices (seed-instance-guidance.yaml, "as the talk gave them").

@@ -241,12 +241,34 @@ def test_skipped_scenarios_are_noted_not_ranked(pipeline, tmp_path):
 
 
 def test_cost_estimate_arithmetic(pipeline):
-    cost = selection.cost_estimate(pipeline, {"parameters": 22_700_000, "throughput_per_s": 50.0})
-    served = 50.0 * pipeline.evaluation.cost.gpu_speedup
-    assert cost["throughput_per_s_assumed"] == pytest.approx(served)
-    expected = cost["price_per_hour"] / 3600 / served * 1000
+    """The cost family is the fleet fmops.sizing chooses from the measured request cost: a
+    classifier whose one request takes 30 ms of one core is served from a CPU type, and 1,000
+    requests at the peak cost the fleet's hour over the peak's hour of requests."""
+    efficiency = {
+        "parameters": 22_700_000,
+        "throughput_per_s": 50.0,
+        "threads": 2,
+        "request_ms_p50": 30.0,
+        "request_ms_p95": 40.0,
+        "latency_p50_ms": 9.0,  # not a sizing input: left off the request profile
+    }
+    cost = selection.cost_estimate(pipeline, efficiency)
+    assert cost["instance_type"].startswith(("ml.c6i.", "ml.c7i.", "ml.m6i."))
+    peak = cost["peak_rps"]
+    expected = cost["price_per_hour"] * cost["instance_count"] / (peak * 3600) * 1000
     assert cost["usd_per_1k_requests"] == pytest.approx(expected, abs=1e-6)  # rounded to 6
-    assert cost["instance_type"].startswith("ml.") and "estimate" in cost["estimate"]
+    # one core answers 1000 / 30 = 33.3 requests/s, 70% of it planned for: 23.3 per core
+    cores = 1 if cost["instance_type"].endswith(".large") else None
+    assert cores == 1 and cost["instance_count"] == max(1, -(-peak // (1000 / 30 * 0.7)))
+    assert cost["latency_ms"] == 40.0  # the p95 of one request, on a core like the evaluation's
+    assert (
+        cost["estimate"].startswith("an estimate (")
+        and "measured by the evaluation" in (cost["estimate"])
+    )
+    assert cost["request_profile"] == {
+        k: efficiency[k]
+        for k in ("parameters", "throughput_per_s", "threads", "request_ms_p50", "request_ms_p95")
+    }
     assert "no cost estimate" in selection.cost_estimate(pipeline, {})["estimate"]
 
 

@@ -593,7 +593,7 @@ def test_the_model_card_has_what_a_reviewer_needs(store):
     assert "against the champion: a - champion on `s.accuracy.accuracy`: mean +0.0215, " in card
     assert "95% CI [+0.0110, +0.0320] (paired bootstrap, 2000 resamples, seed 13, n=300)" in card
     assert "the lower end clears the margin 0" in card
-    assert "Recommended instance `ml.g4dn.xlarge` at $0.736/h (catalog)" in card
+    assert "Recommended instance `ml.g4dn.xlarge` at $0.736/h each (catalog)" in card
     assert "no abstention" in card
     assert "fmops approve|reject review-classifier VERSION" in card
     assert "--reviewer" not in card  # a review names its Airflow user, not a typed-in name

@@ -451,7 +451,12 @@ def test_plan_deployment_takes_every_setting_from_the_config(catalog):
     )
     assert plan["endpoint_name"] == config.deployment.endpoint_name
     variant = plan["requests"]["CreateEndpointConfig"]["ProductionVariants"][0]
-    assert variant["InitialInstanceCount"] == config.sagemaker.endpoint.instance_count
+    # the fleet for the example's peak (fmops.sizing), never below the configured instance_count
+    assert variant["InitialInstanceCount"] == plan["instance"]["sizing"]["count"]
+    assert variant["InitialInstanceCount"] >= config.sagemaker.endpoint.instance_count
+    assert plan["instance"]["sizing"]["peak_rps"] == (
+        config.sagemaker.endpoint.sizing.peak_requests_per_second
+    )
     routing = plan["requests"]["UpdateEndpoint"]["DeploymentConfig"]["BlueGreenUpdatePolicy"][
         "TrafficRoutingConfiguration"
     ]

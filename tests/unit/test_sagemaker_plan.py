@@ -903,17 +903,21 @@ def test_plan_run_includes_the_endpoint_of_the_first_candidate():
     requests = endpoint["requests"]
     assert requests["CreateModel"]["PrimaryContainer"]["ModelDataUrl"] == first["model_artifacts"]
     variant = requests["CreateEndpointConfig"]["ProductionVariants"][0]
-    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.g4dn.xlarge", 2)
+    # 20 requests/s within 200 ms (the example's sizing), each request estimated before any
+    # evaluation at 98.9 ms on one core: three single-core CPU instances (fmops.sizing)
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.c6i.large", 3)
     policy = requests["UpdateEndpoint"]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
     assert policy["TrafficRoutingConfiguration"]["CanarySize"]["Value"] == 10
     assert policy["MaximumExecutionTimeoutInSeconds"] == 3300
     # The hosting instance with its arithmetic, and a rate per hour, not a total.
-    assert endpoint["instance"]["instance_type"] == "ml.g4dn.xlarge"
+    assert endpoint["instance"]["instance_type"] == "ml.c6i.large"
     assert "hosting 22.7M parameters at fp32" in endpoint["instance"]["explain"]
+    assert "estimated before any evaluation" in endpoint["instance"]["explain"]
+    assert "-cpu-" in requests["CreateModel"]["PrimaryContainer"]["Image"]
     cost = endpoint["cost"]
-    assert (cost["usd_per_hour"], cost["instances"], cost["max_instances"]) == (0.736, 2, 4)
-    assert cost["usd_per_hour_all_instances"] == round(0.736 * 2, 4)
-    assert cost["explain"].startswith("$0.736/h x 2 instances = $1.472/h while InService")
+    assert (cost["usd_per_hour"], cost["instances"], cost["max_instances"]) == (0.102, 3, 4)
+    assert cost["usd_per_hour_all_instances"] == round(0.102 * 3, 4)
+    assert cost["explain"].startswith("$0.102/h x 3 instances = $0.306/h while InService")
     assert "per instance-hour" in cost["explain"] and "not in the run's total" in cost["explain"]
     assert plan["cost"]["upper_bound_usd"] == round(2 * 0.74 + 3 * 0.12, 2)  # jobs only
     assert plan["cost"]["endpoint_usd_per_hour"] == cost["usd_per_hour_all_instances"]
@@ -980,9 +984,10 @@ def test_cli_text_plan_in_process(capsys):
         "the real deploy serves the winner's",
         "placeholder, <version>",
         "model data: s3://fmops-example-bucket/fmops/training/train-minilm-full-",
-        "instance (2 to start with): ml.g4dn.xlarge, the cheapest that fits",
+        "instance (3 to start with): ml.c6i.large x 3, the lowest cost per 1,000 requests at "
+        "the goal",
         "hosting 22.7M parameters at fp32",
-        "cost: $0.736/h x 2 instances = $1.472/h while InService (auto scaling up to 4: $2.944/h)",
+        "cost: $0.102/h x 3 instances = $0.306/h while InService (auto scaling up to 4: $0.408/h)",
         "traffic: blue/green, canary 10% then the rest; a baking period of 600 s",
         "2 bake(s) + termination = 1500 s of waits",
         "CreateModel banking77-vversion-",
@@ -1026,9 +1031,9 @@ def test_cli_json_plan_lists_jobs_instances_and_costs():
     assert "not_planned" not in plan
     endpoint = plan["endpoint"]
     assert len(check_endpoint_requests(endpoint)) == 8
-    assert endpoint["instance"]["instance_type"] == "ml.g4dn.xlarge"
-    assert endpoint["instance"]["explain"].startswith("ml.g4dn.xlarge, the cheapest that fits")
-    assert endpoint["cost"]["usd_per_hour_all_instances"] == 1.472
+    assert endpoint["instance"]["instance_type"] == "ml.c6i.large"
+    assert endpoint["instance"]["explain"].startswith("ml.c6i.large x 3, the lowest cost per")
+    assert endpoint["cost"]["usd_per_hour_all_instances"] == 0.306
     assert endpoint["model_data_url"] == plan["training"][0]["model_artifacts"]
     assert endpoint["requests"]["CreateEndpoint"]["EndpointName"] == "banking77"
     assert endpoint["requests"]["UpdateEndpoint"]["RetainAllVariantProperties"] is False

@@ -2,9 +2,10 @@
 
 Each evaluated model (every candidate, the untuned ``baseline``, the registry's ``champion``)
 brings its ``metrics.json`` and ``per_example.json``. The cost family is added here, where the
-instance catalog is: the hosting instance the catalog picks for the model's parameters, and the
-price of 1,000 requests at the measured throughput scaled by ``evaluation.cost.gpu_speedup``
-(an estimate, and said to be one). Then ``fmops.evaluation.gate`` decides, the report is
+instance catalog is: the fleet ``fmops.sizing`` chooses for the model from its measured
+efficiency (the lowest cost per 1,000 requests at the endpoint's latency goal and peak traffic,
+CPU types included for a classifier), and the price of 1,000 requests on it (an estimate, and said
+to be one). Then ``fmops.evaluation.gate`` decides, the report is
 written (``fmops.evaluation.report``) and logged to the DAG run's MLflow parent run.
 """
 
@@ -24,11 +25,9 @@ log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
 REPORT_FOLDER = "evaluation"
-ESTIMATE = (
-    "estimate: the instance's on-demand price / (the throughput measured on the evaluation "
-    "machine x gpu_speedup {speedup:g}, an assumption) per 1,000 single-text requests; measure "
-    "the endpoint for a real figure"
-)
+# The efficiency figures a hosting choice is made from (fmops.sizing.Profile.measured), kept on
+# the cost record so that the deploy sizes the endpoint from the same ones.
+PROFILE_KEYS = ("parameters", "throughput_per_s", "threads", "request_ms_p50", "request_ms_p95")
 
 
 class SelectionError(RuntimeError):
@@ -36,44 +35,56 @@ class SelectionError(RuntimeError):
 
 
 def cost_estimate(config: PipelineConfig, efficiency: dict[str, Any]) -> dict[str, Any]:
-    """The cost family: USD per 1,000 requests on the hosting type the catalog picks."""
+    """The cost family: the fleet ``fmops.sizing`` chooses for the model (the lowest cost per
+    1,000 requests at the endpoint's latency goal and peak traffic, as the deploy chooses it),
+    and what 1,000 requests cost on it."""
+    from fmops import sizing
     from fmops.catalog import CatalogError, load_catalog
-    from fmops.sagemaker.hosting import serving_need
+    from fmops.kinds import kind_of
+    from fmops.sagemaker.hosting import CLASSIFIER, llm_precision, serving_need
     from fmops.sagemaker.settings import EndpointSettings
 
     settings = config.sagemaker.endpoint if config.sagemaker else EndpointSettings()
     region = config.sagemaker.region if config.sagemaker else "us-east-1"
     parameters = efficiency.get("parameters")
-    throughput = efficiency.get("throughput_per_s")
-    speedup = config.evaluation.cost.gpu_speedup
-    if not parameters or not throughput:
+    generative = kind_of(config).hosting_image != CLASSIFIER
+    if not parameters or not (generative or efficiency.get("throughput_per_s")):
         return {"estimate": "no parameters or throughput measured: no cost estimate"}
+    profile = sizing.profile_for(
+        settings,
+        config.evaluation.cost.gpu_speedup,
+        int(parameters),
+        generative_precision=llm_precision(settings) if generative else None,
+        efficiency=efficiency,
+    )
+    demand = sizing.demand_for(settings, config.deployment.alarms, generative)
     try:
-        catalog = load_catalog(region)
-        # Sized as the endpoint plan sizes it: per model kind (a generative model sharded at
-        # TGI's precision).
-        need = serving_need(config, int(parameters))
-        if settings.pinned_instance_type:
-            choice = catalog.check_pinned(settings.pinned_instance_type, need)
-        else:
-            choice = catalog.choose(
-                need,
-                allowed=settings.allowed_instance_types or None,
-                max_price=settings.max_price_per_hour,
-            )
-    except CatalogError as err:
-        return {"estimate": f"no hosting instance fits: {err}"}
-    price = choice.instance.price_per_hour
-    if price is None:
-        return {"instance_type": choice.name, "estimate": f"no known price for {choice.name}"}
-    served = float(throughput) * speedup
+        sized = sizing.choose(
+            load_catalog(region),
+            serving_need(config, int(parameters)),
+            profile,
+            demand,
+            allowed=settings.allowed_instance_types or None,
+            max_price=settings.max_price_per_hour,
+            pinned=settings.pinned_instance_type,
+        )
+    except (CatalogError, sizing.SizingError) as err:
+        return {"estimate": f"no hosting instance serves it: {err}"}
+    chosen = sized.chosen
+    if chosen.instance.price_per_hour is None:
+        return {"instance_type": chosen.name, "estimate": f"no known price for {chosen.name}"}
+    per_1k = chosen.usd_per_1k(demand)
     return {
-        "instance_type": choice.name,
-        "price_per_hour": price,
-        "price_source": choice.instance.price_source,
-        "throughput_per_s_assumed": round(served, 2),
-        "usd_per_1k_requests": round(price / 3600 / served * 1000, 6),
-        "estimate": ESTIMATE.format(speedup=speedup),
+        "instance_type": chosen.name,
+        "instance_count": chosen.count,
+        "price_per_hour": chosen.instance.price_per_hour,
+        "price_source": chosen.instance.price_source,
+        "usd_per_hour": round(chosen.usd_per_hour or 0.0, 4),
+        "peak_rps": demand.peak_rps,
+        "latency_ms": round(chosen.latency_ms, 3),
+        "usd_per_1k_requests": None if per_1k is None else round(per_1k, 6),
+        "estimate": f"an estimate ({sized.explain()})",
+        "request_profile": {k: efficiency[k] for k in PROFILE_KEYS if k in efficiency},
     }
 
 

@@ -113,10 +113,16 @@ def hosting_recommendation(
     price = cost.get("price_per_hour")
     per_1k = cost.get("usd_per_1k_requests")
     text = f"Recommended instance `{instance}`"
+    if cost.get("instance_count"):
+        text += f" x {cost['instance_count']}"
     if price is not None:
-        text += f" at ${price}/h ({cost.get('price_source') or 'catalog price'})"
+        text += f" at ${price}/h each ({cost.get('price_source') or 'catalog price'})"
     if per_1k is not None:
-        text += f", about ${per_1k:.6f} per 1,000 requests ({cost.get('estimate', 'estimate')})"
+        peak = f" at a peak of {cost['peak_rps']:g} requests/s" if cost.get("peak_rps") else ""
+        text += (
+            f", about ${per_1k:.6f} per 1,000 requests{peak} "
+            f"({cost.get('estimate', 'an estimate')})"
+        )
     return f"{text}. {get_target(config.target).hosting_note(config)}", instance
 
 

@@ -15,6 +15,7 @@ duplicates runs or versions, and finishes a registration that an earlier attempt
 
 from __future__ import annotations
 
+import json
 import logging
 import tarfile
 import tempfile
@@ -36,6 +37,7 @@ from fmops.registry.review import APPROVAL_TAG, PENDING
 from fmops.registry.runs import candidate_of, job_run_of, record_runs, run_costs
 
 log = logging.getLogger(__name__)
+PROFILE_TAG = "fmops.request_profile"  # JSON: the efficiency figures fmops.sizing reads
 
 
 def register(
@@ -147,6 +149,13 @@ def _create_version(
         "fmops.evaluation_report": decision.get("report_url", ""),
         "fmops.validation_report": links["validation_report"],
         "fmops.hosting_instance": hosting or "none fits",
+        # the winner's measured request cost, which sizes its endpoint (fmops.sizing)
+        PROFILE_TAG: json.dumps(
+            ((decision.get("costs_per_1k") or {}).get(winner["candidate"]) or {}).get(
+                "request_profile", {}
+            ),
+            sort_keys=True,
+        ),
         APPROVAL_TAG: PENDING,
         # what is reviewed is what is served: the digest of the list of the files' digests
         digests.TAG: _manifest_sha256(mlflow_client, winner_run),

@@ -2,8 +2,10 @@
 validated, offline; and the plan's moves at run time, capacity fallback among them.
 
 ``plan_endpoint`` (or ``plan_deployment``, from a pipeline config: no AWS call, no credentials)
-chooses the instance type (``hosting_instance``: the pinned one if it holds the model, else the
-catalog's cheapest type offered for endpoints that fits), builds the requests
+chooses the instance type and count (``hosting_instance``: with a request profile, the fleet with
+the lowest cost per 1,000 requests at the latency goal, CPU types included for a classifier,
+``fmops.sizing``; without one, the catalog's cheapest GPU type that holds the model; a pinned type
+if it holds the model), builds the requests
 (``fmops.sagemaker.endpoint_resources``), names them and checks each against botocore's service
 models (``fmops.sagemaker.service_model``) and fmops' rules, so that ``fmops plan`` can show them.
 ``fmops.sagemaker.endpoint_deploy`` runs the plan. What serves the model (the image, its
@@ -28,6 +30,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
+from fmops import sizing as sizing_
 from fmops.catalog import (
     Catalog,
     CatalogError,
@@ -70,6 +73,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TARGET = 100.0  # invocations per instance per minute, when nothing estimates the capacity
+
 # -- the plan --------------------------------------------------------------------------------------
 
 
@@ -97,6 +102,8 @@ class EndpointPlan(TypedDict):
     sizing: dict[str, Any]  # parameters and serving precision, to size the next type
     kms_key_id: str | None
     capacity_fallback: list[str]  # one line per instance type that had no capacity
+    # A classifier's serving image per processor (cpu, gpu): a fallback may cross between them.
+    images: NotRequired[dict[str, str]]
     # A generative model's container and timeouts (fmops.sagemaker.hosting.serving_of); a
     # classifier's plan has none.
     serving: NotRequired[dict[str, Any]]
@@ -108,11 +115,16 @@ def hosting_instance(
     parameters: int,
     model: str,
     serving: dict[str, Any] | None = None,
-) -> Choice:
-    """The instance type for the endpoint: the pinned one if it holds the model, else the
-    catalog's cheapest type that is offered for endpoints and fits. ``serving`` (a generative
-    model's, ``fmops.sagemaker.hosting``) sizes it sharded at its precision, and a JumpStart
-    model's types are the ones its spec supports."""
+    *,
+    profile: sizing_.Profile | None = None,
+    demand: sizing_.Demand | None = None,
+) -> tuple[Choice, sizing_.Sizing | None]:
+    """The instance type for the endpoint, and with ``profile`` and ``demand`` its fleet
+    (``fmops.sizing``: the lowest cost per 1,000 requests at the goal); without them the
+    catalog's cheapest GPU type that is offered for endpoints and fits. A pinned type is checked
+    against the model's memory (and warned about when it misses the goal). ``serving`` (a
+    generative model's, ``fmops.sagemaker.hosting``) sizes it sharded at its precision, and a
+    JumpStart model's types are the ones its spec supports."""
     label = f"endpoint of {model}"
     allowed = endpoint.allowed_instance_types or None
     supported = (serving or {}).get("allowed_types")
@@ -132,6 +144,8 @@ def hosting_instance(
             )
     try:
         need = hosting.need_of(parameters, endpoint.serving_precision, serving)
+        if profile is not None and demand is not None:
+            return _sized(catalog, endpoint, need, profile, demand, allowed, label)
         if endpoint.pinned_instance_type:
             choice = catalog.check_pinned(endpoint.pinned_instance_type, need, model=label)
             price, ceiling = choice.instance.price_per_hour, endpoint.max_price_per_hour
@@ -142,12 +156,54 @@ def hosting_instance(
                     f"({ceiling}): raise the ceiling, pin a cheaper type, or set instance_type: "
                     "auto"
                 )
-            return choice
-        return catalog.choose(
+            return choice, None
+        choice = catalog.choose(
             need, allowed=allowed, max_price=endpoint.max_price_per_hour, model=label
         )
-    except CatalogError as err:
+        return choice, None
+    except (CatalogError, sizing_.SizingError) as err:
         raise EndpointError(f"sagemaker.endpoint.instance_type for {model}: {err}") from None
+
+
+def _sized(
+    catalog: Catalog,
+    endpoint: EndpointSettings,
+    need: MemoryEstimate,
+    profile: sizing_.Profile,
+    demand: sizing_.Demand,
+    allowed: list[str] | None,
+    label: str,
+) -> tuple[Choice, sizing_.Sizing]:
+    pinned = endpoint.pinned_instance_type
+    found = sizing_.choose(
+        catalog,
+        need,
+        profile,
+        demand,
+        allowed=allowed,
+        max_price=endpoint.max_price_per_hour,
+        pinned=pinned,
+        model=label,
+    )
+    if pinned:
+        price, ceiling = found.chosen.instance.price_per_hour, endpoint.max_price_per_hour
+        if ceiling is not None and price is not None and price > ceiling:
+            raise EndpointError(
+                f"sagemaker.endpoint.instance_type: the pinned {pinned} costs "
+                f"{found.chosen.instance.price}, above sagemaker.endpoint.max_price_per_hour "
+                f"({ceiling}): raise the ceiling, pin a cheaper type, or set instance_type: auto"
+            )
+        if found.chosen.why_not:
+            log.warning("endpoint of %s: the pinned %s %s", label, pinned, found.chosen.why_not)
+    choice = Choice(
+        found.chosen.instance,
+        need,
+        found.memory,  # the cost arithmetic is in the plan's instance.sizing and explain
+        tuple(e.name for e in found.fallbacks),
+        pinned=bool(pinned),
+    )
+    log.info("instance type for %s: %s", label, found.explain())
+    return choice, found
 
 
 def _check(requests: dict[str, Any], instance_count: int, catalog: Catalog | None) -> None:
@@ -219,6 +275,7 @@ def plan_endpoint(
     catalog: Catalog | None = None,
     model: str | None = None,
     serving: dict[str, Any] | None = None,
+    profile: sizing_.Profile | None = None,
 ) -> EndpointPlan:
     """Every request of one deployment, named and validated, offline; JSON-able.
 
@@ -229,7 +286,9 @@ def plan_endpoint(
     base model's safetensors), which sizes the instance with ``hosting_memory`` at
     ``endpoint.serving_precision``; ``model_data_url`` is the training job's ``model.tar.gz``.
     ``serving``: a generative model's container, timeouts and sizing
-    (``fmops.sagemaker.hosting.serving_of``); None for a classifier.
+    (``fmops.sagemaker.hosting.serving_of``); None for a classifier. ``profile``: what one request
+    costs (``fmops.sizing.Profile``); with it the type and count are chosen by cost per 1,000
+    requests at ``endpoint.sizing``'s goal, and auto scaling's target follows the estimate.
     """
     from fmops.catalog import load_catalog
 
@@ -243,8 +302,20 @@ def plan_endpoint(
         except CatalogError as err:
             raise EndpointError(f"sagemaker.region: {err}") from None
     label = model or f"{endpoint_name} version {model_version}"
-    choice = hosting_instance(catalog, endpoint, parameters, label, serving)
+    demand = sizing_.demand_for(endpoint, alarms, serving is not None) if profile else None
+    choice, sized = hosting_instance(
+        catalog, endpoint, parameters, label, serving, profile=profile, demand=demand
+    )
+    count = sized.chosen.count if sized and sized.chosen.count else endpoint.instance_count
     notes: list[str] = list((serving or {}).get("notes", []))
+    scaling = endpoint.scaling
+    if scaling.enabled and count > scaling.max_instances:
+        notes.append(
+            f"the fleet for the peak ({count} x {choice.name}) is larger than "
+            f"sagemaker.endpoint.scaling.max_instances ({scaling.max_instances}): auto scaling's "
+            f"maximum is raised to {count}; raise max_instances to leave room above the peak"
+        )
+        scaling = scaling.model_copy(update={"max_instances": count})
     resource_tags = {
         **(tags or {}),
         "fmops:endpoint": endpoint_name,
@@ -270,7 +341,7 @@ def plan_endpoint(
         endpoint,
         model_name="",  # named by _named, from the model request's hash
         instance_type=choice.name,
-        instance_count=endpoint.instance_count,
+        instance_count=count,
         tags=resource_tags,
         catalog=catalog,
         notes=notes,
@@ -286,13 +357,21 @@ def plan_endpoint(
     # The alarms outlive a version (CloudWatch also ignores Tags when it updates an alarm).
     alarm_tags = {k: v for k, v in resource_tags.items() if k != "fmops:model-version"}
     requests["PutMetricAlarm"] = alarm_requests(endpoint_name, variant, alarms, alarm_tags)
-    if endpoint.scaling.enabled:
-        register, policy = scaling_requests(endpoint_name, variant, endpoint.scaling)
+    target = endpoint.scaling.target_invocations_per_instance
+    if target is None:
+        target = sized.chosen.scaling_target(demand) if sized and demand else DEFAULT_TARGET
+        if not sized:
+            notes.append(
+                f"auto scaling targets {DEFAULT_TARGET:g} invocations per instance per minute: "
+                "no request profile to estimate the type's capacity from"
+            )
+    if scaling.enabled:
+        register, policy = scaling_requests(endpoint_name, variant, scaling, target)
         requests["RegisterScalableTarget"], requests["PutScalingPolicy"] = register, policy
     else:
         requests["RegisterScalableTarget"] = requests["PutScalingPolicy"] = None
-    _check(requests, endpoint.instance_count, catalog)
-    if traffic.mode != "all_at_once" and endpoint.instance_count == 1:
+    _check(requests, count, catalog)
+    if traffic.mode != "all_at_once" and count == 1:
         notes.append(
             f"{traffic.mode} with one instance: a traffic step cannot be smaller than an "
             "instance, so the first step takes the whole new fleet; give "
@@ -307,7 +386,7 @@ def plan_endpoint(
         endpoint_name,
         model_version,
         choice.name,
-        endpoint.instance_count,
+        count,
         traffic.mode,
         "; ".join(notes) or "no notes",
     )
@@ -320,8 +399,13 @@ def plan_endpoint(
             "endpoint_config_name": requests["CreateEndpointConfig"]["EndpointConfigName"],
             "model_data_url": model_data_url,
             "region": settings.region,
-            "instance": {**choice.as_record(), "explain": choice.explain(), "tried": []},
-            "instance_count": endpoint.instance_count,
+            "instance": {
+                **choice.as_record(),
+                "explain": sized.explain() if sized else choice.explain(),
+                "tried": [],
+                **({"sizing": sized.record()} if sized else {}),
+            },
+            "instance_count": count,
             "alarm_names": list(names.values()),
             "traffic": {
                 **traffic.model_dump(),
@@ -339,10 +423,14 @@ def plan_endpoint(
                 "timeout_seconds": endpoint.deployment_wait_seconds(traffic),
                 "poll_seconds": endpoint.poll_seconds,
             },
-            "scaling": endpoint.scaling.model_dump(),
+            "scaling": scaling.model_dump(),
             "notes": notes,
             # What a capacity fallback needs to size and key the next instance type (next_instance).
-            "sizing": {"parameters": parameters, "serving_precision": endpoint.serving_precision},
+            "sizing": {
+                "parameters": parameters,
+                "serving_precision": endpoint.serving_precision,
+                **_fleets(sized, demand, endpoint),
+            },
             "kms_key_id": settings.kms.endpoint_key_id,
             "capacity_fallback": [],
         }
@@ -353,8 +441,38 @@ def plan_endpoint(
             "parameters": parameters,
             "serving_precision": serving["precision"],
             "sharded": serving["sharded"],
+            **_fleets(sized, demand, endpoint),
+        }
+    elif sized is not None:  # a classifier may fall back between CPU and GPU types
+        plan["images"] = {
+            processor: hosting.image_for(None, settings, _first_of(sized, processor))
+            for processor in ("cpu", "gpu")
+            if _first_of(sized, processor)
         }
     return plan
+
+
+def _fleets(
+    sized: sizing_.Sizing | None, demand: sizing_.Demand | None, endpoint: EndpointSettings
+) -> dict[str, Any]:
+    """The count and auto scaling target of every type of the ranking, for a capacity fallback."""
+    if sized is None or demand is None:
+        return {}
+    estimates = (sized.chosen, *sized.fallbacks)
+    return {
+        "fleet": {e.name: e.count for e in estimates},
+        "scaling_targets": {
+            e.name: endpoint.scaling.target_invocations_per_instance or e.scaling_target(demand)
+            for e in estimates
+        },
+    }
+
+
+def _first_of(sized: sizing_.Sizing, processor: str) -> str | None:
+    for found in (sized.chosen, *sized.fallbacks):
+        if found.instance.processor == processor:
+            return found.name
+    return None
 
 
 def plan_deployment(
@@ -368,14 +486,18 @@ def plan_deployment(
     model: str | None = None,
     candidate: Candidate | None = None,
     jumpstart_hosting: JumpStartHosting | None = None,
+    efficiency: dict[str, Any] | None = None,
 ) -> EndpointPlan:
     """``plan_endpoint`` with everything the config says: ``sagemaker`` and its ``endpoint``,
     ``deployment.endpoint_name``, ``deployment.traffic`` and ``deployment.alarms``, and how the
     model kind serves ``candidate``'s model (default: the first candidate;
-    ``jumpstart_hosting``: a JumpStart model's, ``fmops.sagemaker.jumpstart.resolve_hosting``)."""
+    ``jumpstart_hosting``: a JumpStart model's, ``fmops.sagemaker.jumpstart.resolve_hosting``).
+    ``efficiency``: the version's evaluation figures, which size a classifier's fleet; without
+    them its request cost is estimated from the parameter count (``fmops.sizing``)."""
     settings = options.settings_of(config)
     candidate = candidate or config.candidates[0]
     serving = hosting.serving_of(config, candidate, parameters, jumpstart_hosting)
+    profile = request_profile(config, candidate, parameters, serving, efficiency)
     plan = plan_endpoint(
         settings,
         settings.endpoint,
@@ -389,9 +511,28 @@ def plan_deployment(
         catalog=catalog,
         model=model,
         serving=serving,
+        profile=profile,
     )
     plan["notes"] += hosting.plan_notes(config, serving)
     return plan
+
+
+def request_profile(
+    config: PipelineConfig,
+    candidate: Candidate,
+    parameters: int,
+    serving: dict[str, Any] | None,
+    efficiency: dict[str, Any] | None = None,
+) -> sizing_.Profile:
+    """What one request of ``candidate``'s model costs (``fmops.sizing.profile_for``)."""
+    return sizing_.profile_for(
+        options.settings_of(config).endpoint,
+        config.evaluation.cost.gpu_speedup,
+        parameters,
+        generative_precision=serving["precision"] if serving else None,
+        efficiency=efficiency,
+        tokens=candidate.hyperparameters.max_length,
+    )
 
 
 def with_instance_count(plan: dict[str, Any], count: int) -> dict[str, Any]:
@@ -440,13 +581,14 @@ def next_instance(
     (or no quota) for ``failed`` (default: the plan's type) because ``why``; None when the type
     is pinned or no type is left (``no_capacity_error`` says so).
 
-    The ranking is the catalog's, made when the plan was (``hosting_instance``): the types that
-    fit the model at its serving precision, cheapest first, within
+    The ranking is the one made with the plan (``hosting_instance``): the types that fit the
+    model at its serving precision (and, for a sized plan, meet the goal), cheapest first, within
     ``sagemaker.endpoint.allowed_instance_types`` and ``max_price_per_hour``. The new plan has a
     new endpoint config (the name is hashed over the request, so it differs), the endpoint key
     set by the NVMe rule for the new type, the old type in ``instance.tried`` and a note in
-    ``capacity_fallback``; the model is the same (the inference image is the GPU one for every
-    type of the catalog, which holds GPU types only).
+    ``capacity_fallback``. A sized plan (``fmops.sizing``) starts the next type with its own
+    count and auto scaling target; the model is the same unless its container changes with the
+    type (a generative model's GPU count, a classifier's CPU or GPU image).
     """
     from fmops.catalog import load_catalog
 
@@ -480,10 +622,20 @@ def next_instance(
     )
     moved = copy.deepcopy(plan)
     config = moved["requests"]["CreateEndpointConfig"]
+    count = sizing.get("fleet", {}).get(following, plan["instance_count"])
     for variant in config["ProductionVariants"]:
         variant["InstanceType"] = following
+        variant["InitialInstanceCount"] = count
+    moved["instance_count"] = count
+    target = sizing.get("scaling_targets", {}).get(following)
+    policy = moved["requests"].get("PutScalingPolicy")
+    if policy and target:  # the next type's capacity, as the plan estimated it
+        policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] = target
+    image = moved.get("images", {}).get(choice.instance.processor)
     if moved.get("serving"):  # the container names the GPU count (and JumpStart's the type)
         _rebuild_model(moved, choice.instance)
+    elif image and image != moved["requests"]["CreateModel"]["PrimaryContainer"]["Image"]:
+        _rebuild_model(moved, choice.instance, image)  # between CPU and GPU types
     notes = [n for n in plan["notes"] if not n.startswith(f"KmsKeyId left out on {current}")]
     set_endpoint_key(config, plan.get("kms_key_id"), following, catalog, notes)
     _rename_config(moved)
@@ -504,13 +656,16 @@ def next_instance(
     return moved
 
 
-def _rebuild_model(plan: dict[str, Any], instance: InstanceType) -> None:
-    """The plan's model for a generative model on ``instance``: its container rebuilt (the image
-    stays: every catalog type is a GPU type), named after its request, and named by the config."""
+def _rebuild_model(plan: dict[str, Any], instance: InstanceType, image: str | None = None) -> None:
+    """The plan's model on ``instance``: its container rebuilt (a generative model's names the
+    GPU count; a classifier's ``image`` is the CPU or GPU build), named after its request, and
+    named by the config."""
     requests = plan["requests"]
     model = {k: v for k, v in requests["CreateModel"].items() if k != "ModelName"}
     primary = model["PrimaryContainer"]
-    built = hosting.container(plan["serving"], instance, primary["Image"], plan["region"])
+    built = hosting.container(
+        plan.get("serving"), instance, image or primary["Image"], plan["region"]
+    )
     model["PrimaryContainer"] = {**primary, **built}
     validate("sagemaker", "CreateModel", {"ModelName": "x", **model})
     name = versioned_name(

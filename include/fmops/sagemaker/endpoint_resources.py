@@ -423,9 +423,10 @@ def alarm_requests(
 
 
 def scaling_requests(
-    endpoint_name: str, variant: str, scaling: ScalingSettings
+    endpoint_name: str, variant: str, scaling: ScalingSettings, target_value: float | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """RegisterScalableTarget and PutScalingPolicy (target tracking on invocations/instance)."""
+    """RegisterScalableTarget and PutScalingPolicy (target tracking on invocations/instance):
+    ``target_value``, else the settings' ``target_invocations_per_instance``."""
     target = {
         "ServiceNamespace": SCALING_NAMESPACE,
         "ResourceId": resource_id(endpoint_name, variant),
@@ -441,7 +442,7 @@ def scaling_requests(
         **target,
         "PolicyType": "TargetTrackingScaling",
         "TargetTrackingScalingPolicyConfiguration": {
-            "TargetValue": scaling.target_invocations_per_instance,
+            "TargetValue": target_value or scaling.target_invocations_per_instance or 100.0,
             "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
             "ScaleInCooldown": scaling.scale_in_cooldown_seconds,
             "ScaleOutCooldown": scaling.scale_out_cooldown_seconds,

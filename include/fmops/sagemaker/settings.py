@@ -83,8 +83,13 @@ class ScalingSettings(Strict):
     enabled: bool = True
     min_instances: int = Field(1, ge=1)
     max_instances: int = Field(2, ge=1)
-    target_invocations_per_instance: float = Field(
-        100.0, gt=0, description="SageMakerVariantInvocationsPerInstance: per instance per minute"
+    target_invocations_per_instance: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "SageMakerVariantInvocationsPerInstance, per instance per minute; left out: the "
+            "chosen type's estimated capacity x sizing.target_utilization x 60 (fmops.sizing)"
+        ),
     )
     scale_in_cooldown_seconds: int = Field(300, ge=0)
     scale_out_cooldown_seconds: int = Field(60, ge=0)
@@ -97,6 +102,48 @@ class ScalingSettings(Strict):
                 f"({self.min_instances}): make max_instances >= min_instances"
             )
         return self
+
+
+class SizingSettings(Strict):
+    """What the endpoint must serve, from which fmops.sizing chooses the instance type and count
+    with the lowest cost per 1,000 requests (estimates, each shown with its inputs)."""
+
+    peak_requests_per_second: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "the traffic the fleet a version starts with must carry; left out: 10 for a "
+            "classifier, 0.2 for a generative model"
+        ),
+    )
+    latency_goal_ms: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "a classifier's p95 per request; left out: deployment.alarms.max_latency_ms (the "
+            "rollback bound)"
+        ),
+    )
+    token_latency_goal_ms: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "a generative model's time per generated token; left out: "
+            "deployment.alarms.latency_per_token_ms, else 50 ms (20 tokens/s)"
+        ),
+    )
+    target_utilization: float = Field(
+        0.7, gt=0, le=1, description="the share of an instance's estimated capacity to plan for"
+    )
+    cpu_speedup: float = Field(
+        1.0,
+        gt=0,
+        description="a hosting CPU core against the evaluation machine's: an assumption",
+    )
+    answer_tokens: int = Field(256, ge=1, description="a generative model's typical answer")
+    concurrency: int = Field(
+        8, ge=1, description="sequences TGI decodes together on one instance (continuous batching)"
+    )
 
 
 # The newest Hugging Face LLM (TGI) image of the installed SDK (sagemaker 3.27's
@@ -176,12 +223,15 @@ class EndpointSettings(Strict):
         Field(
             pattern=INSTANCE_TYPE_PATTERN,
             description=(
-                "auto: the catalog's cheapest GPU type offered for endpoints whose memory holds "
-                "the model at serving_precision; or a pinned ml.<family>.<size>, checked likewise"
+                "auto: the type and count with the lowest cost per 1,000 requests at the "
+                "latency goal (sizing; CPU types for classifiers); or a pinned ml.<family>.<size>, "
+                "checked against the memory the model needs at serving_precision"
             ),
         ),
     ] = AUTO
-    instance_count: int = Field(1, ge=1, description="the fleet a version starts with")
+    instance_count: int = Field(
+        1, ge=1, description="the smallest fleet a version starts with (sizing may start more)"
+    )
     serving_precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
         SERVING_PRECISION,
         description=(
@@ -194,6 +244,7 @@ class EndpointSettings(Strict):
     )
     max_price_per_hour: float | None = Field(None, gt=0, description="USD per instance-hour")
     scaling: ScalingSettings = ScalingSettings()
+    sizing: SizingSettings = SizingSettings()
     llm: LlmServingSettings = LlmServingSettings()
     wait_timeout_seconds: int | None = Field(
         None, ge=60, description="fmops' own wait; default: the execution timeout plus 1800 s"

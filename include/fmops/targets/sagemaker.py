@@ -9,6 +9,7 @@ AWS connection of ``sagemaker.aws_conn_id``.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -312,6 +313,7 @@ def _deployment(
         tags={"fmops:pipeline": config.pipeline, "fmops:model_version": str(version)},
         candidate=candidate,
         jumpstart_hosting=served_by,
+        efficiency=json.loads(tags.get(registration.PROFILE_TAG) or "{}"),
     )
     for note in plan["notes"]:
         log.warning("%s", note)

@@ -23,8 +23,9 @@ demo: $(STAMP)  ## the whole pipeline on the local target, through the real sche
 demo-llm: $(STAMP)  ## the same for a generative LM: SmolLM2 instruction-tuned, served with TGI's contract
 	$(BIN)/fmops demo --config include/configs/local-llm.yaml
 
-# Two pytest-xdist workers: the team stack's tests (mostly waiting on its faults) on one, everything
-# else on the other, in order (tests/conftest.py's scheduler).
+# Two pytest-xdist workers: the integration tests on one, in order; on the other the team stack's
+# tests (mostly waiting on its faults), then the job scripts' and the unit tests
+# (tests/conftest.py's scheduler).
 test: $(STAMP)  ## the whole test suite (what CI runs)
 	$(BIN)/pytest -n 2
 

@@ -11,8 +11,9 @@ packaged all-MiniLM-L6-v2 as a zero-shot fmops classifier over the 77 BANKING77 
 the same tokenized single-text requests (BANKING77 test texts, seed 13):
 
 * ``eager``: ``predict_fn``'s forward pass, PyTorch fp32 (``torch.no_grad``);
-* ``onnx-fp32``: the same module exported with ``torch.onnx.export(dynamo=True)`` (dynamic batch
-  and sequence axes), run by ONNX Runtime's CPU provider;
+* ``onnx-fp32``: the same module exported by ``inference.export_onnx``
+  (``torch.onnx.export(dynamo=True)``, dynamic batch and sequence axes), run by ONNX Runtime's
+  CPU provider;
 * ``onnx-int8``: that graph with ONNX Runtime's ``quantize_dynamic`` (int8 weights of the MatMul
   and Gemm nodes; activations quantized per batch at run time).
 
@@ -74,34 +75,12 @@ def load_model() -> dict[str, Any]:
 
 
 def export(model: dict[str, Any], work: Path) -> dict[str, Path]:
-    """The classifier as ONNX (fp32) and its int8 dynamic quantization."""
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """The classifier as ONNX (fp32) and its int8 dynamic quantization, by inference.py's own
+    ``export_onnx`` (what an optimized model folder serves)."""
+    import inference  # on sys.path since load_model
 
-    class Logits(torch.nn.Module):
-        def __init__(self, classifier: torch.nn.Module) -> None:
-            super().__init__()
-            self.classifier = classifier
-
-        def forward(self, input_ids, attention_mask):  # noqa: ANN001
-            return self.classifier(input_ids, attention_mask)[0]
-
-    sample = model["tokenizer"](["a sample request"], return_tensors="pt")
-    fp32 = work / "model.onnx"
-    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
-    torch.onnx.export(
-        Logits(model["model"]).eval(),
-        (sample["input_ids"], sample["attention_mask"]),
-        str(fp32),
-        dynamo=True,
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}),
-        external_data=False,
-    )
-    int8 = work / "model.int8.onnx"
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    return {"onnx-fp32": fp32, "onnx-int8": int8}
+    graphs = inference.export_onnx(model, work)
+    return {"onnx-fp32": graphs["fp32"], "onnx-int8": graphs["int8"]}
 
 
 def runners(model: dict[str, Any], paths: dict[str, Path]) -> dict[str, Any]:

@@ -16,7 +16,15 @@ Response: ``{"predictions": [{"label": ..., "score": ...}, ...]}``.
 
 Malformed input raises :class:`BadRequestError`; a server answers it with HTTP 400 and the message.
 Weights load from safetensors; nothing is unpickled. Only torch, transformers, numpy and the
-standard library are imported.
+standard library are imported, and ONNX Runtime for a folder that asks for it:
+
+An optimized folder carries ``serving.json`` (``{"runtime": "onnxruntime", "graph":
+"onnx/model.int8.onnx"}``): ``export_onnx`` writes the classifier as an ONNX graph (and its int8
+dynamic quantization), and ``load_classifier`` then serves that graph with ONNX Runtime, the same
+requests and answers (``benchmarks/serving_optimized.py`` measures it). Without the file the
+model is served as eager PyTorch. (The Hugging Face inference image has no ONNX Runtime: a
+SageMaker endpoint would need it in the archive's ``code/requirements.txt``; fmops does not
+serve ONNX there yet.)
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ MAX_TEXT_CHARS = int(os.environ.get("FMOPS_MAX_TEXT_CHARS", "2000"))
 MAX_LENGTH = int(os.environ.get("FMOPS_MAX_LENGTH", "128"))
 ZERO_SHOT_TEMPERATURE = 0.05
 EXAMPLE = '{"inputs": ["I still have not received my card"]}'
+SERVING_FILE = "serving.json"
+ONNX_RUNTIME = "onnxruntime"
 
 
 class BadRequestError(ValueError):
@@ -84,6 +94,8 @@ def load_classifier(
     from transformers import AutoModel, AutoTokenizer
 
     path = Path(model_dir)
+    if zero_shot_labels is None and (path / SERVING_FILE).exists():
+        return load_onnx(path, json.loads((path / SERVING_FILE).read_text()))
     tokenizer = AutoTokenizer.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path, use_safetensors=True)
     if zero_shot_labels is not None:
@@ -99,6 +111,68 @@ def load_classifier(
     classifier.to(device).eval()
     torch.set_grad_enabled(False)
     return {"model": classifier, "tokenizer": tokenizer, "labels": labels, "device": device}
+
+
+def load_onnx(path: Path, serving: dict[str, Any]) -> dict[str, Any]:
+    """The classifier's ONNX graph on ONNX Runtime (``serving.json`` names it)."""
+    import onnxruntime
+    from transformers import AutoTokenizer
+
+    if serving.get("runtime") != ONNX_RUNTIME or not serving.get("graph"):
+        raise ValueError(
+            f"{path / SERVING_FILE} must name runtime {ONNX_RUNTIME!r} and a graph, got "
+            f"{serving!r}; remove the file to serve the PyTorch weights"
+        )
+    graph = (path / serving["graph"]).resolve()
+    if path.resolve() not in graph.parents or not graph.is_file():
+        raise ValueError(
+            f"{path / SERVING_FILE}: graph {serving['graph']!r} is not a file of {path}"
+        )
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    return {
+        "session": session,
+        "tokenizer": AutoTokenizer.from_pretrained(path),
+        "labels": json.loads((path / "label_map.json").read_text())["labels"],
+        "runtime": ONNX_RUNTIME,
+        "graph": serving["graph"],
+    }
+
+
+def export_onnx(model: dict[str, Any], folder: Path, quantize: bool = True) -> dict[str, Path]:
+    """``model`` (``load_classifier``'s, PyTorch) as ``folder/model.onnx`` (fp32, dynamic batch
+    and sequence axes, ``torch.onnx.export(dynamo=True)``) and, with ``quantize``,
+    ``folder/model.int8.onnx`` (ONNX Runtime's int8 dynamic quantization of its weights)."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, classifier: Any) -> None:
+            super().__init__()
+            self.classifier = classifier
+
+        def forward(self, input_ids, attention_mask):  # noqa: ANN001
+            return self.classifier(input_ids, attention_mask)[0]
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = model["tokenizer"](["a sample request"], return_tensors="pt")
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    graphs = {"fp32": folder / "model.onnx"}
+    torch.onnx.export(
+        Logits(model["model"].cpu()).eval(),
+        (sample["input_ids"], sample["attention_mask"]),
+        str(graphs["fp32"]),
+        dynamo=True,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}),
+        external_data=False,
+        verbose=False,
+    )
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        graphs["int8"] = folder / "model.int8.onnx"
+        quantize_dynamic(str(graphs["fp32"]), str(graphs["int8"]), weight_type=QuantType.QInt8)
+    return graphs
 
 
 def model_fn(model_dir: str) -> dict[str, Any]:
@@ -140,6 +214,8 @@ def input_fn(input_data: bytes | str, content_type: str = "application/json") ->
 
 
 def predict_fn(texts: list[str], model: dict[str, Any]) -> list[dict[str, Any]]:
+    if "session" in model:
+        return _predict_onnx(texts, model)
     import torch
 
     encoded = model["tokenizer"](
@@ -155,6 +231,28 @@ def predict_fn(texts: list[str], model: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"label": model["labels"][int(i)], "score": round(float(s), 6)}
         for s, i in zip(scores, indices, strict=True)
+    ]
+
+
+def _predict_onnx(texts: list[str], model: dict[str, Any]) -> list[dict[str, Any]]:
+    import numpy as np
+
+    encoded = model["tokenizer"](
+        texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="np"
+    )
+    (logits,) = model["session"].run(
+        ["logits"],
+        {
+            "input_ids": encoded["input_ids"].astype(np.int64),
+            "attention_mask": encoded["attention_mask"].astype(np.int64),
+        },
+    )
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities = shifted / shifted.sum(-1, keepdims=True)
+    indices = probabilities.argmax(-1)
+    return [
+        {"label": model["labels"][int(i)], "score": round(float(probabilities[row, i]), 6)}
+        for row, i in enumerate(indices)
     ]
 
 

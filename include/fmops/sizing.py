@@ -79,6 +79,9 @@ if TYPE_CHECKING:
 Kind = Literal["classifier", "generative"]
 DEFAULT_TOKEN_GOAL_MS = 50.0  # 20 tokens/s, faster than anyone reads
 DEFAULT_PEAK_RPS = {"classifier": 10.0, "generative": 0.2}
+# The evaluation's efficiency figures Profile.measured reads: select keeps them on the cost record
+# and registration on the version, so that the deploy sizes the endpoint from the same ones.
+MEASURED_KEYS = ("parameters", "throughput_per_s", "threads", "request_ms_p50", "request_ms_p95")
 FALLBACKS_SHOWN = 5
 
 
@@ -235,7 +238,7 @@ class Estimate:
     capacity_rps: float  # one instance at 100%
     count: int
     meets_goal: bool
-    why_not: str | None  # why it is not eligible (goal, fleet bound), None when it is
+    why_not: str | None  # why it is not eligible (the goal, no capacity), None when it is
     arithmetic: str
 
     @property
@@ -367,10 +370,8 @@ class Sizing:
         return text
 
     def record(self) -> dict[str, Any]:
-        per_1k = self.chosen.usd_per_1k(self.demand)
         return {
             **self.chosen.record(self.demand),
-            "usd_per_1k_requests": None if per_1k is None else round(per_1k, 6),
             "pinned": self.pinned,
             "peak_rps": self.demand.peak_rps,
             "latency_goal_ms": self.demand.latency_goal_ms,
@@ -397,19 +398,16 @@ def rank(
     *,
     allowed: Sequence[str] | None = None,
     max_price: float | None = None,
-) -> tuple[list[Estimate], list[tuple[str, str]]]:
-    """The eligible fleets, cheapest per 1,000 requests first, and the types left out (that fit
-    the filters and the memory) with why."""
+) -> tuple[list[Estimate], list[Estimate]]:
+    """The eligible fleets, cheapest per 1,000 requests first, and the estimates of the types
+    left out (that fit the filters and the memory), each with its ``why_not``."""
     fitting = catalog.rank(
         need, allowed=allowed, max_price=max_price, processors=processors_for(profile)
     )
     eligible, left_out = [], []
     for choice in fitting:
         found = estimate(choice.instance, profile, demand)
-        if found.why_not:
-            left_out.append((found.name, found.why_not))
-        else:
-            eligible.append(found)
+        (left_out if found.why_not else eligible).append(found)
     eligible.sort(key=lambda e: (e.usd_per_hour, e.count, e.latency_ms, e.name))
     return eligible, left_out
 
@@ -439,24 +437,20 @@ def choose(
         found = estimate(choice.instance, profile, demand)
         return Sizing(found, (), (), profile, demand, need, choice.reason, pinned=True)
     eligible, left_out = rank(catalog, need, profile, demand, allowed=allowed, max_price=max_price)
+    reasons = tuple((e.name, e.why_not or "") for e in left_out)
     if eligible:
         memory = catalog.fit(eligible[0].instance, need)[1]
-        return Sizing(
-            eligible[0], tuple(eligible[1:]), tuple(left_out), profile, demand, need, memory
-        )
+        return Sizing(eligible[0], tuple(eligible[1:]), reasons, profile, demand, need, memory)
     if not left_out:  # nothing fits the memory and the filters: the catalog says why
         catalog.choose(
             need, allowed=allowed, max_price=max_price, processors=processors_for(profile)
         )
-    fits = catalog.rank(
-        need, allowed=allowed, max_price=max_price, processors=processors_for(profile)
-    )
-    closest = min((estimate(c.instance, profile, demand) for c in fits), key=lambda e: e.latency_ms)
+    closest = min(left_out, key=lambda e: e.latency_ms)
     per = "token" if profile.kind == "generative" else "request"
     raise SizingError(
         f"no instance type serves {model} within a latency goal of "
         f"{demand.latency_goal_ms:g} ms per {per}: "
-        + "; ".join(f"{name} {why}" for name, why in left_out)
+        + "; ".join(f"{name} {why}" for name, why in reasons)
         + f". The fastest is {closest.name} ({closest.latency_ms:.3g} ms). Raise "
         "sagemaker.endpoint.sizing's latency goal, allow more types "
         "(sagemaker.endpoint.allowed_instance_types, max_price_per_hour), or serve a smaller "

@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
 REPORT_FOLDER = "evaluation"
-# The efficiency figures a hosting choice is made from (fmops.sizing.Profile.measured), kept on
-# the cost record so that the deploy sizes the endpoint from the same ones.
-PROFILE_KEYS = ("parameters", "throughput_per_s", "threads", "request_ms_p50", "request_ms_p95")
 
 
 class SelectionError(RuntimeError):
@@ -84,7 +81,7 @@ def cost_estimate(config: PipelineConfig, efficiency: dict[str, Any]) -> dict[st
         "latency_ms": round(chosen.latency_ms, 3),
         "usd_per_1k_requests": None if per_1k is None else round(per_1k, 6),
         "estimate": f"an estimate ({sized.explain()})",
-        "request_profile": {k: efficiency[k] for k in PROFILE_KEYS if k in efficiency},
+        "request_profile": {k: efficiency[k] for k in sizing.MEASURED_KEYS if k in efficiency},
     }
 
 

@@ -148,14 +148,7 @@ def hosting_instance(
             return _sized(catalog, endpoint, need, profile, demand, allowed, label)
         if endpoint.pinned_instance_type:
             choice = catalog.check_pinned(endpoint.pinned_instance_type, need, model=label)
-            price, ceiling = choice.instance.price_per_hour, endpoint.max_price_per_hour
-            if ceiling is not None and price is not None and price > ceiling:
-                raise EndpointError(
-                    f"sagemaker.endpoint.instance_type: the pinned {choice.name} costs "
-                    f"{choice.instance.price}, above sagemaker.endpoint.max_price_per_hour "
-                    f"({ceiling}): raise the ceiling, pin a cheaper type, or set instance_type: "
-                    "auto"
-                )
+            _check_ceiling(endpoint, choice.instance)
             return choice, None
         choice = catalog.choose(
             need, allowed=allowed, max_price=endpoint.max_price_per_hour, model=label
@@ -163,6 +156,17 @@ def hosting_instance(
         return choice, None
     except (CatalogError, sizing_.SizingError) as err:
         raise EndpointError(f"sagemaker.endpoint.instance_type for {model}: {err}") from None
+
+
+def _check_ceiling(endpoint: EndpointSettings, pinned: InstanceType) -> None:
+    """Refuse a pinned type that costs more than ``max_price_per_hour``."""
+    price, ceiling = pinned.price_per_hour, endpoint.max_price_per_hour
+    if ceiling is not None and price is not None and price > ceiling:
+        raise EndpointError(
+            f"sagemaker.endpoint.instance_type: the pinned {pinned.name} costs {pinned.price}, "
+            f"above sagemaker.endpoint.max_price_per_hour ({ceiling}): raise the ceiling, pin a "
+            "cheaper type, or set instance_type: auto"
+        )
 
 
 def _sized(
@@ -186,13 +190,7 @@ def _sized(
         model=label,
     )
     if pinned:
-        price, ceiling = found.chosen.instance.price_per_hour, endpoint.max_price_per_hour
-        if ceiling is not None and price is not None and price > ceiling:
-            raise EndpointError(
-                f"sagemaker.endpoint.instance_type: the pinned {pinned} costs "
-                f"{found.chosen.instance.price}, above sagemaker.endpoint.max_price_per_hour "
-                f"({ceiling}): raise the ceiling, pin a cheaper type, or set instance_type: auto"
-            )
+        _check_ceiling(endpoint, found.chosen.instance)
         if found.chosen.why_not:
             log.warning("endpoint of %s: the pinned %s %s", label, pinned, found.chosen.why_not)
     choice = Choice(

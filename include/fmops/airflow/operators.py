@@ -76,8 +76,7 @@ class JobTrigger(BaseTrigger):
         while True:
             description = await asyncio.to_thread(describe, backend, kind, name)
             text, offset = await asyncio.to_thread(backend.read_log, kind, name, offset)
-            for line in text[-MAX_LOG_CHARS:].splitlines():
-                self.log.info("[%s] %s", name, line)
+            log_lines(self.log, name, text)
             await live.send(text)
             status = status_of(kind, description)
             if status in TERMINAL:
@@ -322,9 +321,12 @@ class AwaitJobOperator(BaseOperator):
             from fmops.pipeline import backend_for
             from fmops.storage import jsonable
 
-            kind = self.handle["kind"]
-            description = describe(backend_for(self.handle), kind, self.handle["name"])
+            kind, name = self.handle["kind"], self.handle["name"]
+            backend = backend_for(self.handle)
+            description = describe(backend, kind, name)
             if status_of(kind, description) in TERMINAL:
+                # the job's log, as the trigger would have streamed it
+                log_lines(self.log, name, backend.read_log(kind, name, 0)[0])
                 return self._outcome(jsonable(description), context)
         self.log.info(
             "%s job %s (%s, %s): waiting in the triggerer",
@@ -444,6 +446,12 @@ class AwaitJobOperator(BaseOperator):
             )
         self.log.info("outcome: %s", outcome)
         return outcome
+
+
+def log_lines(log: Any, name: str, text: str) -> None:
+    """A job's new log text into the task log, a line each, prefixed with the job's name."""
+    for line in text[-MAX_LOG_CHARS:].splitlines():
+        log.info("[%s] %s", name, line)
 
 
 def runs_inline() -> bool:

@@ -181,6 +181,27 @@ def block(
     return records, elapsed
 
 
+def each_alone(
+    ports: dict[str, int], clients: int, args, corpus: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Each port alone, ``args.repeats`` rounds of one ``args.seconds`` block per port, the order
+    rotating every round (so no port always follows another); the summary per port name."""
+    pooled: dict[str, list] = {name: [] for name in ports}
+    spent = dict.fromkeys(ports, 0.0)
+    names = list(ports)
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            records, seconds = block(ports[name], clients, args.seconds, corpus)
+            pooled[name] += records
+            spent[name] += seconds
+            print(
+                f"  clients {clients:>2} round {repeat + 1} {name:<6}: "
+                f"{summarize(records, seconds)}",
+                flush=True,
+            )
+    return {name: summarize(pooled[name], spent[name]) for name in ports}
+
+
 def overhead(endpoint, args, corpus: list[str]) -> list[dict[str, Any]]:
     state = endpoint.state()
     [variant] = state["variants"].values()
@@ -197,19 +218,7 @@ def overhead(endpoint, args, corpus: list[str]) -> list[dict[str, Any]]:
         }
         print(f"  clients {clients:>2} interleaved {elapsed:.0f} s: {mixed}", flush=True)
         # Throughput: each path alone, in alternating blocks.
-        pooled: dict[str, list] = {"direct": [], "router": []}
-        time_spent = {"direct": 0.0, "router": 0.0}
-        for repeat in range(args.repeats):
-            for path in ("direct", "router") if repeat % 2 == 0 else ("router", "direct"):
-                block_records, block_seconds = block(ports[path], clients, args.seconds, corpus)
-                pooled[path] += block_records
-                time_spent[path] += block_seconds
-                print(
-                    f"  clients {clients:>2} block {repeat + 1} {path:<6}: "
-                    f"{summarize(block_records, block_seconds)}",
-                    flush=True,
-                )
-        alone = {path: summarize(pooled[path], time_spent[path]) for path in pooled}
+        alone = each_alone(ports, clients, args, corpus)
         rows.append(
             {
                 "clients": clients,

@@ -36,6 +36,9 @@ README), and by hand with **Trigger**.
 - `select`: the gate (per-metric bounds, a paired bootstrap against the champion) and the link
   **Evaluation report** (leaderboard, decision, plots in MLflow). Its XCom is the leaderboard.
   A winner not shown to beat the champion is not registered (`register` is skipped).
+  Its log also says whether the winner is served as its optimized ONNX Runtime graph (each
+  candidate's evaluation job exports and evaluates one; kept only within
+  `evaluation.optimize.margin` of the eager model's quality) or as eager PyTorch.
 - `register`: links **MLflow model version** and **MLflow run**; it emits the asset
   `fmops://registered-models`, which schedules `fmops_deploy`.
 - **MLflow**: `load_config` opens the DAG run's MLflow run (link **MLflow run**); each job gets

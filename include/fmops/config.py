@@ -30,7 +30,7 @@ from pydantic import (
 from fmops import bounded_yaml, targets
 from fmops.base_models import is_hub, is_jumpstart, parse_hub, parse_jumpstart
 from fmops.deployment.settings import DeploymentConfig
-from fmops.evaluation.settings import GateSettings
+from fmops.evaluation.settings import GateSettings, OptimizeSettings
 from fmops.jobs.naming import RESERVED_NAMES
 from fmops.paths import CONFIGS_DIR, resolve_path
 from fmops.schema import AUTO, INSTANCE_TYPE_PATTERN, NAME_PATTERN, NAME_RULE, Strict
@@ -441,6 +441,7 @@ class EvaluationConfig(Strict):
     max_new_tokens: int = Field(32, ge=1, le=1024, description="generation scenarios' answers")
     max_runtime_seconds: int = Field(1800, ge=1)
     cost: CostSettings = CostSettings()
+    optimize: OptimizeSettings = OptimizeSettings()
 
     @model_validator(mode="after")
     def _scenarios(self) -> EvaluationConfig:

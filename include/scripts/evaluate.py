@@ -115,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--perturbation-sample-size", type=positive, default=500)
     parser.add_argument("--max-new-tokens", type=positive, default=32)
     parser.add_argument(
+        "--optimize",
+        default="",
+        help="runtimes to export a fine-tuned classifier to and evaluate (optimize.py): "
+        "int8,fp32; empty: none",
+    )
+    parser.add_argument(
         "--prompt-template",
         choices=("auto", "chat", "plain"),
         default="auto",
@@ -722,7 +728,7 @@ SINGLE_REQUESTS = 32  # timed single-text requests, after SINGLE_WARMUP untimed 
 SINGLE_WARMUP = 3
 
 
-def single_requests(classifier: Classifier, texts: list[str]) -> dict[str, Any]:
+def single_requests(classifier: Callable[[list[str]], Any], texts: list[str]) -> dict[str, Any]:
     """What one single-text request costs on one CPU core: the shape of an endpoint's traffic
     (the inference toolkit answers each request alone, one worker per core), which the batched
     pass does not show. fmops.sizing turns it into requests per second per instance type."""
@@ -750,6 +756,51 @@ def single_requests(classifier: Classifier, texts: list[str]) -> dict[str, Any]:
     }
 
 
+def batched_figures(args: argparse.Namespace, timing: Timing) -> dict[str, Any]:
+    latency = metrics.summarize_latencies(timing.seconds, timing.sizes, timing.total)
+    return {
+        "batch_size": args.batch_size,
+        "latency_p50_ms": round(latency["batch_latency_ms_p50"], 2),
+        "latency_p95_ms": round(latency["batch_latency_ms_p95"], 2),
+        "example_latency_p50_ms": round(latency["example_latency_ms_p50"], 3),
+        "throughput_per_s": round(latency["throughput_per_sec"], 2),
+    }
+
+
+def optimized(
+    args: argparse.Namespace,
+    output: Path,
+    model_dir: Path,
+    models: Models,
+    evaluated: list[tuple[Scenario, Examples]],
+    texts: list[str],
+) -> dict[str, Any]:
+    """The optimize step (optimize.py): the graphs evaluated on the eager pass's scenarios and
+    examples, timed as the eager model was."""
+    import optimize
+    import torch
+
+    def evaluate(predict: Any, runtime: str) -> tuple[dict, dict, dict]:
+        timing = Timing()
+        results, per_example = {}, {}
+        for scenario, examples in evaluated:
+            result, scores, _ = evaluate_scenario(
+                optimize.renamed(scenario, runtime), examples, predict, args, timing
+            )
+            results[scenario.name], per_example[scenario.name] = result, scores
+        return results, per_example, batched_figures(args, timing)
+
+    return optimize.run(
+        models.loaded,
+        model_dir,
+        optimize.parse_runtimes(args.optimize),
+        output,
+        evaluate,
+        lambda predict: single_requests(predict, texts),
+        torch.get_num_threads(),
+    )
+
+
 def efficiency(
     args: argparse.Namespace,
     timing: Timing,
@@ -759,13 +810,8 @@ def efficiency(
 ) -> dict:
     import torch
 
-    latency = metrics.summarize_latencies(timing.seconds, timing.sizes, timing.total)
     report: dict[str, Any] = {
-        "batch_size": args.batch_size,
-        "latency_p50_ms": round(latency["batch_latency_ms_p50"], 2),
-        "latency_p95_ms": round(latency["batch_latency_ms_p95"], 2),
-        "example_latency_p50_ms": round(latency["example_latency_ms_p50"], 3),
-        "throughput_per_s": round(latency["throughput_per_sec"], 2),
+        **batched_figures(args, timing),
         "model_size_mb": round(folder_bytes(model_dir) / 2**20, 2),
         "parameters": models.parameters(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -799,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing()
     models = Models(model_dir, kind, args)
     texts: list[str] = []  # a classification scenario's, for the single-request figures
+    evaluated: list[tuple[Scenario, Examples]] = []  # what the optimize step evaluates again
     for scenario in scenarios:
         if scenario.task not in MODEL_TASKS[kind]:
             why = f"a {kind} model cannot be evaluated on a {scenario.task} scenario"
@@ -819,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         result, scores, records = evaluate_scenario(scenario, examples, predict, args, timing)
         results[scenario.name] = result
         per_example[scenario.name] = scores
+        evaluated.append((scenario, examples))
         with (output / f"predictions-{scenario.name}.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         print(f"scenario {scenario.name}: {json.dumps(result['accuracy'])}", flush=True)
@@ -831,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
         "efficiency": efficiency(args, timing, model_dir, models, texts),
         "seed": args.seed,
     }
+    if args.optimize and isinstance(models.loaded, Classifier) and not args.zero_shot:
+        document["optimized"] = optimized(args, output, model_dir, models, evaluated, texts)
     (output / "metrics.json").write_text(json.dumps(document, indent=1))
     (output / "per_example.json").write_text(json.dumps(per_example))
     print(f"efficiency {json.dumps(document['efficiency'])}", flush=True)

@@ -113,11 +113,9 @@ def load_classifier(
     return {"model": classifier, "tokenizer": tokenizer, "labels": labels, "device": device}
 
 
-def load_onnx(path: Path, serving: dict[str, Any]) -> dict[str, Any]:
-    """The classifier's ONNX graph on ONNX Runtime (``serving.json`` names it)."""
-    import onnxruntime
-    from transformers import AutoTokenizer
-
+def load_onnx(path: Path, serving: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """The classifier's ONNX graph on ONNX Runtime (``serving.json`` names it); ``threads``:
+    the session's intra-op threads (default: ONNX Runtime's, one per core)."""
     if serving.get("runtime") != ONNX_RUNTIME or not serving.get("graph"):
         raise ValueError(
             f"{path / SERVING_FILE} must name runtime {ONNX_RUNTIME!r} and a graph, got "
@@ -128,13 +126,24 @@ def load_onnx(path: Path, serving: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"{path / SERVING_FILE}: graph {serving['graph']!r} is not a file of {path}"
         )
-    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    return graph_classifier(graph, path, threads) | {"graph": serving["graph"]}
+
+
+def graph_classifier(graph: Path, model_dir: Path, threads: int | None = None) -> dict[str, Any]:
+    """An ONNX graph of the classifier on ONNX Runtime, with the tokenizer and label map of
+    ``model_dir`` (the folder it was exported from): what ``predict_fn`` serves."""
+    import onnxruntime
+    from transformers import AutoTokenizer
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     return {
         "session": session,
-        "tokenizer": AutoTokenizer.from_pretrained(path),
-        "labels": json.loads((path / "label_map.json").read_text())["labels"],
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+        "labels": json.loads((Path(model_dir) / "label_map.json").read_text())["labels"],
         "runtime": ONNX_RUNTIME,
-        "graph": serving["graph"],
     }
 
 

@@ -7,6 +7,7 @@ examples) so that the whole path, real fine-tuning included, runs in about two m
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,20 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config, tmp_path):
     assert len(table) == 300 and {"input", "target", "predicted", "confidence"} <= set(table)
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["fmops.gate"] == "promoted"
+
+    # The optimize step: the winner's graphs tested against its eager model, in the configured
+    # order (int8, then fp32), the first within the margin kept, on the version and its card.
+    optimized = xcom(finetune_run, "select")["optimization"]
+    int8, fp32 = optimized["checks"]
+    assert (int8["runtime"], fp32["runtime"]) == ("int8", "fp32")
+    assert fp32["passes"] and fp32["difference"] == 0.0  # the eager model's arithmetic
+    kept = "int8" if int8["passes"] else "fp32"
+    assert optimized["kept"] == kept
+    assert int8["passes"] == (int8["lower"] >= -0.005)  # tiny.yaml keeps the default margin
+    graph = optimized["graph"]
+    assert challenger.tags["fmops.serving_runtime"] == f"onnxruntime {kept} ({graph})"
+    assert f"Served: **the ONNX Runtime {kept} graph `{graph}`**" in card
+    assert "| eager |" in card and f"| {kept} |" in card
     assert parent.data.tags["fmops.outcome"].startswith("registered version")
 
 
@@ -207,9 +222,16 @@ def test_deploy_serves_the_registered_version(finetune_run, dagbag, tiny_config,
     state = endpoint.status()
     serving = [v for v in state["variants"].values() if v["weight"] == 100]
     assert [v["version"] for v in serving] == [str(champion.version)]
-    # The variant serves the weights downloaded from the registry, not the job's folder.
+    # The variant serves the weights downloaded from the registry, not the job's folder: the
+    # graph select kept, on ONNX Runtime (serving.json), its digest checked with the others'.
     model_dir = json.loads(endpoint.state_file.read_text())["variants"]
     assert all("/models/" in v["model_dir"] for v in model_dir.values())
+    (live,) = serving
+    served = json.loads((Path(live["model_dir"]) / "serving.json").read_text())
+    assert served["graph"] == champion.tags["fmops.serving_runtime"].split("(")[1].rstrip(")")
+    assert (Path(live["model_dir"]) / served["graph"]).is_file()
+    with urllib.request.urlopen(f"http://127.0.0.1:{live['port']}/ping", timeout=10) as answer:
+        assert json.loads(answer.read())["runtime"] == "onnxruntime"
 
     for bad, expected in (
         (b"{not json", 400),

@@ -237,10 +237,13 @@ def classifier(tmp_path_factory, encoder) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier_runs(tmp_path_factory, classifier, data) -> tuple[Path, Path]:
-    """The tuned classifier evaluated twice with the same seed (and a batch size of its own)."""
+    """The tuned classifier evaluated twice with the same seed (and a batch size of its own), the
+    second time with the optimize step (optimize.py), which must leave the eager results as
+    they were."""
     root = tmp_path_factory.mktemp("tuned")
-    return tuple(
-        evaluated(classifier, data, root / name, "--batch-size", "16") for name in ("a", "b")
+    return (
+        evaluated(classifier, data, root / "a", "--batch-size", "16"),
+        evaluated(classifier, data, root / "b", "--batch-size", "16", "--optimize", "int8,fp32"),
     )
 
 
@@ -444,6 +447,53 @@ def test_a_seeded_run_repeats_exactly(classifier_runs, classifier):
     assert same == {k: v for k, v in second["efficiency"].items() if k not in TIMINGS}
     assert same["batch_size"] == 16
     assert same["parameters"] == parameter_count(classifier)
+
+
+def test_the_optimize_step_evaluates_each_graph_on_the_same_examples(classifier_runs):
+    import hashlib
+
+    (eager, eager_examples), (document, same_examples) = map(outputs, classifier_runs)
+    assert "optimized" not in eager and eager_examples == same_examples
+    optimized = document["optimized"]
+    assert optimized["export_seconds"] > 0 and list(optimized["runtimes"]) == ["int8", "fp32"]
+    folder = classifier_runs[1] / "optimized"
+    per_example = json.loads((folder / "per_example.json").read_text())
+    ran = [name for name, result in eager["scenarios"].items() if "skipped" not in result]
+    assert ran == ["banking77"]  # the classifier's scenario; the others are skipped
+    for runtime, entry in optimized["runtimes"].items():
+        graph = folder / entry["graph"]
+        assert entry["sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
+        assert entry["bytes"] == graph.stat().st_size
+        assert list(entry["scenarios"]) == ran
+        result = entry["scenarios"]["banking77"]
+        assert result["examples"] == SAMPLE
+        assert set(result) >= {"accuracy", "calibration", "robustness", "fairness"}
+        scores = per_example[runtime]["banking77"]["accuracy"]
+        assert len(scores) == len(eager_examples["banking77"]["accuracy"]) == SAMPLE
+        assert result["accuracy"]["accuracy"] == pytest.approx(sum(scores) / SAMPLE, abs=1e-6)
+        efficiency = entry["efficiency"]
+        assert efficiency["request_samples"] == 32 and efficiency["request_threads"] == 1
+        assert 0 < efficiency["request_ms_p50"] <= efficiency["request_ms_p95"]
+        assert efficiency["throughput_per_s"] > 0
+    # fp32 is the eager model's arithmetic: the same answers on every example
+    fp32 = optimized["runtimes"]["fp32"]["scenarios"]["banking77"]
+    assert per_example["fp32"] == eager_examples
+    assert fp32["accuracy"] == eager["scenarios"]["banking77"]["accuracy"]
+    int8 = optimized["runtimes"]["int8"]
+    assert int8["bytes"] < optimized["runtimes"]["fp32"]["bytes"] / 2
+
+
+def test_an_image_without_onnx_runtime_skips_the_optimize_step(tmp_path, monkeypatch):
+    sys.path.insert(0, str(SCRIPTS))
+    import optimize
+
+    monkeypatch.setattr(optimize, "NEEDS", ("onnxruntime", "no_such_exporter_module"))
+    assert optimize.run(None, tmp_path, ["int8"], tmp_path, None, None, 1) == {
+        "skipped": "no_such_exporter_module not installed in this job's image"
+    }
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit, match=r"unknown runtime\(s\) \['tensorrt'\]"):
+        optimize.parse_runtimes("int8,tensorrt")
 
 
 def test_every_model_sees_the_same_sample(zero_shot, classifier_runs):

@@ -65,6 +65,7 @@ class VariantServer(ThreadingHTTPServer):
         self.bad_request = getattr(handlers, "BadRequestError", ValueError)
         self.name = name
         self.model: Any = None
+        self.runtime = ""
         self.lock = threading.Lock()  # one prediction at a time: the CPU threads are shared
         threading.Thread(target=self._load, args=(model_dir,), daemon=True).start()
 
@@ -84,8 +85,17 @@ class VariantServer(ThreadingHTTPServer):
                 self.handlers.predict_fn([WARM_UP_TEXT], model)
         except Exception:  # noqa: BLE001 - a model that fails to predict is the alarms' business
             log.exception("variant %s: the warm-up prediction failed", self.name)
+        # What serves the requests: "onnxruntime" for a folder with serving.json, else the
+        # handlers' default (eager PyTorch for the classifier); /ping says it.
+        self.runtime = model.get("runtime", "pytorch") if isinstance(model, dict) else "pytorch"
         self.model = model
-        log.info("variant %s loaded %s in %.1f s", self.name, model_dir, time.monotonic() - started)
+        log.info(
+            "variant %s loaded %s (%s) in %.1f s",
+            self.name,
+            model_dir,
+            self.runtime,
+            time.monotonic() - started,
+        )
 
 
 class VariantHandler(BaseHTTPRequestHandler):
@@ -123,7 +133,9 @@ class VariantHandler(BaseHTTPRequestHandler):
         elif self.server.model is None:
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "loading"})
         else:
-            self._reply(HTTPStatus.OK, {"status": "healthy", "variant": self.server.name})
+            server = self.server
+            body = {"status": "healthy", "variant": server.name, "runtime": server.runtime}
+            self._reply(HTTPStatus.OK, body)
 
     def _body(self) -> bytes | None:
         refused = body_refusal(self.headers, MAX_BODY_BYTES)

@@ -6,7 +6,8 @@ instance catalog is: the fleet ``fmops.sizing`` chooses for the model from its m
 efficiency (the lowest cost per 1,000 requests at the endpoint's latency goal and peak traffic,
 CPU types included for a classifier), and the price of 1,000 requests on it (an estimate, and said
 to be one). Then ``fmops.evaluation.gate`` decides, the report is
-written (``fmops.evaluation.report``) and logged to the DAG run's MLflow parent run.
+written (``fmops.evaluation.report``) and logged to the DAG run's MLflow parent run, and
+``fmops.evaluation.optimization`` decides whether the winner is served as its optimized graph.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig
-from fmops.evaluation import gate
+from fmops.evaluation import gate, optimization
 from fmops.evaluation.report import report_plots, write_report
 from fmops.storage import join, read_json
 
@@ -233,6 +234,12 @@ def select(
     }
     if baseline is not None and gate.metric_value(baseline, primary) is not None:
         result["gain_over_baseline"] = round(score - gate.metric_value(baseline, primary), 6)
+    evaluated = next(e for e in evaluations if e and e["candidate"] == decision.winner)
+    optimized = optimization.decide(
+        config, evaluated, per_example.get(decision.winner, {}), compared_on
+    )
+    if optimized is not None:
+        result["optimization"] = optimized
     return result
 
 

@@ -240,3 +240,43 @@ class GateSettings(Strict):
                     "accuracy metric; set champion.metric to <scenario>.accuracy.<name>"
                 )
         return self
+
+
+OptimizedRuntime = Literal["int8", "fp32"]
+
+
+class OptimizeSettings(Strict):
+    """The optimized serving artifact of a fine-tuned classifier: its evaluation job exports it
+    as ONNX Runtime graphs and evaluates each on the eager model's scenarios and examples;
+    select keeps the first graph whose primary metric is not worse than the eager model's by
+    more than ``margin`` (a paired bootstrap), and the registered version serves it."""
+
+    runtimes: list[OptimizedRuntime] = Field(
+        default_factory=lambda: ["int8", "fp32"],
+        description=(
+            "the ONNX Runtime graphs to export and evaluate, in order of preference (int8: "
+            "dynamic quantization of the fp32 graph's weights); the first one the test keeps is "
+            "served; []: no optimize step. Classifiers only: generative models are served eager"
+        ),
+    )
+    margin: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description=(
+            "how much lower the graph's primary metric may be than the eager model's: the lower "
+            "end of the interval of (graph - eager) must be above -margin (0.005: half a point "
+            "of accuracy)"
+        ),
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="the confidence interval's level")
+    resamples: int = Field(2000, ge=1000, description="bootstrap replicates")
+    seed: int = Field(13, description="the bootstrap's random seed: same seed, same interval")
+
+    @field_validator("runtimes")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) < len(value):
+            raise ValueError(f"runtimes {value} names a runtime twice; list each once")
+        return value

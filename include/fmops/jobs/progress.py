@@ -17,7 +17,9 @@ point at that time (``metric_points``), so a point has the same timestamp whenev
 often the log is read, and MLflow's store keeps it once.
 
 ``include/scripts/evaluate.py`` prints ``progress <scenario>=DONE/TOTAL`` every tenth batch of
-the clean pass, then ``scenario <name>: {accuracy metrics}`` once the scenario is scored.
+the clean pass, then ``scenario <name>: {accuracy metrics}`` once the scenario is scored; the
+optimize step's passes over the same examples (``optimize.py``) print
+``progress <scenario>@<runtime>=DONE/TOTAL``.
 
 Three readers: SageMaker (``METRIC_DEFINITIONS``, the CreateTrainingJob regexes it matches in
 the job's CloudWatch log), MLflow (a job run's metrics while it runs, ``metric_points``, and a

@@ -198,6 +198,11 @@ def evaluation_request(
     zero_shot: bool,
     output_uri: str,
 ) -> dict[str, Any]:
+    """The CreateProcessingJob request that runs evaluate.py. A fine-tuned model's job (a
+    candidate's, or the champion's: the same request as when it was a candidate, so that its
+    cached evaluation is reused) also exports and evaluates the optimized graphs
+    (``evaluation.optimize``; classifiers only)."""
+
     def source(name: str, uri: str) -> dict[str, Any]:
         return {
             "InputName": name,
@@ -229,6 +234,9 @@ def evaluation_request(
         "--seed",
         str(config.data.seed),
     ] + (kind_of(config).baseline_arguments(config.data) if zero_shot else [])
+    runtimes = config.evaluation.optimize.runtimes
+    if runtimes and not zero_shot and not kind_of(config).generative:
+        arguments += ["--optimize", ",".join(runtimes)]
     return {
         "ProcessingInputs": [
             source("code", f"file://{SCRIPTS_DIR}"),

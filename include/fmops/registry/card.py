@@ -182,6 +182,59 @@ def _known_limits(config: PipelineConfig, staged: dict, decision: dict, winner: 
     return "\n".join(lines)
 
 
+def serving_lines(config: PipelineConfig, optimization: dict[str, Any] | None) -> str:
+    """The model card's section on what the version serves: the eager weights, or the
+    optimized graph select kept (``fmops.evaluation.optimization``), with both models' metrics,
+    each graph's paired-bootstrap test and the speed-up."""
+    if not optimization:
+        return (
+            "eager PyTorch (no optimize step: `evaluation.optimize.runtimes` is empty, or the "
+            "model kind has none)"
+        )
+
+    def num(value: Any, digits: int = 4) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    kept = optimization.get("kept")
+    served = (
+        f"**the ONNX Runtime {kept} graph `{optimization['graph']}`**, beside the eager weights "
+        "(both in the version, with their digests)"
+        if kept
+        else "**eager PyTorch**"
+    )
+    lines = [f"Served: {served}. {optimization['reason']}."]
+    if optimization["checks"]:
+        lines.append(
+            f"\nEach graph against the eager model on `{optimization['metric']}` (paired bootstrap "
+            f"of graph - eager; kept when the interval's lower end is above "
+            f"-{optimization['margin']:g}; the first kept in `evaluation.optimize.runtimes` "
+            "order is served):"
+        )
+        lines += [
+            f"- {c['runtime']}: {c['why']}; {c['speedup']['single_request'] or 'n/a'}x a single "
+            f"request, {c['speedup']['batched'] or 'n/a'}x the batched pass"
+            for c in optimization["checks"]
+        ]
+        metric = optimization["metric"]
+        lines += [
+            "",
+            "| runtime | primary | ECE | worst drop | max gap | request p50 ms | examples/s | "
+            "size MB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for runtime, row in optimization["metrics"].items():
+            lines.append(
+                f"| {runtime} | {num(row.get(metric))} | {num(row.get('ece'))} | "
+                f"{num(row.get('worst_drop'))} | {num(row.get('max_gap'))} | "
+                f"{num(row.get('request_ms_p50'), 2)} | {num(row.get('throughput_per_s'), 1)} | "
+                f"{num(row.get('model_size_mb'), 2)} |"
+            )
+    note = get_target(config.target).eager_only_note
+    if kept and note:
+        lines.append(f"\n{note}")
+    return "\n".join(lines)
+
+
 def model_card(
     config: PipelineConfig,
     staged: dict,
@@ -295,6 +348,9 @@ Report: {decision.get("report_url", "n/a")}
 Candidates that failed and were not compared:
 {failures}
 {chr(10) + kind_section + chr(10) if kind_section else ""}
+## Serving artifact
+{serving_lines(config, decision.get("optimization"))}
+
 ## Hosting
 {hosting}
 
@@ -325,6 +381,7 @@ DROP_FIRST = (
     "Sample answers",
     "Cost",
     "Hosting",
+    "Serving artifact",
     "Prompt format",
     "Training",
     "Data",

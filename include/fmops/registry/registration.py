@@ -38,6 +38,14 @@ from fmops.registry.runs import candidate_of, job_run_of, record_runs, run_costs
 
 log = logging.getLogger(__name__)
 PROFILE_TAG = "fmops.request_profile"  # JSON: the efficiency figures fmops.sizing reads
+SERVING_TAG = "fmops.serving_runtime"  # what the version's folder serves (serving.json)
+
+
+def serving_runtime(optimization: dict[str, Any]) -> str:
+    """``onnxruntime int8 (onnx/model.int8.onnx)`` when select kept a graph, else ``pytorch``."""
+    if optimization.get("kept"):
+        return f"onnxruntime {optimization['kept']} ({optimization['graph']})"
+    return "pytorch"
 
 
 def register(
@@ -114,9 +122,10 @@ def _create_version(
     if winner_run is None:
         log.warning("%s has no MLflow run: the version's source run is the DAG run's", winner)
         winner_run = runs["parent"]
+    optimized = decision.get("optimization") or {}
     model = _logged_model(mlflow_client, experiment_id, winner_run)
     if model is None:
-        model = _log_model(config, winner, winner_run)
+        model = _log_model(config, winner, winner_run, optimized)
     _ensure_registered_model(mlflow_client, name, config.pipeline)
     parent = runs["parent"]
     links = {
@@ -149,6 +158,7 @@ def _create_version(
         "fmops.evaluation_report": decision.get("report_url", ""),
         "fmops.validation_report": links["validation_report"],
         "fmops.hosting_instance": hosting or "none fits",
+        SERVING_TAG: serving_runtime(optimized),
         # the winner's measured request cost, which sizes its endpoint (fmops.sizing)
         PROFILE_TAG: json.dumps(
             ((decision.get("costs_per_1k") or {}).get(winner["candidate"]) or {}).get(
@@ -279,19 +289,22 @@ def _logged_model(mlflow_client: Any, experiment_id: str, run_id: str) -> Any | 
     return ready[0] if ready else None
 
 
-def _log_model(config: PipelineConfig, winner: dict, run_id: str) -> Any:
+def _log_model(
+    config: PipelineConfig, winner: dict, run_id: str, optimization: dict[str, Any]
+) -> Any:
     """Log the winner as a pyfunc model on its run: the job's model folder (safetensors weights,
-    tokenizer, and the label map or the prompt format and LoRA adapter), the kind's serving
-    handlers as code, an input example and the kind's signature (``fmops.kinds``)."""
+    tokenizer, and the label map or the prompt format and LoRA adapter) with the optimized graph
+    select kept, the kind's serving handlers as code, an input example and the kind's signature
+    (``fmops.kinds``)."""
     import mlflow
 
     kind = kind_of(config)
+    aws_conn_id = config.sagemaker.aws_conn_id if config.sagemaker else None
     with tempfile.TemporaryDirectory(prefix="fmops-register-") as scratch:
         model_dir, archive = unpack_model(
-            winner["model_artifacts"],
-            Path(scratch) / "model",
-            config.sagemaker.aws_conn_id if config.sagemaker else None,
+            winner["model_artifacts"], Path(scratch) / "model", aws_conn_id
         )
+        _add_graph(model_dir, optimization, Path(scratch) / "graph", aws_conn_id)
         code = [SCRIPTS_DIR / name for name in kind.handler_code]
         # A SageMaker endpoint serves the archive itself: its digest goes with its files'.
         listed = {**digests.manifest(model_dir, code), digests.ARCHIVE: archive}
@@ -305,9 +318,40 @@ def _log_model(config: PipelineConfig, winner: dict, run_id: str) -> Any:
                 code_paths=[str(path) for path in code],
                 input_example=kind.mlflow_input_example(config),
                 signature=kind.mlflow_signature(),
-                pip_requirements=_serving_requirements(),
+                pip_requirements=_serving_requirements(bool(optimization.get("kept"))),
             )
     return info
+
+
+def _add_graph(
+    model_dir: Path, optimization: dict[str, Any], scratch: Path, aws_conn_id: str | None
+) -> None:
+    """The graph select kept, copied beside the eager weights from the evaluation job's output
+    (checked against the SHA-256 the job recorded), and ``serving.json`` naming it: the folder
+    then serves the graph (``inference.load_classifier``), and the version's digests cover both
+    artifacts. Nothing when no graph was kept."""
+    import shutil
+
+    from fmops import storage
+
+    if not optimization.get("kept"):
+        return
+    fetched = storage.local_file(
+        storage.join(optimization["source"], optimization["graph"]), scratch, aws_conn_id
+    )
+    found = digests.file_sha256(fetched)
+    if found != optimization["sha256"]:
+        raise digests.ArtifactDigestError(
+            f"{fetched}: sha256 {found[:12]}... is not the {optimization['kept']} graph's that "
+            f"its evaluation job recorded ({optimization['sha256'][:12]}...): it changed after the "
+            "job; run fmops_finetune again"
+        )
+    graph = model_dir / optimization["graph"]
+    graph.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fetched, graph)
+    serving = {"runtime": "onnxruntime", "graph": optimization["graph"]}
+    (model_dir / "serving.json").write_text(json.dumps(serving))
+    log.info("the version serves the %s graph %s", optimization["kept"], optimization["graph"])
 
 
 def _finish_registration(mlflow_client: Any, name: str, version: str) -> None:
@@ -334,10 +378,13 @@ def _ensure_registered_model(mlflow_client: Any, name: str, pipeline: str) -> No
         mlflow_client.create_registered_model(name, tags={"fmops.pipeline": pipeline})
 
 
-def _serving_requirements() -> list[str]:
+def _serving_requirements(graph: bool = False) -> list[str]:
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "pandas")]
+    packages = ("torch", "transformers", "safetensors", "pandas") + (
+        ("onnxruntime",) if graph else ()
+    )
+    return [f"{p}=={version(p)}" for p in packages]
 
 
 def _wait_ready(mlflow_client: Any, name: str, version: str, timeout: float = 60) -> None:

@@ -107,6 +107,9 @@ class Target(ABC):
     # Whether the job backend itself holds jobs beyond training.max_concurrent_jobs (the local
     # executor does); if not, the pipeline queues them (fmops.airflow.job_queue).
     caps_jobs: ClassVar[bool] = False
+    # Why the target's endpoints serve a version's eager weights even when the version carries
+    # an optimized graph (fmops.evaluation.optimization); None: they serve the graph.
+    eager_only_note: ClassVar[str | None] = None
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
         """Problems with the config for this target, one line each: its own settings block

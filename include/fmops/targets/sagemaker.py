@@ -45,6 +45,11 @@ class SageMakerTarget(Target):
     # 256 concurrent waits near 8.5 requests a second (a throttled describe is retried by
     # botocore's retry mode, and the trigger's next poll asks again).
     job_poll_seconds = 30.0
+    eager_only_note = (
+        "On SageMaker the endpoint serves the training job's archive, eager PyTorch: the "
+        "Hugging Face inference image has no ONNX Runtime. The graph is registered, not served "
+        "there; the local endpoint and the MLflow model serve it."
+    )
 
     def config_problems(self, config: PipelineConfig) -> list[str]:
         from fmops.sagemaker import hosting, images, options

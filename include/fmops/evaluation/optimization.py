@@ -5,7 +5,7 @@ each on the eager model's scenarios and examples (``include/scripts/optimize.py`
 the gate has chosen the winner, each of its graphs, in the order ``evaluation.optimize.runtimes``
 prefers them (int8 first by default), is tested as a challenger is tested against the champion,
 the other way round: a paired bootstrap of (graph - eager) on the per-example scores of the
-compared metric. The first graph whose interval's lower end is above ``-margin`` is kept; the
+compared metric. The first graph whose interval's lower end is at or above ``-margin`` is kept; the
 registered version then carries it beside the eager weights, and the endpoint serves it
 (``fmops.registry.registration``). When none passes, the eager model is served.
 

@@ -196,17 +196,19 @@ def serving_lines(config: PipelineConfig, optimization: dict[str, Any] | None) -
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     kept = optimization.get("kept")
-    served = (
-        f"**the ONNX Runtime {kept} graph `{optimization['graph']}`**, beside the eager weights "
-        "(both in the version, with their digests)"
-        if kept
-        else "**eager PyTorch**"
-    )
-    lines = [f"Served: {served}. {optimization['reason']}."]
+    if kept:
+        speedup = optimization["speedup"]["single_request"]
+        lines = [
+            f"Served: **the ONNX Runtime {kept} graph `{optimization['graph']}`**, beside the "
+            f"eager weights (both in the version, with their digests): {speedup or 'n/a'}x the "
+            "eager model's single-request speed."
+        ]
+    else:
+        lines = [f"Served: **eager PyTorch**: {optimization['reason']}."]
     if optimization["checks"]:
         lines.append(
             f"\nEach graph against the eager model on `{optimization['metric']}` (paired bootstrap "
-            f"of graph - eager; kept when the interval's lower end is above "
+            f"of graph - eager; kept when the interval's lower end is at or above "
             f"-{optimization['margin']:g}; the first kept in `evaluation.optimize.runtimes` "
             "order is served):"
         )
@@ -222,7 +224,8 @@ def serving_lines(config: PipelineConfig, optimization: dict[str, Any] | None) -
             "size MB |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for runtime, row in optimization["metrics"].items():
+        for runtime in ["eager", *(c["runtime"] for c in optimization["checks"])]:
+            row = optimization["metrics"][runtime]
             lines.append(
                 f"| {runtime} | {num(row.get(metric))} | {num(row.get('ece'))} | "
                 f"{num(row.get('worst_drop'))} | {num(row.get('max_gap'))} | "
@@ -381,10 +384,10 @@ DROP_FIRST = (
     "Sample answers",
     "Cost",
     "Hosting",
-    "Serving artifact",
     "Prompt format",
     "Training",
     "Data",
+    "Serving artifact",
     "Review",
     "Known limits",
     "Evaluation",

@@ -346,12 +346,17 @@ def evaluation_mode(model_dir: Path, kind: str, zero_shot: bool) -> str:
 
 
 class Classifier:
-    """Batched predictions of the fmops classifier: (label, probability of that label)."""
+    """Batched predictions of the fmops classifier: (label, probability of that label).
+    ``loaded``: a classifier inference.py loaded already (an ONNX graph's, optimize.py)."""
 
-    def __init__(self, model_dir: Path, zero_shot_labels: list[str] | None) -> None:
+    def __init__(
+        self, model_dir: Path, zero_shot_labels: list[str] | None, loaded: Any = None
+    ) -> None:
         import inference
 
-        self.model = inference.load_classifier(model_dir, zero_shot_labels)
+        self.model = (
+            loaded if loaded is not None else inference.load_classifier(model_dir, zero_shot_labels)
+        )
         self._predict = inference.predict_fn
 
     def __call__(self, texts: list[str]) -> list[tuple[str, float]]:
@@ -777,8 +782,12 @@ def optimized(
 ) -> dict[str, Any]:
     """The optimize step (optimize.py): the graphs evaluated on the eager pass's scenarios and
     examples, timed as the eager model was."""
+    import inference
     import optimize
     import torch
+
+    def graph(path: Path, threads: int | None) -> Classifier:
+        return Classifier(model_dir, None, inference.graph_classifier(path, model_dir, threads))
 
     def evaluate(predict: Any, runtime: str) -> tuple[dict, dict, dict]:
         timing = Timing()
@@ -792,7 +801,7 @@ def optimized(
 
     return optimize.run(
         models.loaded,
-        model_dir,
+        graph,
         optimize.parse_runtimes(args.optimize),
         output,
         evaluate,

@@ -54,25 +54,6 @@ def parse_runtimes(text: str) -> list[str]:
     return runtimes
 
 
-class GraphClassifier:
-    """``evaluate.Classifier``'s interface over an ONNX graph on ONNX Runtime."""
-
-    def __init__(self, graph: Path, model_dir: Path, threads: int | None = None) -> None:
-        import inference
-
-        self.model = inference.graph_classifier(graph, model_dir, threads)
-        self._predict = inference.predict_fn
-
-    def __call__(self, texts: list[str]) -> list[tuple[str, float]]:
-        return [(p["label"], p["score"]) for p in self._predict(texts, self.model)]
-
-    def key(self, text: str) -> tuple[int, ...]:
-        import inference
-
-        encoded = self.model["tokenizer"](text, truncation=True, max_length=inference.MAX_LENGTH)
-        return tuple(encoded["input_ids"])
-
-
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -83,7 +64,7 @@ def sha256(path: Path) -> str:
 
 def run(
     eager: Any,
-    model_dir: Path,
+    graph_predictor: Callable[[Path, int | None], Any],
     runtimes: list[str],
     output: Path,
     evaluate: Callable[[Any, str], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]],
@@ -92,6 +73,8 @@ def run(
 ) -> dict[str, Any]:
     """Export ``eager`` (``evaluate.Classifier``) and evaluate each runtime's graph.
 
+    ``graph_predictor(graph, threads)``: the graph as a predictor with ``eager``'s interface
+    (``evaluate.Classifier`` over ``inference.graph_classifier``).
     ``evaluate(predict, runtime)`` runs every scenario the eager model ran, on the same examples,
     and returns (results by scenario, per-example scores by scenario, efficiency);
     ``single(predict)`` times single-text requests as the eager figures were timed (one thread).
@@ -111,9 +94,8 @@ def run(
     per_example: dict[str, Any] = {}
     for runtime in runtimes:
         graph = folder / GRAPHS[runtime]
-        predict = GraphClassifier(graph, model_dir, threads)
-        results, scores, efficiency = evaluate(predict, runtime)
-        efficiency.update(single(GraphClassifier(graph, model_dir, threads=1)))
+        results, scores, efficiency = evaluate(graph_predictor(graph, threads), runtime)
+        efficiency.update(single(graph_predictor(graph, 1)))
         efficiency["model_size_mb"] = round(graph.stat().st_size / 2**20, 2)
         efficiency["device"] = "cpu"
         document["runtimes"][runtime] = {

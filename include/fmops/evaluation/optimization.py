@@ -97,6 +97,7 @@ def decide(
     scenario, name = metric.split(".")[0], metric.split(".")[-1]
     eager = eager_scores.get(scenario, {}).get(name)
     graphs = optimized.get("runtimes", {})
+    chosen: dict[str, Any] | None = None
     for runtime in [r for r in settings.runtimes if r in graphs]:
         graph = graphs[runtime]
         graph_metrics = {"scenarios": graph["scenarios"], "efficiency": graph["efficiency"]}
@@ -131,22 +132,21 @@ def decide(
                 ),
             )
         decision["checks"].append(check)
-        if check["passes"] and decision["kept"] is None:
+        if check["passes"] and chosen is None:
+            chosen = check
             decision.update(
                 kept=runtime, graph=graph["graph"], sha256=graph["sha256"], bytes=graph["bytes"]
             )
-    kept = decision["kept"]
-    if kept is None:
+    if chosen is None:
         decision["reason"] = (
             "no graph is within the margin of the eager model: the eager model is served"
             if decision["checks"]
             else "the job exported no graph: the eager model is served"
         )
     else:
-        chosen = next(c for c in decision["checks"] if c["runtime"] == kept)
         decision["speedup"] = chosen["speedup"]
         decision["reason"] = (
-            f"the {kept} graph is served: {chosen['why']}; "
+            f"the {chosen['runtime']} graph is served: {chosen['why']}; "
             f"{chosen['speedup']['single_request']}x the eager model's single-request speed"
         )
     log.info("optimize: %s", decision["reason"])

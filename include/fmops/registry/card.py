@@ -182,6 +182,11 @@ def _known_limits(config: PipelineConfig, staged: dict, decision: dict, winner: 
     return "\n".join(lines)
 
 
+def num(value: float | None, digits: int = 4) -> str:
+    """A card's table figure: ``n/a`` for a missing one."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def serving_lines(config: PipelineConfig, optimization: dict[str, Any] | None) -> str:
     """The model card's section on what the version serves: the eager weights, or the
     optimized graph select kept (``fmops.evaluation.optimization``), with both models' metrics,
@@ -191,9 +196,6 @@ def serving_lines(config: PipelineConfig, optimization: dict[str, Any] | None) -
             "eager PyTorch (no optimize step: `evaluation.optimize.runtimes` is empty, or the "
             "model kind has none)"
         )
-
-    def num(value: Any, digits: int = 4) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
 
     kept = optimization.get("kept")
     if kept:
@@ -265,9 +267,6 @@ def model_card(
         )
         or "none"
     )
-
-    def num(value: float | None, digits: int = 4) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
 
     def model(row: dict) -> str:
         return (

@@ -10,9 +10,11 @@ candidates on the CPU with the pinned stack are:
   release) requires ``transformers<4.58``, and fmops pins 5.24.0; it cannot be installed beside
   it (the script prints the installed versions);
 - PyTorch's eager int8 dynamic quantization of the linear layers
-  (``torch.ao.quantization.quantize_dynamic``), which runs on the CPU and is measured here.
+  (``torch.ao.quantization.quantize_dynamic``), which runs on the CPU and is measured here: every
+  layer per tensor (``int8``), and the scheme the optimize step uses for a causal LM
+  (``int8-pc``, ``generation.quantize_int8``: per output channel, the output head kept fp32).
 
-Both runs use evaluate.py's batched generation on the packaged SmolLM2-135M-Instruct (untuned,
+All runs use evaluate.py's batched generation on the packaged SmolLM2-135M-Instruct (untuned,
 as evaluate.py's baseline), the same ``--examples`` held-out BANKING77 chats in the same batches
 (``run_batches``, batch and ``max_new_tokens`` from include/configs/local-llm.yaml), greedy, and
 ``--repeats`` rounds alternating the order. Reported: generated tokens per second, examples per
@@ -52,7 +54,7 @@ def main() -> None:
     import warnings
 
     import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import quantize_dynamic
 
     qint8 = torch.qint8
 
@@ -71,13 +73,10 @@ def main() -> None:
     base = packaged_model_folder(BASE_MODEL)
     models = {name: generation.CausalLM(base) for name in VARIANTS}
     # int8: every linear layer, one scale per tensor (quantize_dynamic's default);
-    # int8-pc: the decoder layers only, one scale per output channel, the output head (lm_head)
-    # kept fp32, as int8 LLM recipes do.
+    # int8-pc: the optimize step's scheme (generation.quantize_int8): every linear layer but the
+    # output head (lm_head, kept fp32 as int8 LLM recipes keep it), one scale per output channel.
     models["int8"].model = quantize_dynamic(models["int8"].model, {torch.nn.Linear}, dtype=qint8)
-    decoder = models["int8-pc"].model.model
-    decoder.layers = quantize_dynamic(
-        decoder.layers, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=qint8
-    )
+    generation.quantize_int8(models["int8-pc"].model)
     print(
         f"{len(prompts)} held-out chats, batch {batch}, max_new_tokens {new_tokens}, greedy, "
         f"{torch.get_num_threads()} torch threads, {args.repeats} round(s), alternating",

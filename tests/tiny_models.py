@@ -38,11 +38,15 @@ TINY_CHAT_TEMPLATE = (
 
 
 def save_tiny_causal_lm(
-    folder: Path, chat_template: str | None = None, tokenizer_source: str | Path | None = None
+    folder: Path,
+    chat_template: str | None = None,
+    tokenizer_source: str | Path | None = None,
+    layers: int = 2,
 ) -> Path:
-    """A 2-layer Llama (hidden size 32) with the packaged all-MiniLM-L6-v2's WordPiece tokenizer
-    (no EOS token: answers end with its SEP token), saved to ``folder``; seeded, so every build is
-    the same. ``chat_template`` gives the tokenizer one (e.g. ``TINY_CHAT_TEMPLATE``)."""
+    """A ``layers``-layer Llama (hidden size 32) with the packaged all-MiniLM-L6-v2's WordPiece
+    tokenizer (no EOS token: answers end with its SEP token), saved to ``folder``; seeded, so
+    every build is the same. ``chat_template`` gives the tokenizer one (e.g.
+    ``TINY_CHAT_TEMPLATE``)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -57,7 +61,7 @@ def save_tiny_causal_lm(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=256,

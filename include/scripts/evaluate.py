@@ -58,6 +58,10 @@ request costs one core, for the hosting choice (``fmops.sizing``). Writes ``metr
 ``per_example.json`` (each example's scores, for the paired bootstrap against the champion) and
 ``predictions-<scenario>.jsonl``. Imports torch, transformers, numpy, rouge_score (generation
 only) and the sibling scripts.
+
+``--optimize <runtimes>`` (a fine-tuned model) then runs the optimize step (``optimize.py``): a
+classifier's ONNX Runtime graphs (``int8``, ``fp32``) or a causal LM's int8 weights (``int8``),
+each evaluated again on every scenario's same examples, under ``optimized`` in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -117,8 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--optimize",
         default="",
-        help="runtimes to export a fine-tuned classifier to and evaluate (optimize.py): "
-        "int8,fp32; empty: none",
+        help="runtimes to export the fine-tuned model to and evaluate (optimize.py): a "
+        "classifier's int8,fp32 ONNX Runtime graphs, a causal LM's int8; empty: none",
     )
     parser.add_argument(
         "--prompt-template",
@@ -712,21 +716,32 @@ class Models:
                 self.loaded = Classifier(self.model_dir, zero_shot)
             return self.loaded
         if self.loaded is None:
-            import generation
-            import instruction
+            self.loaded = self.causal_lm()
+        return lm_predictor(self.loaded, task, self.args)
 
-            try:
-                self.loaded = generation.CausalLM(self.model_dir, self.args.prompt_template)
-            except instruction.RecordError as err:  # e.g. --prompt-template chat, no template
-                raise SystemExit(f"ERROR {self.model_dir}: {err}") from None
-        if task == "multiple_choice":
-            return MultipleChoice(self.loaded, self.args.batch_size)
-        if task == "perplexity":
-            return Perplexity(self.loaded)
-        return Generator(self.loaded, self.args.max_new_tokens)
+    def causal_lm(self, int8_weights: Path | None = None) -> Any:
+        """The causal LM, eager; or with the optimize step's int8 weights loaded over it."""
+        import generation
+        import instruction
+
+        try:
+            lm = generation.CausalLM(self.model_dir, self.args.prompt_template, serving=False)
+        except instruction.RecordError as err:  # e.g. --prompt-template chat, no template
+            raise SystemExit(f"ERROR {self.model_dir}: {err}") from None
+        if int8_weights is not None:
+            lm.use_int8(int8_weights)
+        return lm
 
     def parameters(self) -> int:
         return self.loaded.parameters()
+
+
+def lm_predictor(lm: Any, task: str, args: argparse.Namespace) -> Callable[[list[Any]], list]:
+    if task == "multiple_choice":
+        return MultipleChoice(lm, args.batch_size)
+    if task == "perplexity":
+        return Perplexity(lm)
+    return Generator(lm, args.max_new_tokens)
 
 
 SINGLE_REQUESTS = 32  # timed single-text requests, after SINGLE_WARMUP untimed ones
@@ -779,35 +794,90 @@ def optimized(
     models: Models,
     evaluated: list[tuple[Scenario, Examples]],
     texts: list[str],
+    runtimes: list[str],
 ) -> dict[str, Any]:
-    """The optimize step (optimize.py): the graphs evaluated on the eager pass's scenarios and
-    examples, timed as the eager model was."""
-    import inference
+    """The optimize step (optimize.py): the kind's artifacts evaluated on the eager pass's
+    scenarios and examples, timed as the eager model was."""
     import optimize
     import torch
 
-    def graph(path: Path, threads: int | None) -> Classifier:
-        return Classifier(model_dir, None, inference.graph_classifier(path, model_dir, threads))
-
-    def evaluate(predict: Any, runtime: str) -> tuple[dict, dict, dict]:
+    def evaluate(model: Any, runtime: str) -> tuple[dict, dict, dict]:
         timing = Timing()
         results, per_example = {}, {}
         for scenario, examples in evaluated:
+            if models.kind == "classification":
+                predict = model
+            else:
+                predict = lm_predictor(model, scenario.task, args)
             result, scores, _ = evaluate_scenario(
                 optimize.renamed(scenario, runtime), examples, predict, args, timing
             )
             results[scenario.name], per_example[scenario.name] = result, scores
-        return results, per_example, batched_figures(args, timing)
+        return results, per_example, timing_figures(args, timing)
+
+    if models.kind == "classification":
+        import inference
+
+        def export(folder: Path, runtimes: list[str]) -> str | None:
+            inference.export_onnx(models.loaded.model, folder / "onnx", quantize="int8" in runtimes)
+            return None
+
+        def graph(path: Path, threads: int | None) -> Classifier:
+            return Classifier(model_dir, None, inference.graph_classifier(path, model_dir, threads))
+
+        return optimize.run(
+            models.kind,
+            export,
+            graph,
+            runtimes,
+            output,
+            evaluate,
+            lambda predict: single_requests(predict, texts),
+            torch.get_num_threads(),
+        )
+    import generation
+
+    def quantize(folder: Path, runtimes: list[str]) -> str | None:
+        lm = models.causal_lm()
+        if not generation.quantize_int8(lm.model):
+            return "the model has no nn.Linear layer that int8 dynamic quantization applies to"
+        generation.save_int8(lm.model, folder / optimize.KINDS["generation"].artifacts["int8"])
+        return None
 
     return optimize.run(
-        models.loaded,
-        graph,
-        optimize.parse_runtimes(args.optimize),
+        models.kind,
+        quantize,
+        lambda path, threads: models.causal_lm(path),
+        runtimes,
         output,
         evaluate,
-        lambda predict: single_requests(predict, texts),
+        None,
         torch.get_num_threads(),
     )
+
+
+def optimize_runtimes(args: argparse.Namespace, kind: str) -> list[str]:
+    """--optimize's runtimes, checked against the model's kind before any work; none for the
+    untuned baseline (--zero-shot)."""
+    if not args.optimize or args.zero_shot:
+        return []
+    import optimize
+
+    return optimize.parse_runtimes(args.optimize, kind)
+
+
+def timing_figures(args: argparse.Namespace, timing: Timing) -> dict[str, Any]:
+    """The batched pass's figures, and the generation batches' when a generation scenario ran."""
+    report = batched_figures(args, timing)
+    if timing.first_token:
+        report["time_to_first_token_ms_p50"] = round(
+            metrics.percentile(timing.first_token, 50) * 1000, 2
+        )
+        report["tokens_per_second"] = round(
+            timing.generated_tokens / max(timing.generation_seconds, 1e-9), 2
+        )
+        report["generated_tokens"] = timing.generated_tokens
+    return report
 
 
 def efficiency(
@@ -820,7 +890,7 @@ def efficiency(
     import torch
 
     report: dict[str, Any] = {
-        **batched_figures(args, timing),
+        **timing_figures(args, timing),
         "model_size_mb": round(folder_bytes(model_dir) / 2**20, 2),
         "parameters": models.parameters(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -828,14 +898,6 @@ def efficiency(
     }
     if isinstance(models.loaded, Classifier) and not torch.cuda.is_available():
         report.update(single_requests(models.loaded, texts or []))
-    if timing.first_token:  # a generation scenario ran: the generation batches' figures
-        report["time_to_first_token_ms_p50"] = round(
-            metrics.percentile(timing.first_token, 50) * 1000, 2
-        )
-        report["tokens_per_second"] = round(
-            timing.generated_tokens / max(timing.generation_seconds, 1e-9), 2
-        )
-        report["generated_tokens"] = timing.generated_tokens
     return report
 
 
@@ -848,6 +910,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = scenarios_of(args)
     model_dir = model_folder(Path(args.model), output.parent / "scratch")
     kind = model_kind(model_dir, args.zero_shot)
+    runtimes = optimize_runtimes(args, kind)
     torch.manual_seed(args.seed)
     results: dict[str, Any] = {}
     per_example: dict[str, dict[str, list[float]]] = {}
@@ -888,8 +951,10 @@ def main(argv: list[str] | None = None) -> int:
         "efficiency": efficiency(args, timing, model_dir, models, texts),
         "seed": args.seed,
     }
-    if args.optimize and isinstance(models.loaded, Classifier) and not args.zero_shot:
-        document["optimized"] = optimized(args, output, model_dir, models, evaluated, texts)
+    if runtimes:
+        document["optimized"] = optimized(
+            args, output, model_dir, models, evaluated, texts, runtimes
+        )
     (output / "metrics.json").write_text(json.dumps(document, indent=1))
     (output / "per_example.json").write_text(json.dumps(per_example))
     print(f"efficiency {json.dumps(document['efficiency'])}", flush=True)

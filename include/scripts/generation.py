@@ -10,7 +10,10 @@
   KV cache, greedy at temperature 0, stop strings, and per answer the number of tokens, why it
   ended and the log-probability of its tokens, the answer's sequence probability;
 - scores given continuations by teacher forcing (:meth:`CausalLM.continuation_logprobs`), for
-  multiple choice and perplexity.
+  multiple choice and perplexity;
+- answers with int8 weights when the folder's ``serving.json`` names them: the optimize step
+  (``optimize.py``) quantizes the linear layers (:func:`quantize_int8`), saves their int8 weights
+  (:func:`save_int8`), and the served model loads exactly those (:func:`load_int8`), on the CPU.
 
 Only ``input_ids`` and ``attention_mask`` reach the model: a WordPiece tokenizer's
 ``token_type_ids`` mean nothing to a causal LM (and ``generate`` refuses them). Decoding uses the
@@ -51,6 +54,14 @@ import instruction  # noqa: E402 - beside this file
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 512
+SERVING_FILE = "serving.json"
+INT8_RUNTIME = "pytorch-int8"
+INT8_WEIGHTS = "int8/model.safetensors"
+# The int8 scheme: PyTorch's dynamic quantization of every nn.Linear but the output head, one
+# scale per output channel (per_channel_dynamic_qconfig); the embeddings and the head stay fp32,
+# as int8 LLM recipes keep them. benchmarks/generation_int8.py measured every layer per tensor
+# (the head included) at -8.7 points of token F1 on SmolLM2, this scheme at -4.5.
+INT8_SCHEME = "torch.ao dynamic int8, per output channel, nn.Linear except the output head"
 FINISH_REASONS = ("eos_token", "stop_sequence", "length")
 
 
@@ -146,7 +157,9 @@ class CausalLM:
         prompt_template: str = "auto",
         max_length: int | None = None,
         device: str | None = None,
+        serving: bool = True,
     ) -> None:
+        """``serving``: honour the folder's ``serving.json`` (False: the eager weights)."""
         model_dir = Path(model_dir)
         if prompt_template not in instruction.TEMPLATES:
             raise ValueError(
@@ -179,8 +192,27 @@ class CausalLM:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
         self.model.to(self.device).eval()
+        # What answers: "pytorch", or "pytorch-int8" for a folder whose serving.json names the
+        # int8 weights the optimize step evaluated (optimize.py), which are then loaded.
+        self.runtime = "pytorch"
+        serving_file = model_dir / SERVING_FILE
+        if serving and serving_file.exists():
+            serving_spec = json.loads(serving_file.read_text())
+            if serving_spec.get("runtime") != INT8_RUNTIME or not serving_spec.get("weights"):
+                raise ValueError(
+                    f"{serving_file} must name runtime {INT8_RUNTIME!r} and its weights, got "
+                    f"{serving_spec}; register the model again"
+                )
+            self.use_int8(within(model_dir, serving_spec["weights"]))
         self.eos_token_ids = self._stop_tokens()
         self.last_timing: dict[str, float | int] = {}
+
+    def use_int8(self, weights: Path) -> None:
+        """Answer with the int8 weights the optimize step saved (``load_int8``), on the CPU:
+        PyTorch's int8 dynamic kernels are CPU ones."""
+        load_int8(self.model, weights)
+        self.runtime = INT8_RUNTIME
+        self.device = torch.device("cpu")
 
     def _stop_tokens(self) -> list[int]:
         """The tokens that end an answer: the model's EOS tokens, the prompt format's
@@ -395,6 +427,102 @@ class CausalLM:
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+def within(folder: Path, relative: str) -> Path:
+    """``folder/relative``, refused unless it is a file inside ``folder``."""
+    path = (folder / relative).resolve()
+    if folder.resolve() not in path.parents or not path.is_file():
+        raise ValueError(f"{folder / SERVING_FILE}: {relative!r} is not a file of {folder}")
+    return path
+
+
+def _quantizable(model: Any) -> dict[str, Any]:
+    """The layers the int8 scheme quantizes, by name: every nn.Linear (exactly: not a
+    subclass) but the output head."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    head = model.get_output_embeddings()
+    return {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear and module is not head
+    }
+
+
+def quantize_int8(model: Any) -> int:
+    """Quantize ``model`` in place (INT8_SCHEME, on the CPU); returns how many layers were.
+    Deterministic: the same weights give the same int8 weights."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    layers = _quantizable(model)
+    if not layers:
+        return 0
+    with warnings.catch_warnings():  # torch 2.13 deprecates the quantized tensor API
+        warnings.simplefilter("ignore", UserWarning)
+        quantize_dynamic(model.cpu(), layers, dtype=torch.qint8, inplace=True)
+    return len(layers)
+
+
+def _int8_layers(model: Any) -> dict[str, Any]:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, DynamicLinear)}
+
+
+def save_int8(model: Any, path: Path) -> int:
+    """The quantized layers' int8 weights, scales and zero points, as safetensors (plain
+    tensors, no pickle); returns the file's size."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, layer in _int8_layers(model).items():
+        weight = layer.weight()
+        tensors[f"{name}.int8"] = weight.int_repr().contiguous()
+        tensors[f"{name}.scales"] = weight.q_per_channel_scales().contiguous()
+        tensors[f"{name}.zero_points"] = weight.q_per_channel_zero_points().contiguous()
+    if not tensors:
+        raise ValueError("the model has no int8 layer to save: call quantize_int8 first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"scheme": INT8_SCHEME})
+    return path.stat().st_size
+
+
+def load_int8(model: Any, path: Path) -> None:
+    """Quantize ``model`` (its eager weights) as INT8_SCHEME does, then set every quantized
+    layer's weights to those saved in ``path``: what answers is exactly what was evaluated. A
+    file for another model (layers missing or extra, other shapes) is refused."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        scheme = (f.metadata() or {}).get("scheme")
+    if scheme != INT8_SCHEME:
+        raise ValueError(f"{path}: int8 scheme {scheme!r} is not {INT8_SCHEME!r}")
+    quantize_int8(model)
+    layers = _int8_layers(model)
+    stored = load_file(str(path))
+    names = {key.rsplit(".", 1)[0] for key in stored}
+    if names != set(layers):
+        raise ValueError(
+            f"{path} holds int8 weights for {len(names)} layers, the model has {len(layers)} "
+            f"quantized ones (differing: {sorted(names ^ set(layers))[:3]}): it is another "
+            "model's file"
+        )
+    import warnings
+
+    for name, layer in layers.items():
+        int8 = stored[f"{name}.int8"]
+        if tuple(int8.shape) != tuple(layer.weight().shape):
+            raise ValueError(f"{path}: {name} is {tuple(int8.shape)}, the model's layer is not")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            weight = torch._make_per_channel_quantized_tensor(
+                int8, stored[f"{name}.scales"], stored[f"{name}.zero_points"], 0
+            )
+        layer.set_weight_bias(weight, layer.bias())
 
 
 def sequence_probability(generation: Generation) -> float:

@@ -417,7 +417,13 @@ def model_fn(model_dir: str) -> dict[str, Any]:
     limits = LIMITS.within_context(getattr(lm.model.config, "max_position_embeddings", None))
     # Prompts over MAX_INPUT_TOKENS are refused, never cut: CausalLM truncates past max_length.
     lm.max_length = limits.max_input_tokens
-    return {"lm": lm, "limits": limits, "name": path.resolve().name, "bos": _bos_prefix(lm)}
+    return {
+        "lm": lm,
+        "limits": limits,
+        "name": path.resolve().name,
+        "bos": _bos_prefix(lm),
+        "runtime": lm.runtime,  # pytorch-int8 when serving.json names the int8 weights
+    }
 
 
 def _bos_prefix(lm: Any) -> str:

@@ -11,6 +11,7 @@ second run on the same data is declined by the champion comparison.
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,9 @@ def llm_config_file(tmp_path_factory) -> Path:
             "batch_size": 16,
             "max_new_tokens": 8,
             "perturbation_sample_size": 16,
+            # The optimize step's int8 weights, with a margin of 1 (any loss): kept whatever
+            # they score, so that this run registers and serves them.
+            "optimize": {"generative": ["int8"], "margin": 1.0},
         },
         "registry": {"model_name": "fmops-e2e-llm"},
         "deployment": {
@@ -156,6 +160,17 @@ def test_finetune_registers_a_generative_winner(finetune_run, llm_config, tmp_pa
         assert metrics["cost.usd_per_1k_requests"] > 0
     assert challenger.tags["fmops.metric"].startswith(f"{PRIMARY}=")
 
+    # The optimize step: the winner's int8 weights tested against its eager model (kept: the
+    # margin is 1), on the version, its card and in its folder.
+    optimized = xcom(finetune_run, "select")["optimization"]
+    (check,) = optimized["checks"]
+    assert check["runtime"] == "int8" and check["passes"] and check["examples"] == 32
+    assert -1 <= check["lower"] <= check["difference"] <= check["upper"] <= 1
+    assert optimized["kept"] == "int8" and optimized["engine"] == "pytorch-int8"
+    assert check["speedup"]["tokens"] > 0 and check["speedup"]["single_request"] is None
+    assert challenger.tags["fmops.serving_runtime"] == "pytorch-int8 int8 (int8/model.safetensors)"
+    assert "Served: **the PyTorch int8 weights `int8/model.safetensors`**" in card
+
     # The registered model: MLflow's chat schema, the LoRA adapter beside the merged weights,
     # and it answers a chat from the registry alone.
     uri = f"models:/{name}/{challenger.version}"
@@ -167,6 +182,11 @@ def test_finetune_registers_a_generative_winner(finetune_run, llm_config, tmp_pa
     assert (model_dir / "adapter" / "adapter_config.json").is_file()
     assert (model_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert (model_dir / "model.safetensors").is_file()
+    assert json.loads((model_dir / "serving.json").read_text()) == {
+        "runtime": "pytorch-int8",
+        "weights": "int8/model.safetensors",
+    }
+    assert (model_dir / "int8" / "model.safetensors").is_file()
     requirements = (local / "requirements.txt").read_text()
     assert "torch==" in requirements and "transformers==" in requirements
     model = mlflow.pyfunc.load_model(str(local))
@@ -193,6 +213,10 @@ def test_deploy_serves_the_tgi_and_the_chat_contract(
     champion = client.get_model_version_by_alias(llm_config.registry.model_name, tracking.CHAMPION)
     serving = [v for v in endpoint.status()["variants"].values() if v["weight"] == 100]
     assert [v["version"] for v in serving] == [str(champion.version)]
+    # The variant serves the int8 weights the version carries (serving.json).
+    (live,) = serving
+    with urllib.request.urlopen(f"http://127.0.0.1:{live['port']}/ping", timeout=10) as answer:
+        assert json.loads(answer.read())["runtime"] == "pytorch-int8"
 
     status, body = endpoint.invoke(
         {"inputs": "Where is my card?", "parameters": {"max_new_tokens": 5, "details": True}}

@@ -161,7 +161,7 @@ def test_finetune_registers_the_winner(finetune_run, tiny_config, tmp_path):
     assert int8["passes"] == (int8["lower"] >= -0.005)  # tiny.yaml keeps the default margin
     graph = optimized["graph"]
     assert challenger.tags["fmops.serving_runtime"] == f"onnxruntime {kept} ({graph})"
-    assert f"Served: **the ONNX Runtime {kept} graph `{graph}`**" in card
+    assert f"Served: **the {kept} ONNX Runtime graph `{graph}`**" in card
     assert "| eager |" in card and f"| {kept} |" in card
     assert parent.data.tags["fmops.outcome"].startswith("registered version")
 

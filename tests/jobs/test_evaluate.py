@@ -484,16 +484,33 @@ def test_the_optimize_step_evaluates_each_graph_on_the_same_examples(classifier_
 
 
 def test_an_image_without_onnx_runtime_skips_the_optimize_step(tmp_path, monkeypatch):
-    sys.path.insert(0, str(SCRIPTS))
+    import dataclasses
+
     import optimize
 
-    monkeypatch.setattr(optimize, "NEEDS", ("onnxruntime", "no_such_exporter_module"))
-    assert optimize.run(None, tmp_path, ["int8"], tmp_path, None, None, 1) == {
-        "skipped": "no_such_exporter_module not installed in this job's image"
-    }
+    def never(*_: object) -> None:
+        raise AssertionError("nothing is exported without the exporter")
+
+    kind = optimize.KINDS["classification"]
+    lacking = dataclasses.replace(kind, needs=("onnxruntime", "no_such_exporter_module"))
+    monkeypatch.setitem(optimize.KINDS, "classification", lacking)
+    found = optimize.run("classification", never, never, ["int8"], tmp_path, never, never, 1)
+    assert found == {"skipped": "no_such_exporter_module not installed in this job's image"}
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(SystemExit, match=r"unknown runtime\(s\) \['tensorrt'\]"):
-        optimize.parse_runtimes("int8,tensorrt")
+
+
+def test_a_runtime_the_kind_has_not_is_refused_before_any_work(tmp_path, classifier, causal_lm):
+    data = write_scenarios(tmp_path / "data", [CLASSIFICATION])
+    for model, runtimes, kind in [
+        (classifier, "int8,tensorrt", "classification"),
+        (causal_lm, "int8,fp32", "generation"),  # an LM has no ONNX graph
+    ]:
+        result = evaluate(model, data, tmp_path / kind, "--optimize", runtimes)
+        assert result.returncode != 0
+        assert f"unknown runtime(s) {[runtimes.split(',')[1]]} for a {kind} model" in (
+            result.stderr + result.stdout
+        )
+        assert not (tmp_path / kind / "metrics.json").exists()  # refused before the eager pass
 
 
 def test_every_model_sees_the_same_sample(zero_shot, classifier_runs):
@@ -624,6 +641,80 @@ def test_a_tuned_causal_lm_on_the_generation_scenario(generation_run):
     assert 0 < efficiency["time_to_first_token_ms_p50"] <= efficiency["latency_p95_ms"]
     assert efficiency["tokens_per_second"] > 0
     assert "request_ms_p50" not in efficiency  # single-text requests: classifiers only
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory, causal_lm) -> Path:
+    """The tuned causal LM with the optimize step: its int8 weights evaluated on a generation and
+    a perplexity scenario."""
+    data = write_scenarios(tmp_path_factory.mktemp("int8-data"), [GENERATION, PERPLEXITY])
+    output = tmp_path_factory.mktemp("int8") / "out"
+    return evaluated(causal_lm, data, output, "--max-new-tokens", "8", "--optimize", "int8")
+
+
+def test_the_optimize_step_evaluates_a_causal_lms_int8_weights(int8_run, causal_lm, tmp_path):
+    import hashlib
+    import shutil
+
+    import generation
+    import torch
+    from safetensors.torch import load_file
+
+    document, eager_examples = outputs(int8_run)
+    optimized = document["optimized"]
+    assert list(optimized["runtimes"]) == ["int8"]
+    entry = optimized["runtimes"]["int8"]
+    weights = int8_run / "optimized" / "int8" / "model.safetensors"
+    assert entry["graph"] == "int8/model.safetensors" and entry["engine"] == "pytorch-int8"
+    assert entry["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert entry["bytes"] == weights.stat().st_size
+    # int8 weights for each of the 2 layers' 7 linear layers (attention q, k, v, o; MLP gate,
+    # up, down); the output head and the embeddings stay fp32
+    stored = load_file(str(weights))
+    layers = {key.rsplit(".", 1)[0] for key in stored}
+    assert len(layers) == 14 and not any("lm_head" in name for name in layers)
+    assert all(stored[f"{name}.int8"].dtype.is_floating_point is False for name in layers)
+
+    per_example = json.loads((int8_run / "optimized" / "per_example.json").read_text())
+    assert set(entry["scenarios"]) == set(eager_examples) == {"instructions", "answers-perplexity"}
+    for scenario, scores in eager_examples.items():
+        assert (
+            entry["scenarios"][scenario]["examples"] == document["scenarios"][scenario]["examples"]
+        )
+        for metric, values in scores.items():
+            int8_values = per_example["int8"][scenario][metric]
+            assert len(int8_values) == len(values)
+            mean_of = entry["scenarios"][scenario]["accuracy"][metric]
+            if metric in ("exact_match", "token_f1"):
+                assert sum(int8_values) / len(values) == pytest.approx(mean_of, abs=1e-6)
+    # int8 arithmetic is not the eager model's: the perplexities differ, a little
+    eager_ppl = document["scenarios"]["answers-perplexity"]["accuracy"]["perplexity"]
+    int8_ppl = entry["scenarios"]["answers-perplexity"]["accuracy"]["perplexity"]
+    assert int8_ppl != eager_ppl and int8_ppl == pytest.approx(eager_ppl, rel=0.2)
+    efficiency = entry["efficiency"]
+    assert efficiency["tokens_per_second"] > 0 and 0 < efficiency["generated_tokens"] <= 8 * 60
+    assert "request_ms_p50" not in efficiency  # single-text requests: classifiers only
+
+    # Served as registration packs it (the eager folder, the weights, serving.json), the model
+    # is the tuned model's int8 quantization, computed again here: the same logits, not eager's.
+    folder = tmp_path / "served"
+    shutil.copytree(causal_lm, folder)
+    (folder / "int8").mkdir()
+    shutil.copyfile(weights, folder / "int8" / "model.safetensors")
+    serving = {"runtime": "pytorch-int8", "weights": "int8/model.safetensors"}
+    (folder / "serving.json").write_text(json.dumps(serving))
+    served = generation.CausalLM(folder)
+    assert served.runtime == "pytorch-int8" and served.device.type == "cpu"
+    eager, again = (generation.CausalLM(folder, serving=False) for _ in range(2))
+    assert eager.runtime == "pytorch"
+    assert generation.quantize_int8(again.model) == 14
+    records = read_jsonl(SHIPPED)[:8]
+    batch = served._encode(
+        [served.prompt([{"role": "user", "content": r["prompt"]}]) for r in records]
+    )
+    with torch.no_grad():
+        logits = [lm.model(**batch).logits for lm in (served, again, eager)]
+    assert torch.equal(logits[0], logits[1]) and not torch.equal(logits[0], logits[2])
 
 
 def assert_calibration(calibration: dict, confidences: list[float], correct: list[float]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -272,3 +273,79 @@ def test_a_long_pair_keeps_the_continuation_and_the_end_of_the_prompt(base):
     assert len(context) > 16
     kept = context[-(16 - count) :]
     assert logprob == pytest.approx(score_by_hand(lm, kept, "card arrival"), abs=1e-3)
+
+
+# -- int8 weights (the optimize step's artifact for a causal LM) --------------------------------
+
+
+def int8_folder(base: Path, folder: Path, serving: dict | None = None) -> Path:
+    """``base`` as registration packs it with int8 weights: the eager folder, the quantized
+    layers' file and serving.json naming it."""
+    import shutil
+
+    shutil.copytree(base, folder)
+    lm = generation.CausalLM(base)
+    assert generation.quantize_int8(lm.model) > 0
+    generation.save_int8(lm.model, folder / generation.INT8_WEIGHTS)
+    spec = serving or {"runtime": generation.INT8_RUNTIME, "weights": generation.INT8_WEIGHTS}
+    (folder / generation.SERVING_FILE).write_text(json.dumps(spec))
+    return folder
+
+
+def test_int8_weights_are_served_as_saved_and_the_head_stays_fp32(base, lm, tmp_path):
+    import torch
+
+    served = generation.CausalLM(int8_folder(base, tmp_path / "int8"))
+    assert served.runtime == generation.INT8_RUNTIME and lm.runtime == "pytorch"
+    assert type(served.model.get_output_embeddings()) is torch.nn.Linear  # the head: fp32
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    quantized = [n for n, m in served.model.named_modules() if isinstance(m, DynamicLinear)]
+    assert len(quantized) == 14  # 2 layers x (q, k, v, o, gate, up, down)
+    # Greedy answers in a batch: int8 arithmetic, so log-probabilities near the eager model's
+    # but not equal.
+    prompts = [served.prompt(chat) for chat in CHATS]
+    int8_answers = served.generate(prompts, STEPS)
+    eager_answers = lm.generate(prompts, STEPS)
+    assert all(a.tokens > 0 for a in int8_answers)
+    assert [a.logprob for a in int8_answers] != [a.logprob for a in eager_answers]
+
+
+@pytest.mark.parametrize(
+    ("serving", "named"),
+    [
+        (
+            {"runtime": "onnxruntime", "graph": "onnx/model.onnx"},
+            "must name runtime 'pytorch-int8'",
+        ),
+        ({"runtime": "pytorch-int8"}, "must name runtime 'pytorch-int8' and its weights"),
+        ({"runtime": "pytorch-int8", "weights": "../elsewhere.safetensors"}, "is not a file of"),
+        ({"runtime": "pytorch-int8", "weights": "int8/missing.safetensors"}, "is not a file of"),
+    ],
+)
+def test_a_bad_serving_json_is_refused_with_the_fix(base, tmp_path, serving, named):
+    folder = int8_folder(base, tmp_path / "int8", serving)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        generation.CausalLM(folder)
+
+
+def test_another_models_int8_weights_are_refused(base, tmp_path):
+    from tiny_models import save_tiny_causal_lm
+
+    other = save_tiny_causal_lm(tmp_path / "other", layers=3)
+    folder = int8_folder(other, tmp_path / "int8")
+    (folder / generation.INT8_WEIGHTS).replace(tmp_path / "other.safetensors")
+    target = int8_folder(base, tmp_path / "target")
+    (tmp_path / "other.safetensors").replace(target / generation.INT8_WEIGHTS)
+    with pytest.raises(ValueError, match="it is another model's file"):
+        generation.CausalLM(target)
+
+
+def test_int8_weights_of_another_scheme_are_refused(base, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = int8_folder(base, tmp_path / "int8")
+    path = folder / generation.INT8_WEIGHTS
+    save_file(load_file(str(path)), str(path), metadata={"scheme": "per-tensor int8, head too"})
+    with pytest.raises(ValueError, match="int8 scheme 'per-tensor int8, head too' is not"):
+        generation.CausalLM(folder)

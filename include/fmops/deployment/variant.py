@@ -85,8 +85,9 @@ class VariantServer(ThreadingHTTPServer):
                 self.handlers.predict_fn([WARM_UP_TEXT], model)
         except Exception:  # noqa: BLE001 - a model that fails to predict is the alarms' business
             log.exception("variant %s: the warm-up prediction failed", self.name)
-        # What serves the requests: "onnxruntime" for a folder with serving.json, else the
-        # handlers' default (eager PyTorch for the classifier); /ping says it.
+        # What serves the requests, as the handlers' model says: "onnxruntime" (a classifier's
+        # graph) or "pytorch-int8" (a causal LM's int8 weights) for a folder with serving.json,
+        # else eager "pytorch"; /ping says it.
         self.runtime = model.get("runtime", "pytorch") if isinstance(model, dict) else "pytorch"
         self.model = model
         log.info(

@@ -1,13 +1,15 @@
 """Keep the winner's optimized serving artifact, or serve the eager model.
 
-A fine-tuned classifier's evaluation job also exports it as ONNX Runtime graphs and evaluates
-each on the eager model's scenarios and examples (``include/scripts/optimize.py``). Here, once
-the gate has chosen the winner, each of its graphs, in the order ``evaluation.optimize.runtimes``
-prefers them (int8 first by default), is tested as a challenger is tested against the champion,
-the other way round: a paired bootstrap of (graph - eager) on the per-example scores of the
-compared metric. The first graph whose interval's lower end is at or above ``-margin`` is kept; the
-registered version then carries it beside the eager weights, and the endpoint serves it
-(``fmops.registry.registration``). When none passes, the eager model is served.
+A fine-tuned model's evaluation job also exports it as cheaper-to-serve artifacts (a
+classifier's ONNX Runtime graphs, a causal LM's int8 weights: ``include/scripts/optimize.py``)
+and evaluates each on the eager model's scenarios and examples. Here, once the gate has chosen
+the winner, each of its artifacts, in the order the config prefers them
+(``evaluation.optimize.runtimes`` for a classifier, int8 first by default;
+``evaluation.optimize.generative`` for a causal LM), is tested as a challenger is tested against
+the champion, the other way round: a paired bootstrap of (artifact - eager) on the per-example
+scores of the compared metric. The first whose interval's lower end is at or above ``-margin``
+is kept; the registered version then carries it beside the eager weights, and the endpoint
+serves it (``fmops.registry.registration``). When none passes, the eager model is served.
 
 The decision, both models' metrics and the speed-up are the ``optimization`` entry of select's
 result, which the model card shows.
@@ -33,7 +35,24 @@ SCENARIO_KEYS = {
     "worst_drop": "robustness.worst_drop",
     "max_gap": "fairness.max_gap",
 }
-EFFICIENCY_KEYS = ("request_ms_p50", "request_ms_p95", "throughput_per_s", "model_size_mb")
+EFFICIENCY_KEYS = (
+    "request_ms_p50",
+    "request_ms_p95",
+    "throughput_per_s",
+    "tokens_per_second",
+    "model_size_mb",
+)
+# The engine of a job's artifacts when it did not record one (jobs before causal LMs had a step).
+ONNX_RUNTIME = "onnxruntime"
+# What each engine serves, in the card's and the logs' words.
+ARTIFACTS = {ONNX_RUNTIME: "ONNX Runtime graph", "pytorch-int8": "PyTorch int8 weights"}
+
+
+def artifact_name(runtime: str, engine: str) -> str:
+    """How the card and the logs name an artifact: "the int8 ONNX Runtime graph", "the PyTorch
+    int8 weights"."""
+    noun = ARTIFACTS.get(engine, engine)
+    return f"the {noun}" if runtime in noun else f"the {runtime} {noun}"
 
 
 def summary(metrics: dict[str, Any], metric: str) -> dict[str, float | None]:
@@ -55,12 +74,24 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def speedup(eager: dict[str, Any], graph: dict[str, Any]) -> dict[str, float | None]:
-    """How many times faster the graph answers: a single-text request (median, one thread) and
-    the batched evaluation pass (examples per second)."""
+    """How many times faster the artifact answers: a single-text request (median, one thread;
+    classifiers), the batched evaluation pass (examples per second) and generated tokens per
+    second (causal LMs)."""
     return {
         "single_request": _ratio(eager.get("request_ms_p50"), graph.get("request_ms_p50")),
         "batched": _ratio(graph.get("throughput_per_s"), eager.get("throughput_per_s")),
+        "tokens": _ratio(graph.get("tokens_per_second"), eager.get("tokens_per_second")),
     }
+
+
+def headline(speedups: dict[str, float | None]) -> str:
+    """The speed-up a reader of the card needs first: a single request's for a classifier,
+    generated tokens per second's for a causal LM."""
+    if speedups.get("single_request"):
+        return f"{speedups['single_request']}x the eager model's single-request speed"
+    if speedups.get("tokens"):
+        return f"{speedups['tokens']}x the eager model's generated tokens per second"
+    return f"{speedups.get('batched') or 'n/a'}x the eager model's batched pass"
 
 
 def decide(
@@ -70,7 +101,7 @@ def decide(
     metric: str,
 ) -> dict[str, Any] | None:
     """The winner's optimized artifact, kept or not, and why; None when its evaluation job had
-    no optimize step (``evaluation.optimize.runtimes`` empty, or a generative model).
+    no optimize step (``evaluation.optimize.runtimes``, or ``generative``, empty).
 
     ``evaluation``: the winner's evaluation outcome (its ``metrics.json`` and output folder);
     ``eager_scores``: its eager ``per_example.json``; ``metric``: the accuracy metric the gate
@@ -97,8 +128,10 @@ def decide(
     scenario, name = metric.split(".")[0], metric.split(".")[-1]
     eager = eager_scores.get(scenario, {}).get(name)
     graphs = optimized.get("runtimes", {})
+    generative = metrics.get("model_kind") == "generation"
+    preferred = settings.generative if generative else settings.runtimes
     chosen: dict[str, Any] | None = None
-    for runtime in [r for r in settings.runtimes if r in graphs]:
+    for runtime in [r for r in preferred if r in graphs]:
         graph = graphs[runtime]
         graph_metrics = {"scenarios": graph["scenarios"], "efficiency": graph["efficiency"]}
         decision["metrics"][runtime] = summary(graph_metrics, metric)
@@ -135,19 +168,24 @@ def decide(
         if check["passes"] and chosen is None:
             chosen = check
             decision.update(
-                kept=runtime, graph=graph["graph"], sha256=graph["sha256"], bytes=graph["bytes"]
+                kept=runtime,
+                graph=graph["graph"],
+                engine=graph.get("engine", ONNX_RUNTIME),
+                sha256=graph["sha256"],
+                bytes=graph["bytes"],
             )
     if chosen is None:
         decision["reason"] = (
-            "no graph is within the margin of the eager model: the eager model is served"
+            "no optimized artifact is within the margin of the eager model: the eager model is "
+            "served"
             if decision["checks"]
-            else "the job exported no graph: the eager model is served"
+            else "the job exported no optimized artifact: the eager model is served"
         )
     else:
         decision["speedup"] = chosen["speedup"]
         decision["reason"] = (
-            f"the {chosen['runtime']} graph is served: {chosen['why']}; "
-            f"{chosen['speedup']['single_request']}x the eager model's single-request speed"
+            f"served: {artifact_name(chosen['runtime'], decision['engine'])}: {chosen['why']}; "
+            f"{headline(chosen['speedup'])}"
         )
     log.info("optimize: %s", decision["reason"])
     for check in decision["checks"]:

@@ -200,8 +200,8 @@ def evaluation_request(
 ) -> dict[str, Any]:
     """The CreateProcessingJob request that runs evaluate.py. A fine-tuned model's job (a
     candidate's, or the champion's: the same request as when it was a candidate, so that its
-    cached evaluation is reused) also exports and evaluates the optimized graphs
-    (``evaluation.optimize``; classifiers only)."""
+    cached evaluation is reused) also exports and evaluates the optimized artifacts
+    (``evaluation.optimize``: ``runtimes`` for a classifier, ``generative`` for a causal LM)."""
 
     def source(name: str, uri: str) -> dict[str, Any]:
         return {
@@ -234,8 +234,9 @@ def evaluation_request(
         "--seed",
         str(config.data.seed),
     ] + (kind_of(config).baseline_arguments(config.data) if zero_shot else [])
-    runtimes = config.evaluation.optimize.runtimes
-    if runtimes and not zero_shot and not kind_of(config).generative:
+    optimize = config.evaluation.optimize
+    runtimes = optimize.generative if kind_of(config).generative else optimize.runtimes
+    if runtimes and not zero_shot:
         arguments += ["--optimize", ",".join(runtimes)]
     return {
         "ProcessingInputs": [

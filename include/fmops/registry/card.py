@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from fmops.config import PipelineConfig
+from fmops.evaluation import optimization as optimization_rules
 from fmops.kinds import kind_of
 from fmops.registry import tracking
 from fmops.registry.review import APPROVAL_TAG, APPROVED, COMMENT_TAG, REJECTED, REVIEWER_TAG
@@ -187,44 +188,56 @@ def num(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+SPEEDUPS = {
+    "single_request": "a single request",
+    "batched": "the batched pass",
+    "tokens": "generated tokens/s",
+}
+
+
+def speedups(figures: dict[str, float | None]) -> str:
+    """E.g. "8.5x a single request, 8.5x the batched pass": the speed-ups that were measured."""
+    found = [f"{figures[key]}x {label}" for key, label in SPEEDUPS.items() if figures.get(key)]
+    return ", ".join(found) or "speed-up not measured"
+
+
 def serving_lines(config: PipelineConfig, optimization: dict[str, Any] | None) -> str:
     """The model card's section on what the version serves: the eager weights, or the
-    optimized graph select kept (``fmops.evaluation.optimization``), with both models' metrics,
-    each graph's paired-bootstrap test and the speed-up."""
+    optimized artifact select kept (``fmops.evaluation.optimization``), with both models'
+    metrics, each artifact's paired-bootstrap test and the speed-up."""
     if not optimization:
         return (
-            "eager PyTorch (no optimize step: `evaluation.optimize.runtimes` is empty, or the "
-            "model kind has none)"
+            "eager PyTorch (no optimize step: `evaluation.optimize.runtimes`, or `generative` "
+            "for a causal LM, is empty)"
         )
 
     kept = optimization.get("kept")
     if kept:
-        speedup = optimization["speedup"]["single_request"]
+        engine = optimization.get("engine", optimization_rules.ONNX_RUNTIME)
         lines = [
-            f"Served: **the ONNX Runtime {kept} graph `{optimization['graph']}`**, beside the "
-            f"eager weights (both in the version, with their digests): {speedup or 'n/a'}x the "
-            "eager model's single-request speed."
+            f"Served: **{optimization_rules.artifact_name(kept, engine)} "
+            f"`{optimization['graph']}`**, beside the eager weights (both in the version, with "
+            f"their digests): {optimization_rules.headline(optimization['speedup'])}."
         ]
     else:
         lines = [f"Served: **eager PyTorch**: {optimization['reason']}."]
     if optimization["checks"]:
         lines.append(
-            f"\nEach graph against the eager model on `{optimization['metric']}` (paired bootstrap "
-            f"of graph - eager; kept when the interval's lower end is at or above "
-            f"-{optimization['margin']:g}; the first kept in `evaluation.optimize.runtimes` "
-            "order is served):"
+            f"\nEach optimized artifact against the eager model on `{optimization['metric']}` "
+            f"(paired bootstrap of artifact - eager; kept when the interval's lower end is at or "
+            f"above -{optimization['margin']:g}; the first kept in the configured order is "
+            "served):"
         )
         lines += [
-            f"- {c['runtime']}: {c['why']}; {c['speedup']['single_request'] or 'n/a'}x a single "
-            f"request, {c['speedup']['batched'] or 'n/a'}x the batched pass"
+            f"- {c['runtime']}: {c['why']}; {speedups(c['speedup'])}"
             for c in optimization["checks"]
         ]
         metric = optimization["metric"]
         lines += [
             "",
             "| runtime | primary | ECE | worst drop | max gap | request p50 ms | examples/s | "
-            "size MB |",
-            "|---|---|---|---|---|---|---|---|",
+            "tokens/s | size MB |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for runtime in ["eager", *(c["runtime"] for c in optimization["checks"])]:
             row = optimization["metrics"][runtime]
@@ -232,7 +245,7 @@ def serving_lines(config: PipelineConfig, optimization: dict[str, Any] | None) -
                 f"| {runtime} | {num(row.get(metric))} | {num(row.get('ece'))} | "
                 f"{num(row.get('worst_drop'))} | {num(row.get('max_gap'))} | "
                 f"{num(row.get('request_ms_p50'), 2)} | {num(row.get('throughput_per_s'), 1)} | "
-                f"{num(row.get('model_size_mb'), 2)} |"
+                f"{num(row.get('tokens_per_second'), 1)} | {num(row.get('model_size_mb'), 2)} |"
             )
     note = get_target(config.target).eager_only_note
     if kept and note:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fmops.config import PipelineConfig
+from fmops.evaluation.optimization import ONNX_RUNTIME
 from fmops.kinds import kind_of
 from fmops.paths import SCRIPTS_DIR
 from fmops.registry import digests, tracking
@@ -42,9 +43,11 @@ SERVING_TAG = "fmops.serving_runtime"  # what the version's folder serves (servi
 
 
 def serving_runtime(optimization: dict[str, Any]) -> str:
-    """``onnxruntime int8 (onnx/model.int8.onnx)`` when select kept a graph, else ``pytorch``."""
+    """``onnxruntime int8 (onnx/model.int8.onnx)`` or ``pytorch-int8 int8
+    (int8/model.safetensors)`` when select kept an artifact, else ``pytorch``."""
     if optimization.get("kept"):
-        return f"onnxruntime {optimization['kept']} ({optimization['graph']})"
+        engine = optimization.get("engine", ONNX_RUNTIME)
+        return f"{engine} {optimization['kept']} ({optimization['graph']})"
     return "pytorch"
 
 
@@ -318,7 +321,9 @@ def _log_model(
                 code_paths=[str(path) for path in code],
                 input_example=kind.mlflow_input_example(config),
                 signature=kind.mlflow_signature(),
-                pip_requirements=_serving_requirements(bool(optimization.get("kept"))),
+                pip_requirements=_serving_requirements(
+                    optimization.get("kept") and optimization.get("engine", ONNX_RUNTIME)
+                ),
             )
     return info
 
@@ -326,10 +331,11 @@ def _log_model(
 def _add_graph(
     model_dir: Path, optimization: dict[str, Any], scratch: Path, aws_conn_id: str | None
 ) -> None:
-    """The graph select kept, copied beside the eager weights from the evaluation job's output
-    (checked against the SHA-256 the job recorded), and ``serving.json`` naming it: the folder
-    then serves the graph (``inference.load_classifier``), and the version's digests cover both
-    artifacts. Nothing when no graph was kept."""
+    """The artifact select kept, copied beside the eager weights from the evaluation job's
+    output (checked against the SHA-256 the job recorded), and ``serving.json`` naming it: the
+    folder then serves it (a graph: ``inference.load_classifier``; int8 weights:
+    ``generation.CausalLM``), and the version's digests cover both artifacts. Nothing when none
+    was kept."""
     import shutil
 
     from fmops import storage
@@ -342,16 +348,19 @@ def _add_graph(
     found = digests.file_sha256(fetched)
     if found != optimization["sha256"]:
         raise digests.ArtifactDigestError(
-            f"{fetched}: sha256 {found[:12]}... is not the {optimization['kept']} graph's that "
+            f"{fetched}: sha256 {found[:12]}... is not the {optimization['kept']} artifact's that "
             f"its evaluation job recorded ({optimization['sha256'][:12]}...): it changed after the "
             "job; run fmops_finetune again"
         )
     graph = model_dir / optimization["graph"]
     graph.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(fetched, graph)
-    serving = {"runtime": "onnxruntime", "graph": optimization["graph"]}
+    engine = optimization.get("engine", ONNX_RUNTIME)
+    # inference.load_classifier reads a graph; generation.CausalLM int8 weights over the eager.
+    key = "graph" if engine == ONNX_RUNTIME else "weights"
+    serving = {"runtime": engine, key: optimization["graph"]}
     (model_dir / "serving.json").write_text(json.dumps(serving))
-    log.info("the version serves the %s graph %s", optimization["kept"], optimization["graph"])
+    log.info("the version serves %s %s", engine, optimization["graph"])
 
 
 def _finish_registration(mlflow_client: Any, name: str, version: str) -> None:
@@ -378,11 +387,11 @@ def _ensure_registered_model(mlflow_client: Any, name: str, pipeline: str) -> No
         mlflow_client.create_registered_model(name, tags={"fmops.pipeline": pipeline})
 
 
-def _serving_requirements(graph: bool = False) -> list[str]:
+def _serving_requirements(engine: str | None = None) -> list[str]:
     from importlib.metadata import version
 
     packages = ("torch", "transformers", "safetensors", "pandas") + (
-        ("onnxruntime",) if graph else ()
+        ("onnxruntime",) if engine == ONNX_RUNTIME else ()
     )
     return [f"{p}=={version(p)}" for p in packages]
 

@@ -108,7 +108,7 @@ class Target(ABC):
     # executor does); if not, the pipeline queues them (fmops.airflow.job_queue).
     caps_jobs: ClassVar[bool] = False
     # Why the target's endpoints serve a version's eager weights even when the version carries
-    # an optimized graph (fmops.evaluation.optimization); None: they serve the graph.
+    # an optimized artifact (fmops.evaluation.optimization); None: they serve the artifact.
     eager_only_note: ClassVar[str | None] = None
 
     def config_problems(self, config: PipelineConfig) -> list[str]:

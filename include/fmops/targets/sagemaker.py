@@ -46,9 +46,10 @@ class SageMakerTarget(Target):
     # botocore's retry mode, and the trigger's next poll asks again).
     job_poll_seconds = 30.0
     eager_only_note = (
-        "On SageMaker the endpoint serves the training job's archive, eager PyTorch: the "
-        "Hugging Face inference image has no ONNX Runtime. The graph is registered, not served "
-        "there; the local endpoint and the MLflow model serve it."
+        "On SageMaker the endpoint serves the training job's archive, eager weights: the "
+        "Hugging Face inference image has no ONNX Runtime, and TGI does not load fmops' int8 "
+        "weights. The optimized artifact is registered, not served there; the local endpoint "
+        "and the MLflow model serve it."
     )
 
     def config_problems(self, config: PipelineConfig) -> list[str]:

@@ -273,6 +273,17 @@ def test_tgi_refuses_fp32_and_int8(mistral):
         assert "fp16 or bf16" in problem
 
 
+def test_int8_weights_tgi_cannot_serve_are_refused_when_the_config_loads(mistral):
+    def int8(raw):
+        raw["evaluation"]["optimize"] = {"generative": ["int8"]}
+
+    with pytest.raises(ConfigError) as info:
+        config_of(mistral, int8)
+    (problem,) = info.value.problems
+    assert problem.startswith("evaluation.optimize.generative: int8 weights are served by")
+    assert "Set evaluation.optimize.generative: [] on the sagemaker target" in problem
+
+
 def test_an_unknown_tgi_version_is_refused_when_the_config_loads(mistral):
     def version(raw):
         raw["sagemaker"]["endpoint"]["llm"]["tgi_version"] = "9.9"

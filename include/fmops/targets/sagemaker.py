@@ -38,6 +38,15 @@ def console_url(kind: str, name: str, region: str | None = None) -> str:
     return f"{host}/sagemaker/home{query}#/{CONSOLE_PATHS[kind]}/{quote(name, safe='')}"
 
 
+# A kept artifact must be what the endpoint serves; TGI cannot load fmops' int8 weights.
+INT8_LLM_PROBLEM = (
+    "evaluation.optimize.generative: int8 weights are served by fmops' own handlers (the local "
+    "endpoint, the MLflow model), not by TGI, which a SageMaker endpoint runs: a kept int8 "
+    "artifact would be registered but the eager model served. Set evaluation.optimize.generative: "
+    "[] on the sagemaker target"
+)
+
+
 class SageMakerTarget(Target):
     name = NAME
     unbilled_note = "no billed time reported"
@@ -59,11 +68,14 @@ class SageMakerTarget(Target):
             return [f"sagemaker: {options.NO_SAGEMAKER_BLOCK}"] if config.target == NAME else []
         # the option policy, the images the installed SDK knows, what the model kind's serving
         # container can do
-        return (
+        problems = (
             options.policy_problems(config)
             + images.image_problems(config.sagemaker)
             + hosting.config_problems(config)
         )
+        if config.target == NAME and config.evaluation.optimize.generative:
+            problems.append(INT8_LLM_PROBLEM)
+        return problems
 
     def backend_settings(self, config: PipelineConfig) -> dict[str, Any]:
         from fmops.sagemaker import options, plan

@@ -329,6 +329,15 @@ def _decide(args: argparse.Namespace) -> int:
         print(f"fmops {args.command}: {err}", file=sys.stderr)
         return err.exit_code
     who = (answer.get("responded_by_user") or {}).get("name", args.user)
+    if answer.get("state") in review_client.FAILED:
+        print(
+            f"fmops {args.command}: {answer['chosen_options'][0]} by {who} was recorded, but "
+            f"await_approval of fmops_deploy run {run_id} ended {answer['state']} instead of "
+            "acting on it: nothing was deployed; see the task's log in the Airflow UI, then "
+            f"trigger fmops_deploy with version {args.version} and decide again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     goes_on = (
         "goes on; the version's MLflow tags record it"
         if answer.get("confirmed", True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -30,6 +31,12 @@ TIMEOUT = 10.0  # seconds per request: a reviewer waits on it
 # How long a decision is followed until the task that was answered ends (``_follow``).
 CONFIRM_SECONDS = 120.0
 ENDED = ("success", "skipped", "failed", "upstream_failed", "removed")
+FAILED = ("failed", "upstream_failed")
+# How old a question must be before it is answered: Airflow 3.3.2 can drop an answer given while
+# the worker that parked the task is still exiting (``_follow``'s docstring), seconds on a busy
+# machine. Answering only after this long keeps out of that window; a person in the UI takes
+# longer than this anyway.
+SETTLE_SECONDS = 15.0
 
 
 class ReviewError(Exception):
@@ -103,6 +110,7 @@ def decide(
         )
     answered = _airflow_request(session, "GET", task, reviewer, run_id)["try_number"]
     body = {"chosen_options": [APPROVE if approve else REJECT], "params_input": {COMMENT: comment}}
+    time.sleep(settle_wait(detail))
     response = _airflow_request(session, "PATCH", path, reviewer, run_id, json=body)
     return _follow(
         lambda method, url, **kw: _airflow_request(session, method, url, reviewer, run_id, **kw),
@@ -114,6 +122,20 @@ def decide(
     )
 
 
+def settle_wait(detail: dict[str, Any], now: datetime | None = None) -> float:
+    """Seconds to wait before answering the question ``detail`` (Airflow's HITL detail): until it
+    is SETTLE_SECONDS old, by its ``created_at``; never more than SETTLE_SECONDS (a clock that
+    differs from Airflow's cannot make a reviewer wait longer)."""
+    created = detail.get("created_at")
+    if not created:
+        return SETTLE_SECONDS
+    asked = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    if asked.tzinfo is None:
+        asked = asked.replace(tzinfo=UTC)
+    age = ((now or datetime.now(UTC)) - asked).total_seconds()
+    return min(max(SETTLE_SECONDS - age, 0.0), SETTLE_SECONDS)
+
+
 def _follow(
     call: Callable[..., dict[str, Any]],
     task: str,
@@ -123,9 +145,11 @@ def _follow(
     response: dict[str, Any],
     seconds: float = CONFIRM_SECONDS,
     poll: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Follow the answered task until the try that got the answer ends; returns Airflow's record
-    of the response, with ``confirmed`` False when it had not ended within ``seconds``.
+    of the response, with ``confirmed`` False when it had not ended within ``seconds``, and the
+    ``state`` that try ended in (``failed``: the answer was recorded, the task did not act on it).
 
     Why: Airflow 3.3.2 can drop an answer given in the first seconds after the question appears.
     The answer moves the task on at once, but the worker process that parked the task may still
@@ -133,20 +157,28 @@ def _follow(
     takes the task for one killed from outside and retries it: the retry asks afresh and clears
     the answer (``scheduler_job_runner``'s "state attribute is queued" check spares a resumed task
     only while it is ``scheduled``). Here the retry's new question gets the same answer, once
-    per try; a person answering in the UI sees the question again and answers again."""
+    per try; a person answering in the UI sees the question again and answers again.
+
+    Each answer, the first (``decide``) and a retry's, waits until its question is
+    SETTLE_SECONDS old (``settle_wait``): answered at once, a retry's question can fall into the
+    same window again, and a task whose every try loses its answer fails when its retries run
+    out."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         instance = call("GET", task)
         state, attempt = instance["state"], instance["try_number"]
         if attempt == answered and state in ENDED:
-            return {**response, "confirmed": True}
+            return {**response, "confirmed": True, "state": state}
         if attempt > answered and state == "awaiting_input":
             detail = call("GET", question)
+            if not detail.get("response_received"):
+                sleep(settle_wait(detail))
+                detail = call("GET", question)
             if detail.get("response_received"):  # someone answered the new question
-                return {**detail, "confirmed": True}
+                return {**detail, "confirmed": True, "state": state}
             response = call("PATCH", question, json=body)
             answered = attempt
-        time.sleep(poll)
+        sleep(poll)
     return {**response, "confirmed": False}
 
 

@@ -228,6 +228,14 @@ def _run_report(api: RestApi, dag_id: str, run_id: str) -> str:
     return "\n".join(lines)
 
 
+def _tries(api: RestApi, ti: dict[str, Any]) -> str:
+    """Every try's log of a task instance: why each ended."""
+    return "\n".join(
+        f"--- {ti['task_id']} try {number}:\n" + api.log_tail({**ti, "try_number": number}, 60)
+        for number in range(1, ti["try_number"] + 1)
+    )
+
+
 @pytest.fixture(scope="module")
 def api(stack: Stack) -> RestApi:
     """A logged-in client, once both DAGs are parsed without import errors."""
@@ -603,8 +611,9 @@ def test_a_review_is_decided_only_by_an_authenticated_reviewer(stack, api, finet
         assert await_approval()["state"] == "awaiting_input", "a forged review decided"
 
         # The reviewer's own login decides, seconds after the question appeared: on a busy
-        # machine that is when Airflow 3.3.2 can drop an answer (review_client._follow), and the
-        # CLI then answers the retry's question.
+        # machine that is when Airflow 3.3.2 can drop an answer (review_client._follow). The CLI
+        # answers only once the question has settled (review_client.SETTLE_SECONDS), and answers
+        # a retry's question the same way.
         username, password = api.credentials
         env = {**stack.env, "FMOPS_AIRFLOW_USER": username, "FMOPS_AIRFLOW_PASSWORD": password}
         decided = subprocess.run(
@@ -630,7 +639,11 @@ def test_a_review_is_decided_only_by_an_authenticated_reviewer(stack, api, finet
             )
             time.sleep(2)
         states = {t["task_id"]: t["state"] for t in api.task_instances(DEPLOY, run_id)}
-        assert found["state"] == "success", states  # a rejection is a decision, not a failure
+        # a rejection is a decision, not a failure
+        assert found["state"] == "success", (
+            f"{states}\nthe CLI: {decided.stdout}\n{_tries(api, await_approval())}\n"
+            + stack.log_tail("airflow", 80)
+        )
         assert states["await_approval"] == "skipped" and states["deploy"] == "skipped", states
         assert states["close_run"] == "success", states
         answer = api.get(hitl)

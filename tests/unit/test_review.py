@@ -156,6 +156,30 @@ def test_a_version_no_run_waits_for_is_bad_input(store, version, reviewer_env, c
     assert tags(store, version)[review.APPROVAL_TAG] == "pending"
 
 
+def test_a_decision_the_task_failed_to_act_on_is_a_failure_not_goes_on(
+    reviewer_env, monkeypatch, capsys
+):
+    from fmops import review_client
+
+    def decided(*_: object) -> dict:
+        return {
+            "chosen_options": ["Reject"],
+            "responded_by_user": {"id": "ann", "name": "ann"},
+            "confirmed": True,
+            "state": "failed",
+        }
+
+    monkeypatch.setattr(review_client, "decide", decided)
+    argv = ["reject", MODEL, "3", "--run", "manual__1", "--comment", "no"]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "goes on" not in captured.out + captured.err
+    assert "Reject by ann was recorded, but await_approval of fmops_deploy run manual__1 ended" in (
+        captured.err
+    )
+    assert "trigger fmops_deploy with version 3 and decide again" in captured.err
+
+
 def _dead_url() -> str:
     import socket
 

@@ -24,6 +24,8 @@ class FakeAirflow:
         self.states = list(states)
         self.answered_by = answered_by  # someone else's answer to the retry's question
         self.patches: list[dict[str, Any]] = []
+        self.sleeps: list[float] = []  # what the client waited, in order
+        self.created_at = "2000-01-01T00:00:00Z"  # when the retry's question was asked
 
     def __call__(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         if method == "GET" and url == TASK:
@@ -36,7 +38,7 @@ class FakeAirflow:
                     "chosen_options": ["Approve"],
                     "responded_by_user": {"id": self.answered_by, "name": self.answered_by},
                 }
-            return {"response_received": False}
+            return {"response_received": False, "created_at": self.created_at}
         if method == "PATCH" and url == QUESTION:
             self.patches.append(kwargs["json"])
             return {**kwargs["json"], "responded_by_user": {"id": "ann", "name": "ann"}}
@@ -45,7 +47,9 @@ class FakeAirflow:
 
 def follow(airflow: FakeAirflow, seconds: float = 30) -> dict[str, Any]:
     first = {**REJECT, "responded_by_user": {"id": "ann", "name": "ann"}}
-    return review_client._follow(airflow, TASK, QUESTION, REJECT, 1, first, seconds, poll=0)
+    return review_client._follow(
+        airflow, TASK, QUESTION, REJECT, 1, first, seconds, poll=0, sleep=airflow.sleeps.append
+    )
 
 
 def test_an_answer_the_task_acts_on_is_confirmed_once_its_try_ends():
@@ -71,8 +75,47 @@ def test_a_dropped_answer_is_given_again_to_the_retrys_question_once():
     )
     answer = follow(airflow)
     assert airflow.patches == [REJECT]
-    assert answer["confirmed"] is True
+    assert answer["confirmed"] is True and answer["state"] == "skipped"
     assert answer["responded_by_user"] == {"id": "ann", "name": "ann"}
+    assert max(airflow.sleeps) == 0.0  # the retry's question had long settled: no wait
+
+
+def test_a_retrys_fresh_question_is_answered_only_once_it_has_settled(monkeypatch):
+    """Answered at once, a retry's question can fall into the window where Airflow drops
+    answers again, try after try, until await_approval fails with its retries spent."""
+    from datetime import UTC, datetime, timedelta
+
+    asked = datetime.now(UTC) - timedelta(seconds=4)  # asked 4 s ago
+    airflow = FakeAirflow([("up_for_retry", 1), ("awaiting_input", 2), ("skipped", 2)])
+    airflow.created_at = asked.isoformat()
+    follow(airflow)
+    assert airflow.patches == [REJECT]
+    waited = [s for s in airflow.sleeps if s > 0]
+    assert len(waited) == 1 and 10.0 <= waited[0] <= review_client.SETTLE_SECONDS - 3.9
+
+
+def test_the_wait_before_an_answer_is_bounded_by_the_settle_time():
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 12, 8, 1, 0, 0, tzinfo=UTC)
+
+    def wait(seconds_ago: float) -> float:
+        created = (now - timedelta(seconds=seconds_ago)).isoformat()
+        return review_client.settle_wait({"created_at": created}, now)
+
+    assert wait(0) == review_client.SETTLE_SECONDS
+    assert wait(5) == review_client.SETTLE_SECONDS - 5
+    assert wait(3600) == 0.0  # a question asked an hour ago is answered at once
+    assert wait(-600) == review_client.SETTLE_SECONDS  # Airflow's clock ahead: still bounded
+    naive = (now - timedelta(seconds=5)).replace(tzinfo=None).isoformat()  # no zone: UTC
+    assert review_client.settle_wait({"created_at": naive}, now) == review_client.SETTLE_SECONDS - 5
+    assert review_client.settle_wait({}, now) == review_client.SETTLE_SECONDS
+
+
+def test_a_try_that_failed_after_the_answer_is_reported_as_failed():
+    airflow = FakeAirflow([("running", 1), ("failed", 1)])
+    answer = follow(airflow)
+    assert answer["confirmed"] is True and answer["state"] == "failed"
 
 
 def test_a_retry_someone_else_answered_is_left_to_their_answer():

@@ -50,8 +50,9 @@ pytestmark = pytest.mark.e2e
 # and the run conf. The same arguments twice make the same run_id. (`airflow dags test` cannot:
 # it leaves run_after to be now, and the run_id is made from run_after, so each call is a new run.)
 RUN_DAG = """\
-import json, os, sys
+import faulthandler, json, os, signal, sys
 from datetime import datetime
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the stacks, when the test asks
 from airflow.dag_processing.dagbag import DagBag
 
 dag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag(sys.argv[1])
@@ -116,6 +117,14 @@ def _tail(path: Path, lines: int = 40) -> str:
     return (
         "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
     )
+
+
+def _stacks(process: subprocess.Popen, log_path: Path) -> str:
+    """The log's tail with every thread's stack of a run that has not ended (RUN_DAG's
+    faulthandler answers SIGUSR1): where it is stuck, e.g. a thread that holds up its exit."""
+    os.kill(process.pid, signal.SIGUSR1)
+    time.sleep(2)
+    return _tail(log_path, 200)
 
 
 def _wait_for(
@@ -296,7 +305,7 @@ def test_killed_run_reattaches_to_its_running_jobs(airflow_db, tmp_path):
         try:
             second.wait(timeout=RUN_ENDS_WITHIN)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the re-run did not end: jobs {ours()}\n{_tail(second_log)}")
+            pytest.fail(f"the re-run did not end: jobs {ours()}\n{_stacks(second, second_log)}")
     finally:
         for process in (first, second, holder):
             _kill_group(process)

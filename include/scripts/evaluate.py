@@ -822,37 +822,29 @@ def optimized(
             inference.export_onnx(models.loaded.model, folder / "onnx", quantize="int8" in runtimes)
             return None
 
-        def graph(path: Path, threads: int | None) -> Classifier:
+        def load(path: Path, threads: int | None) -> Classifier:
             return Classifier(model_dir, None, inference.graph_classifier(path, model_dir, threads))
 
-        return optimize.run(
-            models.kind,
-            export,
-            graph,
-            runtimes,
-            output,
-            evaluate,
-            lambda predict: single_requests(predict, texts),
-            torch.get_num_threads(),
-        )
-    import generation
+        def single(predict: Any) -> dict[str, Any]:
+            return single_requests(predict, texts)
 
-    def quantize(folder: Path, runtimes: list[str]) -> str | None:
-        lm = models.causal_lm()
-        if not generation.quantize_int8(lm.model):
-            return "the model has no nn.Linear layer that int8 dynamic quantization applies to"
-        generation.save_int8(lm.model, folder / optimize.KINDS["generation"].artifacts["int8"])
-        return None
+    else:
+        import generation
+
+        def export(folder: Path, runtimes: list[str]) -> str | None:
+            lm = models.causal_lm()
+            if not generation.quantize_int8(lm.model):
+                return "the model has no nn.Linear layer that int8 dynamic quantization applies to"
+            generation.save_int8(lm.model, folder / optimize.KINDS["generation"].artifacts["int8"])
+            return None
+
+        def load(path: Path, threads: int | None) -> Any:
+            return models.causal_lm(path)
+
+        single = None  # type: ignore[assignment] - single-text requests: classifiers only
 
     return optimize.run(
-        models.kind,
-        quantize,
-        lambda path, threads: models.causal_lm(path),
-        runtimes,
-        output,
-        evaluate,
-        None,
-        torch.get_num_threads(),
+        models.kind, export, load, runtimes, output, evaluate, single, torch.get_num_threads()
     )
 
 

@@ -32,6 +32,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -453,8 +454,6 @@ def _quantizable(model: Any) -> dict[str, Any]:
 def quantize_int8(model: Any) -> int:
     """Quantize ``model`` in place (INT8_SCHEME, on the CPU); returns how many layers were.
     Deterministic: the same weights give the same int8 weights."""
-    import warnings
-
     from torch.ao.quantization import quantize_dynamic
 
     layers = _quantizable(model)
@@ -511,8 +510,6 @@ def load_int8(model: Any, path: Path) -> None:
             f"quantized ones (differing: {sorted(names ^ set(layers))[:3]}): it is another "
             "model's file"
         )
-    import warnings
-
     for name, layer in layers.items():
         int8 = stored[f"{name}.int8"]
         if tuple(int8.shape) != tuple(layer.weight().shape):

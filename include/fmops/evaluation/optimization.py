@@ -45,14 +45,16 @@ EFFICIENCY_KEYS = (
 # The engine of a job's artifacts when it did not record one (jobs before causal LMs had a step).
 ONNX_RUNTIME = "onnxruntime"
 # What each engine serves, in the card's and the logs' words.
-ARTIFACTS = {ONNX_RUNTIME: "ONNX Runtime graph", "pytorch-int8": "PyTorch int8 weights"}
+ARTIFACTS = {
+    ONNX_RUNTIME: "the {runtime} ONNX Runtime graph",
+    "pytorch-int8": "the PyTorch int8 weights",
+}
 
 
 def artifact_name(runtime: str, engine: str) -> str:
     """How the card and the logs name an artifact: "the int8 ONNX Runtime graph", "the PyTorch
     int8 weights"."""
-    noun = ARTIFACTS.get(engine, engine)
-    return f"the {noun}" if runtime in noun else f"the {runtime} {noun}"
+    return ARTIFACTS.get(engine, "the {runtime} " + engine).format(runtime=runtime)
 
 
 def summary(metrics: dict[str, Any], metric: str) -> dict[str, float | None]:
@@ -128,8 +130,7 @@ def decide(
     scenario, name = metric.split(".")[0], metric.split(".")[-1]
     eager = eager_scores.get(scenario, {}).get(name)
     graphs = optimized.get("runtimes", {})
-    generative = metrics.get("model_kind") == "generation"
-    preferred = settings.generative if generative else settings.runtimes
+    preferred = settings.preferred(metrics.get("model_kind") == "generation")
     chosen: dict[str, Any] | None = None
     for runtime in [r for r in preferred if r in graphs]:
         graph = graphs[runtime]

@@ -285,6 +285,10 @@ class OptimizeSettings(Strict):
     resamples: int = Field(2000, ge=1000, description="bootstrap replicates")
     seed: int = Field(13, description="the bootstrap's random seed: same seed, same interval")
 
+    def preferred(self, generative: bool) -> list[str]:
+        """The runtimes to export and test, in order, for a causal LM or a classifier."""
+        return list(self.generative if generative else self.runtimes)
+
     @field_validator("runtimes", "generative")
     @classmethod
     def _once_each(cls, value: list[str]) -> list[str]:

@@ -234,8 +234,7 @@ def evaluation_request(
         "--seed",
         str(config.data.seed),
     ] + (kind_of(config).baseline_arguments(config.data) if zero_shot else [])
-    optimize = config.evaluation.optimize
-    runtimes = optimize.generative if kind_of(config).generative else optimize.runtimes
+    runtimes = config.evaluation.optimize.preferred(kind_of(config).generative)
     if runtimes and not zero_shot:
         arguments += ["--optimize", ",".join(runtimes)]
     return {
